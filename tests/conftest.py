@@ -1,0 +1,69 @@
+"""Fixtures shared by every test package.
+
+Real data lives outside the repository: ``CXR_SHARED_DATA`` (default ``../shared/data`` beside the
+checkout). Under CI (``CI=true``) a missing folder fails the tests that need it; elsewhere they skip.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _missing(what: str) -> None:
+    message = f"{what} not found; set CXR_SHARED_DATA to the shared data folder"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+    if not root.is_dir():
+        _missing(str(root))
+    return root
+
+
+@pytest.fixture(scope="session")
+def cxr_dev(shared_data: Path) -> Path:
+    folder = shared_data / "cxr-dev"
+    if not (folder / "labels.csv").is_file():
+        _missing(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def dicom_dir(shared_data: Path) -> Path:
+    folder = shared_data / "dicom"
+    if not folder.is_dir():
+        _missing(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def pydicom_data():
+    """Path of a file shipped by the ``pydicom-data`` test dependency."""
+    from pydicom.data import get_testdata_file
+
+    def find(name: str) -> Path:
+        path = get_testdata_file(name)
+        if path is None:
+            pytest.fail(f"{name} is not in pydicom-data; is requirements-dev.txt installed?")
+        return Path(path)
+
+    return find
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path_factory, monkeypatch) -> Path:
+    """Every test gets its own CXR_HOME, so nothing touches the user's real state."""
+    home = tmp_path_factory.mktemp("cxr-home")
+    monkeypatch.setenv("CXR_HOME", str(home))
+    monkeypatch.delenv("CXR_DB_URL", raising=False)
+    monkeypatch.delenv("CXR_PSEUDONYM_KEY", raising=False)
+    return home
