@@ -1,0 +1,94 @@
+"""``cxr-db``: create or migrate the database, and manage reviewer accounts."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+
+from sqlalchemy.exc import OperationalError
+
+from db import config, migrate
+from db.engine import get_engine, write_session
+from db.passwords import MIN_PASSWORD_LENGTH
+from db.reviewers import ReviewerError, add_reviewer
+
+log = logging.getLogger("cxr.db")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-db", description=__doc__)
+    parser.add_argument("--db", metavar="URL", help="database URL (default: $CXR_DB_URL or $CXR_HOME/cxr.db)")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("upgrade", help="create the database or migrate it to the newest schema")
+    commands.add_parser("current", help="print the schema revision of the database and of this software")
+    add = commands.add_parser("add-reviewer", help="create a reviewer account")
+    add.add_argument("name", help="login name")
+    add.add_argument("--role", choices=["reviewer", "admin"], default="reviewer")
+    add.add_argument("--display-name", help="name shown in the dashboard")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input instead of a prompt")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    engine = get_engine(args.db)
+    try:
+        if args.command == "upgrade":
+            return _upgrade(engine)
+        if args.command == "current":
+            print(f"database: {migrate.current_revision(engine) or 'empty'}; software: {migrate.head_revision()}")
+            return 0
+        migrate.require_current(engine)
+        return _add_reviewer(engine, args)
+    except migrate.SchemaOutOfDate as exc:
+        log.error("%s", exc)
+        return 2
+    except OperationalError as exc:
+        log.error("cannot use the database %s: %s", config.database_url(args.db), exc.orig)
+        return 2
+
+
+def _upgrade(engine) -> int:
+    before = migrate.current_revision(engine)
+    migrate.upgrade(engine)
+    after = migrate.current_revision(engine)
+    log.info("database %s: %s", engine.url.render_as_string(hide_password=True),
+             f"migrated {before or 'empty'} -> {after}" if before != after else f"already at {after}")
+    return 0
+
+
+def _add_reviewer(engine, args) -> int:
+    password = _read_password(args.password_stdin)
+    if password is None:
+        return 1
+    try:
+        with write_session(engine) as session:
+            reviewer = add_reviewer(session, args.name, password, role=args.role,
+                                    display_name=args.display_name)
+            log.info("added %s %r", reviewer.role, reviewer.username)
+    except ReviewerError as exc:
+        log.error("%s", exc)
+        return 1
+    except ValueError as exc:  # password policy
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str | None:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password = getpass.getpass(f"Password (at least {MIN_PASSWORD_LENGTH} characters): ")
+    if getpass.getpass("Repeat password: ") != password:
+        log.error("the passwords differ; nothing was changed")
+        return None
+    return password
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

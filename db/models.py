@@ -1,0 +1,255 @@
+"""The CXR Review schema: SQLAlchemy 2.0 typed models.
+
+Patient data: images carry a keyed pseudonym of PatientID and non-identifying DICOM attributes only;
+PatientName, PatientID and BirthDate are never stored. Reviews are append-only: a later review of the
+same image supersedes an earlier one, nothing is updated in place.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+    false,
+    true,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Stable constraint names, so that batch migrations on SQLite can find and alter them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+ROLES = ("reviewer", "admin")
+RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+        dt.datetime: DateTime(timezone=True),
+    }
+
+
+class Image(Base):
+    """One image content, identified by the sha256 of the file's bytes."""
+
+    __tablename__ = "images"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text, doc="where the content was first seen")
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime: Mapped[float]
+    format: Mapped[str] = mapped_column(String(16))
+    rows: Mapped[int | None]
+    cols: Mapped[int | None]
+    modality: Mapped[str | None] = mapped_column(String(16))
+    body_part: Mapped[str | None] = mapped_column(String(64))
+    view_position: Mapped[str | None] = mapped_column(String(16))
+    study_date: Mapped[dt.date | None]
+    study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    manufacturer: Mapped[str | None] = mapped_column(String(64))
+    photometric: Mapped[str | None] = mapped_column(String(16))
+    bits_stored: Mapped[int | None]
+    pixel_spacing_row: Mapped[float | None]
+    pixel_spacing_col: Mapped[float | None]
+    burned_in_annotation: Mapped[str | None] = mapped_column(String(8))
+    patient_pseudonym: Mapped[str | None] = mapped_column(String(32), index=True)
+    in_scope: Mapped[bool | None]
+    scope_reason: Mapped[str | None] = mapped_column(String(64))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    files: Mapped[list[ImageFile]] = relationship(back_populates="image")
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="image")
+    reviews: Mapped[list[Review]] = relationship(back_populates="image")
+
+
+class ImageFile(Base):
+    """A place where an image's content was found; lets an unchanged file skip re-hashing."""
+
+    __tablename__ = "image_files"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), index=True)
+    last_seen_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="files")
+
+
+class ModelVersion(Base):
+    """A registered checkpoint; at most one is active, and the scorer uses that one by default."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        Index(
+            "uq_model_versions_one_active",
+            "is_active",
+            unique=True,
+            sqlite_where=text("is_active"),
+            postgresql_where=text("is_active"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    name: Mapped[str | None] = mapped_column(String(128))
+    architecture: Mapped[str] = mapped_column(String(32))
+    classes: Mapped[list[str]]
+    input_size: Mapped[int]
+    preprocessing_hash: Mapped[str] = mapped_column(String(64))
+    temperature: Mapped[float] = mapped_column(default=1.0)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    is_active: Mapped[bool] = mapped_column(default=False, server_default=false())
+    is_synthetic: Mapped[bool] = mapped_column(default=False, server_default=false())
+
+    predictions: Mapped[list[Prediction]] = relationship(back_populates="model_version")
+
+
+class ScoringRun(Base):
+    __tablename__ = "scoring_runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None]
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int | None]
+    arguments: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    model_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    scanned: Mapped[int] = mapped_column(default=0)
+    scored: Mapped[int] = mapped_column(default=0)
+    skipped: Mapped[int] = mapped_column(default=0)
+    out_of_scope: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+
+    failures: Mapped[list[ScoringFailure]] = relationship(back_populates="run")
+
+
+class ScoringFailure(Base):
+    """A file that could not be scored, with a machine-readable reason (the reader's or the scorer's)."""
+
+    __tablename__ = "scoring_failures"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("scoring_runs.id", ondelete="CASCADE"), index=True)
+    path: Mapped[str] = mapped_column(Text, index=True)
+    size_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    run: Mapped[ScoringRun] = relationship(back_populates="failures")
+
+
+class Prediction(Base):
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("image_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"), index=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("scoring_runs.id", ondelete="SET NULL"))
+    probabilities: Mapped[dict[str, Any]] = mapped_column(doc="class name -> calibrated probability")
+    predicted_class: Mapped[str] = mapped_column(String(64), index=True)
+    confidence: Mapped[float] = mapped_column(Float, index=True)
+    entropy: Mapped[float] = mapped_column(Float)
+    scored_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    image: Mapped[Image] = relationship(back_populates="predictions")
+    model_version: Mapped[ModelVersion] = relationship(back_populates="predictions")
+
+
+class Reviewer(Base):
+    __tablename__ = "reviewers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    display_name: Mapped[str | None] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16), default="reviewer")
+    password_hash: Mapped[str] = mapped_column(String(255))
+    is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    reviews: Mapped[list[Review]] = relationship(back_populates="reviewer")
+
+
+class Review(Base):
+    """A reviewer's reading of an image. Append-only: the latest review of an image is the current one."""
+
+    __tablename__ = "reviews"
+    __table_args__ = (Index("ix_reviews_image_created", "image_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    prediction_id: Mapped[int | None] = mapped_column(ForeignKey("predictions.id", ondelete="SET NULL"))
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id"), index=True)
+    label: Mapped[str] = mapped_column(String(64))
+    agrees_with_model: Mapped[bool | None]
+    flagged_for_retraining: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+
+    image: Mapped[Image] = relationship(back_populates="reviews")
+    reviewer: Mapped[Reviewer] = relationship(back_populates="reviews")
+    prediction: Mapped[Prediction | None] = relationship()
+    training_uses: Mapped[list[ReviewTrainingUse]] = relationship(back_populates="review")
+
+
+class ReviewTrainingUse(Base):
+    """Marks a review as having gone into the training data of a model version."""
+
+    __tablename__ = "review_training_uses"
+    __table_args__ = (UniqueConstraint("review_id", "model_version_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    review_id: Mapped[int] = mapped_column(ForeignKey("reviews.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    review: Mapped[Review] = relationship(back_populates="training_uses")
+
+
+class AttributionCacheEntry(Base):
+    """A computed attribution map (e.g. Grad-CAM) stored on disk, keyed by what produced it."""
+
+    __tablename__ = "attribution_cache"
+    __table_args__ = (UniqueConstraint("image_id", "model_version_id", "method", "target_class"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(32))
+    target_class: Mapped[str] = mapped_column(String(64))
+    storage_path: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,0 +1,48 @@
+"""Reviewer accounts. Functions take a Session and never commit; the caller owns the transaction."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db.models import ROLES, Reviewer
+from db.passwords import hash_password, needs_rehash, verify_password
+
+USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{1,63}$")
+
+
+class ReviewerError(ValueError):
+    pass
+
+
+def add_reviewer(session: Session, username: str, password: str, *, role: str = "reviewer",
+                 display_name: str | None = None) -> Reviewer:
+    if not USERNAME_PATTERN.match(username):
+        raise ReviewerError(f"invalid user name {username!r}: use 2-64 letters, digits, '.', '_', '@' or '-'")
+    if role not in ROLES:
+        raise ReviewerError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
+    if find_reviewer(session, username) is not None:
+        raise ReviewerError(f"reviewer {username!r} already exists")
+    reviewer = Reviewer(username=username, role=role, display_name=display_name,
+                        password_hash=hash_password(password))
+    session.add(reviewer)
+    session.flush()
+    return reviewer
+
+
+def find_reviewer(session: Session, username: str) -> Reviewer | None:
+    return session.scalar(select(Reviewer).where(Reviewer.username == username))
+
+
+def authenticate(session: Session, username: str, password: str) -> Reviewer | None:
+    """The active reviewer with these credentials, or None. Upgrades an outdated hash in place."""
+    reviewer = find_reviewer(session, username)
+    if reviewer is None or not reviewer.is_active:
+        return None
+    if not verify_password(reviewer.password_hash, password):
+        return None
+    if needs_rehash(reviewer.password_hash):
+        reviewer.password_hash = hash_password(password)
+    return reviewer

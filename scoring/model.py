@@ -1,0 +1,217 @@
+"""The one model definition, preprocessing and checkpoint format shared by training, scoring and the dashboard.
+
+A checkpoint is a plain dictionary of tensors, strings and numbers written with :func:`torch.save` and read
+with ``weights_only=True``, so loading one can never execute code. It carries everything needed to use it:
+architecture, classes, input size, preprocessing parameters (and their hash), the calibration temperature
+and training metadata.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+CHECKPOINT_FORMAT = "cxr-review-checkpoint"
+CHECKPOINT_VERSION = 1
+# Bump whenever preprocess() changes what it computes: the hash then changes, and checkpoints trained with
+# the old behaviour are refused instead of being fed images they were never trained on.
+PREPROCESS_VERSION = 1
+
+ARCHITECTURES: dict[str, Callable[..., models.ResNet]] = {
+    "resnet18": models.resnet18,
+    "resnet34": models.resnet34,
+    "resnet50": models.resnet50,
+}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is not a valid CXR Review checkpoint."""
+
+
+def build_model(arch: str, num_classes: int) -> models.ResNet:
+    """A torchvision ResNet with a one-channel first convolution and ``num_classes`` outputs."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    net = ARCHITECTURES[arch](weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(1, 64, kernel_size=7, stride=2, padding=3, bias=False)
+    return net
+
+
+def grey_conv1_from_rgb(rgb_weight: torch.Tensor) -> torch.Tensor:
+    """Fold an RGB first-layer kernel (out, 3, k, k) into one channel, preserving the response to grey input."""
+    if rgb_weight.ndim != 4 or rgb_weight.shape[1] != 3:
+        raise ValueError(f"expected an RGB conv1 weight of shape (out, 3, k, k), got {tuple(rgb_weight.shape)}")
+    return rgb_weight.sum(dim=1, keepdim=True)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Parameters of :func:`preprocess`; stored in every checkpoint."""
+
+    size: int
+    mean: float = 0.5
+    std: float = 0.25
+    pad_value: float = 0.0
+    version: int = PREPROCESS_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Preprocessing:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise CheckpointError(f"unknown preprocessing parameters {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
+
+    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
+        return preprocess(pixels, self.size, mean=self.mean, std=self.std, pad_value=self.pad_value)
+
+
+def preprocess(pixels: np.ndarray, size: int, *, mean: float = 0.5, std: float = 0.25,
+               pad_value: float = 0.0) -> torch.Tensor:
+    """Reader pixels (2-D, [0, 1], bone white) -> a normalised ``(1, size, size)`` float32 tensor.
+
+    The longer side is resized to ``size`` with antialiasing (aspect ratio kept), then the shorter side is
+    padded symmetrically with ``pad_value`` to a square.
+    """
+    if pixels.ndim != 2:
+        raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
+    rows, cols = pixels.shape
+    if rows == 0 or cols == 0:
+        raise ValueError(f"empty image of shape {pixels.shape}")
+    scale = size / max(rows, cols)
+    new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
+    if (new_rows, new_cols) != (rows, cols):
+        image = F.interpolate(image, size=(new_rows, new_cols), mode="bilinear", antialias=True,
+                              align_corners=False)
+    top, left = (size - new_rows) // 2, (size - new_cols) // 2
+    image = F.pad(image, (left, size - new_cols - left, top, size - new_rows - top), value=pad_value)
+    return ((image[0] - mean) / std).contiguous()
+
+
+def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Softmax of temperature-scaled logits (temperature from the checkpoint's calibration)."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """Entropy of each row divided by log(number of classes): 0 = certain, 1 = uniform."""
+    p = probabilities.clamp_min(1e-12)
+    return -(p * p.log()).sum(dim=-1) / math.log(probabilities.shape[-1])
+
+
+@dataclass
+class Checkpoint:
+    arch: str
+    classes: list[str]
+    preprocessing: Preprocessing
+    state_dict: dict[str, torch.Tensor]
+    temperature: float = 1.0
+    training: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.size
+
+    def build(self) -> models.ResNet:
+        """The model with these weights, in eval mode."""
+        net = build_model(self.arch, len(self.classes))
+        net.load_state_dict(self.state_dict)
+        return net.eval()
+
+
+def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
+    """Write atomically (a killed writer leaves the old file or none, never half of one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "arch": checkpoint.arch,
+        "classes": list(checkpoint.classes),
+        "input_size": checkpoint.input_size,
+        "preprocessing": checkpoint.preprocessing.to_dict(),
+        "preprocessing_hash": checkpoint.preprocessing.hash,
+        "temperature": float(checkpoint.temperature),
+        "training": checkpoint.training,
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read and validate a checkpoint; never executes code from the file."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pickle, zip and weights-only errors all mean "not a checkpoint we trust"
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a CXR Review checkpoint (format "
+                              f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
+    if payload.get("format_version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')!r}, "
+                              f"this software reads version {CHECKPOINT_VERSION}")
+    preprocessing = Preprocessing.from_dict(payload["preprocessing"])
+    if preprocessing.hash != payload.get("preprocessing_hash"):
+        raise CheckpointError(f"{path}: preprocessing hash {payload.get('preprocessing_hash')!r} does not match "
+                              f"its parameters (hash {preprocessing.hash})")
+    if preprocessing.version != PREPROCESS_VERSION:
+        raise CheckpointError(f"{path}: trained with preprocessing version {preprocessing.version}, "
+                              f"this software implements version {PREPROCESS_VERSION}")
+    if payload["input_size"] != preprocessing.size:
+        raise CheckpointError(f"{path}: input size {payload['input_size']} differs from preprocessing size "
+                              f"{preprocessing.size}")
+    return Checkpoint(
+        arch=payload["arch"],
+        classes=list(payload["classes"]),
+        preprocessing=preprocessing,
+        state_dict=payload["state_dict"],
+        temperature=float(payload["temperature"]),
+        training=payload.get("training", {}),
+    )
+
+
+def checkpoint_sha256(path: str | os.PathLike) -> str:
+    """The identity of a model version: the sha256 of the checkpoint file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
