@@ -67,3 +67,55 @@ def isolated_home(tmp_path_factory, monkeypatch) -> Path:
     monkeypatch.delenv("CXR_DB_URL", raising=False)
     monkeypatch.delenv("CXR_PSEUDONYM_KEY", raising=False)
     return home
+
+
+def _postgres_bin() -> Path | None:
+    import shutil
+
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    return candidates[-1].parent if candidates else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A PostgreSQL database: ``CXR_TEST_POSTGRES_URL``, else a throwaway local cluster.
+
+    The cluster needs PostgreSQL's server binaries (Debian package ``postgresql``); without them the tests
+    that use it skip, or fail under CI, where .ci/run installs them.
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    if os.environ.get("CXR_TEST_POSTGRES_URL"):
+        yield os.environ["CXR_TEST_POSTGRES_URL"]
+        return
+    bindir = _postgres_bin()
+    if bindir is None:
+        _missing("PostgreSQL server binaries (initdb)")
+    # Not under pytest's temp folder: the server's user could not reach into root's private tree.
+    root = Path(tempfile.mkdtemp(prefix="cxr-test-postgres-"))
+    data, sockets = root / "data", root / "sockets"
+    sockets.mkdir()
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # the server refuses to run as root
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(root, "postgres")
+        shutil.chown(sockets, "postgres")
+
+    def run(*command: str) -> None:
+        result = subprocess.run([*as_postgres, *command], capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed: {result.stderr or result.stdout}")
+    run(str(bindir / "initdb"), "-D", str(data), "-U", "cxr", "--auth=trust", "-E", "UTF8")
+    run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w", "start",
+        "-o", f"-c listen_addresses='' -k {sockets} -c fsync=off")
+    try:
+        run(str(bindir / "createdb"), "-h", str(sockets), "-U", "cxr", "cxr_test")
+        yield f"postgresql+psycopg://cxr@/cxr_test?host={sockets}"
+    finally:
+        run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(root, ignore_errors=True)

@@ -7,11 +7,13 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from db import migrate
 from db.engine import create_database_engine, get_engine, write_session
 from db.models import Image, ModelVersion, Prediction
 
 
-def test_sqlite_connections_are_configured(engine):
+def test_sqlite_connections_are_configured(sqlite_url):
+    engine = create_database_engine(sqlite_url)
     with engine.connect() as connection:
         pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
         assert pragma("journal_mode") == "wal"
@@ -20,8 +22,8 @@ def test_sqlite_connections_are_configured(engine):
         assert pragma("synchronous") == 1  # NORMAL
 
 
-def test_one_engine_per_url(db_url):
-    assert get_engine(db_url) is get_engine(db_url)
+def test_one_engine_per_url(sqlite_url):
+    assert get_engine(sqlite_url) is get_engine(sqlite_url)
 
 
 def make_image(sha: str = "a" * 64) -> Image:
@@ -93,10 +95,12 @@ def _read_then_write(url: str, worker: int, start: multiprocessing.Event) -> Non
             session.add(make_image(f"{worker}{i:04d}{count:06d}".ljust(64, "0")))
 
 
-def test_two_processes_writing_at_once_both_complete(engine, db_url):
+def test_two_processes_writing_at_once_on_one_sqlite_file_both_complete(sqlite_url):
+    engine = create_database_engine(sqlite_url)
+    migrate.upgrade(engine)
     context = multiprocessing.get_context("spawn")
     start = context.Event()
-    workers = [context.Process(target=_read_then_write, args=(db_url, n, start)) for n in (1, 2)]
+    workers = [context.Process(target=_read_then_write, args=(sqlite_url, n, start)) for n in (1, 2)]
     for worker in workers:
         worker.start()
     start.set()

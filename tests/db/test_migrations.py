@@ -43,12 +43,12 @@ def test_old_schema_is_refused_with_the_fixing_command(db_url):
         migrate.require_current(engine)
 
 
-def test_ensure_schema_creates_an_empty_database_but_not_a_foreign_one(db_url, tmp_path):
+def test_ensure_schema_creates_an_empty_database_but_not_a_foreign_one(db_url, sqlite_url):
     engine = create_database_engine(db_url)
     migrate.ensure_schema(engine)
     assert migrate.current_revision(engine) == migrate.head_revision()
 
-    other = create_database_engine(f"sqlite:///{tmp_path / 'other.db'}")
+    other = create_database_engine(sqlite_url.replace("cxr.db", "other.db"))
     with other.begin() as connection:
         connection.exec_driver_sql("CREATE TABLE somebody_elses (x INTEGER)")
     with pytest.raises(migrate.SchemaOutOfDate, match="no CXR Review schema"):
