@@ -9,8 +9,8 @@ import sys
 
 from sqlalchemy.exc import OperationalError
 
-from db import config, migrate
-from db.engine import get_engine, write_session
+from db import config, migrate, results
+from db.engine import get_engine, read_session, write_session
 from db.passwords import MIN_PASSWORD_LENGTH
 from db.reviewers import ReviewerError, add_reviewer
 
@@ -23,6 +23,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("upgrade", help="create the database or migrate it to the newest schema")
     commands.add_parser("current", help="print the schema revision of the database and of this software")
+    failures = commands.add_parser("failures", help="list the files a scoring run could not score")
+    failures.add_argument("--run", type=int, metavar="ID", help="the run (default: the latest with failures)")
     add = commands.add_parser("add-reviewer", help="create a reviewer account")
     add.add_argument("name", help="login name")
     add.add_argument("--role", choices=["reviewer", "admin"], default="reviewer")
@@ -44,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"database: {migrate.current_revision(engine) or 'empty'}; software: {migrate.head_revision()}")
             return 0
         migrate.require_current(engine)
+        if args.command == "failures":
+            return _list_failures(engine, args.run)
         return _add_reviewer(engine, args)
     except migrate.SchemaOutOfDate as exc:
         log.error("%s", exc)
@@ -59,6 +63,14 @@ def _upgrade(engine) -> int:
     after = migrate.current_revision(engine)
     log.info("database %s: %s", engine.url.render_as_string(hide_password=True),
              f"migrated {before or 'empty'} -> {after}" if before != after else f"already at {after}")
+    return 0
+
+
+def _list_failures(engine, run_id: int | None) -> int:
+    """Tab-separated: run, reason, path, message. Paths may identify patients: this goes to stdout, not a log."""
+    with read_session(engine) as session:
+        for failure in results.run_failures(session, run_id):
+            print(f"{failure.run_id}\t{failure.reason}\t{failure.path}\t{failure.message}")
     return 0
 
 

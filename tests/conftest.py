@@ -7,9 +7,11 @@ checkout). Under CI (``CI=true``) a missing folder fails the tests that need it;
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, make_url
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -119,3 +121,40 @@ def postgres_url():
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> str:
+    """An empty database on each backend the product supports."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'cxr.db'}"
+        return
+    server = make_url(request.getfixturevalue("postgres_url"))
+    name = f"cxr_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    yield server.set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'cxr.db'}"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A small, randomly initialised but valid checkpoint (ResNet-18 at 32 px) for pipeline tests."""
+    import torch
+
+    from scoring.model import Checkpoint, Preprocessing, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    path = tmp_path_factory.mktemp("model") / "tiny.pt"
+    return save_checkpoint(path, Checkpoint("resnet18", ["covid", "normal", "pneumonia"], Preprocessing(32),
+                                            model.state_dict(), temperature=1.3,
+                                            training={"name": "tiny-test", "synthetic": True}))

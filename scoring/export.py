@@ -1,0 +1,113 @@
+"""``cxr-export-flagged``: cases whose latest review is flagged for retraining, as CSV.
+
+No patient names or raw IDs ever reach the database, so none can reach the file; file-system paths are left
+out unless asked for. Cells a spreadsheet would run as a formula are neutralised with a leading apostrophe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import io
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from sqlalchemy.exc import OperationalError
+
+from db import config, migrate
+from db.engine import get_engine, read_session
+from db.reviews import FlaggedCase, flagged_cases
+
+log = logging.getLogger("cxr.export")
+
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+BASE_COLUMNS = ["case_id", "image_sha256", "patient_pseudonym", "study_date", "model_version", "predicted_class"]
+REVIEW_COLUMNS = ["reviewer_label", "reviewer", "review_time", "comment"]
+
+
+def neutralise(value: Any) -> Any:
+    """A string that a spreadsheet would evaluate gets a leading apostrophe; anything else is unchanged."""
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def columns_for(cases: Sequence[FlaggedCase], include_paths: bool) -> list[str]:
+    classes = sorted({name for case in cases for name in case.probabilities})
+    return [*BASE_COLUMNS, *(f"p_{name}" for name in classes), *REVIEW_COLUMNS,
+            *(["path"] if include_paths else [])]
+
+
+def case_row(case: FlaggedCase, columns: list[str]) -> list[Any]:
+    values = {
+        "case_id": case.case_id, "image_sha256": case.image_sha256, "patient_pseudonym": case.patient_pseudonym,
+        "study_date": case.study_date.isoformat() if case.study_date else None,
+        "model_version": case.model_version, "predicted_class": case.predicted_class,
+        "reviewer_label": case.reviewer_label, "reviewer": case.reviewer,
+        "review_time": case.review_time.isoformat(timespec="seconds"), "comment": case.comment, "path": case.path,
+        **{f"p_{name}": round(float(p), 6) for name, p in case.probabilities.items()},
+    }
+    return [neutralise(values.get(column)) for column in columns]
+
+
+def write_csv(cases: Sequence[FlaggedCase], out: TextIO, *, include_paths: bool = False) -> int:
+    columns = columns_for(cases, include_paths)
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(columns)
+    for case in cases:
+        writer.writerow(case_row(case, columns))
+    return len(cases)
+
+
+def flagged_csv(cases: Sequence[FlaggedCase], *, include_paths: bool = False) -> str:
+    """The CSV as text, e.g. for a download button."""
+    buffer = io.StringIO()
+    write_csv(cases, buffer, include_paths=include_paths)
+    return buffer.getvalue()
+
+
+def parse_since(text: str) -> dt.datetime:
+    try:
+        since = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD or an ISO date-time)") from None
+    return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cxr-export-flagged", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--db", metavar="URL", help="database URL (default: $CXR_DB_URL or $CXR_HOME/cxr.db)")
+    parser.add_argument("--since", type=parse_since, metavar="DATE", help="only reviews at or after DATE (UTC)")
+    parser.add_argument("--out", default="-", metavar="FILE", help="output file, or - for standard output")
+    parser.add_argument("--include-paths", action="store_true", help="add each image's file-system path")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    engine = get_engine(args.db)
+    try:
+        migrate.require_current(engine)
+        with read_session(engine) as session:
+            cases = flagged_cases(session, args.since)
+    except migrate.SchemaOutOfDate as exc:
+        log.error("%s", exc)
+        return 2
+    except OperationalError as exc:
+        log.error("database %s is unreachable: %s", config.database_url(args.db), exc.orig)
+        return 2
+    if args.out == "-":
+        write_csv(cases, sys.stdout, include_paths=args.include_paths)
+    else:
+        with open(args.out, "w", newline="", encoding="utf-8") as handle:
+            write_csv(cases, handle, include_paths=args.include_paths)
+        log.info("wrote %d flagged cases to %s", len(cases), args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,323 @@
+"""The scoring pipeline: triage files against the database, decode new ones in DataLoader workers, run the
+model on batches, and commit each batch (predictions, images, file locations and failures) atomically.
+
+Triage never decodes: a path whose size and mtime are unchanged is looked up by path; any other file is
+hashed and looked up by content. Only content this model version has not handled yet is decoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+import contextlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from sqlalchemy import Engine
+from torch.utils.data import DataLoader, Dataset
+
+from db import results
+from db.engine import read_session, write_session
+from db.results import FileStat, KnownFile
+from scoring import imaging
+from scoring.model import Checkpoint, calibrated_probabilities, normalised_entropy
+
+log = logging.getLogger("cxr.score")
+
+TRIAGE_CHUNK = 2000
+HASH_THREADS = 4
+
+
+@dataclass
+class Counts:
+    scanned: int = 0  # files looked at (all of the categories below)
+    scored: int = 0  # scored by the model in this run
+    skipped: int = 0  # content already scored by this model version (at this or another path)
+    out_of_scope: int = 0  # not a frontal chest radiograph (recorded with its reason, not scored)
+    failed: int = 0  # could not be read or scored in this run (recorded with reason)
+    known_failures: int = 0  # failed in an earlier run and unchanged since: not retried
+    deferred: int = 0  # modified moments ago, probably still being written: left for the next run
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class ScoringOptions:
+    batch_size: int = 32
+    workers: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    read_timeout: float = imaging.DEFAULT_TIMEOUT_S
+    retry_failed: bool = False
+    log_every: int = 500
+    progress_bar: bool = False
+
+
+@dataclass
+class Job:
+    """One file whose content must be decoded (and, if in scope, scored)."""
+
+    stat: FileStat
+    sha256: str
+    same_content: list[FileStat] = field(default_factory=list)  # other new paths holding identical bytes
+
+
+@dataclass
+class Decoded:
+    index: int
+    tensor: torch.Tensor | None = None
+    meta: dict[str, Any] | None = None
+    scope: tuple[bool, str] | None = None
+    error: tuple[str, str] | None = None
+
+
+# --- triage ---------------------------------------------------------------------------------------------
+
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_or_error(stat: FileStat) -> tuple[FileStat, str | None, tuple[str, str] | None]:
+    try:
+        return stat, sha256_file(stat.path), None
+    except FileNotFoundError:
+        return stat, None, (imaging.REASON_NOT_FOUND, f"{stat.path}: file vanished or is a dangling link")
+    except PermissionError:
+        return stat, None, (imaging.REASON_UNREADABLE, f"{stat.path}: permission denied")
+    except IsADirectoryError:
+        return stat, None, (imaging.REASON_NOT_A_FILE, f"{stat.path}: is a directory")
+    except OSError as exc:
+        return stat, None, (imaging.REASON_UNREADABLE, f"{stat.path}: {exc.strerror or exc}")
+
+
+class Triage:
+    """Sorts discovered files into skipped / out of scope / known failures / to decode, recording what it can."""
+
+    def __init__(self, engine: Engine, model_version_id: int, run_id: int, options: ScoringOptions,
+                 counts: Counts):
+        self.engine, self.model_version_id, self.run_id = engine, model_version_id, run_id
+        self.options, self.counts = options, counts
+        self.jobs: list[Job] = []
+        self._job_by_sha: dict[str, Job] = {}
+
+    def run(self, files: list[FileStat]) -> list[Job]:
+        with ThreadPoolExecutor(HASH_THREADS) as hashers:
+            for start in range(0, len(files), TRIAGE_CHUNK):
+                self._triage_chunk(files[start:start + TRIAGE_CHUNK], hashers)
+        return self.jobs
+
+    def _triage_chunk(self, chunk: list[FileStat], hashers: ThreadPoolExecutor) -> None:
+        with read_session(self.engine) as session:
+            known = results.known_files(session, chunk, self.model_version_id)
+        unknown: list[FileStat] = []
+        for stat in chunk:
+            entry = known.get(stat.path)
+            if entry is None or (entry.failed and self.options.retry_failed):
+                unknown.append(stat)
+                continue
+            self.counts.scanned += 1
+            if entry.failed:
+                self.counts.known_failures += 1
+            elif entry.settled:
+                self._count_settled(entry)
+            else:
+                self._queue(stat, entry.sha256)
+        hashed = list(hashers.map(_hash_or_error, unknown))
+        with read_session(self.engine) as session:
+            by_sha = results.images_by_sha(session, [sha for _, sha, _ in hashed if sha], self.model_version_id)
+        with write_session(self.engine) as session:
+            for stat, sha, error in hashed:
+                self.counts.scanned += 1
+                if error is not None:
+                    results.add_failure(session, self.run_id, stat, *error)
+                    self.counts.failed += 1
+                elif sha in by_sha and by_sha[sha].settled:
+                    results.record_file(session, stat, by_sha[sha].image_id)
+                    self._count_settled(by_sha[sha])
+                else:
+                    self._queue(stat, sha)
+            results.update_run(session, self.run_id, **self.counts.as_dict())
+
+    def _count_settled(self, entry: KnownFile) -> None:
+        if entry.scored:
+            self.counts.skipped += 1
+        else:
+            self.counts.out_of_scope += 1
+
+    def _queue(self, stat: FileStat, sha: str) -> None:
+        if sha in self._job_by_sha:
+            self._job_by_sha[sha].same_content.append(stat)
+            return
+        job = Job(stat, sha)
+        self._job_by_sha[sha] = job
+        self.jobs.append(job)
+
+
+# --- decoding (in DataLoader workers) -------------------------------------------------------------------
+
+class DecodeDataset(Dataset):
+    """Reads, checks scope and preprocesses one file; errors come back as data, never as exceptions."""
+
+    def __init__(self, jobs: list[Job], preprocess: Callable[[Any], torch.Tensor], read_timeout: float):
+        self.paths = [job.stat.path for job in jobs]
+        self.preprocess = preprocess
+        self.read_timeout = read_timeout
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Decoded:
+        try:
+            image = imaging.read_xray(self.paths[index], timeout=self.read_timeout)
+        except imaging.XRayReadError as exc:
+            return Decoded(index, error=(exc.reason, str(exc)))
+        scope = imaging.in_scope(image.meta)
+        if not scope[0]:
+            return Decoded(index, meta=image.meta, scope=scope)
+        try:
+            tensor = self.preprocess(image.pixels)
+        except (ValueError, RuntimeError) as exc:
+            return Decoded(index, meta=image.meta, error=("preprocess_failed", f"{self.paths[index]}: {exc}"))
+        return Decoded(index, tensor=tensor, meta=image.meta, scope=scope)
+
+
+def collate_decoded(items: list[Decoded]) -> tuple[list[Decoded], torch.Tensor | None]:
+    tensors = [item.tensor for item in items if item.tensor is not None]
+    for item in items:
+        item.tensor = None  # the batch tensor carries the pixels; don't send them twice
+    return items, (torch.stack(tensors) if tensors else None)
+
+
+def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions) -> DataLoader:
+    on_cuda = options.device.type == "cuda"
+    return DataLoader(
+        DecodeDataset(jobs, checkpoint.preprocessing, options.read_timeout),
+        batch_size=options.batch_size,
+        num_workers=options.workers,
+        collate_fn=collate_decoded,
+        pin_memory=on_cuda,
+        prefetch_factor=4 if options.workers > 0 else None,
+        persistent_workers=False,
+    )
+
+
+# --- the model ------------------------------------------------------------------------------------------
+
+class Scorer:
+    """The checkpoint's model on a device, returning calibrated probabilities for a batch."""
+
+    def __init__(self, checkpoint: Checkpoint, device: torch.device):
+        self.checkpoint, self.device = checkpoint, device
+        self.model = checkpoint.build().to(device)
+        self.autocast_dtype: torch.dtype | None = None
+        if device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.autocast_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+    @torch.inference_mode()
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        on_cuda = self.device.type == "cuda"
+        batch = batch.to(self.device, non_blocking=on_cuda,
+                         memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+            logits = self.model(batch)
+        return calibrated_probabilities(logits.float(), self.checkpoint.temperature).cpu()
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+class ScoringPass:
+    """Decodes and scores the triaged jobs, committing one transaction per batch."""
+
+    def __init__(self, engine: Engine, scorer: Scorer, model_version_id: int, run_id: int,
+                 options: ScoringOptions, counts: Counts):
+        self.engine, self.scorer = engine, scorer
+        self.model_version_id, self.run_id = model_version_id, run_id
+        self.options, self.counts = options, counts
+
+    def run(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        loader = make_loader(jobs, self.scorer.checkpoint, self.options)
+        done = 0
+        with progress_bar(len(jobs), self.options.progress_bar) as advance:
+            for items, batch in loader:
+                probabilities = self.scorer.probabilities(batch) if batch is not None else None
+                self._commit_batch(jobs, items, probabilities)
+                done += len(items)
+                advance(len(items))
+                if not self.options.progress_bar and (done // self.options.log_every
+                                                      != (done - len(items)) // self.options.log_every):
+                    log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
+
+    def _commit_batch(self, jobs: list[Job], items: list[Decoded], probabilities: torch.Tensor | None) -> None:
+        classes = self.scorer.checkpoint.classes
+        rows = iter(probabilities) if probabilities is not None else iter(())
+        with write_session(self.engine) as session:
+            for item in items:
+                job = jobs[item.index]
+                paths = [job.stat, *job.same_content]
+                if item.error is not None:
+                    for stat in paths:
+                        results.add_failure(session, self.run_id, stat, *item.error)
+                    self.counts.failed += len(paths)
+                    continue
+                in_scope, reason = item.scope
+                image_id = results.upsert_image(session, sha256=job.sha256, stat=job.stat, meta=item.meta,
+                                                in_scope=in_scope, scope_reason=reason)
+                for stat in paths:
+                    results.record_file(session, stat, image_id)
+                if not in_scope:
+                    self.counts.out_of_scope += len(paths)
+                    continue
+                p = next(rows)
+                results.add_prediction(session, image_id=image_id, model_version_id=self.model_version_id,
+                                       run_id=self.run_id, **summarise(p, classes))
+                self.counts.scored += 1
+                self.counts.skipped += len(job.same_content)
+            results.update_run(session, self.run_id, **self.counts.as_dict())
+
+
+def summarise(probabilities: torch.Tensor, classes: list[str]) -> dict[str, Any]:
+    best = int(probabilities.argmax())
+    return {
+        "probabilities": {name: round(float(p), 6) for name, p in zip(classes, probabilities)},
+        "predicted_class": classes[best],
+        "confidence": float(probabilities[best]),
+        "entropy": float(normalised_entropy(probabilities)),
+    }
+
+
+def _counts_text(counts: Counts) -> str:
+    return ", ".join(f"{name} {value}" for name, value in counts.as_dict().items())
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], Any]]:
+    """A tqdm bar on a terminal; a no-op otherwise (the caller logs every N files instead)."""
+    if not enabled:
+        yield lambda n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="img", file=sys.stderr, dynamic_ncols=True) as bar:
+        yield bar.update
+
+
+def score(engine: Engine, checkpoint: Checkpoint, files: list[FileStat], model_version_id: int, run_id: int,
+          options: ScoringOptions, counts: Counts) -> Counts:
+    started = time.perf_counter()
+    jobs = Triage(engine, model_version_id, run_id, options, counts).run(files)
+    log.info("triage of %d files took %.1f s: %d to decode; %s", len(files), time.perf_counter() - started,
+             len(jobs), _counts_text(counts))
+    ScoringPass(engine, Scorer(checkpoint, options.device), model_version_id, run_id, options, counts).run(jobs)
+    return counts
