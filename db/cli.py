@@ -11,6 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import config, migrate, results
 from db.engine import get_engine, read_session, write_session
+from db.logs import setup_logging
 from db.passwords import MIN_PASSWORD_LENGTH
 from db.reviewers import ReviewerError, add_reviewer
 
@@ -35,8 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    setup_logging()
     args = build_parser().parse_args(argv)
     engine = get_engine(args.db)
     try:

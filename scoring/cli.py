@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import config, migrate, results
 from db.engine import get_engine, write_session
+from db.logs import setup_logging
 from scoring import imaging, pipeline
 from scoring.discovery import discover
 from scoring.lock import RunLock, RunLockHeld
@@ -197,16 +198,6 @@ class interrupted_run_marker:
 
 def _raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def setup_logging(log_file: Path | None, verbose: bool) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 
 from db import config, migrate
 from db.engine import get_engine, read_session
+from db.logs import setup_logging
 from db.reviews import FlaggedCase, flagged_cases
 
 log = logging.getLogger("cxr.export")
@@ -74,7 +75,7 @@ def parse_since(text: str) -> dt.datetime:
         since = dt.datetime.fromisoformat(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date: {text!r} (use YYYY-MM-DD or an ISO date-time)") from None
-    return since if since.tzinfo else since.replace(tzinfo=dt.timezone.utc)
+    return since if since.tzinfo else since.replace(tzinfo=dt.UTC)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = build_parser().parse_args(argv)
     engine = get_engine(args.db)
     try:

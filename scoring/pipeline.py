@@ -7,11 +7,11 @@ hashed and looked up by content. Only content this model version has not handled
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import sys
 import time
-import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -290,7 +290,7 @@ class ScoringPass:
 def summarise(probabilities: torch.Tensor, classes: list[str]) -> dict[str, Any]:
     best = int(probabilities.argmax())
     return {
-        "probabilities": {name: round(float(p), 6) for name, p in zip(classes, probabilities)},
+        "probabilities": {name: round(float(p), 6) for name, p in zip(classes, probabilities, strict=True)},
         "predicted_class": classes[best],
         "confidence": float(probabilities[best]),
         "entropy": float(normalised_entropy(probabilities)),
