@@ -172,6 +172,8 @@ class ScoringRun(Base):
     skipped: Mapped[int] = mapped_column(default=0)
     out_of_scope: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)
+    known_failures: Mapped[int] = mapped_column(default=0)
+    deferred: Mapped[int] = mapped_column(default=0)
 
     failures: Mapped[list[ScoringFailure]] = relationship(back_populates="run")
 

@@ -103,7 +103,9 @@ def run(args: argparse.Namespace, summary: dict) -> int:
             if results.mark_interrupted_runs(session):
                 log.warning("an earlier run was killed before it finished; its committed batches are kept")
         checkpoint, model_version_id = resolve_model(engine, args.model)
+        discovering = time.perf_counter()
         found = discover(args.paths, settle_seconds=args.settle_seconds)
+        timings = {"discover": round(time.perf_counter() - discovering, 3)}
         with write_session(engine) as session:
             run_id = results.start_run(session, run_arguments(args, options), model_version_id, os.getpid()).id
         summary.update(run_id=run_id, model_version_id=model_version_id)
@@ -112,10 +114,11 @@ def run(args: argparse.Namespace, summary: dict) -> int:
                  found.deferred)
         counts = pipeline.Counts(deferred=found.deferred)
         with interrupted_run_marker(engine, run_id):
-            pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options, counts)
+            timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
+                                          counts))
         with write_session(engine) as session:
             results.update_run(session, run_id, status="finished", finished=True, **counts.as_dict())
-    summary.update(counts.as_dict())
+    summary.update(counts.as_dict(), phase_seconds=timings)
     log.info("run %d finished: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
     if counts.failed:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)

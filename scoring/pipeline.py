@@ -90,13 +90,13 @@ def _hash_or_error(stat: FileStat) -> tuple[FileStat, str | None, tuple[str, str
     try:
         return stat, sha256_file(stat.path), None
     except FileNotFoundError:
-        return stat, None, (imaging.REASON_NOT_FOUND, f"{stat.path}: file vanished or is a dangling link")
+        return stat, None, (imaging.NOT_FOUND, f"{stat.path}: file vanished or is a dangling link")
     except PermissionError:
-        return stat, None, (imaging.REASON_UNREADABLE, f"{stat.path}: permission denied")
+        return stat, None, (imaging.UNREADABLE, f"{stat.path}: permission denied")
     except IsADirectoryError:
-        return stat, None, (imaging.REASON_NOT_A_FILE, f"{stat.path}: is a directory")
+        return stat, None, (imaging.NOT_A_FILE, f"{stat.path}: is a directory")
     except OSError as exc:
-        return stat, None, (imaging.REASON_UNREADABLE, f"{stat.path}: {exc.strerror or exc}")
+        return stat, None, (imaging.UNREADABLE, f"{stat.path}: {exc.strerror or exc}")
 
 
 class Triage:
@@ -314,10 +314,12 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], Any]]:
 
 
 def score(engine: Engine, checkpoint: Checkpoint, files: list[FileStat], model_version_id: int, run_id: int,
-          options: ScoringOptions, counts: Counts) -> Counts:
+          options: ScoringOptions, counts: Counts) -> dict[str, float]:
+    """Triage then score ``files``, updating ``counts``; returns the seconds each phase took."""
     started = time.perf_counter()
     jobs = Triage(engine, model_version_id, run_id, options, counts).run(files)
-    log.info("triage of %d files took %.1f s: %d to decode; %s", len(files), time.perf_counter() - started,
-             len(jobs), _counts_text(counts))
+    triaged = time.perf_counter()
+    log.info("triage of %d files took %.2f s: %d to decode; %s", len(files), triaged - started, len(jobs),
+             _counts_text(counts))
     ScoringPass(engine, Scorer(checkpoint, options.device), model_version_id, run_id, options, counts).run(jobs)
-    return counts
+    return {"triage": round(triaged - started, 3), "decode_and_score": round(time.perf_counter() - triaged, 3)}

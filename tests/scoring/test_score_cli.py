@@ -46,7 +46,7 @@ def corpus(tmp_path, cxr_dev, dicom_dir, pydicom_data) -> Path:
     (root / "broken" / "truncated.png").write_bytes(truncated[: len(truncated) // 2])
     (root / "png" / ".hidden.png").write_bytes(truncated)  # hidden: ignored
     (root / "png" / "copying.png.part").write_bytes(truncated)  # partial: ignored
-    (root / "png" / "loop").symlink_to(root)  # a link loop must not recurse forever
+    (root / "dicom" / "loop").symlink_to(root)  # a link loop must not recurse forever
     return root
 
 
@@ -124,7 +124,7 @@ def test_what_is_stored(capsys, sqlite_url, tiny_checkpoint, corpus):
 
 def test_changed_content_at_a_known_path_is_a_new_image(capsys, sqlite_url, tiny_checkpoint, corpus, cxr_dev):
     score(capsys, sqlite_url, tiny_checkpoint, corpus / "png")
-    target = sorted((corpus / "png").glob("*.png"))[0]
+    target = sorted((corpus / "png").glob("[!.]*.png"))[0]
     replacement = sorted(cxr_dev.glob("*/*.png"))[-1]
     shutil.copyfile(replacement, target)
     code, summary = score(capsys, sqlite_url, tiny_checkpoint, corpus / "png")

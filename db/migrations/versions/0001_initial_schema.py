@@ -125,6 +125,8 @@ def upgrade() -> None:
     sa.Column('skipped', sa.Integer(), nullable=False),
     sa.Column('out_of_scope', sa.Integer(), nullable=False),
     sa.Column('failed', sa.Integer(), nullable=False),
+    sa.Column('known_failures', sa.Integer(), nullable=False),
+    sa.Column('deferred', sa.Integer(), nullable=False),
     sa.ForeignKeyConstraint(['model_version_id'], ['model_versions.id'], name=op.f('fk_scoring_runs_model_version_id_model_versions')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_scoring_runs'))
     )
