@@ -29,7 +29,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import torch
 from PIL import Image as PILImage
@@ -40,7 +39,7 @@ from db.results import FileStat
 from scoring import imaging
 from scoring.cli import default_workers
 from scoring.model import Checkpoint, Preprocessing, build_model, load_checkpoint, save_checkpoint
-from scoring.pipeline import Job, ScoringOptions, Scorer, make_loader
+from scoring.pipeline import Job, Scorer, ScoringOptions, make_loader
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -144,7 +143,8 @@ def _sync(device: torch.device) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shared", type=Path, default=Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data")))
+    parser.add_argument("--shared", type=Path,
+                        default=Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data")))
     parser.add_argument("--files", type=int, default=2400)
     parser.add_argument("--naive-files", type=int, default=300, help="files for the (slow) naive loop")
     parser.add_argument("--arch", default="resnet18")

@@ -206,8 +206,13 @@ def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions
         collate_fn=collate_decoded,
         pin_memory=on_cuda,
         prefetch_factor=4 if options.workers > 0 else None,
-        persistent_workers=False,
+        worker_init_fn=_start_worker_reader,
     )
+
+
+def _start_worker_reader(_worker_id: int) -> None:
+    """Each worker starts its isolated decoder at once, so the first batch doesn't wait for it."""
+    imaging.start_reader_process()
 
 
 # --- the model ------------------------------------------------------------------------------------------

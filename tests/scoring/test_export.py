@@ -118,6 +118,6 @@ def test_no_patient_data_and_no_paths_unless_asked(reviewed_db, tmp_path, sqlite
 
 
 def test_since_filters_by_review_time(reviewed_db, sqlite_url, capsys):
-    tomorrow = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=1)).date().isoformat()
+    tomorrow = (dt.datetime.now(dt.UTC) + dt.timedelta(days=1)).date().isoformat()
     assert export.main(["--db", sqlite_url, "--since", tomorrow]) == 0
     assert capsys.readouterr().out.strip().splitlines() == [",".join(export.columns_for([], False))]

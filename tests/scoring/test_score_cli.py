@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from scoring.imaging import read_xray
 from sqlalchemy import func, select
 
 from db.engine import create_database_engine, read_session
 from db.models import Image, ImageFile, ModelVersion, Prediction, ScoringFailure, ScoringRun
 from scoring import cli
+from scoring.imaging import read_xray
 from scoring.lock import RunLock
 from scoring.model import calibrated_probabilities, load_checkpoint
 
