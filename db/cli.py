@@ -7,11 +7,9 @@ import getpass
 import logging
 import sys
 
-from sqlalchemy.exc import OperationalError
-
-from db import config, migrate, results
+from db import migrate, results
+from db.clitools import run_database_command, setup_logging
 from db.engine import get_engine, read_session, write_session
-from db.logs import setup_logging
 from db.passwords import MIN_PASSWORD_LENGTH
 from db.reviewers import ReviewerError, add_reviewer
 
@@ -39,22 +37,19 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
     engine = get_engine(args.db)
-    try:
-        if args.command == "upgrade":
-            return _upgrade(engine)
-        if args.command == "current":
-            print(f"database: {migrate.current_revision(engine) or 'empty'}; software: {migrate.head_revision()}")
-            return 0
-        migrate.require_current(engine)
-        if args.command == "failures":
-            return _list_failures(engine, args.run)
-        return _add_reviewer(engine, args)
-    except migrate.SchemaOutOfDate as exc:
-        log.error("%s", exc)
-        return 2
-    except OperationalError as exc:
-        log.error("cannot use the database %s: %s", config.database_url(args.db), exc.orig)
-        return 2
+    return run_database_command(log, args.db, lambda: _dispatch(engine, args))
+
+
+def _dispatch(engine, args: argparse.Namespace) -> int:
+    if args.command == "upgrade":
+        return _upgrade(engine)
+    if args.command == "current":
+        print(f"database: {migrate.current_revision(engine) or 'empty'}; software: {migrate.head_revision()}")
+        return 0
+    migrate.require_current(engine)
+    if args.command == "failures":
+        return _list_failures(engine, args.run)
+    return _add_reviewer(engine, args)
 
 
 def _upgrade(engine) -> int:

@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 
 from db import config, migrate, results
+from db.clitools import setup_logging
 from db.engine import get_engine, write_session
-from db.logs import setup_logging
 from scoring import imaging, pipeline
 from scoring.discovery import discover
 from scoring.lock import RunLock, RunLockHeld

@@ -15,11 +15,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from sqlalchemy.exc import OperationalError
-
-from db import config, migrate
+from db import migrate
+from db.clitools import run_database_command, setup_logging
 from db.engine import get_engine, read_session
-from db.logs import setup_logging
 from db.reviews import FlaggedCase, flagged_cases
 
 log = logging.getLogger("cxr.export")
@@ -90,17 +88,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
     args = build_parser().parse_args(argv)
+    return run_database_command(log, args.db, lambda: export(args))
+
+
+def export(args: argparse.Namespace) -> int:
     engine = get_engine(args.db)
-    try:
-        migrate.require_current(engine)
-        with read_session(engine) as session:
-            cases = flagged_cases(session, args.since)
-    except migrate.SchemaOutOfDate as exc:
-        log.error("%s", exc)
-        return 2
-    except OperationalError as exc:
-        log.error("database %s is unreachable: %s", config.database_url(args.db), exc.orig)
-        return 2
+    migrate.require_current(engine)
+    with read_session(engine) as session:
+        cases = flagged_cases(session, args.since)
     if args.out == "-":
         write_csv(cases, sys.stdout, include_paths=args.include_paths)
     else:
