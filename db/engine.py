@@ -72,12 +72,16 @@ def read_session(engine: Engine) -> Iterator[Session]:
         yield session
 
 
+def writer(engine: Engine) -> Engine:
+    """The engine whose transactions begin IMMEDIATE on SQLite (the engine itself elsewhere)."""
+    return engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
+
+
 @contextlib.contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
     """One write transaction: committed when the block ends, rolled back if it raises.
 
     On SQLite it begins IMMEDIATE, so reads inside it see the state the write will be applied to.
     """
-    bind = engine.execution_options(**{_IMMEDIATE: True}) if is_sqlite(engine) else engine
-    with Session(bind, expire_on_commit=False) as session, session.begin():
+    with Session(writer(engine), expire_on_commit=False) as session, session.begin():
         yield session

@@ -8,7 +8,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
+
+from db.engine import writer
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -32,9 +34,15 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(connection).get_current_revision()
 
 
+MIGRATION_LOCK_KEY = 0x43585244  # "CXRD": PostgreSQL advisory lock serialising migrations
+
+
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to ``revision``. Concurrent callers are serialised: the second finds the work done."""
     cfg = _alembic_config()
-    with engine.begin() as connection:
+    with writer(engine).begin() as connection:  # SQLite: BEGIN IMMEDIATE takes the write lock first
+        if engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
 

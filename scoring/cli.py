@@ -90,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace, summary: dict) -> int:
     engine = get_engine(args.db)
-    migrate.ensure_schema(engine)
     device = resolve_device(args.device)
     options = pipeline.ScoringOptions(
         batch_size=args.batch_size, workers=default_workers() if args.workers is None else args.workers,
@@ -98,7 +97,8 @@ def run(args: argparse.Namespace, summary: dict) -> int:
         log_every=args.log_every, progress_bar=sys.stderr.isatty())
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    with RunLock(engine):
+    with RunLock(engine):  # before the schema check, so two runs on a new database don't both create it
+        migrate.ensure_schema(engine)
         with write_session(engine) as session:
             if results.mark_interrupted_runs(session):
                 log.warning("an earlier run was killed before it finished; its committed batches are kept")

@@ -53,3 +53,23 @@ def test_ensure_schema_creates_an_empty_database_but_not_a_foreign_one(db_url, s
         connection.exec_driver_sql("CREATE TABLE somebody_elses (x INTEGER)")
     with pytest.raises(migrate.SchemaOutOfDate, match="no CXR Review schema"):
         migrate.ensure_schema(other)
+
+
+def _ensure(url: str, start) -> None:
+    start.wait()
+    migrate.ensure_schema(create_database_engine(url))
+
+
+def test_concurrent_first_use_of_a_new_database_creates_it_once(db_url):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    start = context.Event()
+    workers = [context.Process(target=_ensure, args=(db_url, start)) for _ in range(3)]
+    for worker in workers:
+        worker.start()
+    start.set()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [w.exitcode for w in workers] == [0, 0, 0]
+    assert migrate.current_revision(create_database_engine(db_url)) == migrate.head_revision()
