@@ -1,0 +1,281 @@
+"""Labelled images for training and evaluation: loading, patient-level splits, reviewers' corrections,
+augmentation and the torch Dataset.
+
+Every image goes through the project's reader and the one shared ``preprocess`` (via the checkpoint's
+:class:`~scoring.model.Preprocessing`), so training and scoring see identical inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import random
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from torch.utils.data import Dataset
+
+from db.models import Image, Review
+from db.reviews import latest_reviews
+from scoring import imaging
+from scoring.model import Preprocessing
+
+log = logging.getLogger("cxr.train")
+
+LABELS_FILE = "labels.csv"
+# Reviews with these labels say "no usable label": they never go into training.
+NON_TRAINING_LABELS = frozenset({"ungradable", "other", "unsure"})
+
+
+class DataError(ValueError):
+    """Labelled data that cannot be used as given."""
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: str
+    label: str
+    patient_id: str | None = None
+    source: str | None = None
+    sha256: str | None = None
+    review_id: int | None = None  # set when the label comes from a reviewer
+
+    @property
+    def group(self) -> str:
+        """What must never be split across train and validation: the patient, else the image itself."""
+        return f"patient:{self.patient_id}" if self.patient_id else f"image:{self.sha256 or self.path}"
+
+
+# --- loading --------------------------------------------------------------------------------------------
+
+def load_labelled(data: str | Path) -> list[LabelledImage]:
+    """A CSV (``file,label[,patient_id][,source]``; files relative to the CSV), a folder holding
+    ``labels.csv``, or a folder with one sub-folder of images per class."""
+    data = Path(data)
+    if data.is_file():
+        return _from_csv(data)
+    if (data / LABELS_FILE).is_file():
+        return _from_csv(data / LABELS_FILE)
+    if data.is_dir():
+        return _from_class_folders(data)
+    raise DataError(f"{data}: no such file or folder")
+
+
+def _from_csv(path: Path) -> list[LabelledImage]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"file", "label"} - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(f"{path}: missing column(s) {sorted(missing)}; found {reader.fieldnames}")
+        items = []
+        for line, row in enumerate(reader, start=2):
+            if not row["file"] or not row["label"]:
+                raise DataError(f"{path}:{line}: empty file or label in {row}")
+            items.append(LabelledImage(str((path.parent / row["file"]).resolve()), row["label"].strip(),
+                                       (row.get("patient_id") or "").strip() or None,
+                                       (row.get("source") or "").strip() or None))
+    if not items:
+        raise DataError(f"{path}: no rows")
+    return items
+
+
+def _from_class_folders(root: Path) -> list[LabelledImage]:
+    items = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+            items.append(LabelledImage(str(path.resolve()), folder.name, source=root.name))
+    if not items:
+        raise DataError(f"{root}: no class folders with images (and no {LABELS_FILE})")
+    return items
+
+
+def with_hashes(items: Iterable[LabelledImage]) -> list[LabelledImage]:
+    return [item if item.sha256 else replace(item, sha256=file_sha256(item.path)) for item in items]
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# --- reviewers' corrections -----------------------------------------------------------------------------
+
+def reviewed_cases(session: Session) -> list[LabelledImage]:
+    """The latest review of every reviewed image, with the reviewer's label (ungradable/other left out)."""
+    latest = latest_reviews()
+    rows = session.execute(
+        select(Review.id, Review.label, Image.sha256, Image.path, Image.patient_pseudonym)
+        .join(latest, latest.c.review_id == Review.id)
+        .join(Image, Image.id == Review.image_id)
+        .order_by(Review.id))
+    return [LabelledImage(path, label, pseudonym, "review", sha, review_id)
+            for review_id, label, sha, path, pseudonym in rows
+            if label.strip().lower() not in NON_TRAINING_LABELS]
+
+
+def merge_reviews(items: list[LabelledImage], reviews: list[LabelledImage]) -> list[LabelledImage]:
+    """Dataset plus reviewed cases, de-duplicated by content; a reviewer's label overrides the dataset's."""
+    by_sha = {item.sha256: item for item in items}
+    if None in by_sha:
+        raise ValueError("merge_reviews needs hashed items (with_hashes)")
+    overridden = 0
+    for review in reviews:
+        existing = by_sha.get(review.sha256)
+        if existing is None:
+            by_sha[review.sha256] = review
+        else:
+            overridden += existing.label != review.label
+            by_sha[review.sha256] = replace(existing, label=review.label, review_id=review.review_id)
+    log.info("reviews: %d cases, %d new to the data, %d relabelled", len(reviews),
+             len(by_sha) - len(items), overridden)
+    return list(by_sha.values())
+
+
+def deduplicate(items: list[LabelledImage]) -> list[LabelledImage]:
+    """One item per content hash (the first); conflicting labels for one content are an error."""
+    seen: dict[str, LabelledImage] = {}
+    for item in items:
+        first = seen.setdefault(item.sha256, item)
+        if first.label != item.label:
+            raise DataError(f"{item.path} and {first.path} have the same content but labels "
+                            f"{item.label!r} and {first.label!r}")
+    return list(seen.values())
+
+
+def without(items: list[LabelledImage], excluded: Iterable[LabelledImage]) -> list[LabelledImage]:
+    """``items`` minus any content that is in ``excluded`` (e.g. a fixed evaluation set)."""
+    shas = {item.sha256 for item in excluded}
+    return [item for item in items if item.sha256 not in shas]
+
+
+# --- splitting ------------------------------------------------------------------------------------------
+
+def patient_split(items: list[LabelledImage], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Train/validation split by patient (no patient in both), stratified by each patient's main label."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    groups: dict[str, list[LabelledImage]] = defaultdict(list)
+    for item in items:
+        groups[item.group].append(item)
+    by_label: dict[str, list[str]] = defaultdict(list)
+    for name, members in sorted(groups.items()):
+        by_label[Counter(m.label for m in members).most_common(1)[0][0]].append(name)
+    rng = random.Random(seed)
+    val_groups: set[str] = set()
+    for label in sorted(by_label):
+        names = by_label[label]
+        rng.shuffle(names)
+        target = val_fraction * sum(len(groups[n]) for n in names)
+        taken = 0
+        for name in names[:-1]:  # the last group of each label always stays in training
+            if taken >= target:
+                break
+            val_groups.add(name)
+            taken += len(groups[name])
+    train = [item for name, members in groups.items() if name not in val_groups for item in members]
+    val = [item for name, members in groups.items() if name in val_groups for item in members]
+    return train, val
+
+
+# --- augmentation ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Film-plausible changes: small rotation/scale/shift, brightness/contrast/gamma; no left-right flip
+    by default (the heart is on the patient's left, and L/R markers matter)."""
+
+    degrees: float = 7.0
+    scale: float = 0.08
+    shift: float = 0.05
+    brightness: float = 0.08
+    contrast: float = 0.15
+    gamma: float = 0.2
+    hflip: bool = False
+
+    def intensity(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """In reader space ([0, 1]) before preprocessing."""
+        gamma = float(np.exp(rng.uniform(-self.gamma, self.gamma)))
+        contrast = 1.0 + rng.uniform(-self.contrast, self.contrast)
+        brightness = rng.uniform(-self.brightness, self.brightness)
+        out = np.power(np.clip(pixels, 0.0, 1.0), gamma)
+        out = (out - 0.5) * contrast + 0.5 + brightness
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    def geometry(self, tensor: torch.Tensor, rng: np.random.Generator, fill: float) -> torch.Tensor:
+        """On the preprocessed (1, S, S) tensor; uncovered corners get ``fill`` (the padding value)."""
+        angle = np.deg2rad(rng.uniform(-self.degrees, self.degrees))
+        scale = 1.0 + rng.uniform(-self.scale, self.scale)
+        tx, ty = rng.uniform(-self.shift, self.shift, size=2) * 2  # affine_grid coordinates span [-1, 1]
+        flip = -1.0 if self.hflip and rng.random() < 0.5 else 1.0
+        cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+        theta = torch.tensor([[cos * flip, -sin, tx], [sin * flip, cos, ty]], dtype=torch.float32)[None]
+        grid = F.affine_grid(theta, [1, *tensor.shape], align_corners=False)
+        shifted = tensor[None] - fill  # grid_sample fills with zeros: sample the offset image
+        return (F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+                + fill)
+
+
+# --- the dataset ----------------------------------------------------------------------------------------
+
+class LabelledDataset(Dataset):
+    """(tensor, class index) pairs; an unreadable file raises, naming it (training data must be clean)."""
+
+    def __init__(self, items: list[LabelledImage], classes: list[str], preprocessing: Preprocessing,
+                 augmentation: Augmentation | None = None, seed: int = 0):
+        unknown = sorted({item.label for item in items} - set(classes))
+        if unknown:
+            raise DataError(f"labels {unknown} are not among the model's classes {classes}")
+        self.items, self.classes = items, classes
+        self.preprocessing, self.augmentation = preprocessing, augmentation
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Augmentations depend on (seed, epoch, index) only, so a run is reproducible and resumable."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.items[index]
+        pixels = imaging.read_xray(item.path).pixels
+        if self.augmentation is None:
+            return self.preprocessing(pixels), self.classes.index(item.label)
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        tensor = self.preprocessing(self.augmentation.intensity(pixels, rng))
+        pad = (self.preprocessing.pad_value - self.preprocessing.mean) / self.preprocessing.std
+        return self.augmentation.geometry(tensor, rng, pad), self.classes.index(item.label)
+
+
+def readable(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[tuple[str, str]]]:
+    """Split items into those the reader accepts (and are in scope) and (path, reason) for the rest."""
+    good, bad = [], []
+    for item in items:
+        try:
+            meta = imaging.read_xray(item.path).meta
+        except imaging.XRayReadError as exc:
+            bad.append((item.path, exc.reason))
+            continue
+        ok, reason = imaging.in_scope(meta)
+        (good.append(item) if ok else bad.append((item.path, reason)))
+    return good, bad
+
+
+def summary(items: list[LabelledImage]) -> dict:
+    """Counts per class and per source, for the model card."""
+    return {"images": len(items),
+            "patients": len({item.group for item in items}),
+            "per_class": dict(sorted(Counter(item.label for item in items).items())),
+            "per_source": dict(sorted(Counter(item.source or "unknown" for item in items).items())),
+            "from_reviews": sum(item.review_id is not None for item in items)}

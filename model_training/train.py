@@ -1,0 +1,414 @@
+"""Train a chest X-ray classifier, top to bottom: data -> split -> model -> epochs with early stopping ->
+temperature calibration -> checkpoint, model card and registration (inactive) in the database.
+
+Everything a run needs is in :class:`TrainConfig`, saved as ``config.json`` next to the checkpoint. A killed
+run continues from ``last.pt`` with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import models
+
+from db import migrate
+from db.engine import get_engine, read_session, write_session
+from db.models import ReviewTrainingUse
+from db.results import register_model_version
+from model_training import data
+from model_training.calibration import fit_temperature
+from model_training.card import write_model_card
+from model_training.metrics import classification_metrics, expected_calibration_error, reliability_bins
+from scoring.model import (
+    Checkpoint,
+    Preprocessing,
+    build_model,
+    calibrated_probabilities,
+    checkpoint_sha256,
+    grey_conv1_from_rgb,
+    load_checkpoint,
+    save_checkpoint,
+)
+
+log = logging.getLogger("cxr.train")
+
+CHECKPOINT_NAME, STATE_NAME, CONFIG_NAME, HISTORY_NAME = "model.pt", "last.pt", "config.json", "history.csv"
+
+
+class TrainError(RuntimeError):
+    """A training run that cannot start or continue, with a message that says why."""
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    arch: str = "resnet18"
+    img_size: int = 224
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    val_fraction: float = 0.2
+    patience: int = 5
+    pretrained: str | None = None
+    include_reviews: bool = False
+    eval_data: str | None = None
+    hflip: bool = False
+    augment: bool = True
+    workers: int = 2
+    device: str = "auto"
+    db: str | None = None
+    name: str | None = None
+    synthetic: bool = False
+
+    def save(self, folder: Path) -> None:
+        (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path
+    model_version_id: int | None
+    metrics: dict[str, Any]
+
+
+# --- the steps ------------------------------------------------------------------------------------------
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def resolve_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise TrainError("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(choice)
+
+
+def imagenet_weights_file(arch: str) -> tuple[Path, str]:
+    """Where torchvision caches the ImageNet weights of ``arch``, and where they come from."""
+    url = models.get_model_weights(arch).IMAGENET1K_V1.url
+    return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
+
+
+def load_pretrained(model: nn.Module, spec: str, arch: str) -> str:
+    """Initialise from ImageNet (local cache only; never downloads) or from a local file. Returns a note."""
+    if spec == "imagenet":
+        path, url = imagenet_weights_file(arch)
+        if not path.is_file():
+            raise TrainError(f"--pretrained imagenet: the {arch} ImageNet weights are not in the local cache, and "
+                             f"CXR Review never downloads at run time. Put {path.name} (from {url}) at {path}, "
+                             "or train from scratch without --pretrained.")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise TrainError(f"--pretrained {spec}: no such file")
+        try:
+            checkpoint = load_checkpoint(path)
+        except Exception:  # not our format: a plain torchvision state dict
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            if checkpoint.arch != arch:
+                raise TrainError(f"--pretrained {spec} is a {checkpoint.arch}, not a {arch}")
+            state = checkpoint.state_dict
+    state = dict(state)
+    if state.get("conv1.weight") is not None and state["conv1.weight"].shape[1] == 3:
+        state["conv1.weight"] = grey_conv1_from_rgb(state["conv1.weight"])
+    head = model.fc.weight.shape
+    if state.get("fc.weight") is not None and state["fc.weight"].shape != head:
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a new head for these classes
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or any(not key.startswith("fc.") for key in missing):
+        raise TrainError(f"--pretrained {spec} does not fit {arch}: missing {missing}, unexpected {unexpected}")
+    return f"{spec} ({path})"
+
+
+def class_weights(items: list[data.LabelledImage], classes: list[str]) -> torch.Tensor:
+    """Inverse-frequency weights (mean 1) for the loss, so a rare class is not ignored."""
+    counts = np.array([sum(item.label == c for item in items) for c in classes], dtype=np.float64)
+    return torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
+
+
+def make_loader(dataset: data.LabelledDataset, config: TrainConfig, shuffle: bool, device: torch.device,
+                epoch: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers,
+                      pin_memory=device.type == "cuda", generator=generator,
+                      persistent_workers=False, drop_last=False)
+
+
+def autocast(device: torch.device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, weights: torch.Tensor,
+                    device: torch.device, progress: bool, epoch: int) -> float:
+    model.train()
+    total, seen = 0.0, 0
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+
+        batches = tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, file=sys.stderr)
+    for images, labels in batches:
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.to(memory_format=torch.channels_last)
+        with autocast(device):
+            loss = F.cross_entropy(model(images).float(), labels, weight=weights.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += float(loss) * len(labels)
+        seen += len(labels)
+    return total / max(seen, 1)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
+    """Logits, true class indices and the mean (unweighted) loss over a loader."""
+    model.eval()
+    all_logits, all_labels = [], []
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True)
+        if device.type == "cuda":
+            images = images.to(memory_format=torch.channels_last)
+        with autocast(device):
+            all_logits.append(model(images).float().cpu())
+        all_labels.append(labels)
+    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
+    return logits.numpy(), labels.numpy(), float(F.cross_entropy(logits, labels))
+
+
+def calibrated_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float) -> dict:
+    probabilities = calibrated_probabilities(torch.from_numpy(logits), temperature).numpy()
+    metrics = classification_metrics(labels, probabilities, classes)
+    metrics["ece"] = expected_calibration_error(probabilities, labels)
+    return metrics
+
+
+def save_training_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def append_history(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def prepare_data(config: TrainConfig) -> tuple[list[data.LabelledImage], list[data.LabelledImage] | None, dict]:
+    """Training candidates (dataset + reviews, minus the evaluation set) and the evaluation set."""
+    items = data.deduplicate(data.with_hashes(data.load_labelled(config.data)))
+    if config.include_reviews:
+        with read_session(database(config)) as session:
+            items = data.merge_reviews(items, data.with_hashes(data.reviewed_cases(session)))
+    eval_items = None
+    if config.eval_data:
+        eval_items = data.deduplicate(data.with_hashes(data.load_labelled(config.eval_data)))
+        before = len(items)
+        items = data.without(items, eval_items)
+        log.info("evaluation set: %d images, %d removed from training", len(eval_items), before - len(items))
+    items, rejected = data.readable(items)
+    for path, reason in rejected:
+        log.warning("left out of training (%s): %s", reason, Path(path).name)
+    return items, eval_items, {"rejected": len(rejected)}
+
+
+def database(config: TrainConfig):
+    engine = get_engine(config.db)
+    migrate.ensure_schema(engine)
+    return engine
+
+
+def register(config: TrainConfig, checkpoint_path: Path, checkpoint: Checkpoint, metrics: dict,
+             items: list[data.LabelledImage]) -> int:
+    engine = database(config)
+    with write_session(engine) as session:
+        version = register_model_version(
+            session, sha256=checkpoint_sha256(checkpoint_path), path=str(checkpoint_path.resolve()),
+            architecture=checkpoint.arch, classes=checkpoint.classes, input_size=checkpoint.input_size,
+            preprocessing_hash=checkpoint.preprocessing.hash, temperature=checkpoint.temperature,
+            name=checkpoint.training["name"], metrics=metrics, is_synthetic=config.synthetic)
+        for review_id in sorted({item.review_id for item in items if item.review_id is not None}):
+            session.add(ReviewTrainingUse(review_id=review_id, model_version_id=version.id))
+        return version.id
+
+
+# --- the run --------------------------------------------------------------------------------------------
+
+def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) -> TrainResult:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config.name = config.name or out.name
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+
+    # data
+    items, eval_items, data_notes = prepare_data(config)
+    config.synthetic = config.synthetic or all(item.source == "synthetic" for item in items)
+    classes = sorted({item.label for item in items})
+    if len(classes) < 2:
+        raise TrainError(f"need at least two classes to train, found {classes}")
+    state = _load_state(out, config) if resume else None
+    if state is None:
+        train_items, val_items = data.patient_split(items, config.val_fraction, config.seed)
+    else:
+        val_shas = set(state["val_sha256"])
+        train_items = [item for item in items if item.sha256 not in val_shas]
+        val_items = [item for item in items if item.sha256 in val_shas]
+    overlap = {i.group for i in train_items} & {i.group for i in val_items}
+    assert not overlap, f"patients in both splits: {sorted(overlap)[:5]}"
+    log.info("data: %d training, %d validation images; classes %s", len(train_items), len(val_items), classes)
+    config.save(out)
+
+    # model and optimisation
+    preprocessing = Preprocessing(config.img_size)
+    augmentation = data.Augmentation(hflip=config.hflip) if config.augment else None
+    train_set = data.LabelledDataset(train_items, classes, preprocessing, augmentation, seed=config.seed)
+    val_loader = make_loader(data.LabelledDataset(val_items, classes, preprocessing), config, False, device)
+    model = build_model(config.arch, len(classes))
+    init_note = load_pretrained(model, config.pretrained, config.arch) if config.pretrained else "random"
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    weights = class_weights(train_items, classes)
+    history: list[dict] = []
+    best = {"score": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
+        log.info("resuming after epoch %d (best macro-F1 %.3f at epoch %d)", state["epoch"], best["score"],
+                 best["epoch"])
+
+    # epochs
+    for epoch in range(start_epoch, config.epochs + 1):
+        if epoch - best["epoch"] > config.patience and best["epoch"] > 0:
+            log.info("early stop: no better validation macro-F1 for %d epochs", config.patience)
+            break
+        started = time.perf_counter()
+        train_set.set_epoch(epoch)
+        train_loss = train_one_epoch(model, make_loader(train_set, config, True, device, epoch), optimizer,
+                                     weights, device, progress, epoch)
+        scheduler.step()
+        logits, labels, val_loss = evaluate(model, val_loader, device)
+        metrics = calibrated_metrics(logits, labels, classes, 1.0)
+        row = {"epoch": epoch, "train_loss": round(train_loss, 5), "val_loss": round(val_loss, 5),
+               "val_accuracy": round(metrics["accuracy"], 5), "val_macro_f1": round(metrics["macro_f1"], 5),
+               "val_macro_auroc": metrics["macro_auroc"], "lr": optimizer.param_groups[0]["lr"],
+               "seconds": round(time.perf_counter() - started, 2)}
+        history.append(row)
+        append_history(out / HISTORY_NAME, row)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, macro-AUROC %s, %.1f s",
+                 epoch, train_loss, val_loss, metrics["accuracy"], metrics["macro_f1"],
+                 _fmt(metrics["macro_auroc"]), row["seconds"])
+        if metrics["macro_f1"] > best["score"] + 1e-4:
+            best = {"score": metrics["macro_f1"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
+        save_training_state(out / STATE_NAME, {
+            "config": dataclasses.asdict(config), "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
+            "best": best, "val_sha256": [item.sha256 for item in val_items]})
+
+    # calibration on the validation split, with the best epoch's weights
+    model.load_state_dict(best["state"])
+    logits, labels, _ = evaluate(model, val_loader, device)
+    temperature = fit_temperature(logits, labels)
+    before = calibrated_metrics(logits, labels, classes, 1.0)
+    after = calibrated_metrics(logits, labels, classes, temperature)
+    reliability = {"before": reliability_bins(calibrated_probabilities(torch.from_numpy(logits), 1.0).numpy(),
+                                              labels),
+                   "after": reliability_bins(calibrated_probabilities(torch.from_numpy(logits),
+                                                                      temperature).numpy(), labels)}
+    metrics = {"best_epoch": best["epoch"], "temperature": temperature, "validation": after,
+               "ece_before_calibration": before["ece"], "ece_after_calibration": after["ece"]}
+    log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, before["ece"], after["ece"])
+    if eval_items is not None:
+        metrics["evaluation_set"] = evaluate_items(model, eval_items, classes, preprocessing, temperature,
+                                                   config, device)
+
+    # checkpoint, card, registration
+    data_summary = {"train": data.summary(train_items), "validation": data.summary(val_items),
+                    "evaluation_set": data.summary(eval_items) if eval_items else None, **data_notes}
+    checkpoint = Checkpoint(config.arch, classes, preprocessing, {k: v.cpu() for k, v in best["state"].items()},
+                            temperature=temperature,
+                            training={"name": config.name, "synthetic": config.synthetic,
+                                      "config": dataclasses.asdict(config), "initialisation": init_note,
+                                      "metrics": _plain(metrics), "data": _plain(data_summary)})
+    checkpoint_path = save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
+    write_model_card(out, name=config.name, config=dataclasses.asdict(config), data_summary=data_summary,
+                     metrics=_plain(metrics), history=history, reliability=reliability, synthetic=config.synthetic)
+    version_id = register(config, checkpoint_path, checkpoint, _plain(metrics), train_items + val_items)
+    (out / STATE_NAME).unlink(missing_ok=True)
+    log.info("wrote %s; registered as model version %d (inactive: `cxr-train promote %d` makes it the scorer's)",
+             checkpoint_path, version_id, version_id)
+    return TrainResult(checkpoint_path, version_id, metrics)
+
+
+def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
+                   preprocessing: Preprocessing, temperature: float, config: TrainConfig,
+                   device: torch.device) -> dict:
+    readable_items, rejected = data.readable(items)
+    known = [item for item in readable_items if item.label in classes]
+    loader = make_loader(data.LabelledDataset(known, classes, preprocessing), config, False, device)
+    logits, labels, _ = evaluate(model, loader, device)
+    metrics = calibrated_metrics(logits, labels, classes, temperature)
+    metrics["left_out"] = len(items) - len(known)
+    return metrics
+
+
+def _load_state(out: Path, config: TrainConfig) -> dict | None:
+    path = out / STATE_NAME
+    if not path.is_file():
+        raise TrainError(f"--resume: no {STATE_NAME} in {out} (a finished run removes it)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = state["config"]
+    for key in ("data", "arch", "img_size", "seed", "val_fraction", "include_reviews", "eval_data"):
+        if saved.get(key) != getattr(config, key):
+            raise TrainError(f"--resume: {key} was {saved.get(key)!r} in the killed run, now {getattr(config, key)!r}")
+    return state
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _plain(value: Any) -> Any:
+    """JSON-safe copy (numpy scalars become Python numbers)."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
