@@ -8,9 +8,9 @@ import logging
 import sys
 from pathlib import Path
 
+from db import migrate
 from db.clitools import run_database_command, setup_logging
 from db.engine import get_engine, read_session, write_session
-from db import migrate
 from model_training import data, registry
 from model_training.train import TrainConfig, TrainError
 

@@ -278,4 +278,7 @@ def summary(items: list[LabelledImage]) -> dict:
             "patients": len({item.group for item in items}),
             "per_class": dict(sorted(Counter(item.label for item in items).items())),
             "per_source": dict(sorted(Counter(item.source or "unknown" for item in items).items())),
+            "per_source_class": {source: dict(sorted(Counter(i.label for i in items
+                                                             if (i.source or "unknown") == source).items()))
+                                 for source in sorted({item.source or "unknown" for item in items})},
             "from_reviews": sum(item.review_id is not None for item in items)}

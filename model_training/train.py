@@ -32,7 +32,7 @@ from db.engine import get_engine, read_session, write_session
 from db.models import ReviewTrainingUse
 from db.results import register_model_version
 from model_training import data
-from model_training.calibration import fit_temperature
+from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
 from model_training.metrics import classification_metrics, expected_calibration_error, reliability_bins
 from scoring.model import (
@@ -184,7 +184,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += float(loss) * len(labels)
+        total += float(loss.detach()) * len(labels)
         seen += len(labels)
     return total / max(seen, 1)
 
@@ -352,12 +352,15 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     temperature = fit_temperature(logits, labels)
     before = calibrated_metrics(logits, labels, classes, 1.0)
     after = calibrated_metrics(logits, labels, classes, temperature)
-    reliability = {"before": reliability_bins(calibrated_probabilities(torch.from_numpy(logits), 1.0).numpy(),
-                                              labels),
-                   "after": reliability_bins(calibrated_probabilities(torch.from_numpy(logits),
-                                                                      temperature).numpy(), labels)}
+    reliability = {"before": reliability_bins(softmax(logits, 1.0), labels),
+                   "after": reliability_bins(softmax(logits, temperature), labels),
+                   "temperature": temperature, "split": "validation"}
+    calibration = {"temperature": temperature, "ece_before": before["ece"], "ece_after": after["ece"],
+                   "nll_before": temperature_nll(logits, labels, 1.0),
+                   "nll_after": temperature_nll(logits, labels, temperature),
+                   "fit_on": "validation", "evaluated_on": "validation", "n_bins": reliability["after"]["n_bins"]}
     metrics = {"best_epoch": best["epoch"], "temperature": temperature, "validation": after,
-               "ece_before_calibration": before["ece"], "ece_after_calibration": after["ece"]}
+               "calibration": calibration}
     log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, before["ece"], after["ece"])
     if eval_items is not None:
         metrics["evaluation_set"] = evaluate_items(model, eval_items, classes, preprocessing, temperature,

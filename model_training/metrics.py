@@ -1,0 +1,240 @@
+"""Classification and calibration metrics, in plain numpy (no scikit-learn at run time).
+
+Conventions, fixed here so every report means the same thing:
+
+* Predictions are the arg-max of the probabilities (a tie goes to the lower class index).
+* Precision, recall and F1 follow the ``zero_division=0`` convention: a class that is never predicted has
+  precision 0, a class with no true examples has recall 0, and F1 is 0 when precision + recall is 0.
+  Macro-F1 is the unweighted mean over **all** classes, absent ones included (as scikit-learn's
+  ``f1_score(..., labels=all_classes, average="macro", zero_division=0)``).
+* AUROC is one-vs-rest per class, computed exactly from ranks (Mann-Whitney U, average ranks for tied
+  scores, so a tied positive/negative pair counts one half). It is undefined (``None``) for a class
+  with no positives or no negatives in ``y_true``; macro-AUROC is the mean over the defined ones and the
+  result lists the classes left out.
+* Calibration uses the top-1 confidence (largest probability) and whether the arg-max is right, in
+  ``n_bins`` equal-width bins over [0, 1]: bin ``i`` holds confidences in ``[i/n_bins, (i+1)/n_bins)``,
+  except the last, which is closed and so also holds confidence exactly 1.0. Edges are ``i / n_bins``
+  (correctly rounded), so a confidence equal to an edge falls in the bin that edge opens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+PROBABILITY_SUM_TOLERANCE = 1e-4
+
+
+def as_numpy(values: Any) -> np.ndarray:
+    """An ndarray from a numpy array, a list or a (CPU or GPU, grad or not) torch tensor."""
+    if hasattr(values, "detach") and hasattr(values, "cpu"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def validate_labels(y_true: Any, n: int | None = None, num_classes: int | None = None) -> np.ndarray:
+    """``y_true`` as a 1-D int64 array; raises ``ValueError`` naming the offending value."""
+    y = as_numpy(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"y_true must be 1-D, got shape {y.shape}")
+    if y.dtype == bool or not (np.issubdtype(y.dtype, np.integer) or np.issubdtype(y.dtype, np.floating)):
+        raise ValueError(f"y_true must hold integer class indices, got dtype {y.dtype}")
+    if np.issubdtype(y.dtype, np.floating):
+        bad = ~np.isfinite(y) | (y != np.round(y))
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"y_true must hold integer class indices, got {y[i].item()!r} at index {i}")
+    y = y.astype(np.int64)
+    if n is not None and len(y) != n:
+        raise ValueError(f"y_true has {len(y)} labels but there are {n} rows of probabilities")
+    if num_classes is not None and len(y):
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"label {int(y[i])} at index {i} is out of range for {num_classes} classes "
+                             f"(expected 0..{num_classes - 1})")
+    return y
+
+
+def validate_probabilities(probabilities: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Checked ``(probabilities as float64 (n, k), labels as int64 (n,))``; raises ``ValueError``.
+
+    Probabilities must be finite, within [0, 1] and each row must sum to 1 within
+    :data:`PROBABILITY_SUM_TOLERANCE`; there must be at least one row and two classes.
+    """
+    p = as_numpy(probabilities)
+    if p.ndim != 2:
+        raise ValueError(f"probabilities must be 2-D (samples, classes), got shape {p.shape}")
+    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)) or p.dtype == bool:
+        raise ValueError(f"probabilities must be numeric, got dtype {p.dtype}")
+    p = p.astype(np.float64)
+    n, k = p.shape
+    if n == 0:
+        raise ValueError("no samples: probabilities has 0 rows")
+    if k < 2:
+        raise ValueError(f"need at least 2 classes, probabilities has {k} column(s)")
+    y = validate_labels(y_true, n=n, num_classes=k)
+    if not np.isfinite(p).all():
+        i, j = np.argwhere(~np.isfinite(p))[0]
+        raise ValueError(f"probabilities[{i}, {j}] is {p[i, j]}, not finite")
+    out_of_range = (p < -PROBABILITY_SUM_TOLERANCE) | (p > 1 + PROBABILITY_SUM_TOLERANCE)
+    if out_of_range.any():
+        i, j = np.argwhere(out_of_range)[0]
+        raise ValueError(f"probabilities[{i}, {j}] is {p[i, j]}, outside [0, 1]")
+    sums = p.sum(axis=1)
+    off = np.abs(sums - 1.0) > PROBABILITY_SUM_TOLERANCE
+    if off.any():
+        i = int(np.flatnonzero(off)[0])
+        raise ValueError(f"probabilities in row {i} sum to {sums[i]:.6g}, not 1 (tolerance "
+                         f"{PROBABILITY_SUM_TOLERANCE}); pass softmax outputs, not logits")
+    return p, y
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``values``; tied values all get the mean of the ranks they span."""
+    values = np.asarray(values)
+    _, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)                    # rank of the last member of each group of ties
+    mean_rank = ends - (counts - 1) / 2.0       # mean of ranks ends-counts+1 .. ends
+    return mean_rank[inverse.reshape(-1)]
+
+
+def binary_auroc(positive: Any, scores: Any) -> float | None:
+    """Exact area under the ROC curve: P(score of a positive > score of a negative) + ½·P(tie).
+
+    Computed from average ranks (Mann-Whitney U). ``None`` when there are no positives or no negatives.
+    """
+    pos = as_numpy(positive).astype(bool).reshape(-1)
+    s = as_numpy(scores).astype(np.float64).reshape(-1)
+    if pos.shape != s.shape:
+        raise ValueError(f"positive has {pos.size} entries but scores has {s.size}")
+    n_pos = int(pos.sum())
+    n_neg = int(pos.size - n_pos)
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = average_ranks(s)
+    u = ranks[pos].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
+    """Counts, rows = true class, columns = predicted class."""
+    return np.bincount(y_true * num_classes + y_pred, minlength=num_classes * num_classes).reshape(
+        num_classes, num_classes)
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return float(numerator / denominator) if denominator else 0.0
+
+
+def classification_metrics(y_true: Any, probabilities: Any, classes: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/AUROC, macro-F1, macro-AUROC and the confusion matrix.
+
+    ``y_true``: (n,) class indices into ``classes``; ``probabilities``: (n, k) rows summing to 1, columns
+    in ``classes`` order. Returns a JSON-serialisable dict::
+
+        {"n": int, "classes": [...], "accuracy": float, "macro_f1": float,
+         "macro_auroc": float | None,          # mean over classes whose AUROC is defined
+         "auroc_excluded": [class, ...],       # classes with no positives or no negatives in y_true
+         "absent_classes": [class, ...],       # classes with support 0 (their F1 of 0 is in macro_f1)
+         "per_class": {class: {"precision", "recall", "f1", "support", "predicted", "auroc"}},
+         "confusion_matrix": [[int]]}          # rows = true, columns = predicted, in classes order
+
+    Precision of a never-predicted class is 0 (zero_division=0), see the module docstring.
+    """
+    p, y = validate_probabilities(probabilities, y_true)
+    n, k = p.shape
+    classes = [str(c) for c in classes]
+    if len(classes) != k:
+        raise ValueError(f"{len(classes)} class names given but probabilities have {k} columns")
+    if len(set(classes)) != k:
+        raise ValueError(f"class names must be unique, got {classes}")
+    pred = p.argmax(axis=1)
+    cm = confusion_matrix(y, pred, k)
+    tp = np.diag(cm)
+    support = cm.sum(axis=1)
+    predicted = cm.sum(axis=0)
+
+    per_class: dict[str, dict[str, Any]] = {}
+    f1s: list[float] = []
+    aurocs: list[float] = []
+    excluded: list[str] = []
+    for c, name in enumerate(classes):
+        precision = _ratio(tp[c], predicted[c])
+        recall = _ratio(tp[c], support[c])
+        f1 = _ratio(2 * precision * recall, precision + recall)
+        auc = binary_auroc(y == c, p[:, c])
+        if auc is None:
+            excluded.append(name)
+        else:
+            aurocs.append(auc)
+        f1s.append(f1)
+        per_class[name] = {"precision": precision, "recall": recall, "f1": f1,
+                           "support": int(support[c]), "predicted": int(predicted[c]), "auroc": auc}
+    return {
+        "n": int(n),
+        "classes": classes,
+        "accuracy": float(tp.sum() / n),
+        "macro_f1": float(np.mean(f1s)),
+        "macro_auroc": float(np.mean(aurocs)) if aurocs else None,
+        "auroc_excluded": excluded,
+        "absent_classes": [name for c, name in enumerate(classes) if support[c] == 0],
+        "per_class": per_class,
+        "confusion_matrix": cm.astype(int).tolist(),
+    }
+
+
+def negative_log_likelihood(probabilities: Any, y_true: Any, *, eps: float = 1e-12) -> float:
+    """Mean of −log p(true class); probabilities are clipped below at ``eps`` so a confident miss is finite."""
+    p, y = validate_probabilities(probabilities, y_true)
+    return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], eps, None))))
+
+
+def reliability_bins(probabilities: Any, y_true: Any, n_bins: int = 15) -> dict[str, Any]:
+    """Top-1 confidence and accuracy per equal-width confidence bin (for the reliability diagram).
+
+    Bin ``i`` holds confidences in ``[edges[i], edges[i+1])``; the last bin also holds exactly 1.0.
+    Returns a JSON-serialisable dict::
+
+        {"n": int, "n_bins": int, "edges": [n_bins + 1 floats],
+         "count": [int per bin],
+         "confidence": [mean top-1 confidence per bin, None if the bin is empty],
+         "accuracy": [fraction of correct arg-max per bin, None if the bin is empty],
+         "ece": float}                         # sum(count/n * |accuracy - confidence|)
+    """
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int | np.integer) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+    n_bins = int(n_bins)
+    p, y = validate_probabilities(probabilities, y_true)
+    confidence = np.clip(p.max(axis=1), 0.0, 1.0)
+    correct = (p.argmax(axis=1) == y).astype(np.float64)
+    edges = np.arange(n_bins + 1, dtype=np.float64) / n_bins
+    index = np.clip(np.searchsorted(edges, confidence, side="right") - 1, 0, n_bins - 1)
+    count = np.bincount(index, minlength=n_bins)
+    conf_sum = np.bincount(index, weights=confidence, minlength=n_bins)
+    acc_sum = np.bincount(index, weights=correct, minlength=n_bins)
+    mean_conf: list[float | None] = []
+    mean_acc: list[float | None] = []
+    ece = 0.0
+    for b in range(n_bins):
+        if count[b] == 0:
+            mean_conf.append(None)
+            mean_acc.append(None)
+            continue
+        c = float(conf_sum[b] / count[b])
+        a = float(acc_sum[b] / count[b])
+        mean_conf.append(c)
+        mean_acc.append(a)
+        ece += count[b] / len(y) * abs(a - c)
+    return {"n": int(len(y)), "n_bins": n_bins, "edges": edges.tolist(), "count": count.astype(int).tolist(),
+            "confidence": mean_conf, "accuracy": mean_acc, "ece": float(ece)}
+
+
+def expected_calibration_error(probabilities: Any, y_true: Any, n_bins: int = 15) -> float:
+    """ECE = Σ_bins (count/n)·|accuracy − mean confidence|, top-1 confidence, equal-width bins over [0, 1].
+
+    Note the argument order (probabilities first), unlike :func:`classification_metrics`. See
+    :func:`reliability_bins` for the binning.
+    """
+    return reliability_bins(probabilities, y_true, n_bins)["ece"]

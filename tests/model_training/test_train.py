@@ -1,0 +1,252 @@
+"""Training end to end on a few dozen real images, resume, pretrained weights, registry, reviews."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from sqlalchemy import select
+
+from db import migrate
+from db.engine import create_database_engine, read_session, write_session
+from db.models import Image, ModelVersion, Prediction, Review, Reviewer, ReviewTrainingUse
+from db.reviews import add_review
+from model_training import cli, data, train
+from model_training.train import TrainConfig, TrainError
+from scoring import cli as scoring_cli
+from scoring.model import load_checkpoint
+
+PER_CLASS = 12
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory, cxr_dev) -> Path:
+    """A CSV of 12 real images per class from cxr-dev, keeping their patient ids and sources."""
+    with open(cxr_dev / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    chosen = []
+    for label in ("covid", "normal", "pneumonia"):
+        chosen += [row for row in rows if row["label"] == label][:PER_CLASS]
+    path = tmp_path_factory.mktemp("small") / "small.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient_id", "source"])
+        writer.writeheader()
+        for row in chosen:
+            writer.writerow({"file": str(cxr_dev / row["file"]), "label": row["label"],
+                             "patient_id": row["patient_id"], "source": row["source"]})
+    return path
+
+
+def tiny_config(data_path, out, db_url, **overrides) -> TrainConfig:
+    values = dict(data=str(data_path), out=str(out), img_size=64, epochs=2, batch_size=8, workers=0, db=db_url,
+                  seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_a_tiny_run_gives_a_scoreable_registered_checkpoint_with_a_card(tmp_path, small_set, sqlite_url, capsys):
+    result = train.train(tiny_config(small_set, tmp_path / "run", sqlite_url))
+    checkpoint = load_checkpoint(result.checkpoint)
+    assert checkpoint.classes == ["covid", "normal", "pneumonia"] and checkpoint.input_size == 64
+    assert checkpoint.temperature > 0 and checkpoint.training["config"]["seed"] == 3
+    for name in ("model_card.md", "model_card.json", "training_curves.png", "confusion_matrix.png",
+                 "reliability_diagram.png", "config.json", "history.csv"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert not (tmp_path / "run" / "last.pt").exists()
+    assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+    engine = create_database_engine(sqlite_url)
+    with read_session(engine) as session:
+        version = session.scalar(select(ModelVersion))
+        assert version.id == result.model_version_id and not version.is_active and not version.is_synthetic
+        assert version.metrics["validation"]["n"] > 0 and "ece_after" in version.metrics["calibration"]
+
+    images = tmp_path / "score-me"
+    images.mkdir()
+    with open(small_set, newline="") as handle:
+        for row in list(csv.DictReader(handle))[:5]:
+            shutil.copy2(row["file"], images)
+    assert scoring_cli.main(["--db", sqlite_url, "--model", str(result.checkpoint), "--settle-seconds", "0",
+                             "--workers", "0", str(images)]) == 0
+    with read_session(engine) as session:
+        assert session.query(Prediction).count() == 5
+        assert session.query(ModelVersion).count() == 1  # the scorer found the same version by its hash
+
+
+def test_the_patient_split_never_shares_a_patient(small_set):
+    items = data.with_hashes(data.load_labelled(small_set))
+    doubled = items + [data.LabelledImage(i.path + "#2", i.label, i.patient_id, i.source, i.sha256 + "2")
+                       for i in items[::3]]  # some patients with a second film
+    for seed in range(5):
+        train_items, val_items = data.patient_split(doubled, 0.25, seed)
+        assert {i.group for i in train_items}.isdisjoint({i.group for i in val_items})
+        assert len(train_items) + len(val_items) == len(doubled)
+        assert {i.label for i in val_items} == {"covid", "normal", "pneumonia"}  # stratified
+
+
+def kill_at_epoch(monkeypatch, epoch: int):
+    """Make training die (like a kill) when it starts ``epoch``; returns the real epoch function."""
+    real_epoch = train.train_one_epoch
+
+    def killed(*args, **kwargs):
+        if args[-1] == epoch:
+            raise KeyboardInterrupt("killed")
+        return real_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_one_epoch", killed)
+    return real_epoch
+
+
+def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, small_set, sqlite_url, monkeypatch):
+    config = dict(epochs=3, patience=10)
+    reference = train.train(tiny_config(small_set, tmp_path / "whole", sqlite_url, **config))
+
+    real_epoch = kill_at_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_config(small_set, tmp_path / "killed", sqlite_url, **config))
+    assert (tmp_path / "killed" / "last.pt").is_file()
+    monkeypatch.setattr(train, "train_one_epoch", real_epoch)
+    resumed = train.train(tiny_config(small_set, tmp_path / "killed", sqlite_url, **config), resume=True)
+
+    epochs = [row.split(",")[0] for row in (tmp_path / "killed" / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == ["1", "2", "3"]
+    a, b = load_checkpoint(reference.checkpoint).state_dict, load_checkpoint(resumed.checkpoint).state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_changed_configuration(tmp_path, small_set, sqlite_url, monkeypatch):
+    kill_at_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(tiny_config(small_set, tmp_path / "run", sqlite_url))
+    with pytest.raises(TrainError, match="no last.pt"):
+        train.train(tiny_config(small_set, tmp_path / "other", sqlite_url), resume=True)
+    with pytest.raises(TrainError, match="seed was 3"):
+        train.train(tiny_config(small_set, tmp_path / "run", sqlite_url, seed=4), resume=True)
+
+
+def test_pretrained_imagenet_offline_fails_with_where_to_put_the_weights(tmp_path, monkeypatch, small_set,
+                                                                          sqlite_url, caplog):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path, url = train.imagenet_weights_file("resnet18")
+    code = cli.main(["train", "--data", str(small_set), "--out", str(tmp_path / "run"), "--img-size", "64",
+                     "--epochs", "1", "--workers", "0", "--pretrained", "imagenet", "--db", sqlite_url])
+    assert code == 2
+    assert str(path) in caplog.text and url in caplog.text and "never downloads" in caplog.text
+
+
+def test_pretrained_imagenet_from_the_cache_folds_conv1_to_grey(tmp_path, monkeypatch):
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    path, _ = train.imagenet_weights_file("resnet18")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(1)
+    rgb = resnet18()
+    torch.save(rgb.state_dict(), path)
+    from scoring.model import build_model
+
+    model = build_model("resnet18", 3)
+    train.load_pretrained(model, "imagenet", "resnet18")
+    assert torch.allclose(model.conv1.weight, rgb.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(model.layer4[1].conv2.weight, rgb.layer4[1].conv2.weight)
+    assert model.fc.weight.shape == (3, 512)  # a new head for three classes
+
+
+@pytest.fixture
+def reviewed(tmp_path, small_set, sqlite_url, tiny_checkpoint):
+    """Scored images of the small set, two reviewed with other labels, one reviewed 'ungradable'."""
+    with open(small_set, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    engine = create_database_engine(sqlite_url)
+    migrate.upgrade(engine)
+    folder = tmp_path / "scored"
+    folder.mkdir()
+    for row in rows[:3] + rows[PER_CLASS:PER_CLASS + 1]:
+        shutil.copy2(row["file"], folder)
+    assert scoring_cli.main(["--db", sqlite_url, "--model", str(tiny_checkpoint), "--settle-seconds", "0",
+                             "--workers", "0", str(folder)]) == 0
+    with write_session(engine) as session:
+        reviewer = Reviewer(username="rad", password_hash="x")
+        session.add(reviewer)
+        session.flush()
+        images = {Path(i.path).name: i for i in session.scalars(select(Image))}
+        names = [Path(r["file"]).name for r in rows]
+        add_review(session, image_id=images[names[0]].id, reviewer_id=reviewer.id, label="normal")
+        add_review(session, image_id=images[names[0]].id, reviewer_id=reviewer.id, label="pneumonia")  # latest
+        add_review(session, image_id=images[names[1]].id, reviewer_id=reviewer.id, label="ungradable")
+        add_review(session, image_id=images[names[PER_CLASS]].id, reviewer_id=reviewer.id, label="covid")
+    return engine, names
+
+
+def test_reviewer_labels_override_and_ungradable_is_left_out(reviewed, small_set):
+    engine, names = reviewed
+    with read_session(engine) as session:
+        reviews = data.reviewed_cases(session)
+    assert sorted((Path(r.path).name, r.label) for r in reviews) == sorted(
+        [(names[0], "pneumonia"), (names[PER_CLASS], "covid")])
+    merged = data.merge_reviews(data.with_hashes(data.load_labelled(small_set)), data.with_hashes(reviews))
+    labels = {Path(i.path).name: i.label for i in merged}
+    assert labels[names[0]] == "pneumonia" and labels[names[PER_CLASS]] == "covid"
+    assert labels[names[1]] == "covid"  # the ungradable review changes nothing
+    assert len(merged) == 3 * PER_CLASS  # de-duplicated by content
+
+
+def test_include_reviews_marks_the_cases_with_the_version(tmp_path, reviewed, small_set, sqlite_url):
+    engine, _ = reviewed
+    result = train.train(tiny_config(small_set, tmp_path / "retrained", sqlite_url, epochs=1,
+                                     include_reviews=True))
+    with read_session(engine) as session:
+        uses = session.scalars(select(ReviewTrainingUse)).all()
+        labels = {session.get(Review, use.review_id).label for use in uses}
+    assert {use.model_version_id for use in uses} == {result.model_version_id}
+    assert labels == {"pneumonia", "covid"}
+    assert result.metrics["validation"]["n"] + 0 > 0
+
+
+def test_eval_data_is_never_trained_on(tmp_path, small_set, sqlite_url):
+    rows = small_set.read_text().splitlines()
+    eval_csv = tmp_path / "eval.csv"
+    eval_csv.write_text("\n".join([rows[0], *rows[1:4], *rows[1 + PER_CLASS:4 + PER_CLASS],
+                                   *rows[1 + 2 * PER_CLASS:4 + 2 * PER_CLASS]]) + "\n")
+    result = train.train(tiny_config(small_set, tmp_path / "run", sqlite_url, epochs=1, eval_data=str(eval_csv)))
+    card = json.loads((tmp_path / "run" / "model_card.json").read_text())
+    summary = card["data_summary"]
+    assert summary["train"]["images"] + summary["validation"]["images"] == 3 * PER_CLASS - 9
+    assert result.metrics["evaluation_set"]["n"] == 9
+
+
+def test_promote_and_roll_back(tmp_path, small_set, sqlite_url, capsys, caplog):
+    first = train.train(tiny_config(small_set, tmp_path / "a", sqlite_url, epochs=1))
+    second = train.train(tiny_config(small_set, tmp_path / "b", sqlite_url, epochs=1, seed=4))
+    engine = create_database_engine(sqlite_url)
+
+    def active() -> int | None:
+        with read_session(engine) as session:
+            return session.scalar(select(ModelVersion.id).where(ModelVersion.is_active))
+
+    assert cli.main(["promote", str(first.model_version_id), "--db", sqlite_url]) == 0
+    assert active() == first.model_version_id
+    assert cli.main(["promote", "b", "--db", sqlite_url]) == 0  # by name
+    assert active() == second.model_version_id
+    assert cli.main(["promote", str(first.model_version_id), "--db", sqlite_url]) == 0  # rollback
+    assert active() == first.model_version_id
+    assert cli.main(["promote", "nope", "--db", sqlite_url]) == 2
+    assert cli.main(["list", "--db", sqlite_url]) == 0
+    listing = capsys.readouterr().out
+    assert "ACTIVE" in listing and listing.count("\n") == 2
+
+
+def test_evaluate_and_compare(tmp_path, small_set, sqlite_url, capsys):
+    first = train.train(tiny_config(small_set, tmp_path / "a", sqlite_url, epochs=1))
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["n"] == 3 * PER_CLASS and sum(map(sum, metrics["confusion_matrix"])) == 3 * PER_CLASS
+    assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--compare",
+                     str(first.checkpoint)]) == 0
+    table = capsys.readouterr().out
+    assert "macro-F1" in table and "+0.0000" in table  # the same model twice: no difference
