@@ -163,7 +163,7 @@ def _demo_data(args: argparse.Namespace) -> int:
     from model_training.demo_data import write_demo_cohort
 
     cohort = write_demo_cohort(args.dir, n=args.n, seed=args.seed)
-    log.info("wrote a synthetic demo cohort to %s: %s", args.dir, cohort)
+    log.info("wrote %s", cohort.summary())
     return 0
 
 

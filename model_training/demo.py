@@ -63,7 +63,7 @@ def ensure_cohort(folder: Path, n: int) -> Path:
     from model_training.demo_data import write_demo_cohort
 
     log.info("writing a synthetic demo cohort of %d phantoms to %s", n, folder)
-    write_demo_cohort(folder, n=n)
+    write_demo_cohort(folder, n=n, overwrite=True)  # no labels.csv: nothing, or an interrupted earlier try
     return folder
 
 

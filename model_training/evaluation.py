@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from model_training import data
 from model_training.train import TrainConfig, calibrated_metrics, evaluate, make_loader, resolve_device
 from scoring.model import checkpoint_sha256, load_checkpoint

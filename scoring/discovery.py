@@ -2,8 +2,8 @@
 
 Directories are walked recursively. Symbolic links are followed, but each directory is entered once (by
 device and inode), so a link loop ends the descent instead of recursing forever. Hidden files and folders
-(a leading dot), names that copy tools give partial files, and files modified in the last few seconds
-(probably still being written) are left for a later run.
+(a leading dot), names that copy tools give partial files, sidecar documents (``.csv``, ``.txt``, ``.json``,
+reports), and files modified in the last few seconds (probably still being written) are left alone.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from db.results import FileStat
 log = logging.getLogger("cxr.score")
 
 PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".download", ".filepart", "~")
+# Sidecar files that share folders with images (label lists, reports, exports): never X-rays, whatever
+# their content, so they are not worth a failure record every night.
+SIDECAR_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".md", ".xml", ".html", ".htm", ".log", ".yaml", ".yml",
+                    ".ini", ".pdf")
 
 
 @dataclass
@@ -50,7 +54,7 @@ def discover(paths: list[str | os.PathLike], *, settle_seconds: float = 30.0) ->
 
 
 def is_ignored_name(name: str) -> bool:
-    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES)
+    return name.startswith(".") or name.lower().endswith(PARTIAL_SUFFIXES + SIDECAR_SUFFIXES)
 
 
 def _walk(path: Path, seen_dirs: set[tuple[int, int]], result: Discovery,

@@ -1,0 +1,28 @@
+"""cxr-demo: the scoring job on a fresh machine with nothing else."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+
+from db.engine import get_engine, read_session
+from db.models import ModelVersion, Prediction
+from model_training import demo
+
+
+def test_demo_from_nothing_then_again(isolated_home, capsys):
+    assert demo.main(["--n", "36", "--json"]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["scored"] == 36 and first["out_of_scope"] == 3 and first["failed"] == 6
+    with read_session(get_engine()) as session:
+        active = session.scalar(select(ModelVersion).where(ModelVersion.is_active))
+        assert active.is_synthetic and active.name == demo.DEMO_MODEL_NAME
+        assert session.scalar(select(func.count()).select_from(Prediction)) == 36
+    assert (isolated_home / "models" / demo.DEMO_MODEL_NAME / "model_card.md").is_file()
+
+    assert demo.main(["--n", "36", "--json"]) == 0  # no new data, no new training
+    second = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (second["scored"], second["skipped"], second["known_failures"]) == (0, 36, 6)
+    with read_session(get_engine()) as session:
+        assert session.scalar(select(func.count()).select_from(ModelVersion)) == 1
