@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from model_training.metrics import as_numpy, validate_labels
+from model_training.metrics import numeric_matrix, validate_labels
 
 log = logging.getLogger("cxr.train")
 
@@ -28,22 +28,8 @@ _INV_PHI = (math.sqrt(5.0) - 1.0) / 2.0  # 0.618...
 
 
 def _validate_logits(logits: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
-    z = as_numpy(logits)
-    if z.ndim != 2:
-        raise ValueError(f"logits must be 2-D (samples, classes), got shape {z.shape}")
-    if not (np.issubdtype(z.dtype, np.floating) or np.issubdtype(z.dtype, np.integer)) or z.dtype == bool:
-        raise ValueError(f"logits must be numeric, got dtype {z.dtype}")
-    z = z.astype(np.float64)
-    n, k = z.shape
-    if n == 0:
-        raise ValueError("cannot fit a temperature on no samples: logits has 0 rows")
-    if k < 2:
-        raise ValueError(f"need at least 2 classes, logits has {k} column(s)")
-    if not np.isfinite(z).all():
-        i, j = np.argwhere(~np.isfinite(z))[0]
-        raise ValueError(f"logits[{i}, {j}] is {z[i, j]}, not finite")
-    y = validate_labels(y_true, n=n, num_classes=k)
-    return z, y
+    z = numeric_matrix(logits, "logits")
+    return z, validate_labels(y_true, n=z.shape[0], num_classes=z.shape[1])
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:

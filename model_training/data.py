@@ -8,7 +8,6 @@ Every image goes through the project's reader and the one shared ``preprocess`` 
 from __future__ import annotations
 
 import csv
-import hashlib
 import logging
 import random
 from collections import Counter, defaultdict
@@ -23,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch.utils.data import Dataset
 
+from db.hashing import file_sha256
 from db.models import Image, Review
 from db.reviews import latest_reviews
 from scoring import imaging
@@ -99,14 +99,6 @@ def _from_class_folders(root: Path) -> list[LabelledImage]:
 
 def with_hashes(items: Iterable[LabelledImage]) -> list[LabelledImage]:
     return [item if item.sha256 else replace(item, sha256=file_sha256(item.path)) for item in items]
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # --- reviewers' corrections -----------------------------------------------------------------------------

@@ -57,27 +57,33 @@ def validate_labels(y_true: Any, n: int | None = None, num_classes: int | None =
     return y
 
 
+def numeric_matrix(values: Any, name: str) -> np.ndarray:
+    """``values`` as a finite float64 (samples, classes) array with at least one row and two classes."""
+    m = as_numpy(values)
+    if m.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (samples, classes), got shape {m.shape}")
+    if not (np.issubdtype(m.dtype, np.floating) or np.issubdtype(m.dtype, np.integer)) or m.dtype == bool:
+        raise ValueError(f"{name} must be numeric, got dtype {m.dtype}")
+    m = m.astype(np.float64)
+    n, k = m.shape
+    if n == 0:
+        raise ValueError(f"no samples: {name} has 0 rows")
+    if k < 2:
+        raise ValueError(f"need at least 2 classes, {name} has {k} column(s)")
+    if not np.isfinite(m).all():
+        i, j = np.argwhere(~np.isfinite(m))[0]
+        raise ValueError(f"{name}[{i}, {j}] is {m[i, j]}, not finite")
+    return m
+
+
 def validate_probabilities(probabilities: Any, y_true: Any) -> tuple[np.ndarray, np.ndarray]:
     """Checked ``(probabilities as float64 (n, k), labels as int64 (n,))``; raises ``ValueError``.
 
     Probabilities must be finite, within [0, 1] and each row must sum to 1 within
     :data:`PROBABILITY_SUM_TOLERANCE`; there must be at least one row and two classes.
     """
-    p = as_numpy(probabilities)
-    if p.ndim != 2:
-        raise ValueError(f"probabilities must be 2-D (samples, classes), got shape {p.shape}")
-    if not (np.issubdtype(p.dtype, np.floating) or np.issubdtype(p.dtype, np.integer)) or p.dtype == bool:
-        raise ValueError(f"probabilities must be numeric, got dtype {p.dtype}")
-    p = p.astype(np.float64)
-    n, k = p.shape
-    if n == 0:
-        raise ValueError("no samples: probabilities has 0 rows")
-    if k < 2:
-        raise ValueError(f"need at least 2 classes, probabilities has {k} column(s)")
-    y = validate_labels(y_true, n=n, num_classes=k)
-    if not np.isfinite(p).all():
-        i, j = np.argwhere(~np.isfinite(p))[0]
-        raise ValueError(f"probabilities[{i}, {j}] is {p[i, j]}, not finite")
+    p = numeric_matrix(probabilities, "probabilities")
+    y = validate_labels(y_true, n=p.shape[0], num_classes=p.shape[1])
     out_of_range = (p < -PROBABILITY_SUM_TOLERANCE) | (p > 1 + PROBABILITY_SUM_TOLERANCE)
     if out_of_range.any():
         i, j = np.argwhere(out_of_range)[0]

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from db.hashing import file_sha256
+
 CHECKPOINT_FORMAT = "cxr-review-checkpoint"
 CHECKPOINT_VERSION = 1
 # Bump whenever preprocess() changes what it computes: the hash then changes, and checkpoints trained with
@@ -210,8 +212,4 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 def checkpoint_sha256(path: str | os.PathLike) -> str:
     """The identity of a model version: the sha256 of the checkpoint file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_sha256(path)

@@ -8,7 +8,6 @@ hashed and looked up by content. Only content this model version has not handled
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import sys
 import time
@@ -23,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from db import results
 from db.engine import read_session, write_session
+from db.hashing import file_sha256
 from db.results import FileStat, KnownFile
 from scoring import imaging
 from scoring.model import Checkpoint, calibrated_probabilities, normalised_entropy
@@ -78,17 +78,9 @@ class Decoded:
 
 # --- triage ---------------------------------------------------------------------------------------------
 
-def sha256_file(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _hash_or_error(stat: FileStat) -> tuple[FileStat, str | None, tuple[str, str] | None]:
     try:
-        return stat, sha256_file(stat.path), None
+        return stat, file_sha256(stat.path), None
     except FileNotFoundError:
         return stat, None, (imaging.NOT_FOUND, f"{stat.path}: file vanished or is a dangling link")
     except PermissionError:
