@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="CPU threads for the model (default: the CPU cores)")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
+                        help="auto: bf16 autocast on CUDA (fp16 where unsupported), float32 on the CPU")
     parser.add_argument("--settle-seconds", type=float, default=30.0, metavar="S",
                         help="leave files modified less than S seconds ago for the next run (default: 30)")
     parser.add_argument("--read-timeout", type=float, default=imaging.DEFAULT_TIMEOUT_S, metavar="S",
@@ -93,7 +95,7 @@ def run(args: argparse.Namespace, summary: dict) -> int:
     device = resolve_device(args.device)
     options = pipeline.ScoringOptions(
         batch_size=args.batch_size, workers=default_workers() if args.workers is None else args.workers,
-        device=device, read_timeout=args.read_timeout, retry_failed=args.retry_failed,
+        device=device, precision=args.precision, read_timeout=args.read_timeout, retry_failed=args.retry_failed,
         log_every=args.log_every, progress_bar=sys.stderr.isatty())
     if device.type == "cpu":
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -175,6 +177,7 @@ def run_arguments(args: argparse.Namespace, options: pipeline.ScoringOptions) ->
     """What the run was asked to do, for the runs table (no credentials: the database URL is left out)."""
     return {"paths": [str(p) for p in args.paths], "model": str(args.model) if args.model else None,
             "batch_size": options.batch_size, "workers": options.workers, "device": str(options.device),
+            "precision": options.precision,
             "settle_seconds": args.settle_seconds, "retry_failed": args.retry_failed}
 
 
