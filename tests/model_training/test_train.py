@@ -204,7 +204,7 @@ def test_include_reviews_marks_the_cases_with_the_version(tmp_path, reviewed, sm
         labels = {session.get(Review, use.review_id).label for use in uses}
     assert {use.model_version_id for use in uses} == {result.model_version_id}
     assert labels == {"pneumonia", "covid"}
-    assert result.metrics["validation"]["n"] + 0 > 0
+    assert result.metrics["validation"]["n"] > 0
 
 
 def test_eval_data_is_never_trained_on(tmp_path, small_set, sqlite_url):
