@@ -6,7 +6,7 @@ import sys
 
 from sqlalchemy import select
 
-from db import cli
+from db import cli, migrate
 from db.engine import create_database_engine, read_session
 from db.models import Reviewer
 from db.reviewers import authenticate
@@ -56,4 +56,5 @@ def test_console_script_and_module_entry_point(db_url):
     assert result.returncode == 0, result.stderr
     result = subprocess.run(["cxr-db", "--db", db_url, "current"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "database: 0001" in result.stdout
+    head = migrate.head_revision()
+    assert f"database: {head}; software: {head}" in result.stdout

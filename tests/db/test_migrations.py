@@ -73,3 +73,42 @@ def test_concurrent_first_use_of_a_new_database_creates_it_once(db_url):
         worker.join(timeout=120)
     assert [w.exitcode for w in workers] == [0, 0, 0]
     assert migrate.current_revision(create_database_engine(db_url)) == migrate.head_revision()
+
+
+def test_reviews_are_append_only_in_the_database(engine):
+    from sqlalchemy import text
+    from sqlalchemy.exc import DatabaseError
+
+    from db.engine import write_session
+    from db.models import Image, Reviewer
+    from db.reviews import add_review
+
+    with write_session(engine) as session:
+        image = Image(sha256="a" * 64, path="/x.png", size_bytes=1, mtime=0.0, format="png")
+        reviewer = Reviewer(username="rad", password_hash="x")
+        session.add_all([image, reviewer])
+        session.flush()
+        add_review(session, image_id=image.id, reviewer_id=reviewer.id, label="normal")
+        add_review(session, image_id=image.id, reviewer_id=reviewer.id, label="covid")  # appending is fine
+    for statement in ("UPDATE reviews SET label = 'pneumonia'", "DELETE FROM reviews"):
+        with pytest.raises(DatabaseError, match="append-only"):
+            with write_session(engine) as session:
+                session.execute(text(statement))
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT count(*) FROM reviews")).scalar() == 2
+
+
+def test_upgrading_a_database_at_0001_keeps_its_data(db_url):
+    from sqlalchemy import text
+
+    engine = create_database_engine(db_url)
+    migrate.upgrade(engine, "0001")
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO reviewers (username, role, password_hash, is_active, created_at) "
+                                "VALUES ('rad', 'reviewer', 'x', true, CURRENT_TIMESTAMP)"))
+    with pytest.raises(migrate.SchemaOutOfDate, match="revision 0001"):
+        migrate.require_current(engine)
+    migrate.upgrade(engine)
+    migrate.require_current(engine)
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT username FROM reviewers")).scalar() == "rad"
