@@ -7,11 +7,10 @@ import getpass
 import logging
 import sys
 
-from db import migrate, results
+from db import migrate, results, reviewers
 from db.clitools import run_database_command, setup_logging
 from db.engine import get_engine, read_session, write_session
 from db.passwords import MIN_PASSWORD_LENGTH
-from db.reviewers import ReviewerError, add_reviewer
 
 log = logging.getLogger("cxr.db")
 
@@ -28,8 +27,14 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="login name")
     add.add_argument("--role", choices=["reviewer", "admin"], default="reviewer")
     add.add_argument("--display-name", help="name shown in the dashboard")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from the first line of standard input instead of a prompt")
+    password = commands.add_parser("set-password", help="set a reviewer's password")
+    password.add_argument("name")
+    for command in (add, password):
+        command.add_argument("--password-stdin", action="store_true",
+                             help="read the password from the first line of standard input instead of a prompt")
+    commands.add_parser("reviewers", help="list reviewer accounts")
+    for verb in ("deactivate", "activate"):
+        commands.add_parser(verb, help=f"{verb} a reviewer account (its reviews stay)").add_argument("name")
     return parser
 
 
@@ -49,7 +54,9 @@ def _dispatch(engine, args: argparse.Namespace) -> int:
     migrate.require_current(engine)
     if args.command == "failures":
         return _list_failures(engine, args.run)
-    return _add_reviewer(engine, args)
+    if args.command == "reviewers":
+        return _list_reviewers(engine)
+    return _change_reviewer(engine, args)
 
 
 def _upgrade(engine) -> int:
@@ -69,19 +76,33 @@ def _list_failures(engine, run_id: int | None) -> int:
     return 0
 
 
-def _add_reviewer(engine, args) -> int:
-    password = _read_password(args.password_stdin)
-    if password is None:
-        return 1
+def _list_reviewers(engine) -> int:
+    with read_session(engine) as session:
+        for r in reviewers.list_reviewers(session):
+            state = "active" if r.is_active else "deactivated"
+            print(f"{r.username:<24} {r.role:<9} {state:<12} {r.display_name or ''}")
+    return 0
+
+
+def _change_reviewer(engine, args) -> int:
+    password = None
+    if args.command in ("add-reviewer", "set-password"):
+        password = _read_password(args.password_stdin)
+        if password is None:
+            return 1
     try:
         with write_session(engine) as session:
-            reviewer = add_reviewer(session, args.name, password, role=args.role,
-                                    display_name=args.display_name)
-            log.info("added %s %r", reviewer.role, reviewer.username)
-    except ReviewerError as exc:
-        log.error("%s", exc)
-        return 1
-    except ValueError as exc:  # password policy
+            if args.command == "add-reviewer":
+                reviewer = reviewers.add_reviewer(session, args.name, password, role=args.role,
+                                                  display_name=args.display_name)
+                log.info("added %s %r", reviewer.role, reviewer.username)
+            elif args.command == "set-password":
+                reviewers.set_password(session, args.name, password)
+                log.info("password of %r changed", args.name)
+            else:
+                reviewers.set_active(session, args.name, args.command == "activate")
+                log.info("%s %r", f"{args.command}d", args.name)
+    except ValueError as exc:  # ReviewerError, or the password policy
         log.error("%s", exc)
         return 1
     return 0

@@ -46,3 +46,27 @@ def authenticate(session: Session, username: str, password: str) -> Reviewer | N
     if needs_rehash(reviewer.password_hash):
         reviewer.password_hash = hash_password(password)
     return reviewer
+
+
+def list_reviewers(session: Session) -> list[Reviewer]:
+    return list(session.scalars(select(Reviewer).order_by(Reviewer.username)))
+
+
+def set_password(session: Session, username: str, password: str) -> Reviewer:
+    reviewer = _existing(session, username)
+    reviewer.password_hash = hash_password(password)
+    return reviewer
+
+
+def set_active(session: Session, username: str, active: bool) -> Reviewer:
+    """Deactivate (or reactivate) an account; its reviews stay, attributed to it."""
+    reviewer = _existing(session, username)
+    reviewer.is_active = active
+    return reviewer
+
+
+def _existing(session: Session, username: str) -> Reviewer:
+    reviewer = find_reviewer(session, username)
+    if reviewer is None:
+        raise ReviewerError(f"no reviewer {username!r}")
+    return reviewer

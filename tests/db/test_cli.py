@@ -58,3 +58,28 @@ def test_console_script_and_module_entry_point(db_url):
     assert result.returncode == 0, result.stderr
     head = migrate.head_revision()
     assert f"database: {head}; software: {head}" in result.stdout
+
+
+def test_password_change_deactivation_and_listing(monkeypatch, db_url, capsys, caplog):
+    run_cli(monkeypatch, "--db", db_url, "upgrade")
+    assert run_cli(monkeypatch, "--db", db_url, "add-reviewer", "alice", "--password-stdin",
+                   stdin="first password\n") == 0
+    assert run_cli(monkeypatch, "--db", db_url, "set-password", "alice", "--password-stdin",
+                   stdin="second password\n") == 0
+    engine = create_database_engine(db_url)
+    with read_session(engine) as session:
+        assert authenticate(session, "alice", "first password") is None
+        assert authenticate(session, "alice", "second password") is not None
+    assert run_cli(monkeypatch, "--db", db_url, "deactivate", "alice") == 0
+    with read_session(engine) as session:
+        assert authenticate(session, "alice", "second password") is None  # deactivated: no login
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "--db", db_url, "reviewers") == 0
+    listing = capsys.readouterr().out
+    assert "alice" in listing and "deactivated" in listing
+    assert run_cli(monkeypatch, "--db", db_url, "activate", "alice") == 0
+    with read_session(engine) as session:
+        assert authenticate(session, "alice", "second password") is not None
+    assert run_cli(monkeypatch, "--db", db_url, "set-password", "nobody", "--password-stdin",
+                   stdin="whatever pass\n") == 1
+    assert "no reviewer 'nobody'" in caplog.text
