@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_training import data
-from model_training.train import TrainConfig, calibrated_metrics, evaluate, make_loader, resolve_device
+from model_training.train import calibrated_metrics, evaluate, make_loader, resolve_device
 from scoring.model import checkpoint_sha256, load_checkpoint
 
 
@@ -18,9 +18,8 @@ def evaluate_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], 
         raise ValueError(f"none of the labels {sorted({i.label for i in items})} are classes of "
                          f"{checkpoint_path} ({checkpoint.classes})")
     torch_device = resolve_device(device)
-    config = TrainConfig(data="", out="", batch_size=batch_size, workers=workers)
-    loader = make_loader(data.LabelledDataset(known, checkpoint.classes, checkpoint.preprocessing), config, False,
-                         torch_device)
+    loader = make_loader(data.LabelledDataset(known, checkpoint.classes, checkpoint.preprocessing),
+                         batch_size=batch_size, workers=workers, device=torch_device)
     logits, labels, _ = evaluate(checkpoint.build().to(torch_device), loader, torch_device)
     metrics = calibrated_metrics(logits, labels, checkpoint.classes, checkpoint.temperature)
     metrics.update(checkpoint=str(checkpoint_path), sha256=checkpoint_sha256(checkpoint_path),

@@ -153,12 +153,12 @@ def class_weights(items: list[data.LabelledImage], classes: list[str]) -> torch.
     return torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def make_loader(dataset: data.LabelledDataset, config: TrainConfig, shuffle: bool, device: torch.device,
-                epoch: int = 0) -> DataLoader:
-    generator = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-    return DataLoader(dataset, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers,
-                      pin_memory=device.type == "cuda", generator=generator,
-                      persistent_workers=False, drop_last=False)
+def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int, device: torch.device,
+                shuffle_seed: int | None = None) -> DataLoader:
+    """Batches of a dataset; with ``shuffle_seed`` in a reproducible shuffled order."""
+    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, num_workers=workers,
+                      pin_memory=device.type == "cuda", generator=generator)
 
 
 def autocast(device: torch.device):
@@ -298,7 +298,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     preprocessing = Preprocessing(config.img_size)
     augmentation = data.Augmentation(hflip=config.hflip) if config.augment else None
     train_set = data.LabelledDataset(train_items, classes, preprocessing, augmentation, seed=config.seed)
-    val_loader = make_loader(data.LabelledDataset(val_items, classes, preprocessing), config, False, device)
+    val_loader = make_loader(data.LabelledDataset(val_items, classes, preprocessing),
+                             batch_size=config.batch_size, workers=config.workers, device=device)
     model = build_model(config.arch, len(classes))
     init_note = load_pretrained(model, config.pretrained, config.arch) if config.pretrained else "random"
     model = model.to(device)
@@ -325,8 +326,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
             break
         started = time.perf_counter()
         train_set.set_epoch(epoch)
-        train_loss = train_one_epoch(model, make_loader(train_set, config, True, device, epoch), optimizer,
-                                     weights, device, progress, epoch)
+        train_loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers, device=device,
+                                   shuffle_seed=config.seed * 1000 + epoch)
+        train_loss = train_one_epoch(model, train_loader, optimizer, weights, device, progress, epoch)
         scheduler.step()
         logits, labels, val_loss = evaluate(model, val_loader, device)
         metrics = calibrated_metrics(logits, labels, classes, 1.0)
@@ -389,7 +391,8 @@ def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: l
                    device: torch.device) -> dict:
     readable_items, rejected = data.readable(items)
     known = [item for item in readable_items if item.label in classes]
-    loader = make_loader(data.LabelledDataset(known, classes, preprocessing), config, False, device)
+    loader = make_loader(data.LabelledDataset(known, classes, preprocessing), batch_size=config.batch_size,
+                         workers=config.workers, device=device)
     logits, labels, _ = evaluate(model, loader, device)
     metrics = calibrated_metrics(logits, labels, classes, temperature)
     metrics["left_out"] = len(items) - len(known)
