@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from db.engine import create_database_engine, read_session
 from db.models import Image, ImageFile, ModelVersion, Prediction, ScoringFailure, ScoringRun
 from scoring import cli
-from scoring.imaging import read_xray
+from scoring.imaging import TEST_DELAY_ENV, read_xray
 from scoring.lock import RunLock
 from scoring.model import calibrated_probabilities, load_checkpoint
 
@@ -174,7 +174,9 @@ def test_a_held_lock_exits_75_at_once(sqlite_url, tiny_checkpoint, corpus):
 def test_two_runs_started_together(sqlite_url, tiny_checkpoint, corpus):
     command = [sys.executable, "-m", "scoring", "--db", sqlite_url, "--model", str(tiny_checkpoint),
                "--settle-seconds", "0", "--json", str(corpus)]
-    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Slow reads keep whichever run wins the lock busy long enough for the other to find it held.
+    env = {**os.environ, TEST_DELAY_ENV: "0.2"}
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
             for _ in range(2)]
     codes = sorted(run.wait(timeout=300) for run in runs)
     assert codes == [1, 75]  # one scores (and meets the broken files), the other steps aside
