@@ -436,6 +436,18 @@ def _performance_section(metrics: Mapping[str, Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def _per_source_section(metrics: Mapping[str, Any]) -> str:
+    """Accuracy per data source, when the caller measured it (``metrics["per_source"][split]``)."""
+    per_source = metrics.get("per_source")
+    if not isinstance(per_source, Mapping) or not per_source:
+        return ""
+    rows = [[split, source, g.get("n"), g.get("accuracy"), ", ".join(g.get("classes", []))]
+            for split, groups in per_source.items() for source, g in groups.items()]
+    return "\n".join(["### Accuracy per source", "",
+                      "A source that holds a single class shows only whether the model recognises the source.",
+                      "", _table(["split", "source", "n", "accuracy", "true classes present"], rows)])
+
+
 def _calibration_section(metrics: Mapping[str, Any], reliability: Mapping[str, Any] | None,
                          picture: str | None) -> str:
     parts = ["## Calibration", "",
@@ -531,6 +543,7 @@ def write_model_card(out_dir: str | os.PathLike, *, name: str, config: dict, dat
         _data_section(data_j, classes),
         _performance_section(metrics_j) + (f"\n\n![Confusion matrices]({pictures['confusion_matrix']})"
                                            if "confusion_matrix" in pictures else ""),
+        *([section] if (section := _per_source_section(metrics_j)) else []),
         _calibration_section(metrics_j, reliability_j, pictures.get("reliability_diagram")),
         _history_section(history_j, pictures.get("training_curves")),
         "## Configuration\n\n" + _json_block(config_j),

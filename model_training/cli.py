@@ -125,6 +125,10 @@ def _summary_text(metrics: dict) -> str:
     for name, cls in metrics["per_class"].items():
         lines.append(f"  {name:<12} precision {cls['precision']:.3f}  recall {cls['recall']:.3f}  "
                      f"F1 {cls['f1']:.3f}  AUROC {_num(cls['auroc'])}  n={cls['support']}")
+    lines.append("per source (a source holding one class only shows whether the model recognises the source):")
+    for source, group in metrics.get("per_source", {}).items():
+        lines.append(f"  {source:<12} accuracy {group['accuracy']:.3f}  n={group['n']}  "
+                     f"classes {', '.join(group['classes'])}")
     return "\n".join(lines)
 
 

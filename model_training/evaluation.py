@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_training import data
+from model_training.calibration import softmax
+from model_training.metrics import accuracy_by_group
 from model_training.train import calibrated_metrics, evaluate, make_loader, resolve_device
 from scoring.model import checkpoint_sha256, load_checkpoint
 
@@ -22,6 +24,8 @@ def evaluate_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], 
                          batch_size=batch_size, workers=workers, device=torch_device)
     logits, labels, _ = evaluate(checkpoint.build().to(torch_device), loader, torch_device)
     metrics = calibrated_metrics(logits, labels, checkpoint.classes, checkpoint.temperature)
+    metrics["per_source"] = accuracy_by_group([item.source for item in known], labels, softmax(logits, 1.0),
+                                              checkpoint.classes)  # the arg-max does not depend on T
     metrics.update(checkpoint=str(checkpoint_path), sha256=checkpoint_sha256(checkpoint_path),
                    name=checkpoint.training.get("name"), left_out_unknown_label=len(items) - len(known))
     return metrics

@@ -19,6 +19,7 @@ Conventions, fixed here so every report means the same thing:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -244,3 +245,23 @@ def expected_calibration_error(probabilities: Any, y_true: Any, n_bins: int = 15
     :func:`reliability_bins` for the binning.
     """
     return reliability_bins(probabilities, y_true, n_bins)["ece"]
+
+
+def accuracy_by_group(groups: Sequence[str | None], y_true: Any, probabilities: Any,
+                      classes: list[str]) -> dict[str, dict[str, Any]]:
+    """Accuracy per group (e.g. per data source), with the true classes each group contains.
+
+    Where every class comes from its own source, high overall accuracy may only mean the model recognises
+    sources; per-source figures on sources that hold several classes are the honest ones.
+    """
+    p, y = validate_probabilities(probabilities, y_true)
+    if len(groups) != len(y):
+        raise ValueError(f"{len(groups)} group names for {len(y)} samples")
+    predicted = p.argmax(axis=1)
+    names = np.array([g or "unknown" for g in groups], dtype=object)
+    result = {}
+    for name in sorted(set(names)):
+        mask = names == name
+        result[name] = {"n": int(mask.sum()), "accuracy": float((predicted[mask] == y[mask]).mean()),
+                        "classes": [classes[i] for i in sorted(set(y[mask].tolist()))]}
+    return result

@@ -34,7 +34,12 @@ from db.results import register_model_version
 from model_training import data
 from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
-from model_training.metrics import classification_metrics, expected_calibration_error, reliability_bins
+from model_training.metrics import (
+    accuracy_by_group,
+    classification_metrics,
+    expected_calibration_error,
+    reliability_bins,
+)
 from scoring.model import (
     Checkpoint,
     Preprocessing,
@@ -362,7 +367,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                    "nll_after": temperature_nll(logits, labels, temperature),
                    "fit_on": "validation", "evaluated_on": "validation", "n_bins": reliability["after"]["n_bins"]}
     metrics = {"best_epoch": best["epoch"], "temperature": temperature, "validation": after,
-               "calibration": calibration}
+               "calibration": calibration,
+               "per_source": {"validation": accuracy_by_group([i.source for i in val_items], labels,
+                                                              softmax(logits, temperature), classes)}}
     log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, before["ece"], after["ece"])
     if eval_items is not None:
         metrics["evaluation_set"] = evaluate_items(model, eval_items, classes, preprocessing, temperature,

@@ -233,3 +233,14 @@ def test_auroc_matches_scikit_learn_on_large_tied_scores():
     labels = rng.random(5000) < 0.3
     scores = np.round(rng.random(5000) + 0.3 * labels, 1)  # 15 distinct values, heavy ties
     assert binary_auroc(labels, scores) == pytest.approx(sk.roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_accuracy_by_group_counts_each_source_separately():
+    from model_training.metrics import accuracy_by_group
+
+    probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
+    y_true = np.array([0, 1, 1, 1, 0])  # predictions: 0, 1, 0, 1, 0 (a tie goes to the lower index)
+    result = accuracy_by_group(["a", "a", "b", "b", None], y_true, probabilities, ["x", "y"])
+    assert result == {"a": {"n": 2, "accuracy": 1.0, "classes": ["x", "y"]},
+                      "b": {"n": 2, "accuracy": 0.5, "classes": ["y"]},
+                      "unknown": {"n": 1, "accuracy": 1.0, "classes": ["x"]}}

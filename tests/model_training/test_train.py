@@ -58,6 +58,9 @@ def test_a_tiny_run_gives_a_scoreable_registered_checkpoint_with_a_card(tmp_path
         assert (tmp_path / "run" / name).is_file(), name
     assert not (tmp_path / "run" / "last.pt").exists()
     assert len((tmp_path / "run" / "history.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert "### Accuracy per source" in (tmp_path / "run" / "model_card.md").read_text()
+    per_source = result.metrics["per_source"]["validation"]
+    assert sum(group["n"] for group in per_source.values()) == result.metrics["validation"]["n"]
 
     engine = create_database_engine(sqlite_url)
     with read_session(engine) as session:
@@ -246,6 +249,7 @@ def test_evaluate_and_compare(tmp_path, small_set, sqlite_url, capsys):
     assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 3 * PER_CLASS and sum(map(sum, metrics["confusion_matrix"])) == 3 * PER_CLASS
+    assert sum(group["n"] for group in metrics["per_source"].values()) == 3 * PER_CLASS
     assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--compare",
                      str(first.checkpoint)]) == 0
     table = capsys.readouterr().out
