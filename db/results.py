@@ -152,10 +152,11 @@ def images_by_sha(session: Session, shas: Iterable[str], model_version_id: int) 
 def upsert_image(session: Session, *, sha256: str, stat: FileStat, meta: dict[str, Any],
                  in_scope: bool, scope_reason: str) -> int:
     """The id of the image with this content, inserted from the reader's metadata if it is new."""
-    values = {key: meta.get(key) for key in IMAGE_META_COLUMNS}
+    values = {key: _fit_column(key, meta.get(key)) for key in IMAGE_META_COLUMNS}
     values.update(
         sha256=sha256, path=storable_path(stat.path), size_bytes=stat.size_bytes, mtime=stat.mtime_ns / 1e9,
-        study_date=parse_dicom_date(meta.get("study_date")), in_scope=in_scope, scope_reason=scope_reason,
+        study_date=parse_dicom_date(meta.get("study_date")), in_scope=in_scope,
+        scope_reason=_fit_column("scope_reason", scope_reason),
         first_seen_at=utcnow(), **_pixel_spacing(meta.get("pixel_spacing")),
     )
     session.execute(_insert(session, Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
@@ -212,6 +213,15 @@ def parse_dicom_date(value: Any) -> dt.date | None:
         return dt.datetime.strptime(text[:8], "%Y%m%d").date()
     except ValueError:
         return None
+
+
+def _fit_column(name: str, value: Any) -> Any:
+    """A metadata string cut to its column's length: a malformed header must not fail a whole batch
+    (PostgreSQL enforces VARCHAR lengths; SQLite does not)."""
+    length = getattr(Image.__table__.columns[name].type, "length", None)
+    if isinstance(value, str) and length is not None:
+        return value[:length]
+    return value
 
 
 def _pixel_spacing(value: Any) -> dict[str, float | None]:

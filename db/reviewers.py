@@ -21,6 +21,8 @@ def add_reviewer(session: Session, username: str, password: str, *, role: str = 
                  display_name: str | None = None) -> Reviewer:
     if not USERNAME_PATTERN.match(username):
         raise ReviewerError(f"invalid user name {username!r}: use 2-64 letters, digits, '.', '_', '@' or '-'")
+    if display_name is not None and len(display_name) > 128:
+        raise ReviewerError(f"display name too long: {len(display_name)} characters, at most 128")
     if role not in ROLES:
         raise ReviewerError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
     if find_reviewer(session, username) is not None:

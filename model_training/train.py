@@ -276,6 +276,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     config.name = config.name or out.name
+    if len(config.name) > 128:
+        raise TrainError(f"version name too long: {len(config.name)} characters, at most 128")
     seed_everything(config.seed)
     device = resolve_device(config.device)
     if device.type == "cpu":

@@ -109,3 +109,17 @@ def test_two_processes_writing_at_once_on_one_sqlite_file_both_complete(sqlite_u
     assert [w.exitcode for w in workers] == [0, 0]
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(Image)) == 2 * WRITES_PER_PROCESS
+
+
+def test_overlong_header_values_are_cut_to_fit_on_every_backend(engine):
+    from db.results import FileStat, upsert_image
+
+    meta = {"format": "dicom", "manufacturer": "M" * 500, "body_part": "B" * 500, "study_uid": "1." * 100,
+            "pixel_spacing": ["0.1", "0.2"], "study_date": "20240230"}  # and an impossible date
+    with write_session(engine) as session:
+        image_id = upsert_image(session, sha256="f" * 64, stat=FileStat("/x.dcm", 1, 0), meta=meta,
+                                in_scope=False, scope_reason="body_part:" + "B" * 500)
+    with engine.connect() as connection:
+        row = connection.execute(select(Image).where(Image.id == image_id)).one()
+    assert len(row.manufacturer) == 64 and len(row.scope_reason) == 64 and row.study_date is None
+    assert (row.pixel_spacing_row, row.pixel_spacing_col) == (0.1, 0.2)
