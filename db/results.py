@@ -9,13 +9,17 @@ import datetime as dt
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageFile, ModelVersion, Prediction, ScoringFailure, ScoringRun, utcnow
+
+if TYPE_CHECKING:
+    from scoring.model import Checkpoint
 
 IMAGE_META_COLUMNS = (
     "format", "rows", "cols", "modality", "body_part", "view_position", "study_uid", "series_uid", "sop_uid",
@@ -75,6 +79,16 @@ def register_model_version(session: Session, *, sha256: str, path: str, architec
     session.add(version)
     session.flush()
     return version
+
+
+def register_checkpoint(session: Session, path: Path, checkpoint: Checkpoint, sha256: str) -> ModelVersion:
+    """Register a checkpoint (inactive) from what it carries: name, metrics, synthetic flag included."""
+    training = checkpoint.training
+    return register_model_version(
+        session, sha256=sha256, path=str(Path(path).resolve()), architecture=checkpoint.arch,
+        classes=checkpoint.classes, input_size=checkpoint.input_size,
+        preprocessing_hash=checkpoint.preprocessing.hash, temperature=checkpoint.temperature,
+        name=training.get("name"), metrics=training.get("metrics"), is_synthetic=bool(training.get("synthetic")))
 
 
 # --- runs -----------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from db.clitools import run_database_command, setup_logging
 from db.engine import get_engine, read_session, write_session
 from model_training import data, registry
 from model_training.train import TrainConfig, TrainError
+from scoring.model import DeviceUnavailable
 
 log = logging.getLogger("cxr.train")
 
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 "demo-data": _demo_data}
     try:
         return run_database_command(log, getattr(args, "db", None), lambda: handlers[args.command](args))
-    except (TrainError, data.DataError, registry.RegistryError) as exc:
+    except (TrainError, DeviceUnavailable, data.DataError, registry.RegistryError) as exc:
         log.error("%s", exc)
         return 2
 

@@ -5,29 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_training import data
-from model_training.calibration import softmax
-from model_training.metrics import accuracy_by_group
-from model_training.train import calibrated_metrics, evaluate, make_loader, resolve_device
-from scoring.model import checkpoint_sha256, load_checkpoint
+from model_training.train import evaluate_items
+from scoring.model import checkpoint_sha256, load_checkpoint, resolve_device
 
 
 def evaluate_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], *, device: str = "auto",
                         batch_size: int = 32, workers: int = 2) -> dict:
-    """Calibrated metrics (the checkpoint's own temperature) on the items whose labels it knows."""
+    """Calibrated metrics (the checkpoint's own temperature) on readable items whose labels it knows."""
     checkpoint = load_checkpoint(checkpoint_path)
-    known = [item for item in items if item.label in checkpoint.classes]
-    if not known:
-        raise ValueError(f"none of the labels {sorted({i.label for i in items})} are classes of "
-                         f"{checkpoint_path} ({checkpoint.classes})")
     torch_device = resolve_device(device)
-    loader = make_loader(data.LabelledDataset(known, checkpoint.classes, checkpoint.preprocessing),
-                         batch_size=batch_size, workers=workers, device=torch_device)
-    logits, labels, _ = evaluate(checkpoint.build().to(torch_device), loader, torch_device)
-    metrics = calibrated_metrics(logits, labels, checkpoint.classes, checkpoint.temperature)
-    metrics["per_source"] = accuracy_by_group([item.source for item in known], labels, softmax(logits, 1.0),
-                                              checkpoint.classes)  # the arg-max does not depend on T
+    metrics = evaluate_items(checkpoint.build().to(torch_device), items, checkpoint.classes,
+                             checkpoint.preprocessing, checkpoint.temperature, batch_size=batch_size,
+                             workers=workers, device=torch_device)
     metrics.update(checkpoint=str(checkpoint_path), sha256=checkpoint_sha256(checkpoint_path),
-                   name=checkpoint.training.get("name"), left_out_unknown_label=len(items) - len(known))
+                   name=checkpoint.training.get("name"))
     return metrics
 
 

@@ -30,7 +30,7 @@ from torchvision import models
 from db import migrate
 from db.engine import get_engine, read_session, write_session
 from db.models import ReviewTrainingUse
-from db.results import register_model_version
+from db.results import register_checkpoint
 from model_training import data
 from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
@@ -48,6 +48,7 @@ from scoring.model import (
     checkpoint_sha256,
     grey_conv1_from_rgb,
     load_checkpoint,
+    resolve_device,
     save_checkpoint,
 )
 
@@ -103,14 +104,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise TrainError("--device cuda was asked for, but no CUDA device is available")
-    return torch.device(choice)
 
 
 def imagenet_weights_file(arch: str) -> tuple[Path, str]:
@@ -256,15 +249,12 @@ def database(config: TrainConfig):
     return engine
 
 
-def register(config: TrainConfig, checkpoint_path: Path, checkpoint: Checkpoint, metrics: dict,
+def register(config: TrainConfig, checkpoint_path: Path, checkpoint: Checkpoint,
              items: list[data.LabelledImage]) -> int:
+    """Register the checkpoint (inactive) and mark the reviews that went into it."""
     engine = database(config)
     with write_session(engine) as session:
-        version = register_model_version(
-            session, sha256=checkpoint_sha256(checkpoint_path), path=str(checkpoint_path.resolve()),
-            architecture=checkpoint.arch, classes=checkpoint.classes, input_size=checkpoint.input_size,
-            preprocessing_hash=checkpoint.preprocessing.hash, temperature=checkpoint.temperature,
-            name=checkpoint.training["name"], metrics=metrics, is_synthetic=config.synthetic)
+        version = register_checkpoint(session, checkpoint_path, checkpoint, checkpoint_sha256(checkpoint_path))
         for review_id in sorted({item.review_id for item in items if item.review_id is not None}):
             session.add(ReviewTrainingUse(review_id=review_id, model_version_id=version.id))
         return version.id
@@ -374,8 +364,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                                                               softmax(logits, temperature), classes)}}
     log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, before["ece"], after["ece"])
     if eval_items is not None:
-        metrics["evaluation_set"] = evaluate_items(model, eval_items, classes, preprocessing, temperature,
-                                                   config, device)
+        readable_eval, _ = data.readable(eval_items)
+        metrics["evaluation_set"] = evaluate_items(model, readable_eval, classes, preprocessing, temperature,
+                                                   batch_size=config.batch_size, workers=config.workers,
+                                                   device=device)
 
     # checkpoint, card, registration
     data_summary = {"train": data.summary(train_items), "validation": data.summary(val_items),
@@ -388,7 +380,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     checkpoint_path = save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
     write_model_card(out, name=config.name, config=dataclasses.asdict(config), data_summary=data_summary,
                      metrics=_plain(metrics), history=history, reliability=reliability, synthetic=config.synthetic)
-    version_id = register(config, checkpoint_path, checkpoint, _plain(metrics), train_items + val_items)
+    version_id = register(config, checkpoint_path, checkpoint, train_items + val_items)
     (out / STATE_NAME).unlink(missing_ok=True)
     log.info("wrote %s; registered as model version %d (inactive: `cxr-train promote %d` makes it the scorer's)",
              checkpoint_path, version_id, version_id)
@@ -396,15 +388,19 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
 
 
 def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
-                   preprocessing: Preprocessing, temperature: float, config: TrainConfig,
+                   preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
                    device: torch.device) -> dict:
-    readable_items, rejected = data.readable(items)
-    known = [item for item in readable_items if item.label in classes]
-    loader = make_loader(data.LabelledDataset(known, classes, preprocessing), batch_size=config.batch_size,
-                         workers=config.workers, device=device)
+    """Calibrated metrics, and accuracy per source, of a model on the (readable) items whose labels it knows."""
+    known = [item for item in items if item.label in classes]
+    if not known:
+        raise data.DataError(f"none of the labels {sorted({i.label for i in items})} are classes {classes}")
+    loader = make_loader(data.LabelledDataset(known, classes, preprocessing), batch_size=batch_size,
+                         workers=workers, device=device)
     logits, labels, _ = evaluate(model, loader, device)
     metrics = calibrated_metrics(logits, labels, classes, temperature)
-    metrics["left_out"] = len(items) - len(known)
+    metrics["per_source"] = accuracy_by_group([item.source for item in known], labels, softmax(logits, 1.0),
+                                              classes)  # the arg-max does not depend on the temperature
+    metrics["left_out_unknown_label"] = len(items) - len(known)
     return metrics
 
 

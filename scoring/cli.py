@@ -8,12 +8,14 @@ on this database (EX_TEMPFAIL: try later).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -26,7 +28,14 @@ from db.engine import get_engine, write_session
 from scoring import imaging, pipeline
 from scoring.discovery import discover
 from scoring.lock import RunLock, RunLockHeld
-from scoring.model import Checkpoint, CheckpointError, checkpoint_sha256, load_checkpoint
+from scoring.model import (
+    Checkpoint,
+    CheckpointError,
+    DeviceUnavailable,
+    checkpoint_sha256,
+    load_checkpoint,
+    resolve_device,
+)
 
 log = logging.getLogger("cxr.score")
 
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     except RunLockHeld as exc:
         log.warning("%s; not starting", exc)
         code = EXIT_LOCKED
-    except (CannotRun, migrate.SchemaOutOfDate) as exc:
+    except (CannotRun, DeviceUnavailable, migrate.SchemaOutOfDate) as exc:
         log.error("%s", exc)
         code = EXIT_CANNOT_RUN
     except OperationalError as exc:
@@ -106,7 +115,10 @@ def run(args: argparse.Namespace, summary: dict) -> int:
                 log.warning("an earlier run was killed before it finished; its committed batches are kept")
         checkpoint, model_version_id = resolve_model(engine, args.model)
         discovering = time.perf_counter()
-        found = discover(args.paths, settle_seconds=args.settle_seconds)
+        try:
+            found = discover(args.paths, settle_seconds=args.settle_seconds)
+        except FileNotFoundError as exc:
+            raise CannotRun(str(exc)) from None
         timings = {"discover": round(time.perf_counter() - discovering, 3)}
         with write_session(engine) as session:
             run_id = results.start_run(session, run_arguments(args, options), model_version_id, os.getpid()).id
@@ -125,14 +137,6 @@ def run(args: argparse.Namespace, summary: dict) -> int:
     if counts.failed:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
     return EXIT_FAILURES if counts.failed else EXIT_OK
-
-
-def resolve_device(choice: str) -> torch.device:
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise CannotRun("--device cuda was asked for, but no CUDA device is available")
-    if choice == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(choice)
 
 
 def default_workers() -> int:
@@ -155,13 +159,7 @@ def resolve_model(engine: Engine, model_path: Path | None) -> tuple[Checkpoint, 
         raise CannotRun(f"the active model's checkpoint {model_path} has changed since it was registered "
                         f"(sha256 {sha[:12]}…, registered {expected_sha[:12]}…)")
     with write_session(engine) as session:
-        version = results.register_model_version(
-            session, sha256=sha, path=str(model_path.resolve()), architecture=checkpoint.arch,
-            classes=checkpoint.classes, input_size=checkpoint.input_size,
-            preprocessing_hash=checkpoint.preprocessing.hash, temperature=checkpoint.temperature,
-            name=checkpoint.training.get("name"), metrics=checkpoint.training.get("metrics"),
-            is_synthetic=bool(checkpoint.training.get("synthetic", False)))
-        return checkpoint, version.id
+        return checkpoint, results.register_checkpoint(session, model_path, checkpoint, sha).id
 
 
 def _load(path: Path) -> tuple[Checkpoint, str]:
@@ -181,25 +179,22 @@ def run_arguments(args: argparse.Namespace, options: pipeline.ScoringOptions) ->
             "settle_seconds": args.settle_seconds, "retry_failed": args.retry_failed}
 
 
-class interrupted_run_marker:
+@contextlib.contextmanager
+def interrupted_run_marker(engine: Engine, run_id: int) -> Iterator[None]:
     """Marks the run 'interrupted' on SIGTERM or Ctrl-C and 'failed' on an unexpected error.
 
     Every committed batch stays; ``kill -9`` cannot be caught, and the next run marks such a run interrupted.
     """
-
-    def __init__(self, engine: Engine, run_id: int):
-        self.engine, self.run_id = engine, run_id
-
-    def __enter__(self) -> None:
-        self._previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        signal.signal(signal.SIGTERM, self._previous)
-        if exc_type is None:
-            return
-        status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
-        with write_session(self.engine) as session:
-            results.update_run(session, self.run_id, status=status, finished=True)
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        with write_session(engine) as session:
+            results.update_run(session, run_id, status=status, finished=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _raise_keyboard_interrupt(signum, frame):

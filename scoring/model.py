@@ -44,6 +44,19 @@ class CheckpointError(ValueError):
     """A checkpoint file that is not a valid CXR Review checkpoint."""
 
 
+class DeviceUnavailable(RuntimeError):
+    """The device asked for is not on this machine."""
+
+
+def resolve_device(choice: str) -> torch.device:
+    """``auto`` (CUDA when there is one, else the CPU), ``cpu`` or ``cuda``."""
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise DeviceUnavailable("--device cuda was asked for, but no CUDA device is available")
+    return torch.device(choice)
+
+
 def build_model(arch: str, num_classes: int) -> models.ResNet:
     """A torchvision ResNet with a one-channel first convolution and ``num_classes`` outputs."""
     if arch not in ARCHITECTURES:

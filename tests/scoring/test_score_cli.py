@@ -161,6 +161,11 @@ def test_a_missing_checkpoint_cannot_run(capsys, sqlite_url, corpus, tmp_path):
     assert cli.main(["--db", sqlite_url, "--model", str(tmp_path / "nope.pt"), str(corpus)]) == 2
 
 
+def test_a_missing_folder_cannot_run(capsys, sqlite_url, tiny_checkpoint, tmp_path, caplog):
+    assert cli.main(["--db", sqlite_url, "--model", str(tiny_checkpoint), str(tmp_path / "not-mounted")]) == 2
+    assert "cannot scan" in caplog.text
+
+
 def test_a_held_lock_exits_75_at_once(sqlite_url, tiny_checkpoint, corpus):
     engine = create_database_engine(sqlite_url)
     with RunLock(engine):
