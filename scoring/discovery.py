@@ -77,7 +77,9 @@ def _walk(path: Path, seen_dirs: set[tuple[int, int]], result: Discovery,
         try:
             entries = sorted(os.scandir(path), key=lambda e: e.name)
         except OSError as exc:
-            log.warning("cannot list %s: %s", path, exc.strerror)
+            # Folder names can identify patients: the path only at debug level (-v), never in the nightly log.
+            log.warning("cannot list a folder: %s (run with -v to see which)", exc.strerror)
+            log.debug("cannot list %s", path)
             return
         for entry in entries:
             if is_ignored_name(entry.name):
