@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         log.warning("interrupted; every committed batch is kept, the next run finishes the rest")
         code = 130
+    except Exception as exc:  # a run that dies anyway must not exit 1, which means "some files failed"
+        log.debug("the run died", exc_info=True)
+        log.error("cxr-score could not finish: %s; every committed batch is kept (-v shows the traceback)",
+                  one_line(exc))
+        code = EXIT_CANNOT_RUN
     summary.update(seconds=round(time.perf_counter() - started, 3), exit_code=code)
     if args.json:
         print(json.dumps(summary), flush=True)
@@ -137,6 +142,12 @@ def run(args: argparse.Namespace, summary: dict) -> int:
     if counts.failed:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
     return EXIT_FAILURES if counts.failed else EXIT_OK
+
+
+def one_line(exc: BaseException) -> str:
+    """The exception's type and the first line of its text (SQLAlchemy puts the statement's values below)."""
+    first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
 
 
 def default_workers() -> int:

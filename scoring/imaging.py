@@ -39,6 +39,10 @@ Every failure is an :class:`XRayReadError` whose ``reason`` is one of these cons
 ``unreadable``                  permission denied, or an I/O error while reading
 ``not_found``                   no such file, a dangling symbolic link, a symlink loop
 ``timeout``                     no result within the time limit (isolated mode only)
+``invalid_pixels``              the display transform gives values that are not finite or do not
+                                fit float32: a NaN, infinite or huge Rescale Slope/Intercept, a
+                                Modality or VOI LUT whose output is unusable; the final pixels are
+                                checked too, so no NaN or value outside [0, 1] is ever returned
 =============================== ==================================================================
 
 PNG and JPEG
@@ -138,6 +142,7 @@ NOT_A_FILE = "not_a_file"
 UNREADABLE = "unreadable"
 NOT_FOUND = "not_found"
 TIMEOUT = "timeout"
+INVALID_PIXELS = "invalid_pixels"
 REASONS = frozenset(
     {
         EMPTY,
@@ -153,6 +158,7 @@ REASONS = frozenset(
         UNREADABLE,
         NOT_FOUND,
         TIMEOUT,
+        INVALID_PIXELS,
     }
 )
 
@@ -205,6 +211,7 @@ _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "PALETTE COLOR", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 _PERCENTILES = (0.5, 99.5)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 _DICOM_META_KEYS = (
     "modality",
@@ -279,7 +286,7 @@ def read_xray(path: StrOrBytesPath, *, timeout: float | None = DEFAULT_TIMEOUT_S
     else:
         _precheck(raw_path)
         decoded = _isolated_reader().read(raw_path, timeout)
-    return _finish(decoded)
+    return _finish(decoded, raw_path)
 
 
 def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
@@ -325,7 +332,8 @@ def reader_process_pid() -> int | None:
     return reader.pid
 
 
-def _finish(decoded: _Decoded) -> XRayImage:
+def _finish(decoded: _Decoded, path: bytes) -> XRayImage:
+    _check_display_range(decoded.pixels, path)
     meta = dict(decoded.meta)
     if meta["format"] == "dicom":
         from db.config import pseudonymise  # only the caller needs it, not the decoder child
@@ -701,7 +709,7 @@ def _read_dicom(data: bytes, path: bytes) -> _Decoded:
         raw, photometric = _decode_with_pydicom(ds, syntax, ("",), path)
     if photometric in _MONOCHROME and raw.ndim != 2:
         raise _error(UNSUPPORTED_IMAGE, path, f"{photometric} with {geometry.samples} samples per pixel")
-    pixels, voi = _to_display(raw, ds, photometric, geometry)
+    pixels, voi = _to_display(raw, ds, photometric, geometry, path)
     meta = _dicom_meta(ds, syntax, geometry, voi)
     return _Decoded(pixels, meta, _text(ds, "PatientID"))
 
@@ -989,10 +997,16 @@ def _decode_jpeg12_with_gdcm(frame: bytes, geometry: _Geometry, ds: Any, path: b
 # DICOM: display transform
 
 
-def _to_display(raw: np.ndarray, ds: Any, photometric: str, geometry: _Geometry) -> tuple[np.ndarray, str]:
+def _to_display(
+    raw: np.ndarray, ds: Any, photometric: str, geometry: _Geometry, path: bytes
+) -> tuple[np.ndarray, str]:
     if photometric in _MONOCHROME:
-        values = _modality_lut(raw, ds)
-        scaled, voi = _apply_voi(values, ds)
+        # Overflow and NaN are checked for explicitly (here and in _finish); numpy's warnings would only
+        # reach stderr.
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            values = _modality_lut(raw, ds)
+            _check_modality_output(values, ds, path)
+            scaled, voi = _apply_voi(values, ds)
         if photometric == "MONOCHROME1":
             scaled = np.subtract(np.float32(1.0), scaled, out=scaled)
         return np.ascontiguousarray(scaled, dtype=np.float32), voi
@@ -1008,6 +1022,41 @@ def _modality_lut(raw: np.ndarray, ds: Any) -> np.ndarray:
         except Exception:  # a broken modality LUT: the stored values are the best we have
             return raw
     return raw
+
+
+def _check_modality_output(values: np.ndarray, ds: Any, path: bytes) -> None:
+    """A NaN, infinite or huge Rescale Slope/Intercept (valid DS strings all) would turn every pixel into
+    NaN further on; refuse the image here, naming the values, instead of scoring noise."""
+    if values.size == 0 or np.issubdtype(values.dtype, np.integer):
+        return
+    low, high = float(values.min()), float(values.max())  # NaN propagates through min/max
+    if math.isfinite(low) and math.isfinite(high) and max(-low, high) <= _FLOAT32_MAX:
+        return
+    if "ModalityLUTSequence" in ds:
+        source = "the Modality LUT Sequence"
+    else:
+        slope, intercept = _first_value_or_text(ds, "RescaleSlope"), _first_value_or_text(ds, "RescaleIntercept")
+        source = f"Rescale Slope {slope} and Intercept {intercept}"
+    raise _error(INVALID_PIXELS, path, f"{source} give pixel values in [{low:g}, {high:g}], "
+                                       "not finite float32 values")
+
+
+def _first_value_or_text(ds: Any, keyword: str) -> str:
+    try:
+        value = _first_value(ds.get(keyword))
+    except (TypeError, ValueError):
+        return "(unreadable)"
+    return "(absent)" if value is None else f"{value:g}"
+
+
+def _check_display_range(pixels: np.ndarray, path: bytes) -> None:
+    """The last guard of every path: what leaves the reader is finite and in [0, 1]."""
+    if pixels.size == 0:
+        return
+    low, high = float(pixels.min()), float(pixels.max())
+    if not (0.0 <= low <= high <= 1.0):  # False for NaN too
+        raise _error(INVALID_PIXELS, path, f"the display transform gives values in [{low:g}, {high:g}], "
+                                           "not in [0, 1]")
 
 
 def _apply_voi(values: np.ndarray, ds: Any) -> tuple[np.ndarray, str]:
@@ -1028,6 +1077,8 @@ def _voi_lut(values: np.ndarray, ds: Any) -> np.ndarray | None:
         return None
     try:
         bits = int(sequence[0].LUTDescriptor[2])
+        if not 1 <= bits <= 16:  # PS3.3 C.11.2.1.1 allows 8 to 16; 0 would divide by zero below
+            return None
         if not np.issubdtype(values.dtype, np.integer):
             values = np.rint(values).astype(np.int64)
         mapped = apply_voi(values, ds, index=0)
@@ -1043,8 +1094,8 @@ def _first_window(ds: Any) -> tuple[float, float, str] | None:
         function = _upper(ds.get("VOILUTFunction")) or "LINEAR"
     except (TypeError, ValueError):
         return None
-    if center is None or width is None or not (math.isfinite(center) and math.isfinite(width)):
-        return None
+    if center is None or width is None or not (abs(center) <= _FLOAT32_MAX and abs(width) <= _FLOAT32_MAX):
+        return None  # absent, NaN, infinite, or too large for the float32 arithmetic of _window
     valid = width > 0 if function in ("LINEAR_EXACT", "SIGMOID") else width >= 1
     return (center, width, function) if valid else None
 

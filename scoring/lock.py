@@ -1,7 +1,11 @@
 """One scoring run per database at a time.
 
-SQLite: an exclusive POSIX record lock (``lockf``) on a file beside the database. Unlike ``flock``, it is
-not inherited by forked children such as DataLoader workers, so the kernel releases it the moment the
+SQLite: an exclusive POSIX record lock (``lockf``) on a lock file named after the database file's identity
+(device and inode), in the host's lock folder (``/run/lock``, else the temporary folder). A name would not
+do: a symlink, a hard link or a relative path reaches the same database under another name, and two runs
+through two names would both score everything. The database file itself is not locked: SQLite holds POSIX
+locks on it, and closing any other descriptor of the file would silently drop them. Unlike ``flock``,
+``lockf`` is not inherited by forked children such as DataLoader workers, so the kernel releases it the moment the
 scorer itself dies, even while orphaned workers wind down. PostgreSQL: a session-level advisory lock held
 on a dedicated connection; the server releases it when that connection closes, which after a ``kill -9``
 happens once the forked workers sharing its socket have exited too (they notice their parent is gone
@@ -12,6 +16,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import tempfile
 from pathlib import Path
 
 from sqlalchemy import Engine, text
@@ -54,8 +59,7 @@ class RunLock:
         path = lock_file_for(self._engine)
         if path in _held_here:
             raise RunLockHeld(f"another scoring run in this process (pid {os.getpid()}) holds {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")
+        handle = _open_lock_file(path)
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -80,8 +84,50 @@ class RunLock:
         self._connection = connection
 
 
+def _open_lock_file(path: Path):
+    """Open (creating it if need be) a lock file that every user may lock: mode 0666 in a sticky folder.
+
+    An existing file is opened without O_CREAT, which fs.protected_regular refuses for other users' files
+    in world-writable sticky folders such as /run/lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR)
+            break
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o666)
+            os.fchmod(fd, 0o666)  # not narrowed by the umask
+            break
+        except FileExistsError:
+            continue  # created by another process in between: open it
+    return os.fdopen(fd, "r+")
+
+
 def lock_file_for(engine: Engine) -> Path:
     database = engine.url.database
-    if database and database != ":memory:":
-        return Path(database).expanduser().resolve().with_name(Path(database).name + ".score.lock")
-    return config.ensure_home() / "score.lock"
+    if not database or database == ":memory:":
+        return config.ensure_home() / "score.lock"
+    path = Path(database).expanduser()
+    if not path.exists():
+        _create_empty_database(path)
+    info = path.stat()  # follows symlinks: every name of the file gives the same device and inode
+    return lock_folder() / f"cxr-score-{info.st_dev}-{info.st_ino}.lock"
+
+
+def lock_folder() -> Path:
+    """Shared by every user of this host: a database's lock must be found whoever runs the scorer."""
+    for folder in (Path("/run/lock"), Path(tempfile.gettempdir())):
+        if folder.is_dir() and os.access(folder, os.W_OK | os.X_OK):
+            return folder
+    raise OSError(f"no writable lock folder (tried /run/lock and {tempfile.gettempdir()})")
+
+
+def _create_empty_database(path: Path) -> None:
+    """An empty file is an empty SQLite database; it must exist before it has an inode to lock on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        pass  # another process created it first: the same file

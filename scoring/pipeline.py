@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset
 
 from db import results
@@ -31,6 +32,12 @@ log = logging.getLogger("cxr.score")
 
 TRIAGE_CHUNK = 2000
 HASH_THREADS = 4
+
+# Failure reasons of the scorer itself, beside the reader's (scoring.imaging.REASONS).
+PREPROCESS_FAILED = "preprocess_failed"
+INVALID_SCORE = "invalid_score"  # the model gave NaN or infinite probabilities
+SCORE_FAILED = "score_failed"  # the model raised on this image
+WRITE_FAILED = "write_failed"  # storing the image's result raised (a database constraint, a driver error)
 
 
 @dataclass
@@ -179,7 +186,7 @@ class DecodeDataset(Dataset):
         try:
             tensor = self.preprocess(image.pixels)
         except (ValueError, RuntimeError) as exc:
-            return Decoded(index, meta=image.meta, error=("preprocess_failed", f"{self.paths[index]}: {exc}"))
+            return Decoded(index, meta=image.meta, error=(PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"))
         return Decoded(index, tensor=tensor, meta=image.meta, scope=scope)
 
 
@@ -265,40 +272,122 @@ class ScoringPass:
         done = 0
         with progress_bar(len(jobs), self.options.progress_bar) as advance:
             for items, batch in loader:
-                probabilities = self.scorer.probabilities(batch) if batch is not None else None
-                self._commit_batch(jobs, items, probabilities)
+                self._commit_batch(jobs, items, self._score(batch))
                 done += len(items)
                 advance(len(items))
                 if not self.options.progress_bar and (done // self.options.log_every
                                                       != (done - len(items)) // self.options.log_every):
                     log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
 
-    def _commit_batch(self, jobs: list[Job], items: list[Decoded], probabilities: torch.Tensor | None) -> None:
-        classes = self.scorer.checkpoint.classes
-        rows = iter(probabilities) if probabilities is not None else iter(())
+    def _score(self, batch: torch.Tensor | None) -> list[torch.Tensor | None]:
+        """A row of probabilities per in-scope image; None for an image the model raised on."""
+        if batch is None:
+            return []
+        try:
+            return list(self.scorer.probabilities(batch))
+        except RuntimeError as exc:  # e.g. out of memory on the GPU: one image at a time, failing alone
+            log.warning("the model failed on a batch of %d images (%s); scoring them one by one", len(batch),
+                        type(exc).__name__)
+        rows: list[torch.Tensor | None] = []
+        for image in batch:
+            try:
+                rows.append(self.scorer.probabilities(image[None])[0])
+            except RuntimeError:
+                rows.append(None)
+        return rows
+
+    def _commit_batch(self, jobs: list[Job], items: list[Decoded], rows: list[torch.Tensor | None]) -> None:
+        """One transaction per batch. Its writes go in one savepoint; if any of them fails, the batch is written
+        again image by image, each in its own savepoint, so one bad row becomes that image's recorded failure
+        and never costs the rest of the batch (nor stops the run: the same file would stop every rerun)."""
+        outcomes = self._outcomes(jobs, items, rows)
         with write_session(self.engine) as session:
-            for item in items:
-                job = jobs[item.index]
-                paths = [job.stat, *job.same_content]
-                if item.error is not None:
-                    for stat in paths:
-                        results.add_failure(session, self.run_id, stat, *item.error)
-                    self.counts.failed += len(paths)
-                    continue
-                in_scope, reason = item.scope
-                image_id = results.upsert_image(session, sha256=job.sha256, stat=job.stat, meta=item.meta,
-                                                in_scope=in_scope, scope_reason=reason)
-                for stat in paths:
-                    results.record_file(session, stat, image_id)
-                if not in_scope:
-                    self.counts.out_of_scope += len(paths)
-                    continue
-                p = next(rows)
-                results.add_prediction(session, image_id=image_id, model_version_id=self.model_version_id,
-                                       run_id=self.run_id, **summarise(p, classes))
-                self.counts.scored += 1
-                self.counts.skipped += len(job.same_content)
+            try:
+                with session.begin_nested():
+                    for outcome in outcomes:
+                        outcome.write(session, self.model_version_id, self.run_id)
+            except Exception as exc:
+                log.warning("storing a batch of %d files failed (%s); storing them one by one", len(outcomes),
+                            type(exc).__name__)
+                outcomes = [self._write_alone(session, outcome) for outcome in outcomes]
+            for outcome in outcomes:
+                outcome.count(self.counts)
             results.update_run(session, self.run_id, **self.counts.as_dict())
+
+    def _outcomes(self, jobs: list[Job], items: list[Decoded], rows: list[torch.Tensor | None]) -> list[Outcome]:
+        in_scope_rows = iter(rows)
+        outcomes = []
+        for item in items:
+            job = jobs[item.index]
+            if item.error is not None:
+                outcomes.append(Outcome(job, error=item.error))
+                continue
+            in_scope, reason = item.scope
+            outcome = Outcome(job, meta=item.meta, scope=item.scope)
+            if in_scope:
+                row = next(in_scope_rows)
+                if row is None:
+                    outcome = Outcome(job, error=(SCORE_FAILED, f"{job.stat.path}: the model failed on this image"))
+                elif not torch.isfinite(row).all():
+                    outcome = Outcome(job, error=(INVALID_SCORE, f"{job.stat.path}: the model gave non-finite "
+                                                                 "probabilities for this image"))
+                else:
+                    outcome.prediction = summarise(row, self.scorer.checkpoint.classes)
+            outcomes.append(outcome)
+        return outcomes
+
+    def _write_alone(self, session: Session, outcome: Outcome) -> Outcome:
+        try:
+            with session.begin_nested():
+                outcome.write(session, self.model_version_id, self.run_id)
+            return outcome
+        except Exception as exc:
+            # The type only: the exception's text may quote the row's values, which come from file headers.
+            log.warning("could not store the result of one file (%s); recorded as %s", type(exc).__name__,
+                        WRITE_FAILED)
+            failed = Outcome(outcome.job, error=(WRITE_FAILED, f"{outcome.job.stat.path}: storing the result "
+                                                               f"failed ({type(exc).__name__})"))
+            with session.begin_nested():
+                failed.write(session, self.model_version_id, self.run_id)
+            return failed
+
+
+@dataclass
+class Outcome:
+    """What one decoded job adds to the database: a failure, an out-of-scope image, or a scored image."""
+
+    job: Job
+    error: tuple[str, str] | None = None
+    meta: dict[str, Any] | None = None
+    scope: tuple[bool, str] | None = None
+    prediction: dict[str, Any] | None = None
+
+    @property
+    def stats(self) -> list[FileStat]:
+        return [self.job.stat, *self.job.same_content]
+
+    def write(self, session: Session, model_version_id: int, run_id: int) -> None:
+        if self.error is not None:
+            for stat in self.stats:
+                results.add_failure(session, run_id, stat, *self.error)
+            return
+        in_scope, reason = self.scope
+        image_id = results.upsert_image(session, sha256=self.job.sha256, stat=self.job.stat, meta=self.meta,
+                                        in_scope=in_scope, scope_reason=reason)
+        for stat in self.stats:
+            results.record_file(session, stat, image_id)
+        if self.prediction is not None:
+            results.add_prediction(session, image_id=image_id, model_version_id=model_version_id, run_id=run_id,
+                                   **self.prediction)
+
+    def count(self, counts: Counts) -> None:
+        if self.error is not None:
+            counts.failed += len(self.stats)
+        elif self.prediction is None:
+            counts.out_of_scope += len(self.stats)
+        else:
+            counts.scored += 1
+            counts.skipped += len(self.job.same_content)
 
 
 def summarise(probabilities: torch.Tensor, classes: list[str]) -> dict[str, Any]:

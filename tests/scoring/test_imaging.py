@@ -23,7 +23,7 @@ from pydicom.encaps import encapsulate, generate_frames
 
 from db.config import pseudonymise
 from scoring import imaging
-from scoring.imaging import XRayImage, XRayReadError, in_scope, read_xray
+from scoring.imaging import INVALID_PIXELS, XRayImage, XRayReadError, in_scope, read_xray
 
 PATIENT_ID = "TEST-PATIENT-0042"
 PATIENT_NAME = "Doe^Jane"
@@ -360,6 +360,83 @@ def test_rescale_without_window(dicom_factory, ramp) -> None:
     path = dicom_factory("rp.dcm", ramp, RescaleSlope=0.5, RescaleIntercept=-20)
     image = read_xray(path, timeout=None)
     np.testing.assert_allclose(image.pixels, percentile_window(ramp * 0.5 - 20), atol=EXACT)
+
+
+# --------------------------------------------------------------------------------------------
+# Poisoned display transforms: never NaN, never outside [0, 1]
+
+POISONED_RESCALE = [
+    # (RescaleSlope, RescaleIntercept) as the DS strings a hostile or broken header carries
+    ("1e38", "0"),
+    ("NaN", "0"),
+    ("inf", "0"),
+    ("-inf", "0"),
+    ("1", "1e308"),
+    ("1", "-1e308"),
+    ("1", "NaN"),
+]
+
+
+@pytest.mark.parametrize(("slope", "intercept"), POISONED_RESCALE)
+@pytest.mark.parametrize("isolated", [False, True], ids=["in_process", "isolated"])
+def test_poisoned_rescale_is_invalid_pixels(dicom_factory, ramp, slope, intercept, isolated) -> None:
+    path = dicom_factory("rs.dcm", ramp, RescaleSlope=slope, RescaleIntercept=intercept)
+    with pytest.raises(XRayReadError) as caught:
+        read_xray(path, timeout=30 if isolated else None)
+    assert caught.value.reason == INVALID_PIXELS
+    assert "Rescale Slope" in str(caught.value)
+
+
+def test_the_real_siim_film_with_a_huge_slope(dicom_dir, tmp_path) -> None:
+    """The issue's repro: the shared CR film with Rescale Slope 1e38 read all-NaN and was 'in scope'."""
+    ds = pydicom.dcmread(next(dicom_dir.glob("1.2.276.*.dcm")))
+    ds.RescaleSlope, ds.RescaleIntercept = "1e38", "0"
+    ds.save_as(tmp_path / "poisoned.dcm")
+    with pytest.raises(XRayReadError) as caught:
+        read_xray(tmp_path / "poisoned.dcm")
+    assert caught.value.reason == INVALID_PIXELS
+
+
+POISONED_WINDOWS = [
+    # attributes -> the window is unusable, so the percentile window applies and the pixels stay finite
+    {"WindowCenter": "NaN", "WindowWidth": 400},
+    {"WindowCenter": 2000, "WindowWidth": "NaN"},
+    {"WindowCenter": "inf", "WindowWidth": "inf"},
+    {"WindowCenter": "1e308", "WindowWidth": "1e308"},
+    {"WindowCenter": "-1e308", "WindowWidth": "1e300"},
+]
+
+
+@pytest.mark.parametrize("attributes", POISONED_WINDOWS, ids=lambda a: f"c={a['WindowCenter']},w={a['WindowWidth']}")
+def test_poisoned_window_falls_back_to_percentile(dicom_factory, ramp, attributes) -> None:
+    image = read_xray(dicom_factory("pw.dcm", ramp, **attributes), timeout=None)
+    assert image.meta["voi"] == "percentile"
+    np.testing.assert_allclose(image.pixels, percentile_window(ramp), atol=EXACT)
+
+
+@pytest.mark.parametrize("bits", [0, 17, 64])
+def test_voi_lut_with_an_impossible_bit_depth_is_not_used(dicom_factory, ramp, bits) -> None:
+    """LUT Descriptor bits 0 divided by zero; the standard allows 8 to 16 (we accept 1 to 16)."""
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, bits]
+    item.LUTData = list(range(4096))
+    item["LUTData"].VR = "US"
+    image = read_xray(dicom_factory("lb.dcm", ramp, VOILUTSequence=[item]), timeout=None)
+    assert image.meta["voi"] == "percentile"
+    assert np.isfinite(image.pixels).all()
+
+
+def test_huge_but_finite_rescale_with_a_window_never_gives_nan(dicom_factory, ramp) -> None:
+    """Values near the float32 limit pass the modality check; the window arithmetic may still overflow,
+    and the last guard turns that into invalid_pixels rather than NaN pixels."""
+    path = dicom_factory("hw.dcm", ramp, RescaleSlope="8e34", RescaleIntercept="-1.6e38")
+    try:
+        image = read_xray(path, timeout=None)
+    except XRayReadError as exc:
+        assert exc.reason == INVALID_PIXELS
+    else:
+        assert np.isfinite(image.pixels).all()
+        assert 0.0 <= image.pixels.min() <= image.pixels.max() <= 1.0
 
 
 @pytest.mark.parametrize("window", [None, (1200, 900)], ids=["percentile", "window"])

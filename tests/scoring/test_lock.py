@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
+from db import migrate
 from db.engine import create_database_engine
 from scoring.lock import RunLock, RunLockHeld
 
@@ -16,3 +22,86 @@ def test_one_run_at_a_time_on_each_backend(db_url):
         pass
     first.dispose()
     second.dispose()
+
+
+HOLD_LOCK = """
+import sys, time
+from db.engine import create_database_engine
+from scoring.lock import RunLock
+with RunLock(create_database_engine(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+"""
+
+
+@pytest.fixture
+def lock_held_by_another_process():
+    """Hold the run lock through ``url`` in a separate process (POSIX locks are per process)."""
+    holders = []
+
+    def hold(url: str) -> None:
+        holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, url], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True)
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "held"
+
+    yield hold
+    for holder in holders:
+        holder.stdin.close()
+        holder.wait(timeout=30)
+
+
+def _other_name(kind: str, database: Path, tmp_path: Path, monkeypatch) -> str:
+    if kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        (tmp_path / "elsewhere" / "link.db").symlink_to(database)
+        return f"sqlite:///{tmp_path / 'elsewhere' / 'link.db'}"
+    if kind == "hard link":
+        (tmp_path / "other-folder").mkdir()
+        os.link(database, tmp_path / "other-folder" / "same.db")
+        return f"sqlite:///{tmp_path / 'other-folder' / 'same.db'}"
+    monkeypatch.chdir(database.parent.parent)
+    return f"sqlite:///{database.parent.name}/{database.name}"  # relative to the working folder
+
+
+@pytest.mark.parametrize("kind", ["symlink", "hard link", "relative path"])
+def test_another_name_for_the_same_database_finds_the_lock_held(kind, tmp_path, monkeypatch,
+                                                                lock_held_by_another_process):
+    database = tmp_path / "data" / "cxr.db"
+    database.parent.mkdir()
+    engine = create_database_engine(f"sqlite:///{database}")
+    migrate.ensure_schema(engine)  # a real database file, with an inode to link to
+    engine.dispose()
+    other = create_database_engine(_other_name(kind, database, tmp_path, monkeypatch))
+    lock_held_by_another_process(f"sqlite:///{database}")
+    with pytest.raises(RunLockHeld, match="another scoring run"):
+        with RunLock(other):
+            pass
+    other.dispose()
+
+
+def test_a_database_that_does_not_exist_yet_is_locked_by_identity_too(tmp_path, lock_held_by_another_process):
+    url = f"sqlite:///{tmp_path / 'new' / 'cxr.db'}"
+    lock_held_by_another_process(url)  # creates the (empty) database file to get its inode
+    assert (tmp_path / "new" / "cxr.db").is_file()
+    (tmp_path / "alias.db").symlink_to(tmp_path / "new" / "cxr.db")
+    with pytest.raises(RunLockHeld):
+        with RunLock(create_database_engine(f"sqlite:///{tmp_path / 'alias.db'}")):
+            pass
+
+
+def test_different_databases_do_not_share_a_lock(tmp_path, lock_held_by_another_process):
+    lock_held_by_another_process(f"sqlite:///{tmp_path / 'one.db'}")
+    with RunLock(create_database_engine(f"sqlite:///{tmp_path / 'two.db'}")):
+        pass
+
+
+def test_the_scorer_through_a_symlink_exits_75(tmp_path, tiny_checkpoint, lock_held_by_another_process):
+    database = tmp_path / "cxr.db"
+    lock_held_by_another_process(f"sqlite:///{database}")
+    (tmp_path / "link.db").symlink_to(database)
+    (tmp_path / "images").mkdir()
+    result = subprocess.run([sys.executable, "-m", "scoring", "--db", f"sqlite:///{tmp_path / 'link.db'}",
+                             "--model", str(tiny_checkpoint), str(tmp_path / "images")],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 75, result.stderr
