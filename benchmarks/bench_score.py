@@ -38,9 +38,9 @@ from pydicom.uid import generate_uid
 
 from db.results import FileStat
 from scoring import imaging
-from scoring.cli import default_workers
 from scoring.model import Checkpoint, Preprocessing, build_model, load_checkpoint, save_checkpoint
 from scoring.pipeline import Job, Scorer, ScoringOptions, make_loader
+from scoring.run import default_workers
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""``cxr-db``: create or migrate the database, and manage reviewer accounts."""
+"""``cxr-db``: create or migrate the database, back it up, and manage reviewer accounts."""
 
 from __future__ import annotations
 
@@ -6,18 +6,22 @@ import argparse
 import getpass
 import logging
 import sys
+from pathlib import Path
 
-from db import migrate, results, reviewers
-from db.clitools import run_database_command, setup_logging
+from db import config, migrate, results, reviewers
+from db.backup import backup_database
+from db.clitools import add_db_option, add_verbose_option, run_cli
+from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
-from db.passwords import MIN_PASSWORD_LENGTH
+from db.passwords import MIN_PASSWORD_LENGTH, PasswordPolicyError
 
 log = logging.getLogger("cxr.db")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-db", description=__doc__)
-    parser.add_argument("--db", metavar="URL", help="database URL (default: $CXR_DB_URL or $CXR_HOME/cxr.db)")
+    add_db_option(parser)
+    add_verbose_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("upgrade", help="create the database or migrate it to the newest schema")
     commands.add_parser("current", help="print the schema revision of the database and of this software")
@@ -33,19 +37,24 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--password-stdin", action="store_true",
                              help="read the password from the first line of standard input instead of a prompt")
     commands.add_parser("reviewers", help="list reviewer accounts")
+    backup = commands.add_parser("backup", help="a consistent copy of a live SQLite database (safe while the "
+                                                "scorer and reviewers write)")
+    backup.add_argument("destination", type=Path, metavar="DEST", help="a file, or a folder for a dated copy")
     for verb in ("deactivate", "activate"):
         commands.add_parser(verb, help=f"{verb} a reviewer account (its reviews stay)").add_argument("name")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = build_parser().parse_args(argv)
+    return run_cli(build_parser(), argv, log, _dispatch)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "backup":
+        made = backup_database(config.database_url(args.db), args.destination)
+        print(f"{made.path}\t{made.size_bytes} bytes\t{made.seconds} s\tintegrity {made.integrity}")
+        return 0
     engine = get_engine(args.db)
-    return run_database_command(log, args.db, lambda: _dispatch(engine, args))
-
-
-def _dispatch(engine, args: argparse.Namespace) -> int:
     if args.command == "upgrade":
         return _upgrade(engine)
     if args.command == "current":
@@ -63,7 +72,7 @@ def _upgrade(engine) -> int:
     before = migrate.current_revision(engine)
     migrate.upgrade(engine)
     after = migrate.current_revision(engine)
-    log.info("database %s: %s", engine.url.render_as_string(hide_password=True),
+    log.info("database %s: %s", shown_url(engine.url.render_as_string(hide_password=False)),
              f"migrated {before or 'empty'} -> {after}" if before != after else f"already at {after}")
     return 0
 
@@ -102,7 +111,7 @@ def _change_reviewer(engine, args) -> int:
             else:
                 reviewers.set_active(session, args.name, args.command == "activate")
                 log.info("%s %r", f"{args.command}d", args.name)
-    except ValueError as exc:  # ReviewerError, or the password policy
+    except (reviewers.ReviewerError, PasswordPolicyError) as exc:
         log.error("%s", exc)
         return 1
     return 0

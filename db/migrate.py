@@ -10,12 +10,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 
+from db.diagnose import shown_url
 from db.engine import writer
+from db.errors import CannotRun
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
-class SchemaOutOfDate(RuntimeError):
+class SchemaOutOfDate(CannotRun, RuntimeError):
     """The database is not at the schema this code expects."""
 
 
@@ -58,7 +60,7 @@ def require_current(engine: Engine) -> None:
         problem = f"is at schema revision {current}, this version needs {head}"
     else:
         problem = f"is at schema revision {current}, which this version does not know (newer software?)"
-    raise SchemaOutOfDate(f"the database {engine.url.render_as_string(hide_password=True)} {problem}; "
+    raise SchemaOutOfDate(f"the database {shown_url(engine.url.render_as_string(hide_password=False))} {problem}; "
                           "run `cxr-db upgrade` (with the same --db) first")
 
 

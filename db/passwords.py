@@ -9,9 +9,14 @@ _hasher = PasswordHasher()
 MIN_PASSWORD_LENGTH = 8
 
 
+class PasswordPolicyError(ValueError):
+    """A password the policy refuses (too short); the message says what is needed."""
+
+
 def hash_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_LENGTH:
-        raise ValueError(f"password too short: {len(password)} characters, need at least {MIN_PASSWORD_LENGTH}")
+        raise PasswordPolicyError(f"password too short: {len(password)} characters, "
+                                  f"need at least {MIN_PASSWORD_LENGTH}")
     return _hasher.hash(password)
 
 

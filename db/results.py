@@ -1,4 +1,5 @@
-"""What the scorer reads and writes: images and where they lie, model versions, runs, predictions, failures.
+"""What the scorer reads and writes: images and where they lie, runs, predictions, failures (model versions are
+in :mod:`db.model_versions`).
 
 Functions take a Session and never commit; the scorer commits one transaction per batch.
 """
@@ -9,17 +10,13 @@ import datetime as dt
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Image, ImageFile, ModelVersion, Prediction, ScoringFailure, ScoringRun, utcnow
-
-if TYPE_CHECKING:
-    from scoring.model import Checkpoint
+from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun, utcnow
 
 IMAGE_META_COLUMNS = (
     "format", "rows", "cols", "modality", "body_part", "view_position", "study_uid", "series_uid", "sop_uid",
@@ -53,42 +50,6 @@ class KnownFile:
 def _insert(session: Session, table):
     dialect = session.get_bind().dialect.name
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
-
-
-# --- model versions -------------------------------------------------------------------------------------
-
-def find_model_version(session: Session, sha256: str) -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(ModelVersion.sha256 == sha256))
-
-
-def active_model_version(session: Session) -> ModelVersion | None:
-    return session.scalar(select(ModelVersion).where(ModelVersion.is_active))
-
-
-def register_model_version(session: Session, *, sha256: str, path: str, architecture: str, classes: list[str],
-                           input_size: int, preprocessing_hash: str, temperature: float,
-                           name: str | None = None, metrics: dict[str, Any] | None = None,
-                           is_synthetic: bool = False) -> ModelVersion:
-    """The version with this checkpoint hash, registered (inactive) if it is new."""
-    existing = find_model_version(session, sha256)
-    if existing is not None:
-        return existing
-    version = ModelVersion(sha256=sha256, path=path, architecture=architecture, classes=list(classes),
-                           input_size=input_size, preprocessing_hash=preprocessing_hash, temperature=temperature,
-                           name=name, metrics=metrics or {}, is_synthetic=is_synthetic)
-    session.add(version)
-    session.flush()
-    return version
-
-
-def register_checkpoint(session: Session, path: Path, checkpoint: Checkpoint, sha256: str) -> ModelVersion:
-    """Register a checkpoint (inactive) from what it carries: name, metrics, synthetic flag included."""
-    training = checkpoint.training
-    return register_model_version(
-        session, sha256=sha256, path=str(Path(path).resolve()), architecture=checkpoint.arch,
-        classes=checkpoint.classes, input_size=checkpoint.input_size,
-        preprocessing_hash=checkpoint.preprocessing.hash, temperature=checkpoint.temperature,
-        name=training.get("name"), metrics=training.get("metrics"), is_synthetic=bool(training.get("synthetic")))
 
 
 # --- runs -----------------------------------------------------------------------------------------------

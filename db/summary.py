@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.model_versions import active_version
 from db.models import Image, ModelVersion, Prediction, Review, Reviewer, ScoringRun
 
 
@@ -32,7 +33,7 @@ class Summary:
 
 def database_summary(session: Session) -> Summary:
     count = lambda entity: session.scalar(select(func.count()).select_from(entity)) or 0  # noqa: E731
-    active = session.scalar(select(ModelVersion).where(ModelVersion.is_active))
+    active = active_version(session)
     last_run = session.scalar(select(ScoringRun.status).order_by(ScoringRun.started_at.desc()).limit(1))
     return Summary(
         images=count(Image),

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 
-from db import migrate
-from db.clitools import run_database_command, setup_logging
+from db import migrate, model_versions
+from db.clitools import (
+    add_db_option,
+    add_device_option,
+    add_verbose_option,
+    field_defaults,
+    run_cli,
+)
 from db.engine import get_engine, read_session, write_session
-from model_training import data, registry
-from model_training.train import TrainConfig, TrainError
-from scoring.model import DeviceUnavailable
+from model_training import data
+from model_training.train import TrainConfig
+from scoring.model import ARCHITECTURES
 
 log = logging.getLogger("cxr.train")
+
+DEFAULTS = field_defaults(TrainConfig)  # the one source of `cxr-train train`'s defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,16 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train, calibrate, write a checkpoint and model card, register it")
     train.add_argument("--data", required=True, metavar="DIR|CSV",
                        help="a folder per class, a folder with labels.csv, or a CSV file,label[,patient_id]")
-    train.add_argument("--out", required=True, type=Path, metavar="DIR")
-    train.add_argument("--arch", choices=["resnet18", "resnet34", "resnet50"], default="resnet18")
-    train.add_argument("--img-size", type=int, default=224)
-    train.add_argument("--epochs", type=int, default=20)
-    train.add_argument("--batch-size", type=int, default=32)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--val-fraction", type=float, default=0.2)
-    train.add_argument("--patience", type=int, default=5, help="early stop after N epochs without a better "
-                                                               "validation macro-F1 (default: 5)")
+    train.add_argument("--out", required=True, metavar="DIR")
+    train.add_argument("--arch", choices=list(ARCHITECTURES), default=DEFAULTS["arch"])
+    train.add_argument("--img-size", type=int, default=DEFAULTS["img_size"], help="(default: %(default)s)")
+    train.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="(default: %(default)s)")
+    train.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="(default: %(default)s)")
+    train.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="AdamW learning rate (default: %(default)g)")
+    train.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"],
+                       help="AdamW weight decay (default: %(default)g)")
+    train.add_argument("--seed", type=int, default=DEFAULTS["seed"], help="(default: %(default)s)")
+    train.add_argument("--val-fraction", type=float, default=DEFAULTS["val_fraction"],
+                       help="share of the patients held out for validation (default: %(default)g)")
+    train.add_argument("--patience", type=int, default=DEFAULTS["patience"],
+                       help="early stop after N epochs without a better validation macro-F1 (default: %(default)s)")
     train.add_argument("--pretrained", metavar="PATH|imagenet",
                        help="initial weights: a checkpoint, a torchvision state dict, or ImageNet from the local "
                             "torch cache (never downloaded)")
@@ -43,56 +55,52 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add reviewed cases from the database with the reviewers' labels")
     train.add_argument("--hflip", action="store_true", help="also augment with left-right flips (off by default)")
     train.add_argument("--no-augment", dest="augment", action="store_false")
-    train.add_argument("--workers", type=int, default=2, metavar="N", help="data-loading processes")
-    train.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    train.add_argument("--workers", type=int, default=DEFAULTS["workers"], metavar="N",
+                       help="data-loading processes (default: %(default)s)")
+    add_device_option(train, DEFAULTS["device"])
     train.add_argument("--name", help="version name (default: the --out folder's name)")
     train.add_argument("--synthetic", action="store_true",
                        help="mark the version as trained on synthetic data (automatic for the demo cohort)")
     train.add_argument("--resume", action="store_true", help="continue a killed run in --out")
-    train.add_argument("--db", metavar="URL", help="database URL (default: $CXR_DB_URL or $CXR_HOME/cxr.db)")
+    add_db_option(train)
 
     evaluate = commands.add_parser("evaluate", help="metrics of a checkpoint on a labelled set")
     evaluate.add_argument("--model", required=True, type=Path, metavar="CKPT")
     evaluate.add_argument("--data", required=True, metavar="DIR|CSV")
     evaluate.add_argument("--compare", type=Path, metavar="CKPT2", help="a second checkpoint, on the same images")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_device_option(evaluate)
 
     listing = commands.add_parser("list", help="the registered model versions")
-    listing.add_argument("--db", metavar="URL")
+    add_db_option(listing)
     promote = commands.add_parser("promote", help="make a version the one the scorer uses")
     promote.add_argument("version", help="id, name, or checkpoint sha256 prefix")
-    promote.add_argument("--db", metavar="URL")
+    add_db_option(promote)
 
     demo = commands.add_parser("demo-data", help="write a synthetic demo cohort (phantoms, not patients)")
     demo.add_argument("dir", type=Path)
     demo.add_argument("--n", type=int, default=240, help="number of labelled phantoms (default: 240)")
     demo.add_argument("--seed", type=int, default=0)
+    for command in (train, evaluate, listing, promote, demo):
+        add_verbose_option(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = build_parser().parse_args(argv)
     handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "promote": _promote,
                 "demo-data": _demo_data}
-    try:
-        return run_database_command(log, getattr(args, "db", None), lambda: handlers[args.command](args))
-    except (TrainError, DeviceUnavailable, data.DataError, registry.RegistryError) as exc:
-        log.error("%s", exc)
-        return 2
+    return run_cli(build_parser(), argv, log, lambda args: handlers[args.command](args))
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of ``cxr-train train``'s arguments: every field has an option of the same name."""
+    return TrainConfig(**{field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)})
 
 
 def _train(args: argparse.Namespace) -> int:
     from model_training.train import train
 
-    config = TrainConfig(
-        data=str(args.data), out=str(args.out), arch=args.arch, img_size=args.img_size, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, val_fraction=args.val_fraction,
-        patience=args.patience, pretrained=args.pretrained, include_reviews=args.include_reviews,
-        eval_data=args.eval_data, hflip=args.hflip, augment=args.augment, workers=args.workers,
-        device=args.device, db=args.db, name=args.name, synthetic=args.synthetic)
-    result = train(config, resume=args.resume, progress=sys.stderr.isatty())
+    result = train(train_config(args), resume=args.resume, progress=sys.stderr.isatty())
     validation = result.metrics["validation"]
     print(json.dumps({"checkpoint": str(result.checkpoint), "model_version_id": result.model_version_id,
                       "validation_accuracy": validation["accuracy"], "validation_macro_f1": validation["macro_f1"],
@@ -145,7 +153,7 @@ def _engine(args: argparse.Namespace):
 
 def _list(args: argparse.Namespace) -> int:
     with read_session(_engine(args)) as session:
-        for v in registry.list_versions(session):
+        for v in model_versions.list_versions(session):
             auroc = (v.metrics or {}).get("validation", {}).get("macro_auroc")
             flags = " ".join(f for f, on in (("ACTIVE", v.is_active), ("synthetic", v.is_synthetic)) if on)
             print(f"{v.id:>4}  {v.name or '-':<24} {v.architecture:<9} {v.input_size:>4}px  "
@@ -155,7 +163,7 @@ def _list(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     with write_session(_engine(args)) as session:
-        version, previous = registry.promote(session, args.version)
+        version, previous = model_versions.promote(session, args.version)
         log.info("model version %d (%s) is now active%s", version.id, version.name or version.sha256[:12],
                  f"; it replaces version {previous.id}" if previous and previous.id != version.id else "")
         if version.is_synthetic:
@@ -165,7 +173,7 @@ def _promote(args: argparse.Namespace) -> int:
 
 
 def _demo_data(args: argparse.Namespace) -> int:
-    from model_training.demo_data import write_demo_cohort
+    from model_training.demo_cohort import write_demo_cohort
 
     cohort = write_demo_cohort(args.dir, n=args.n, seed=args.seed)
     log.info("wrote %s", cohort.summary())

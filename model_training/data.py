@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch.utils.data import Dataset
 
+from db.errors import CannotRun
 from db.hashing import file_sha256
 from db.models import Image, Review
 from db.reviews import latest_reviews
@@ -35,7 +36,7 @@ LABELS_FILE = "labels.csv"
 NON_TRAINING_LABELS = frozenset({"ungradable", "other", "unsure"})
 
 
-class DataError(ValueError):
+class DataError(CannotRun, ValueError):
     """Labelled data that cannot be used as given."""
 
 

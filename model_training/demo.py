@@ -8,16 +8,16 @@ exactly what cron would run every night, on phantoms instead of patients.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 from pathlib import Path
 
-from db import config, migrate
-from db.clitools import run_database_command, setup_logging
+from db import config, migrate, model_versions
+from db.clitools import add_db_option, add_verbose_option, run_cli
 from db.engine import get_engine, read_session, write_session
-from db.results import active_model_version
-from model_training import registry
 from model_training.train import TrainConfig, train
-from scoring import cli as scoring_cli
+from scoring.run import EXIT_FAILURES, EXIT_OK, ScoringRequest, run_scoring
 
 log = logging.getLogger("cxr.demo")
 
@@ -27,16 +27,15 @@ DEMO_TRAINING = {"img_size": 64, "epochs": 12, "batch_size": 32, "patience": 4}
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", metavar="URL", help="database URL (default: $CXR_DB_URL or $CXR_HOME/cxr.db)")
+    add_db_option(parser)
     parser.add_argument("--n", type=int, default=240, help="phantoms in a new demo cohort (default: 240)")
     parser.add_argument("--json", action="store_true", help="end with the scorer's JSON summary")
+    add_verbose_option(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    return run_database_command(log, args.db, lambda: run_demo(args))
+    return run_cli(build_parser(), argv, log, run_demo)
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -45,22 +44,24 @@ def run_demo(args: argparse.Namespace) -> int:
     engine = get_engine(args.db)
     migrate.ensure_schema(engine)
     ensure_active_model(engine, images, home / "models" / DEMO_MODEL_NAME, args.db)
-    scorer_args = [str(images), "--settle-seconds", "0", *(["--db", args.db] if args.db else []),
-                   *(["--json"] if args.json else [])]
-    code = scoring_cli.main(scorer_args)
-    if code in (scoring_cli.EXIT_OK, scoring_cli.EXIT_FAILURES):
+    # The cohort was just written: nothing in it is still being copied, so nothing needs to settle.
+    summary = run_scoring(ScoringRequest(paths=(str(images),), db_url=args.db, settle_seconds=0,
+                                         progress_bar=sys.stderr.isatty()))
+    if args.json:
+        print(json.dumps(summary.as_dict()), flush=True)
+    if summary.exit_code in (EXIT_OK, EXIT_FAILURES):
         log.info("demo scored. The cohort holds a few deliberately broken files (`cxr-db failures` lists them) "
                  "and out-of-scope studies. Next: `cxr-db add-reviewer NAME --role admin`, then "
                  "`streamlit run dashboard`.")
         return 0
-    return code
+    return summary.exit_code
 
 
 def ensure_cohort(folder: Path, n: int) -> Path:
     if (folder / "labels.csv").is_file():
         log.info("using the demo cohort in %s", folder)
         return folder
-    from model_training.demo_data import write_demo_cohort
+    from model_training.demo_cohort import write_demo_cohort
 
     log.info("writing a synthetic demo cohort of %d phantoms to %s", n, folder)
     write_demo_cohort(folder, n=n, overwrite=True)  # no labels.csv: nothing, or an interrupted earlier try
@@ -69,12 +70,13 @@ def ensure_cohort(folder: Path, n: int) -> Path:
 
 def ensure_active_model(engine, images: Path, out: Path, db_url: str | None) -> None:
     with read_session(engine) as session:
-        active = active_model_version(session)
+        active = model_versions.active_version(session)
     if active is not None:
         log.info("using the active model version %d (%s)", active.id, active.name or active.sha256[:12])
         return
     with read_session(engine) as session:
-        trained = [v for v in registry.list_versions(session) if v.name == DEMO_MODEL_NAME and v.is_synthetic]
+        trained = [v for v in model_versions.list_versions(session)
+                   if v.name == DEMO_MODEL_NAME and v.is_synthetic]
     if trained:
         version_id = trained[-1].id
     else:
@@ -84,7 +86,7 @@ def ensure_active_model(engine, images: Path, out: Path, db_url: str | None) -> 
                                    db=db_url, **DEMO_TRAINING))
         version_id = result.model_version_id
     with write_session(engine) as session:
-        registry.promote(session, str(version_id))
+        model_versions.promote(session, str(version_id))
     log.warning("the active model is the synthetic demo model (version %d): its predictions mean nothing "
                 "clinically", version_id)
 

@@ -1,8 +1,8 @@
 """Train a chest X-ray classifier, top to bottom: data -> split -> model -> epochs with early stopping ->
 temperature calibration -> checkpoint, model card and registration (inactive) in the database.
 
-Everything a run needs is in :class:`TrainConfig`, saved as ``config.json`` next to the checkpoint. A killed
-run continues from ``last.pt`` with ``--resume``.
+Everything a run needs is in :class:`TrainConfig`, saved as ``config.json`` next to the checkpoint (the database
+URL's password hidden). A killed run continues from ``last.pt`` with ``--resume``.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ from torch.utils.data import DataLoader
 from torchvision import models
 
 from db import migrate
+from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
+from db.errors import CannotRun
+from db.model_versions import register_checkpoint
 from db.models import ReviewTrainingUse
-from db.results import register_checkpoint
 from model_training import data
 from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
@@ -43,6 +45,8 @@ from model_training.metrics import (
 from scoring.model import (
     Checkpoint,
     Preprocessing,
+    autocast,
+    autocast_dtype,
     build_model,
     calibrated_probabilities,
     checkpoint_sha256,
@@ -57,12 +61,14 @@ log = logging.getLogger("cxr.train")
 CHECKPOINT_NAME, STATE_NAME, CONFIG_NAME, HISTORY_NAME = "model.pt", "last.pt", "config.json", "history.csv"
 
 
-class TrainError(RuntimeError):
+class TrainError(CannotRun, RuntimeError):
     """A training run that cannot start or continue, with a message that says why."""
 
 
 @dataclass
 class TrainConfig:
+    """Everything a run needs. Its defaults are ``cxr-train train``'s: the CLI reads them from these fields."""
+
     data: str
     out: str
     arch: str = "resnet18"
@@ -85,8 +91,13 @@ class TrainConfig:
     name: str | None = None
     synthetic: bool = False
 
+    def recorded(self) -> dict[str, Any]:
+        """The configuration as written into files (config.json, the checkpoint, the model card), which people
+        share: the database URL's password hidden."""
+        return {**dataclasses.asdict(self), "db": shown_url(self.db) if self.db else None}
+
     def save(self, folder: Path) -> None:
-        (folder / CONFIG_NAME).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+        (folder / CONFIG_NAME).write_text(json.dumps(self.recorded(), indent=2) + "\n")
 
 
 @dataclass
@@ -159,13 +170,16 @@ def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int,
                       pin_memory=device.type == "cuda", generator=generator)
 
 
-def autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def loss_scaler(device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 autocast (a GPU without bf16), whose small gradients would otherwise underflow;
+    disabled, a no-op, for bf16 and float32."""
+    return torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, weights: torch.Tensor,
-                    device: torch.device, progress: bool, epoch: int) -> float:
+                    device: torch.device, progress: bool, epoch: int, *, scaler: torch.amp.GradScaler) -> float:
     model.train()
+    dtype = autocast_dtype(device)
     total, seen = 0.0, 0
     batches = loader
     if progress:
@@ -177,11 +191,12 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         labels = labels.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.to(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, dtype):
             loss = F.cross_entropy(model(images).float(), labels, weight=weights.to(device))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
         total += float(loss.detach()) * len(labels)
         seen += len(labels)
     return total / max(seen, 1)
@@ -191,12 +206,13 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
     """Logits, true class indices and the mean (unweighted) loss over a loader."""
     model.eval()
+    dtype = autocast_dtype(device)
     all_logits, all_labels = [], []
     for images, labels in loader:
         images = images.to(device, non_blocking=True)
         if device.type == "cuda":
             images = images.to(memory_format=torch.channels_last)
-        with autocast(device):
+        with autocast(device, dtype):
             all_logits.append(model(images).float().cpu())
         all_labels.append(labels)
     logits, labels = torch.cat(all_logits), torch.cat(all_labels)
@@ -212,17 +228,22 @@ def calibrated_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
 
 
-def append_history(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(row))
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+def write_history(path: Path, history: list[dict[str, Any]]) -> None:
+    """The whole history, rewritten atomically from the saved state's rows after each epoch: appending a row
+    before ``last.pt`` is saved would repeat that epoch's row when a run killed in between is resumed."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
 
 
 def prepare_data(config: TrainConfig) -> tuple[list[data.LabelledImage], list[data.LabelledImage] | None, dict]:
@@ -304,6 +325,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    scaler = loss_scaler(device)
     weights = class_weights(train_items, classes)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
@@ -312,6 +334,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):  # empty unless the run used fp16 loss scaling
+            scaler.load_state_dict(state["scaler"])
         history, best, start_epoch = state["history"], state["best"], state["epoch"] + 1
         log.info("resuming after epoch %d (best macro-F1 %.3f at epoch %d)", state["epoch"], best["score"],
                  best["epoch"])
@@ -325,7 +349,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         train_set.set_epoch(epoch)
         train_loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers, device=device,
                                    shuffle_seed=config.seed * 1000 + epoch)
-        train_loss = train_one_epoch(model, train_loader, optimizer, weights, device, progress, epoch)
+        train_loss = train_one_epoch(model, train_loader, optimizer, weights, device, progress, epoch, scaler=scaler)
         scheduler.step()
         logits, labels, val_loss = evaluate(model, val_loader, device)
         metrics = calibrated_metrics(logits, labels, classes, 1.0)
@@ -334,16 +358,16 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                "val_macro_auroc": metrics["macro_auroc"], "lr": optimizer.param_groups[0]["lr"],
                "seconds": round(time.perf_counter() - started, 2)}
         history.append(row)
-        append_history(out / HISTORY_NAME, row)
         log.info("epoch %d: train loss %.4f, val loss %.4f, val acc %.3f, macro-F1 %.3f, macro-AUROC %s, %.1f s",
                  epoch, train_loss, val_loss, metrics["accuracy"], metrics["macro_f1"],
                  _fmt(metrics["macro_auroc"]), row["seconds"])
         if metrics["macro_f1"] > best["score"] + 1e-4:
             best = {"score": metrics["macro_f1"], "epoch": epoch, "state": copy.deepcopy(model.state_dict())}
         save_training_state(out / STATE_NAME, {
-            "config": dataclasses.asdict(config), "epoch": epoch, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "history": history,
-            "best": best, "val_sha256": [item.sha256 for item in val_items]})
+            "config": config.recorded(), "epoch": epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+            "history": history, "best": best, "val_sha256": [item.sha256 for item in val_items]})
+        write_history(out / HISTORY_NAME, history)
 
     # calibration on the validation split, with the best epoch's weights
     model.load_state_dict(best["state"])
@@ -375,10 +399,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     checkpoint = Checkpoint(config.arch, classes, preprocessing, {k: v.cpu() for k, v in best["state"].items()},
                             temperature=temperature,
                             training={"name": config.name, "synthetic": config.synthetic,
-                                      "config": dataclasses.asdict(config), "initialisation": init_note,
+                                      "config": config.recorded(), "initialisation": init_note,
                                       "metrics": _plain(metrics), "data": _plain(data_summary)})
     checkpoint_path = save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
-    write_model_card(out, name=config.name, config=dataclasses.asdict(config), data_summary=data_summary,
+    write_model_card(out, name=config.name, config=config.recorded(), data_summary=data_summary,
                      metrics=_plain(metrics), history=history, reliability=reliability, synthetic=config.synthetic)
     version_id = register(config, checkpoint_path, checkpoint, train_items + val_items)
     (out / STATE_NAME).unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from db.errors import CannotRun
 from db.results import FileStat
 
 log = logging.getLogger("cxr.score")
@@ -25,6 +26,10 @@ PARTIAL_SUFFIXES = (".part", ".partial", ".tmp", ".temp", ".crdownload", ".downl
 # their content, so they are not worth a failure record every night.
 SIDECAR_SUFFIXES = (".csv", ".tsv", ".txt", ".json", ".md", ".xml", ".html", ".htm", ".log", ".yaml", ".yml",
                     ".ini", ".pdf")
+
+
+class CannotScan(CannotRun):
+    """A path given to the run does not exist or cannot be read (an unmounted share, a typo)."""
 
 
 @dataclass
@@ -63,7 +68,7 @@ def _walk(path: Path, seen_dirs: set[tuple[int, int]], result: Discovery,
         st = path.stat()
     except OSError as exc:
         if top:
-            raise FileNotFoundError(f"cannot scan {path}: {exc.strerror}") from exc
+            raise CannotScan(f"cannot scan {path}: {exc.strerror}") from exc
         # A dangling link or a file removed while walking is still a file the run should report.
         if path.is_symlink():
             yield path, path.lstat()

@@ -15,6 +15,7 @@ within seconds). Either way a killed run never blocks the next one for long.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 from sqlalchemy import Engine, text
 
 from db import config
+from db.errors import CannotRun
 
 ADVISORY_LOCK_KEY = 0x43585253  # "CXRS"
 # POSIX locks belong to a process: a second lockf from the same process would "succeed", and closing its
@@ -29,8 +31,11 @@ ADVISORY_LOCK_KEY = 0x43585253  # "CXRS"
 _held_here: set[Path] = set()
 
 
-class RunLockHeld(RuntimeError):
-    """Another scoring run holds the lock on this database."""
+class RunLockHeld(CannotRun, RuntimeError):
+    """Another scoring run holds the lock on this database: not an error, the run steps aside (EX_TEMPFAIL)."""
+
+    exit_code = 75
+    log_level = logging.WARNING
 
 
 class RunLock:
@@ -58,7 +63,7 @@ class RunLock:
     def _acquire_file(self) -> None:
         path = lock_file_for(self._engine)
         if path in _held_here:
-            raise RunLockHeld(f"another scoring run in this process (pid {os.getpid()}) holds {path}")
+            raise RunLockHeld(f"another scoring run in this process (pid {os.getpid()}) holds {path}; not starting")
         handle = _open_lock_file(path)
         try:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -66,7 +71,7 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
             handle.close()
-            raise RunLockHeld(f"another scoring run ({holder}) holds {path}") from None
+            raise RunLockHeld(f"another scoring run ({holder}) holds {path}; not starting") from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()}\n")
@@ -80,7 +85,7 @@ class RunLock:
         if not got:
             connection.close()
             raise RunLockHeld("another scoring run holds the PostgreSQL advisory lock "
-                              f"{ADVISORY_LOCK_KEY} on this database")
+                              f"{ADVISORY_LOCK_KEY} on this database; not starting")
         self._connection = connection
 
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from db.errors import CannotRun
 from db.hashing import file_sha256
 
 CHECKPOINT_FORMAT = "cxr-review-checkpoint"
@@ -40,11 +41,15 @@ ARCHITECTURES: dict[str, Callable[..., models.ResNet]] = {
 }
 
 
-class CheckpointError(ValueError):
+class CheckpointError(CannotRun, ValueError):
     """A checkpoint file that is not a valid CXR Review checkpoint."""
 
 
-class DeviceUnavailable(RuntimeError):
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    """No file where the checkpoint should be (still a FileNotFoundError for callers that test for one)."""
+
+
+class DeviceUnavailable(CannotRun, RuntimeError):
     """The device asked for is not on this machine."""
 
 
@@ -55,6 +60,32 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise DeviceUnavailable("--device cuda was asked for, but no CUDA device is available")
     return torch.device(choice)
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for a model on ``device``, for training and scoring alike; None: float32.
+
+    ``auto`` is bf16 on CUDA (fp16 where the GPU has no bf16) and float32 on the CPU, so CPU results do not
+    depend on whether the processor has bf16 instructions; ``bf16`` asks for it on the CPU too.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("fp16 autocast is for CUDA; use bf16 or fp32 on the CPU")
+        return torch.float16
+    if precision != "auto":
+        raise ValueError(f"unknown precision {precision!r}")
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` (from :func:`autocast_dtype`) on ``device``; float32 (no autocast) for None."""
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
 def build_model(arch: str, num_classes: int) -> models.ResNet:
@@ -194,7 +225,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise
+        raise CheckpointNotFound(f"model checkpoint {path} does not exist") from None
     except Exception as exc:  # pickle, zip and weights-only errors all mean "not a checkpoint we trust"
         raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from sqlalchemy import Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from torch.utils.data import DataLoader, Dataset
 
@@ -26,7 +27,7 @@ from db.engine import read_session, write_session
 from db.hashing import file_sha256
 from db.results import FileStat, KnownFile
 from scoring import imaging
-from scoring.model import Checkpoint, calibrated_probabilities, normalised_entropy
+from scoring.model import Checkpoint, autocast, autocast_dtype, calibrated_probabilities, normalised_entropy
 
 log = logging.getLogger("cxr.score")
 
@@ -37,7 +38,11 @@ HASH_THREADS = 4
 PREPROCESS_FAILED = "preprocess_failed"
 INVALID_SCORE = "invalid_score"  # the model gave NaN or infinite probabilities
 SCORE_FAILED = "score_failed"  # the model raised on this image
-WRITE_FAILED = "write_failed"  # storing the image's result raised (a database constraint, a driver error)
+WRITE_FAILED = "write_failed"  # storing the image's result raised (a constraint, a value the driver refused)
+
+# Errors that say nothing about an image (a full disk, a read-only or unreachable database, a lost connection):
+# recording them as the images' failures would skip good files until they change, so they stop the run instead.
+DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, MemoryError)
 
 
 @dataclass
@@ -220,9 +225,8 @@ def _start_worker_reader(_worker_id: int) -> None:
 class Scorer:
     """The checkpoint's model on a device, returning calibrated probabilities for a batch.
 
-    channels_last everywhere (oneDNN and cuDNN convolutions are faster that way). Precision ``auto`` means
-    bf16 autocast on CUDA (fp16 where bf16 is unsupported) and float32 on the CPU, so CPU results do not
-    depend on whether the processor has bf16 instructions; ``bf16`` asks for it on the CPU too.
+    channels_last everywhere (oneDNN and cuDNN convolutions are faster that way); the precision is the one
+    training uses too (:func:`scoring.model.autocast_dtype`).
     """
 
     def __init__(self, checkpoint: Checkpoint, device: torch.device, precision: str = "auto"):
@@ -233,25 +237,9 @@ class Scorer:
     @torch.inference_mode()
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=self.device.type == "cuda", memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+        with autocast(self.device, self.autocast_dtype):
             logits = self.model(batch)
         return calibrated_probabilities(logits.float(), self.checkpoint.temperature).cpu()
-
-
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if precision == "fp16":
-        if device.type != "cuda":
-            raise ValueError("fp16 autocast is for CUDA; use bf16 or fp32 on the CPU")
-        return torch.float16
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}")
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return None
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -306,6 +294,8 @@ class ScoringPass:
                 with session.begin_nested():
                     for outcome in outcomes:
                         outcome.write(session, self.model_version_id, self.run_id)
+            except DATABASE_ERRORS:
+                raise  # the database or the machine, not this batch's images: the run stops, nothing half-written
             except Exception as exc:
                 log.warning("storing a batch of %d files failed (%s); storing them one by one", len(outcomes),
                             type(exc).__name__)
@@ -341,6 +331,8 @@ class ScoringPass:
             with session.begin_nested():
                 outcome.write(session, self.model_version_id, self.run_id)
             return outcome
+        except DATABASE_ERRORS:
+            raise
         except Exception as exc:
             # The type only: the exception's text may quote the row's values, which come from file headers.
             log.warning("could not store the result of one file (%s); recorded as %s", type(exc).__name__,

@@ -16,36 +16,10 @@ from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, ModelVersion, Prediction, Review, Reviewer, ReviewTrainingUse
 from db.reviews import add_review
 from model_training import cli, data, train
-from model_training.train import TrainConfig, TrainError
+from model_training.train import TrainError
 from scoring import cli as scoring_cli
 from scoring.model import load_checkpoint
-
-PER_CLASS = 12
-
-
-@pytest.fixture(scope="module")
-def small_set(tmp_path_factory, cxr_dev) -> Path:
-    """A CSV of 12 real images per class from cxr-dev, keeping their patient ids and sources."""
-    with open(cxr_dev / "labels.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    chosen = []
-    for label in ("covid", "normal", "pneumonia"):
-        chosen += [row for row in rows if row["label"] == label][:PER_CLASS]
-    path = tmp_path_factory.mktemp("small") / "small.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient_id", "source"])
-        writer.writeheader()
-        for row in chosen:
-            writer.writerow({"file": str(cxr_dev / row["file"]), "label": row["label"],
-                             "patient_id": row["patient_id"], "source": row["source"]})
-    return path
-
-
-def tiny_config(data_path, out, db_url, **overrides) -> TrainConfig:
-    values = dict(data=str(data_path), out=str(out), img_size=64, epochs=2, batch_size=8, workers=0, db=db_url,
-                  seed=3)
-    values.update(overrides)
-    return TrainConfig(**values)
+from tests.model_training.conftest import PER_CLASS, kill_at_epoch, tiny_config
 
 
 def test_a_tiny_run_gives_a_scoreable_registered_checkpoint_with_a_card(tmp_path, small_set, sqlite_url, capsys):
@@ -89,19 +63,6 @@ def test_the_patient_split_never_shares_a_patient(small_set):
         assert {i.group for i in train_items}.isdisjoint({i.group for i in val_items})
         assert len(train_items) + len(val_items) == len(doubled)
         assert {i.label for i in val_items} == {"covid", "normal", "pneumonia"}  # stratified
-
-
-def kill_at_epoch(monkeypatch, epoch: int):
-    """Make training die (like a kill) when it starts ``epoch``; returns the real epoch function."""
-    real_epoch = train.train_one_epoch
-
-    def killed(*args, **kwargs):
-        if args[-1] == epoch:
-            raise KeyboardInterrupt("killed")
-        return real_epoch(*args, **kwargs)
-
-    monkeypatch.setattr(train, "train_one_epoch", killed)
-    return real_epoch
 
 
 def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, small_set, sqlite_url, monkeypatch):

@@ -20,7 +20,7 @@ from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
 
 # The encoders are the product's own (the demo cohort uses them); the tests reuse them.
-from model_training.demo_data import encode_and_save
+from scoring.dicom_encoding import encode_and_save
 
 SOURCE_PNG = "normal/dilara_train_n_056.png"
 PATIENT_ID = "TEST-PATIENT-0042"

@@ -1,5 +1,5 @@
 """On a CUDA machine: the scorer's GPU path (bf16/fp16 autocast, channels_last, pinned memory) agrees with
-the CPU, and training steps run. Skipped where there is no CUDA device."""
+the CPU. Skipped where there is no CUDA device."""
 
 from __future__ import annotations
 
@@ -35,10 +35,3 @@ def test_gpu_scores_agree_with_cpu(tmp_path, cxr_dev, tiny_checkpoint, capsys):
         gpu = probabilities["cuda"][image_id]
         assert max(abs(cpu[c] - gpu[c]) for c in cpu) < 0.05  # bf16 autocast vs float32
 
-
-def test_training_runs_on_the_gpu(tmp_path, cxr_dev, sqlite_url):
-    from model_training.train import TrainConfig, train
-
-    result = train(TrainConfig(data=str(cxr_dev), out=str(tmp_path / "run"), img_size=64, epochs=1,
-                               batch_size=16, workers=2, device="cuda", db=sqlite_url))
-    assert result.checkpoint.is_file()

@@ -9,7 +9,9 @@ import torch
 from scoring.model import (
     Checkpoint,
     CheckpointError,
+    CheckpointNotFound,
     Preprocessing,
+    autocast_dtype,
     build_model,
     calibrated_probabilities,
     checkpoint_sha256,
@@ -134,3 +136,26 @@ def test_calibration_and_entropy():
     assert entropy[1] == pytest.approx(1.0) and 0 < entropy[0] < 1
     with pytest.raises(ValueError, match="temperature"):
         calibrated_probabilities(logits, 0.0)
+
+
+def test_a_missing_checkpoint_is_a_cannot_run_and_still_a_file_not_found(tmp_path):
+    from db.errors import CannotRun
+
+    with pytest.raises(CheckpointNotFound, match="does not exist") as raised:
+        load_checkpoint(tmp_path / "nope.pt")
+    assert isinstance(raised.value, CannotRun) and isinstance(raised.value, FileNotFoundError)
+
+
+@pytest.mark.parametrize("device, precision, bf16_supported, expected", [
+    ("cpu", "auto", True, None), ("cpu", "bf16", True, torch.bfloat16), ("cpu", "fp32", True, None),
+    ("cuda", "auto", True, torch.bfloat16), ("cuda", "auto", False, torch.float16),
+    ("cuda", "fp16", True, torch.float16), ("cuda", "fp32", True, None)])
+def test_one_autocast_dtype_for_training_and_scoring(monkeypatch, device, precision, bf16_supported, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: bf16_supported)
+    assert autocast_dtype(torch.device(device), precision) == expected
+
+
+@pytest.mark.parametrize("precision", ["fp16", "int8"])
+def test_autocast_dtype_refuses_what_cannot_run(precision):
+    with pytest.raises(ValueError):
+        autocast_dtype(torch.device("cpu"), precision)

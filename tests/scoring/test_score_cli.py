@@ -191,3 +191,10 @@ def test_logs_carry_no_paths(capsys, sqlite_url, tiny_checkpoint, corpus, caplog
     score(capsys, sqlite_url, tiny_checkpoint, corpus)
     assert "RG1_UNCR" not in caplog.text and "truncated.png" not in caplog.text
     assert str(corpus) not in caplog.text
+
+
+def test_fp16_on_the_cpu_is_refused_before_a_run_starts(capsys, sqlite_url, tiny_checkpoint, corpus, caplog):
+    code, summary = score(capsys, sqlite_url, tiny_checkpoint, corpus, extra=["--precision", "fp16",
+                                                                              "--device", "cpu"])
+    assert code == 2 and summary["run_id"] is None
+    assert "fp16" in caplog.text

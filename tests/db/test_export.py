@@ -15,10 +15,11 @@ from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from sqlalchemy import select
 
+from db import export
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, Prediction, Reviewer
 from db.reviews import add_review, flagged_cases
-from scoring import cli, export
+from scoring import cli
 
 FAKE_PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042-7731", "PatientBirthDate": "19610203",
             "InstitutionName": "St Example Hospital", "ReferringPhysicianName": "Who^Doctor"}

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any, TextIO
 
 from db import migrate
-from db.clitools import run_database_command, setup_logging
+from db.clitools import add_db_option, add_verbose_option, run_cli
 from db.engine import get_engine, read_session
 from db.reviews import FlaggedCase, flagged_cases
 
@@ -78,17 +78,16 @@ def parse_since(text: str) -> dt.datetime:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-export-flagged", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--db", metavar="URL", help="database URL (default: $CXR_DB_URL or $CXR_HOME/cxr.db)")
+    add_db_option(parser)
     parser.add_argument("--since", type=parse_since, metavar="DATE", help="only reviews at or after DATE (UTC)")
     parser.add_argument("--out", default="-", metavar="FILE", help="output file, or - for standard output")
     parser.add_argument("--include-paths", action="store_true", help="add each image's file-system path")
+    add_verbose_option(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    setup_logging()
-    args = build_parser().parse_args(argv)
-    return run_database_command(log, args.db, lambda: export(args))
+    return run_cli(build_parser(), argv, log, export)
 
 
 def export(args: argparse.Namespace) -> int:

@@ -1,0 +1,262 @@
+"""DICOM pixel data: the supported transfer syntaxes, checks on compressed frames, and the codecs.
+
+Decoded with pydicom and these permissively licensed plugins, tried in this order (a warning from
+any of them is an error; an exception moves on to the next): JPEG baseline and 8-bit extended:
+Pillow, GDCM. 12-bit JPEG extended: GDCM, called directly because pydicom's GDCM plugin declines
+12-bit. JPEG lossless (process 14, SV1): GDCM. JPEG-LS: pyjpegls, GDCM. JPEG 2000:
+pylibjpeg-openjpeg, GDCM, Pillow. RLE: pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never
+asked for, even when installed.
+
+Before any codec runs, the encapsulation is walked, the first frame must end with its
+end-of-codestream marker (the JPEG-LS and JPEG 2000 decoders pad a cut stream silently) and a JPEG
+frame header must agree with Rows/Columns (GDCM segfaults on some that do not). Only the first
+frame is ever decoded.
+"""
+
+from __future__ import annotations
+
+import struct
+import warnings
+from typing import Any
+
+import numpy as np
+
+from .errors import CORRUPT, DECODE_FAILED, TRUNCATED, UNSUPPORTED_IMAGE, error, scrub
+from .header import Geometry, int_value, syntax_name
+from .raster import check_jpeg_header
+
+# Transfer syntax UID -> pydicom decoding plugins to try, in order. "" is pydicom's native decoder.
+JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
+JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
+DEFLATED = "1.2.840.10008.1.2.1.99"
+RLE = "1.2.840.10008.1.2.5"
+_J2K_PLUGINS = ("pylibjpeg", "gdcm", "pillow")
+_JPEG_LS_PLUGINS = ("pyjpegls", "gdcm")
+PLUGINS: dict[str, tuple[str, ...]] = {
+    "1.2.840.10008.1.2": ("",),  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1": ("",),  # Explicit VR Little Endian
+    DEFLATED: ("",),  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2": ("",),  # Explicit VR Big Endian
+    RLE: ("pylibjpeg", "pydicom"),
+    JPEG_BASELINE: ("pillow", "gdcm"),
+    JPEG_EXTENDED: ("pillow", "gdcm"),
+    "1.2.840.10008.1.2.4.57": ("gdcm",),  # JPEG Lossless, process 14
+    "1.2.840.10008.1.2.4.70": ("gdcm",),  # JPEG Lossless, process 14 SV1
+    "1.2.840.10008.1.2.4.80": _JPEG_LS_PLUGINS,  # JPEG-LS lossless
+    "1.2.840.10008.1.2.4.81": _JPEG_LS_PLUGINS,  # JPEG-LS near-lossless
+    "1.2.840.10008.1.2.4.90": _J2K_PLUGINS,  # JPEG 2000 lossless
+    "1.2.840.10008.1.2.4.91": _J2K_PLUGINS,  # JPEG 2000
+}
+SUPPORTED_TRANSFER_SYNTAXES = frozenset(PLUGINS)
+NATIVE_SYNTAXES = frozenset(uid for uid, plugins in PLUGINS.items() if plugins == ("",))
+# Every JPEG, JPEG-LS and JPEG 2000 codestream ends with FF D9 (EOI / EOC).
+_CODESTREAMS_ENDING_FFD9 = frozenset(PLUGINS) - NATIVE_SYNTAXES - {RLE}
+_JPEG_FAMILY = frozenset(
+    uid for uid in _CODESTREAMS_ENDING_FFD9 if not uid.startswith("1.2.840.10008.1.2.4.9")
+)
+
+
+# The package that provides each pydicom plugin the reader asks for, to say what to install.
+_PLUGIN_PACKAGES = {"pylibjpeg": "pylibjpeg-openjpeg or pylibjpeg-rle", "gdcm": "python-gdcm",
+                    "pyjpegls": "pyjpegls", "pillow": "pillow", "pydicom": "pydicom"}
+
+
+def missing_codecs() -> list[str]:
+    """The supported transfer syntaxes that no installed plugin can decode, each with what to install.
+
+    Empty when every codec is there. The scorer checks this before a run: files it cannot decode because a
+    codec is missing from this machine would otherwise be recorded as the files' failures, and skipped
+    until they change, long after the codec is installed.
+    """
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import UID
+
+    missing = []
+    for syntax, plugins in PLUGINS.items():
+        if syntax in NATIVE_SYNTAXES:
+            continue
+        if not set(get_decoder(syntax).available_plugins) & set(plugins):
+            packages = " or ".join(dict.fromkeys(_PLUGIN_PACKAGES[p] for p in plugins))
+            missing.append(f"{UID(syntax).name} (install {packages})")
+    if not _gdcm_importable():
+        missing.append(f"{UID(JPEG_EXTENDED).name} at 12 bits (install python-gdcm)")
+    return missing
+
+
+def _gdcm_importable() -> bool:
+    try:
+        import gdcm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def first_frame(ds: Any, geometry: Geometry, path: bytes) -> bytes:
+    from pydicom.encaps import get_frame
+
+    value = ds.PixelData
+    _check_encapsulation(value, path)
+    offsets = None
+    if "ExtendedOffsetTable" in ds and "ExtendedOffsetTableLengths" in ds:
+        offsets = (ds.ExtendedOffsetTable, ds.ExtendedOffsetTableLengths)
+    try:
+        return get_frame(value, 0, number_of_frames=geometry.frames, extended_offsets=offsets)
+    except Exception as exc:
+        raise error(CORRUPT, path, f"cannot find the first frame: {scrub(exc)}") from None
+
+
+def check_frame_end(frame: bytes, syntax: str, path: bytes) -> None:
+    """Codecs pad or merely warn on a cut codestream; its end marker is the reliable test."""
+    if syntax in _CODESTREAMS_ENDING_FFD9:
+        end = frame.rstrip(b"\x00\xff")  # writers pad fragments with 00 or FF
+        if not end.endswith(b"\xff\xd9"):
+            raise error(
+                TRUNCATED,
+                path,
+                f"first frame ({len(frame)} bytes) ends with {frame[-4:].hex()}, not the FFD9 end marker",
+            )
+    elif syntax == RLE:
+        _check_rle_header(frame, path)
+
+
+def decode_compressed(
+    ds: Any, syntax: str, geometry: Geometry, frame: bytes, path: bytes
+) -> tuple[np.ndarray, str]:
+    if syntax in _JPEG_FAMILY:
+        precision = _check_jpeg_frame_header(frame, geometry, path)
+        if syntax == JPEG_EXTENDED and precision > 8:
+            return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric
+    return decode_with_pydicom(ds, syntax, PLUGINS[syntax], path)
+
+
+def decode_with_pydicom(
+    ds: Any, syntax: str, plugins: tuple[str, ...], path: bytes
+) -> tuple[np.ndarray, str]:
+    """Decode frame 0 with the first plugin that succeeds; a warning from any plugin is fatal."""
+    from pydicom.pixels import get_decoder
+
+    decoder = get_decoder(syntax)
+    available = set(decoder.available_plugins)
+    candidates = [p for p in plugins if p == "" or p in available]
+    if not candidates:
+        raise error(
+            DECODE_FAILED, path, f"no decoder installed for {syntax_name(syntax)} (need one of {plugins})"
+        )
+    failures = []
+    for plugin in candidates:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                array, info = decoder.as_array(ds, index=0, decoding_plugin=plugin, as_rgb=True)
+            return array, str(info.get("photometric_interpretation", ds.PhotometricInterpretation))
+        except (MemoryError, KeyboardInterrupt, SystemExit):
+            raise
+        except Warning as exc:
+            # The reason comes from the raw text; the message gets the scrubbed one (pydicom quotes values).
+            raise error(
+                _codec_reason(str(exc)), path, f"decoder warning ({plugin or 'native'}): {scrub(exc)}"
+            ) from None
+        except BaseException as exc:  # including pyo3's PanicException from pylibjpeg-rle
+            failures.append((plugin or "native", _last_line(exc)))
+    reason = _codec_reason("; ".join(line for _, line in failures))
+    detail = "; ".join(f"{plugin}: {scrub(line)}" for plugin, line in failures)
+    raise error(reason, path, f"cannot decode {syntax_name(syntax)}: {detail}")
+
+
+def _check_encapsulation(value: bytes, path: bytes) -> None:
+    """Items (FFFE,E000) with lengths inside the data, the first being the offset table."""
+    pos = 0
+    items = 0
+    while pos < len(value):
+        if pos + 8 > len(value):
+            raise error(TRUNCATED, path, f"encapsulated pixel data ends inside an item header at byte {pos}")
+        group, element, length = struct.unpack_from("<HHI", value, pos)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            break
+        if (group, element) != (0xFFFE, 0xE000):
+            raise error(
+                CORRUPT, path, f"unexpected tag ({group:04X},{element:04X}) in encapsulated pixel data"
+            )
+        if pos + 8 + length > len(value):
+            raise error(
+                TRUNCATED,
+                path,
+                f"fragment at byte {pos} claims {length} bytes; only {len(value) - pos - 8} left",
+            )
+        pos += 8 + length
+        items += 1
+    if items < 2:
+        raise error(TRUNCATED, path, "encapsulated pixel data has no fragments")
+
+
+def _check_rle_header(frame: bytes, path: bytes) -> None:
+    if len(frame) < 64:
+        raise error(TRUNCATED, path, f"RLE frame has {len(frame)} bytes, less than its 64-byte header")
+    count, *offsets = struct.unpack_from("<16I", frame)
+    if not 1 <= count <= 15:
+        raise error(CORRUPT, path, f"RLE header claims {count} segments")
+    for offset in offsets[:count]:
+        if offset >= len(frame):
+            raise error(TRUNCATED, path, f"RLE segment offset {offset} beyond the {len(frame)}-byte frame")
+
+
+def _check_jpeg_frame_header(frame: bytes, geometry: Geometry, path: bytes) -> int:
+    """The frame header must describe the image the dataset describes; C codecs trust it blindly."""
+    if not frame.startswith(b"\xff\xd8"):
+        raise error(CORRUPT, path, f"first frame starts with {frame[:4].hex()}, not a JPEG SOI marker")
+    rows, cols, precision = check_jpeg_header(frame, path)
+    if (rows not in (0, geometry.rows)) or cols != geometry.cols or not 2 <= precision <= 16:
+        raise error(
+            DECODE_FAILED,
+            path,
+            f"JPEG frame header says {rows}x{cols} with {precision}-bit samples; "
+            f"the dataset says {geometry.rows}x{geometry.cols}",
+        )
+    return precision
+
+
+def _codec_reason(message: str) -> str:
+    lowered = message.lower()
+    early_end = ("truncat", "end of the data", "less than expected", "premature end", "insufficient data")
+    return TRUNCATED if any(s in lowered for s in early_end) else DECODE_FAILED
+
+
+def _last_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def _decode_jpeg12_with_gdcm(frame: bytes, geometry: Geometry, ds: Any, path: bytes) -> np.ndarray:
+    """12-bit JPEG extended (process 4): pydicom's GDCM plugin declines it, GDCM itself does not."""
+    try:
+        import gdcm
+    except ImportError:
+        raise error(DECODE_FAILED, path, "12-bit JPEG extended needs python-gdcm") from None
+    if geometry.samples != 1:
+        raise error(
+            UNSUPPORTED_IMAGE, path, f"12-bit JPEG extended with {geometry.samples} samples per pixel"
+        )
+    signed = int_value(ds, "PixelRepresentation") == 1
+    fragment = gdcm.Fragment()
+    fragment.SetByteStringValue(frame)
+    fragments = gdcm.SequenceOfFragments.New()
+    fragments.AddFragment(fragment)
+    element = gdcm.DataElement(gdcm.Tag(0x7FE0, 0x0010))
+    element.SetValue(fragments.__ref__())
+    image = gdcm.Image()
+    image.SetNumberOfDimensions(2)
+    image.SetDimensions((geometry.cols, geometry.rows, 1))
+    image.SetDataElement(element)
+    image.SetPhotometricInterpretation(
+        gdcm.PhotometricInterpretation(gdcm.PhotometricInterpretation.MONOCHROME2)
+    )
+    image.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.JPEGExtendedProcess2_4))
+    image.SetPixelFormat(gdcm.PixelFormat(1, 16, geometry.bits_stored, geometry.bits_stored - 1, int(signed)))
+    buffer = image.GetBuffer()
+    expected = geometry.rows * geometry.cols * 2
+    if buffer is None:
+        raise error(DECODE_FAILED, path, "GDCM could not decode the 12-bit JPEG frame")
+    raw = buffer.encode("utf-8", "surrogateescape")  # GDCM hands back char* as str
+    if len(raw) != expected:
+        raise error(DECODE_FAILED, path, f"GDCM returned {len(raw)} bytes, expected {expected}")
+    return np.frombuffer(raw, dtype="<i2" if signed else "<u2").reshape(geometry.rows, geometry.cols)

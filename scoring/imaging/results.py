@@ -1,0 +1,60 @@
+"""What a successful read returns: :class:`XRayImage` and the metadata every format shares.
+
+Every ``meta`` has the same keys: ``format`` ("png" | "jpeg" | "dicom"), ``rows``, ``cols`` (the
+stored size, before any processing: EXIF orientations 5-8 transpose ``pixels``), ``mode`` and
+``exif_orientation`` (PNG/JPEG; None for DICOM), ``bits_stored`` (8 or 16 for PNG, 8 for JPEG) and
+the DICOM keys ``modality``, ``body_part``, ``view_position``, ``study_date``, ``study_uid``,
+``series_uid``, ``sop_uid``, ``manufacturer``, ``photometric``, ``pixel_spacing`` ([row, col] mm
+from Pixel Spacing, else Imager Pixel Spacing), ``burned_in_annotation``, ``transfer_syntax``,
+``frames``, ``voi`` and ``patient_pseudonym``, which are None for PNG/JPEG and for absent values. No
+PatientName, PatientID, BirthDate or other identifying data: ``patient_pseudonym`` is
+``db.config.pseudonymise(PatientID)``, computed in the calling process (so it uses the caller's
+``CXR_HOME`` and key).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import numpy as np
+
+DICOM_META_KEYS = (
+    "modality",
+    "body_part",
+    "view_position",
+    "study_date",
+    "study_uid",
+    "series_uid",
+    "sop_uid",
+    "manufacturer",
+    "photometric",
+    "bits_stored",
+    "pixel_spacing",
+    "burned_in_annotation",
+    "transfer_syntax",
+    "frames",
+    "voi",
+    "patient_pseudonym",
+)
+
+
+@dataclass(frozen=True, eq=False)
+class XRayImage:
+    pixels: np.ndarray  # 2-D float32 in [0, 1], bone white
+    meta: dict[str, Any]
+
+
+class Decoded(NamedTuple):
+    """What a decoder hands back, in this process or from the isolated child."""
+
+    pixels: np.ndarray
+    meta: dict[str, Any]
+    patient_id: str | None  # never leaves the package: replaced by a pseudonym in read_xray
+
+
+def base_meta(kind: str, rows: int, cols: int) -> dict[str, Any]:
+    meta: dict[str, Any] = {"format": kind, "rows": rows, "cols": cols, "mode": None}
+    meta["exif_orientation"] = None
+    meta.update(dict.fromkeys(DICOM_META_KEYS))
+    return meta

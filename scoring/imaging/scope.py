@@ -1,0 +1,45 @@
+"""The scope check: whether a frontal chest classifier should see an image at all.
+
+Only DICOM carries the metadata to decide; PNG and JPEG are in scope ("no_metadata"). A DICOM image
+is in scope when it is a radiograph (CR or DX), one frame, monochrome, of the chest where Body Part
+Examined says so, and not a lateral view. The "why" is short and machine-readable, such as
+``modality:CT``, ``multi_frame:10``, ``photometric:RGB``, ``body_part:EXTREMITY`` or
+``lateral_view:LL``; in scope it is ``ok``, or ``body_part_missing``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .header import MONOCHROME, upper
+
+CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "TORACE"})
+LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "LEFT LATERAL", "RIGHT LATERAL"})
+RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
+
+
+def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a frontal chest classifier should see this image, and a short machine-readable why."""
+    if meta.get("format") != "dicom":
+        return True, "no_metadata"
+    modality = upper(meta.get("modality"))
+    if modality not in RADIOGRAPH_MODALITIES:
+        return False, f"modality:{modality or 'missing'}"
+    frames = meta.get("frames") or 1
+    if frames > 1:
+        return False, f"multi_frame:{frames}"
+    photometric = upper(meta.get("photometric"))
+    if photometric not in MONOCHROME:
+        return False, f"photometric:{photometric or 'missing'}"
+    body_part = upper(meta.get("body_part"))
+    if body_part and not _is_chest(body_part):
+        return False, f"body_part:{body_part}"
+    view = upper(meta.get("view_position"))
+    if view in LATERAL_VIEWS:
+        return False, f"lateral_view:{view}"
+    return True, "ok" if body_part else "body_part_missing"
+
+
+def _is_chest(body_part: str) -> bool:
+    words = "".join(c if c.isalnum() else " " for c in body_part).split()
+    return any(word in CHEST_BODY_PARTS for word in words)

@@ -1,0 +1,211 @@
+"""One scoring run, as ``cxr-score`` and ``cxr-demo`` both start it: :func:`run_scoring`.
+
+A run takes the run lock on its database, creates the schema in an empty database (and refuses an old one),
+finds the model, walks the paths, and scores what is new, committing batch by batch. Whatever happens, it ends
+with a :class:`ScoringSummary` whose ``exit_code`` is the one ``cxr-score`` documents: 0 all fine; 1 finished,
+but some files failed (recorded in the database); 2 could not run (no model, database unreachable or on an old
+schema, a codec or device missing), or died; 75 another run holds the lock on this database (EX_TEMPFAIL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from sqlalchemy import Engine
+
+from db import migrate, model_versions, results
+from db.clitools import one_line, run_command
+from db.engine import get_engine, write_session
+from db.errors import EXIT_CANNOT_RUN, CannotRun
+from scoring import imaging, pipeline
+from scoring.discovery import discover
+from scoring.lock import RunLock, RunLockHeld
+from scoring.model import Checkpoint, autocast_dtype, checkpoint_sha256, load_checkpoint, resolve_device
+
+log = logging.getLogger("cxr.score")
+
+EXIT_OK, EXIT_FAILURES, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, RunLockHeld.exit_code, 130
+
+
+_PIPELINE = pipeline.ScoringOptions  # its class attributes are its fields' defaults
+
+
+@dataclass(frozen=True)
+class ScoringRequest:
+    """What a run is asked to do. ``cxr-score``'s option defaults are these fields' defaults, which are the
+    pipeline's where it has one."""
+
+    paths: tuple[str, ...]
+    db_url: str | None = None
+    model: Path | None = None  # None: the active model version
+    batch_size: int = _PIPELINE.batch_size
+    workers: int | None = None  # decoding processes; None: default_workers()
+    threads: int | None = None  # CPU threads for the model; None: the CPU cores
+    device: str = "auto"
+    precision: str = _PIPELINE.precision
+    settle_seconds: float = 30.0
+    read_timeout: float = _PIPELINE.read_timeout
+    retry_failed: bool = _PIPELINE.retry_failed
+    log_every: int = _PIPELINE.log_every
+    progress_bar: bool = _PIPELINE.progress_bar
+
+
+@dataclass(frozen=True)
+class ScoringSummary:
+    exit_code: int
+    seconds: float
+    run_id: int | None = None
+    model_version_id: int | None = None
+    counts: dict[str, int] | None = None  # pipeline.Counts; None when the run did not finish
+    phase_seconds: dict[str, float] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON summary: run and model version (once a run started), counts and phase timings (once it
+        finished), seconds and exit code."""
+        summary: dict[str, Any] = {"run_id": self.run_id}
+        if self.run_id is not None:
+            summary["model_version_id"] = self.model_version_id
+        if self.counts is not None:
+            summary.update(self.counts, phase_seconds=self.phase_seconds)
+        summary.update(seconds=self.seconds, exit_code=self.exit_code)
+        return summary
+
+
+@dataclass
+class _Progress:
+    """What a run has got to, kept when it dies half-way."""
+
+    run_id: int | None = None
+    model_version_id: int | None = None
+    counts: dict[str, int] | None = None
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def run_scoring(request: ScoringRequest) -> ScoringSummary:
+    """Score ``request.paths``; never raises (but for SystemExit), the exit code says how it went."""
+    started = time.perf_counter()
+    progress = _Progress()
+    try:
+        code = run_command(log, request.db_url, lambda: _run(request, progress))
+    except KeyboardInterrupt:
+        log.warning("interrupted; every committed batch is kept, the next run finishes the rest")
+        code = EXIT_INTERRUPTED
+    except Exception as exc:  # a run that dies anyway must not exit 1, which means "some files failed"
+        log.debug("the run died", exc_info=True)
+        log.error("cxr-score could not finish: %s; every committed batch is kept (-v shows the traceback)",
+                  one_line(exc))
+        code = EXIT_CANNOT_RUN
+    return ScoringSummary(exit_code=code, seconds=round(time.perf_counter() - started, 3), run_id=progress.run_id,
+                          model_version_id=progress.model_version_id, counts=progress.counts,
+                          phase_seconds=progress.phase_seconds or None)
+
+
+def _run(request: ScoringRequest, progress: _Progress) -> int:
+    engine = get_engine(request.db_url)
+    options = scoring_options(request)
+    if options.device.type == "cpu":
+        torch.set_num_threads(request.threads or os.cpu_count() or 1)
+    missing = imaging.missing_codecs()
+    if missing:
+        raise CannotRun(f"codecs missing on this machine (`pip install -r requirements.txt` installs them): "
+                        f"{'; '.join(missing)}")
+    with RunLock(engine):  # before the schema check, so two runs on a new database don't both create it
+        migrate.ensure_schema(engine)
+        with write_session(engine) as session:
+            if results.mark_interrupted_runs(session):
+                log.warning("an earlier run was killed before it finished; its committed batches are kept")
+        checkpoint, model_version_id = resolve_model(engine, request.model)
+        discovering = time.perf_counter()
+        found = discover(request.paths, settle_seconds=request.settle_seconds)
+        timings = {"discover": round(time.perf_counter() - discovering, 3)}
+        with write_session(engine) as session:
+            run_id = results.start_run(session, run_arguments(request, options), model_version_id, os.getpid()).id
+        progress.run_id, progress.model_version_id = run_id, model_version_id
+        log.info("run %d: model version %d (%s), device %s, %d workers, %d files found, %d still being written",
+                 run_id, model_version_id, checkpoint.arch, options.device, options.workers, len(found.files),
+                 found.deferred)
+        counts = pipeline.Counts(deferred=found.deferred)
+        with interrupted_run_marker(engine, run_id):
+            timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
+                                          counts))
+        with write_session(engine) as session:
+            results.update_run(session, run_id, status="finished", finished=True, **counts.as_dict())
+    progress.counts, progress.phase_seconds = counts.as_dict(), timings
+    log.info("run %d finished: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
+    if counts.failed:
+        log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
+    return EXIT_FAILURES if counts.failed else EXIT_OK
+
+
+def scoring_options(request: ScoringRequest) -> pipeline.ScoringOptions:
+    device = resolve_device(request.device)
+    try:
+        autocast_dtype(device, request.precision)  # refused before the run starts, not after
+    except ValueError as exc:
+        raise CannotRun(str(exc)) from None
+    return pipeline.ScoringOptions(
+        batch_size=request.batch_size, workers=default_workers() if request.workers is None else request.workers,
+        device=device, precision=request.precision, read_timeout=request.read_timeout,
+        retry_failed=request.retry_failed, log_every=request.log_every, progress_bar=request.progress_bar)
+
+
+def default_workers() -> int:
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def resolve_model(engine: Engine, model_path: Path | None) -> tuple[Checkpoint, int]:
+    """The checkpoint to score with and its model version id, registering a new checkpoint by its hash."""
+    if model_path is None:
+        with write_session(engine) as session:
+            active = model_versions.active_version(session)
+            if active is None:
+                raise CannotRun("no active model version; pass --model CKPT or promote one with "
+                                "`cxr-train promote VERSION`")
+            model_path, expected_sha = Path(active.path), active.sha256
+    else:
+        expected_sha = None
+    checkpoint, sha = load_checkpoint(model_path), checkpoint_sha256(model_path)
+    if expected_sha is not None and sha != expected_sha:
+        raise CannotRun(f"the active model's checkpoint {model_path} has changed since it was registered "
+                        f"(sha256 {sha[:12]}…, registered {expected_sha[:12]}…)")
+    with write_session(engine) as session:
+        return checkpoint, model_versions.register_checkpoint(session, model_path, checkpoint, sha).id
+
+
+def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions) -> dict:
+    """What the run was asked to do, for the runs table (no credentials: the database URL is left out)."""
+    return {"paths": [str(p) for p in request.paths], "model": str(request.model) if request.model else None,
+            "batch_size": options.batch_size, "workers": options.workers, "device": str(options.device),
+            "precision": options.precision,
+            "settle_seconds": request.settle_seconds, "retry_failed": request.retry_failed}
+
+
+@contextlib.contextmanager
+def interrupted_run_marker(engine: Engine, run_id: int) -> Iterator[None]:
+    """Marks the run 'interrupted' on SIGTERM or Ctrl-C and 'failed' on an unexpected error.
+
+    Every committed batch stays; ``kill -9`` cannot be caught, and the next run marks such a run interrupted.
+    """
+    previous = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    try:
+        yield
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        with write_session(engine) as session:
+            results.update_run(session, run_id, status=status, finished=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -1,0 +1,130 @@
+"""kill -9 at random moments of a scoring run (start-up, triage, scoring, committing) and of a training run;
+after each kill and a rerun, nothing is lost, nothing is duplicated, and the database is intact."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from scoring.model import load_checkpoint
+from tests.reliability.conftest import scale
+
+N_GOOD = scale(120, 400)
+N_BROKEN = 6
+N_KILLS = scale(4, 20)
+
+
+def scorer(db_path: Path, checkpoint: Path, corpus: Path) -> list[str]:
+    return [sys.executable, "-m", "scoring", "--db", f"sqlite:///{db_path}", "--model", str(checkpoint),
+            "--batch-size", "8", "--workers", "1", "--json", str(corpus)]
+
+
+def check_invariants(db_path: Path, *, complete: bool) -> None:
+    with sqlite3.connect(db_path, timeout=30) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert db.execute("SELECT count(*) FROM (SELECT image_id, model_version_id FROM predictions "
+                          "GROUP BY 1, 2 HAVING count(*) > 1)").fetchone()[0] == 0
+        assert db.execute("SELECT count(*) FROM (SELECT path FROM scoring_failures "
+                          "GROUP BY path HAVING count(*) > 1)").fetchone()[0] == 0
+        # Each batch commits its rows with the run's counters: a half-written batch would break the equality.
+        for run_id, scored, failed in db.execute("SELECT id, scored, failed FROM scoring_runs"):
+            assert db.execute("SELECT count(*) FROM predictions WHERE run_id = ?", (run_id,)).fetchone()[0] == scored
+            assert db.execute("SELECT count(*) FROM scoring_failures WHERE run_id = ?",
+                              (run_id,)).fetchone()[0] == failed
+        if complete:
+            assert db.execute("SELECT count(*) FROM predictions").fetchone()[0] == N_GOOD
+            assert db.execute("SELECT count(*) FROM scoring_failures").fetchone()[0] == N_BROKEN
+            assert db.execute("SELECT count(*) FROM scoring_runs WHERE status = 'running'").fetchone()[0] == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(scale(600, 3600))
+def test_kill_minus_nine_at_random_moments_then_rerun(tmp_path, tiny_checkpoint, corpus_factory):
+    corpus = corpus_factory(N_GOOD, N_BROKEN)
+    started = time.monotonic()
+    whole = subprocess.run(scorer(tmp_path / "whole.db", tiny_checkpoint, corpus), capture_output=True,
+                           text=True, timeout=600)
+    duration = time.monotonic() - started
+    assert whole.returncode == 1, whole.stderr  # the broken files failed
+    check_invariants(tmp_path / "whole.db", complete=True)
+
+    moments = random.Random(9).sample([duration * i / (4 * N_KILLS) for i in range(4 * N_KILLS)], N_KILLS)
+    killed_with_work_done = 0
+    for round_, moment in enumerate(sorted(moments)):
+        db_path = tmp_path / f"round-{round_}.db"
+        process = subprocess.Popen(scorer(db_path, tiny_checkpoint, corpus), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        time.sleep(moment)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        if db_path.exists() and db_path.stat().st_size:
+            check_invariants(db_path, complete=False)
+            killed_with_work_done += 1
+        rerun = subprocess.run(scorer(db_path, tiny_checkpoint, corpus), capture_output=True, text=True,
+                               timeout=600)
+        assert rerun.returncode in (0, 1), rerun.stderr
+        summary = json.loads(rerun.stdout.splitlines()[-1])
+        assert summary["scanned"] == N_GOOD + N_BROKEN
+        check_invariants(db_path, complete=True)
+    assert killed_with_work_done >= N_KILLS // 2  # most kills landed after the database was in use
+    print(f"\n{N_KILLS} kills over a {duration:.1f} s run of {N_GOOD + N_BROKEN} files, "
+          f"{killed_with_work_done} with the database in use")
+
+
+TRAIN_SCRIPT = """
+import sys
+from model_training import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(scale(900, 3600))
+def test_kill_minus_nine_during_training_then_resume(tmp_path, cxr_dev, sqlite_url):
+    """``cxr-train train --resume`` after kill -9 at random moments ends with the weights of an unbroken run."""
+    data = tmp_path / "data"
+    for label in ("covid", "normal", "pneumonia"):
+        (data / label).mkdir(parents=True)
+        for png in sorted((cxr_dev / label).glob("*.png"))[:8]:
+            (data / label / png.name).symlink_to(png)
+    epochs = scale(3, 5)
+    arguments = ["train", "--data", str(data), "--img-size", "32", "--epochs", str(epochs), "--batch-size", "8",
+                 "--seed", "3", "--db", sqlite_url, "--patience", "100"]
+
+    def train(out: Path, *extra: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, *arguments, "--out", str(out), *extra],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    started = time.monotonic()
+    whole = train(tmp_path / "whole")
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()
+    duration = time.monotonic() - started
+
+    out = tmp_path / "killed"
+    kills = scale(3, 10)
+    rng = random.Random(5)
+    process = train(out)
+    for _ in range(kills):
+        time.sleep(rng.uniform(0.5, duration / 2))
+        if process.poll() is not None:
+            break
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+        process = train(out, "--resume") if (out / "last.pt").exists() else train(out)
+    assert process.wait(timeout=600) == 0, process.stderr.read()
+
+    history = (out / "history.csv").read_text().splitlines()[1:]
+    assert [row.split(",")[0] for row in history] == [str(e) for e in range(1, epochs + 1)]
+    reference, resumed = (load_checkpoint(p / "model.pt").state_dict for p in (tmp_path / "whole", out))
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)

@@ -1,0 +1,150 @@
+"""The nightly scorer and reviewers on one database at once: reviewer processes write reviews through the
+dashboard's write functions while the scorer commits its batches. No "database is locked" reaches either
+side, no review is lost, and the SQLite WAL is small again after the run."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from db import migrate
+from db.engine import create_database_engine, read_session, write_session
+from db.models import Prediction, Review
+from db.reviewers import add_reviewer
+from scoring.imaging import TEST_DELAY_ENV
+from tests.reliability.conftest import scale
+
+N_FILES = scale(600, 3000)
+N_REVIEWERS = scale(4, 10)
+REVIEW_SECONDS = scale(20, 120)
+WAL_LIMIT_BYTES = 8 * 1024 * 1024
+
+# One simulated reviewer: picks a scored case, reads it, records a reading in its own short write transaction
+# (as the dashboard's review form does), and counts what it wrote and every error it met.
+REVIEWER = """
+import json, random, sys, time
+from sqlalchemy import func, select
+from db.engine import create_database_engine, read_session, write_session
+from db.models import Prediction, Reviewer
+from db.reviews import add_review
+
+url, username, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+engine = create_database_engine(url)
+rng = random.Random(username)
+written, errors = 0, []
+deadline = time.monotonic() + seconds
+with read_session(engine) as session:
+    reviewer_id = session.scalar(select(Reviewer.id).where(Reviewer.username == username))
+while time.monotonic() < deadline:
+    try:
+        with read_session(engine) as session:
+            top = session.scalar(select(func.max(Prediction.id))) or 0
+            case = session.execute(select(Prediction.id, Prediction.image_id, Prediction.predicted_class)
+                                   .where(Prediction.id >= rng.randint(0, top)).limit(1)).first()
+        if case is None:
+            time.sleep(0.05)
+            continue
+        label = rng.choice(["covid", "normal", "pneumonia"])
+        with write_session(engine) as session:
+            add_review(session, image_id=case.image_id, reviewer_id=reviewer_id, label=label,
+                       prediction_id=case.id, flagged_for_retraining=label != case.predicted_class,
+                       comment=f"load test {written}")
+        written += 1
+    except Exception as exc:
+        errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+    time.sleep(rng.uniform(0.0, 0.05))
+print(json.dumps({"written": written, "errors": errors}))
+"""
+
+
+def run_load(db_url: str, checkpoint: Path, corpus: Path) -> dict:
+    engine = create_database_engine(db_url)
+    migrate.ensure_schema(engine)
+    with write_session(engine) as session:
+        for i in range(N_REVIEWERS):
+            add_reviewer(session, f"reader{i}", "a long enough password")
+    # Reads slowed down so that the scorer commits batches during the whole review period, not only its start.
+    slow_reads = {**os.environ, TEST_DELAY_ENV: f"{0.8 * REVIEW_SECONDS / N_FILES:.4f}"}
+    scorer = subprocess.Popen([sys.executable, "-m", "scoring", "--db", db_url, "--model", str(checkpoint),
+                               "--batch-size", "16", "--workers", "1", "--json", str(corpus)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=slow_reads)
+    reviewers = [subprocess.Popen([sys.executable, "-c", REVIEWER, db_url, f"reader{i}", str(REVIEW_SECONDS)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for i in range(N_REVIEWERS)]
+    started = time.monotonic()
+    outputs = [r.communicate(timeout=REVIEW_SECONDS + 300) for r in reviewers]
+    scorer_out, scorer_err = scorer.communicate(timeout=1800)
+    elapsed = time.monotonic() - started
+    assert scorer.returncode == 0, scorer_err
+    assert "locked" not in scorer_err.lower()
+    written, errors = 0, []
+    for reviewer, (out, err) in zip(reviewers, outputs, strict=True):
+        assert reviewer.returncode == 0, err
+        report = json.loads(out.splitlines()[-1])
+        written += report["written"]
+        errors += report["errors"]
+    assert errors == []  # no "database is locked", nor anything else
+    with read_session(engine) as session:
+        stored = session.scalar(select(func.count()).select_from(Review))
+        scored = session.scalar(select(func.count()).select_from(Prediction))
+    engine.dispose()
+    assert stored == written  # no review lost
+    assert scored == N_FILES
+    summary = json.loads(scorer_out.splitlines()[-1])
+    return {"reviews": written, "reviewers": N_REVIEWERS, "files": N_FILES, "seconds": round(elapsed, 1),
+            "scorer_seconds": summary["seconds"]}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(scale(600, 3600))
+def test_scorer_and_reviewers_on_sqlite(tmp_path, tiny_checkpoint, corpus_factory):
+    corpus = corpus_factory(N_FILES)
+    db_path = tmp_path / "cxr.db"
+    wal = db_path.with_name("cxr.db-wal")
+    peak, done = [0], threading.Event()
+
+    def watch_wal() -> None:
+        while not done.wait(0.2):
+            with contextlib.suppress(FileNotFoundError):
+                peak[0] = max(peak[0], wal.stat().st_size)
+
+    watcher = threading.Thread(target=watch_wal)
+    watcher.start()
+    try:
+        figures = run_load(f"sqlite:///{db_path}", tiny_checkpoint, corpus)
+    finally:
+        done.set()
+        watcher.join()
+    wal_bytes = wal.stat().st_size if wal.exists() else 0
+    assert wal_bytes <= WAL_LIMIT_BYTES
+    print(f"\nSQLite: {figures}, WAL at most {peak[0]} bytes during the run, {wal_bytes} after it")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(scale(600, 3600))
+def test_scorer_and_reviewers_on_postgresql(tmp_path, tiny_checkpoint, corpus_factory, postgres_url):
+    import uuid
+
+    from sqlalchemy import create_engine, make_url
+
+    name = f"cxr_load_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    url = make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    try:
+        figures = run_load(url, tiny_checkpoint, corpus_factory(N_FILES))
+        print(f"\nPostgreSQL: {figures}")
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
