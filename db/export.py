@@ -22,16 +22,37 @@ from db.reviews import FlaggedCase, flagged_cases
 
 log = logging.getLogger("cxr.export")
 
-FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")  # and full-width forms
+# Characters a spreadsheet skips or shows as nothing before a formula: a cell that starts with any of them and
+# then a trigger is still a formula to some of them. Whitespace (str.isspace) is checked separately.
+INVISIBLE_PREFIXES = frozenset(
+    "\ufeff"  # byte order mark
+    "\u200b\u200c\u200d\u2060"  # zero-width space, non-joiner, joiner, word joiner
+    "\u200e\u200f\u061c"  # left-to-right, right-to-left, Arabic letter marks
+    "\u202a\u202b\u202c\u202d\u202e"  # bidi embeddings and overrides
+    "\u2066\u2067\u2068\u2069"  # bidi isolates
+)
 BASE_COLUMNS = ["case_id", "image_sha256", "patient_pseudonym", "study_date", "model_version", "predicted_class"]
 REVIEW_COLUMNS = ["reviewer_label", "reviewer", "review_time", "comment"]
 
 
 def neutralise(value: Any) -> Any:
-    """A string that a spreadsheet would evaluate gets a leading apostrophe; anything else is unchanged."""
-    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+    """A string that a spreadsheet would evaluate gets a leading apostrophe; anything else is unchanged.
+
+    Evaluated means: it starts with a formula trigger, also after leading whitespace, newlines, a byte order
+    mark or invisible bidi and zero-width characters."""
+    if isinstance(value, str) and _visible_start(value).startswith(FORMULA_TRIGGERS):
         return "'" + value
     return value
+
+
+def _visible_start(text: str) -> str:
+    for index, char in enumerate(text):
+        if char in "\t\r":
+            return text[index:]  # triggers themselves
+        if not (char.isspace() or char in INVISIBLE_PREFIXES):
+            return text[index:]
+    return ""
 
 
 def columns_for(cases: Sequence[FlaggedCase], include_paths: bool) -> list[str]:

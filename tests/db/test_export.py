@@ -24,7 +24,8 @@ from scoring import cli
 FAKE_PHI = {"PatientName": "Doe^Jane", "PatientID": "MRN-0042-7731", "PatientBirthDate": "19610203",
             "InstitutionName": "St Example Hospital", "ReferringPhysicianName": "Who^Doctor"}
 NASTY_COMMENTS = ['=HYPERLINK("http://evil.example","click")', "+1 looks fine", "-2 ribs", "@SUM(A1:A9)",
-                  "\tindented", "\rcarriage", 'quoted "text", with comma', "two\nlines"]
+                  "\tindented", "\rcarriage", 'quoted "text", with comma', "two\nlines",
+                  '\n=HYPERLINK("http://evil.example")', "\ufeff@SUM(A1)", "\u202e=1+1"]
 
 
 def write_phi_dicom(png, path, index: int) -> None:
@@ -95,7 +96,13 @@ def test_export_rows_and_round_trip(reviewed_db):
 
 @pytest.mark.parametrize("value, expected", [
     ("=1+1", "'=1+1"), ("+1", "'+1"), ("-1", "'-1"), ("@x", "'@x"), ("\tx", "'\tx"), ("\rx", "'\rx"),
-    ("normal", "normal"), ("", ""), (0.25, 0.25), (None, None)])
+    ("normal", "normal"), ("", ""), (0.25, 0.25), (None, None),
+    # a trigger hidden behind what spreadsheets skip or do not show
+    (" =1+1", "' =1+1"), ("\n=1+1", "'\n=1+1"), ("\ufeff=HYPERLINK(x)", "'\ufeff=HYPERLINK(x)"),
+    ("\u202e=cmd|' /C calc'!A0", "'\u202e=cmd|' /C calc'!A0"), ("\u2066@SUM(A1)", "'\u2066@SUM(A1)"),
+    ("\u200b\u00a0+1", "'\u200b\u00a0+1"), ("\uff1d1+1", "'\uff1d1+1"),
+    # ... but not ordinary text that merely starts with a space or a mark
+    (" normal", " normal"), ("\u200fright-to-left text", "\u200fright-to-left text"), ("   ", "   ")])
 def test_neutralise(value, expected):
     assert export.neutralise(value) == expected
 
