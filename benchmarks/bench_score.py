@@ -15,11 +15,22 @@ The bound for the pipeline is 1 / (decode s/img + model s/img) on a CPU, where b
 and the slower stage's rate on a GPU, where they overlap.
 
     python benchmarks/bench_score.py --files 2400
+
+With ``--archive DIR`` (an archive from ``benchmarks/make_archive.py``) it measures full-size films instead:
+per encoding, the reader's model-input reads per second (in this process, one file at a time) with a full
+decode and with the reduced one (``min_side`` = 2 x the model's input side), and how far the two model inputs
+differ; RG1_J2KR through the isolated reader; then for the whole mix, decode only (the scorer's DataLoader,
+reduced and, for comparison, full decode), model only, the bound, the full pipeline (reduced, as ``cxr-score``
+runs) and the naive loop (full decode per image, like the seed notebooks).
+
+    python benchmarks/make_archive.py 100 /tmp/cxr-archive
+    python benchmarks/bench_score.py --archive /tmp/cxr-archive
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -30,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import torch
 from PIL import Image as PILImage
@@ -38,7 +50,7 @@ from pydicom.uid import generate_uid
 
 from db.results import FileStat
 from scoring import imaging
-from scoring.model import Checkpoint, Preprocessing, build_model, load_checkpoint, save_checkpoint
+from scoring.model import Checkpoint, Preprocessing, build_model, load_checkpoint, preprocess, save_checkpoint
 from scoring.pipeline import Job, Scorer, ScoringOptions, make_loader
 from scoring.run import default_workers
 
@@ -138,6 +150,87 @@ def run_scorer(db: str, ckpt: Path, folder: Path, options: ScoringOptions) -> di
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def reads_per_second(paths: list[Path], min_side: int | None, timeout: float | None = None,
+                     repeat: int = 1) -> float:
+    start = time.perf_counter()
+    for _ in range(repeat):
+        for path in paths:
+            imaging.read_xray(path, timeout=timeout, min_side=min_side)
+    return repeat * len(paths) / (time.perf_counter() - start)
+
+
+def input_difference(path: Path, size: int) -> tuple[float, float]:
+    """Mean and largest absolute difference of the model inputs, reduced vs full decode, in reader units."""
+    full = preprocess(imaging.read_xray(path, timeout=None).pixels, size)
+    reduced = preprocess(imaging.read_xray(path, timeout=None, min_side=2 * size).pixels, size)
+    difference = (full - reduced).abs() * 0.25  # preprocess divides by std 0.25
+    return float(difference.mean()), float(difference.max())
+
+
+def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None:
+    from pydicom.data import get_testdata_file
+
+    with (archive / "manifest.csv").open(newline="") as handle:
+        manifest = list(csv.DictReader(handle))
+    files = [archive / row["file"] for row in manifest]
+    by_encoding: dict[str, list[Path]] = {}
+    for row in manifest:
+        by_encoding.setdefault(row["encoding"], []).append(archive / row["file"])
+    ckpt_path = make_checkpoint(work / "model.pt", args.arch, args.size)
+    checkpoint = load_checkpoint(ckpt_path)
+    device = torch.device(args.device)
+    min_side = 2 * args.size
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    print(f"hardware: {hardware()}; load average {os.getloadavg()[0]:.2f} at the start")
+    print(f"archive: {len(files)} films in {archive}; model {args.arch} at {args.size} px (min_side {min_side}), "
+          f"batch {args.batch_size}, {args.workers} decode workers, device {device}, precision {args.precision}")
+
+    print("\nper encoding, model-input reads/s in this process (read_xray, timeout=None), one file at a time:")
+    print(f"{'encoding':20s} {'files':>5s} {'full':>8s} {'reduced':>8s} {'speed-up':>8s} {'mean diff':>9s} "
+          f"{'max diff':>8s}")
+    for paths in by_encoding.values():  # warm-up: codec imports and first-call costs are not measured
+        reads_per_second(paths[:1], None)
+        reads_per_second(paths[:1], min_side)
+    for encoding, paths in sorted(by_encoding.items()):
+        full = reads_per_second(paths, None)
+        reduced = reads_per_second(paths, min_side)
+        differences = [input_difference(p, args.size) for p in paths]
+        print(f"{encoding:20s} {len(paths):5d} {full:8.2f} {reduced:8.2f} {reduced / full:7.1f}x "
+              f"{np.mean([d[0] for d in differences]):9.4f} {max(d[1] for d in differences):8.4f}")
+    rg1 = [Path(get_testdata_file("RG1_J2KR.dcm"))]
+    full, reduced = reads_per_second(rg1, None, 30.0, 5), reads_per_second(rg1, min_side, 30.0, 5)
+    print(f"RG1_J2KR, isolated reader (default), 5 reads: full {full:.2f} reads/s, reduced {reduced:.2f} reads/s "
+          f"({reduced / full:.1f}x)")
+
+    full_options = ScoringOptions(batch_size=args.batch_size, workers=args.workers, device=device,
+                                  precision=args.precision, reduced_decode=False)
+    options = ScoringOptions(batch_size=args.batch_size, workers=args.workers, device=device,
+                             precision=args.precision)
+    decode_full = decode_only(files, checkpoint, full_options)
+    decode = decode_only(files, checkpoint, options)
+    model = model_only(checkpoint, options, min(len(files) * 4, 1024))
+    first = run_scorer(f"sqlite:///{work / 'bench.db'}", ckpt_path, archive, options)
+    pipeline = first["scored"] / first["seconds"]
+    naive = naive_loop(files, checkpoint, device)
+    if device.type == "cuda":
+        bound, rule = min(decode, model), "min(decode, model)"
+    else:
+        bound, rule = 1 / (1 / decode + 1 / model), "1 / (1/decode + 1/model)"
+    print("\nthe mix:")
+    print(f"decode only, full     {decode_full:8.2f} img/s   (DataLoader, read_xray without min_side)")
+    print(f"decode only, reduced  {decode:8.2f} img/s   ({decode / decode_full:.1f}x the full decode)")
+    print(f"model only            {model:8.2f} img/s")
+    print(f"bound                 {bound:8.2f} img/s   ({rule})")
+    print(f"full pipeline         {pipeline:8.2f} img/s   = {pipeline / bound:.2f} of the bound "
+          f"({first['scored']} scored in {first['seconds']:.1f} s: the whole run as cxr-score times it)")
+    print(f"full pipeline         {first['scored'] / first['phase_seconds']['decode_and_score']:8.2f} img/s   "
+          "(decoding and scoring phase alone, after triage)")
+    print(f"naive loop            {naive:8.2f} img/s   "
+          f"(full decode per image; the pipeline is {pipeline / naive:.1f}x)")
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -155,11 +248,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument("--archive", type=Path, help="an archive from make_archive.py: full-size film figures")
     args = parser.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     os.environ["CXR_HOME"] = str(work / "home")
     try:
+        if args.archive is not None:
+            archive_figures(args.archive, work, args)
+            return 0
         files = replicate(source_files(args.shared), args.files, work / "images")
         ckpt_path = make_checkpoint(work / "model.pt", args.arch, args.size)
         checkpoint = load_checkpoint(ckpt_path)

@@ -1,8 +1,29 @@
-"""CXR Review dashboard: ``streamlit run dashboard``."""
+"""CXR Review dashboard: ``streamlit run dashboard``.
+
+Signed out, every page's URL shows the sign-in screen and nothing else; after signing in, the same URL shows its
+page (a bookmarked case included). Signed in, the pages are chosen by role at every rerun.
+"""
 
 import streamlit as st
 
+from dashboard import auth, data, layout, signin
+
 st.set_page_config(page_title="CXR Review", page_icon=":material/radiology:", layout="wide")
 
-pages = [st.Page("views/home.py", title="Overview", icon=":material/home:", default=True)]
-st.navigation(pages).run()
+WORKLIST = st.Page("views/worklist.py", title="Worklist", icon=":material/list:", url_path="worklist", default=True)
+CASE = st.Page("views/case.py", title="Case", icon=":material/radiology:", url_path="case", visibility="hidden")
+FLAGGED = st.Page("views/flagged.py", title="Flagged", icon=":material/flag:", url_path="flagged")
+MODELS = st.Page("views/models.py", title="Models", icon=":material/model_training:", url_path="models")
+OVERVIEW = st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", url_path="overview")
+ACCOUNTS = st.Page("views/accounts.py", title="Accounts", icon=":material/group:", url_path="accounts")
+ALL = (WORKLIST, CASE, FLAGGED, MODELS, OVERVIEW, ACCOUNTS)
+
+account = None if data.schema_problem() else auth.current_account()
+if account is None:
+    navigation = st.navigation([st.Page(signin.render, title="Sign in", url_path=page.url_path,
+                                        default=page is WORKLIST) for page in ALL], position="hidden")
+else:
+    navigation = st.navigation([page for page in ALL if page is not ACCOUNTS or account.is_admin])
+    layout.sidebar(account)
+st.session_state["pages"] = {"worklist": WORKLIST, "case": CASE, "flagged": FLAGGED}
+navigation.run()

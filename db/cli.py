@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import logging
 import sys
 from pathlib import Path
 
-from db import config, migrate, results, reviewers
+from db import attributions, config, migrate, results, reviewers
 from db.backup import backup_database
 from db.clitools import add_db_option, add_verbose_option, run_cli
 from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
+from db.models import utcnow
 from db.passwords import MIN_PASSWORD_LENGTH, PasswordPolicyError
 
 log = logging.getLogger("cxr.db")
@@ -40,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     backup = commands.add_parser("backup", help="a consistent copy of a live SQLite database (safe while the "
                                                 "scorer and reviewers write)")
     backup.add_argument("destination", type=Path, metavar="DEST", help="a file, or a folder for a dated copy")
+    prune = commands.add_parser("prune-attributions", help="delete cached attribution maps of model versions that "
+                                                           "are not active, older than DAYS")
+    prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     for verb in ("deactivate", "activate"):
         commands.add_parser(verb, help=f"{verb} a reviewer account (its reviews stay)").add_argument("name")
     return parser
@@ -65,6 +71,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _list_failures(engine, args.run)
     if args.command == "reviewers":
         return _list_reviewers(engine)
+    if args.command == "prune-attributions":
+        return _prune_attributions(engine, args.older_than, args.dry_run)
     return _change_reviewer(engine, args)
 
 
@@ -90,6 +98,31 @@ def _list_reviewers(engine) -> int:
         for r in reviewers.list_reviewers(session):
             state = "active" if r.is_active else "deactivated"
             print(f"{r.username:<24} {r.role:<9} {state:<12} {r.display_name or ''}")
+    return 0
+
+
+def _prune_attributions(engine, days: float, dry_run: bool) -> int:
+    """Records first, then files: an interrupted prune leaves unreferenced files, never a record without one."""
+    if not days >= 0:
+        log.error("--older-than must be a number of days, 0 or more")
+        return 1
+    cutoff = utcnow() - dt.timedelta(days=days)
+    with write_session(engine) as session:
+        maps = attributions.prunable_maps(session, cutoff)
+        if not dry_run:
+            attributions.delete_maps(session, [m.id for m in maps])
+    freed = 0
+    home = config.cxr_home()
+    for entry in maps:
+        path = home / entry.storage_path
+        try:
+            freed += path.stat().st_size
+            if not dry_run:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+    log.info("%s %d attribution maps (%.1f MB) of inactive model versions older than %g days",
+             "would delete" if dry_run else "deleted", len(maps), freed / 1e6, days)
     return 0
 
 

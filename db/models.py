@@ -39,6 +39,7 @@ NAMING_CONVENTION = {
 
 ROLES = ("reviewer", "admin")
 RUN_STATUSES = ("running", "finished", "failed", "interrupted")
+REVIEW_MODES = ("standard", "read_first")
 
 
 def utcnow() -> dt.datetime:
@@ -78,6 +79,11 @@ class Image(Base):
     """One image content, identified by the sha256 of the file's bytes."""
 
     __tablename__ = "images"
+    __table_args__ = (
+        # the worklist's filters on the image
+        Index("ix_images_modality_view", "modality", "view_position", "study_date"),
+        Index("ix_images_study_date", "study_date", "modality", "view_position"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
@@ -197,7 +203,15 @@ class ScoringFailure(Base):
 
 class Prediction(Base):
     __tablename__ = "predictions"
-    __table_args__ = (UniqueConstraint("image_id", "model_version_id"),)
+    __table_args__ = (
+        UniqueConstraint("image_id", "model_version_id"),
+        # the dashboard's worklist: one model version, ordered by uncertainty, confidence or date
+        # covering the default order and the filters on the prediction, so counting and paging read no rows
+        Index("ix_predictions_worklist", "model_version_id", "entropy", "scored_at", "confidence", "predicted_class",
+              "image_id"),
+        Index("ix_predictions_version_confidence", "model_version_id", "confidence", "image_id"),
+        Index("ix_predictions_version_scored", "model_version_id", "scored_at", "image_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
@@ -242,6 +256,10 @@ class Review(Base):
     flagged_for_retraining: Mapped[bool] = mapped_column(default=False, server_default=false(), index=True)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    mode: Mapped[str] = mapped_column(String(16), default="standard", server_default="standard",
+                                      doc="standard, or read_first: the model's output hidden until labelled")
+    overlay_shown: Mapped[bool] = mapped_column(default=False, server_default=false())
+    seconds_spent: Mapped[float | None] = mapped_column(Float, doc="time on the case before saving")
 
     image: Mapped[Image] = relationship(back_populates="reviews")
     reviewer: Mapped[Reviewer] = relationship(back_populates="reviews")
@@ -264,15 +282,59 @@ class ReviewTrainingUse(Base):
 
 
 class AttributionCacheEntry(Base):
-    """A computed attribution map (e.g. Grad-CAM) stored on disk, keyed by what produced it."""
+    """A computed attribution map stored on disk (compressed .npz under $CXR_HOME), keyed by what produced it:
+    image, model version, method, target class and the method's parameters (params_key = their sha256)."""
 
     __tablename__ = "attribution_cache"
-    __table_args__ = (UniqueConstraint("image_id", "model_version_id", "method", "target_class"),)
+    __table_args__ = (
+        # named explicitly: the conventional name is over PostgreSQL's 63 characters
+        UniqueConstraint(
+            "image_id", "model_version_id", "method", "target_class", "params_key", name="uq_attribution_cache_key"
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
-    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"), index=True)
     method: Mapped[str] = mapped_column(String(32))
     target_class: Mapped[str] = mapped_column(String(64))
-    storage_path: Mapped[str] = mapped_column(Text)
+    params_key: Mapped[str] = mapped_column(String(64))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    value_min: Mapped[float] = mapped_column(Float)
+    value_max: Mapped[float] = mapped_column(Float)
+    outside_share: Mapped[float | None] = mapped_column(Float, index=True, doc="share of positive attribution "
+                                                        "outside the central chest region")
+    seconds: Mapped[float] = mapped_column(Float, doc="compute time of the map")
+    storage_path: Mapped[str] = mapped_column(Text, doc="relative to $CXR_HOME")
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class Event(Base):
+    """The audit trail beyond reviews: sign-ins (and failures), exports, promotions, account changes.
+
+    Append-only like reviews (triggers refuse UPDATE and DELETE). ``username`` is the name given, also when
+    no account has it; a password is never recorded.
+    """
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_username_kind_created", "username", "kind", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), doc="who acted, if known")
+    username: Mapped[str | None] = mapped_column(String(64))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class CaseClaim(Base):
+    """An opened case, held for a few minutes so that two reviewers do not read it at once by accident."""
+
+    __tablename__ = "case_claims"
+    __table_args__ = (UniqueConstraint("image_id", "reviewer_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id", ondelete="CASCADE"))
+    claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[dt.datetime] = mapped_column(index=True)

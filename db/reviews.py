@@ -9,13 +9,20 @@ from typing import Any
 from sqlalchemy import Subquery, func, select
 from sqlalchemy.orm import Session, aliased
 
-from db.models import Image, ModelVersion, Prediction, Review, Reviewer
+from db.models import REVIEW_MODES, Image, ModelVersion, Prediction, Review, Reviewer
 
 
 def add_review(session: Session, *, image_id: int, reviewer_id: int, label: str,
                prediction_id: int | None = None, flagged_for_retraining: bool = False,
-               comment: str | None = None) -> Review:
-    """Record a reading. Agreement with the model is derived from the prediction reviewed, if any."""
+               comment: str | None = None, mode: str = "standard", overlay_shown: bool = False,
+               seconds_spent: float | None = None) -> Review:
+    """Record a reading. Agreement with the model is derived from the prediction reviewed, if any.
+
+    ``mode`` is how the case was read ("standard", or "read_first": the model's output hidden until the label
+    was recorded), ``overlay_shown`` whether an attribution overlay was on screen, ``seconds_spent`` the time
+    on the case."""
+    if mode not in REVIEW_MODES:
+        raise ValueError(f"unknown review mode {mode!r}: choose one of {', '.join(REVIEW_MODES)}")
     agrees = None
     if prediction_id is not None:
         predicted = session.scalar(select(Prediction.predicted_class).where(Prediction.id == prediction_id))
@@ -24,7 +31,7 @@ def add_review(session: Session, *, image_id: int, reviewer_id: int, label: str,
         agrees = predicted == label
     review = Review(image_id=image_id, reviewer_id=reviewer_id, label=label, prediction_id=prediction_id,
                     agrees_with_model=agrees, flagged_for_retraining=flagged_for_retraining,
-                    comment=comment or None)
+                    comment=comment or None, mode=mode, overlay_shown=overlay_shown, seconds_spent=seconds_spent)
     session.add(review)
     session.flush()
     return review

@@ -448,6 +448,28 @@ def _per_source_section(metrics: Mapping[str, Any]) -> str:
                       "", _table(["split", "source", "n", "accuracy", "true classes present"], rows)])
 
 
+def _attribution_section(metrics: Mapping[str, Any]) -> str:
+    """Where the model looks: the Grad-CAM share outside the central chest region, per class and per source."""
+    found = metrics.get("attribution")
+    if not isinstance(found, Mapping) or not isinstance(found.get("per_class"), Mapping):
+        return ""
+    headers = ["n", "median", "quartiles", f"share >= {_fmt(found.get('threshold'), 2)}"]
+
+    def rows(groups: Mapping[str, Any]) -> list[list[Any]]:
+        return [[name, g.get("n"), g.get("median"), f"{_fmt(g.get('q1'))}-{_fmt(g.get('q3'))}" if g.get("n") else None,
+                 g.get("above_threshold")] for name, g in groups.items() if isinstance(g, Mapping)]
+
+    parts = ["### Where the model looks", "",
+             f"Share of positive Grad-CAM attribution (for the predicted class, {found.get('split')} images) that "
+             "falls outside the central chest region (a generous box without the border band, the corners and the "
+             "text strips; see `scoring.attribution.region`). A high share means the model looked at film borders, "
+             "labels or anatomy off the lungs: a shortcut warning, not a finding.", "",
+             _table(["true class", *headers], rows(found["per_class"]))]
+    if isinstance(found.get("per_source_class"), Mapping) and found["per_source_class"]:
+        parts += ["", _table(["source (class)", *headers], rows(found["per_source_class"]))]
+    return "\n".join(parts)
+
+
 def _calibration_section(metrics: Mapping[str, Any], reliability: Mapping[str, Any] | None,
                          picture: str | None) -> str:
     parts = ["## Calibration", "",
@@ -544,6 +566,7 @@ def write_model_card(out_dir: str | os.PathLike, *, name: str, config: dict, dat
         _performance_section(metrics_j) + (f"\n\n![Confusion matrices]({pictures['confusion_matrix']})"
                                            if "confusion_matrix" in pictures else ""),
         *([section] if (section := _per_source_section(metrics_j)) else []),
+        *([section] if (section := _attribution_section(metrics_j)) else []),
         _calibration_section(metrics_j, reliability_j, pictures.get("reliability_diagram")),
         _history_section(history_j, pictures.get("training_curves")),
         "## Configuration\n\n" + _json_block(config_j),

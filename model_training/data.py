@@ -242,7 +242,8 @@ class LabelledDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item = self.items[index]
-        pixels = imaging.read_xray(item.path).pixels
+        # Decoded as the scorer decodes it (at twice the input side), so training sees what scoring sees.
+        pixels = imaging.read_xray(item.path, min_side=2 * self.preprocessing.size).pixels
         if self.augmentation is None:
             return self.preprocessing(pixels), self.classes.index(item.label)
         rng = np.random.default_rng([self.seed, self.epoch, index])

@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import secrets
 import sys
 from pathlib import Path
 
-from db import config, migrate, model_versions
+from db import config, migrate, model_versions, reviewers
 from db.clitools import add_db_option, add_verbose_option, run_cli
 from db.engine import get_engine, read_session, write_session
 from model_training.train import TrainConfig, train
@@ -22,6 +23,7 @@ from scoring.run import EXIT_FAILURES, EXIT_OK, ScoringRequest, run_scoring
 log = logging.getLogger("cxr.demo")
 
 DEMO_MODEL_NAME = "demo-synthetic"
+DEMO_ACCOUNT = "demo"
 DEMO_TRAINING = {"img_size": 64, "epochs": 12, "batch_size": 32, "patience": 4}
 
 
@@ -47,14 +49,27 @@ def run_demo(args: argparse.Namespace) -> int:
     # The cohort was just written: nothing in it is still being copied, so nothing needs to settle.
     summary = run_scoring(ScoringRequest(paths=(str(images),), db_url=args.db, settle_seconds=0,
                                          progress_bar=sys.stderr.isatty()))
+    if summary.exit_code in (EXIT_OK, EXIT_FAILURES):
+        ensure_demo_account(engine)
     if args.json:
         print(json.dumps(summary.as_dict()), flush=True)
     if summary.exit_code in (EXIT_OK, EXIT_FAILURES):
         log.info("demo scored. The cohort holds a few deliberately broken files (`cxr-db failures` lists them) "
-                 "and out-of-scope studies. Next: `cxr-db add-reviewer NAME --role admin`, then "
-                 "`streamlit run dashboard`.")
+                 "and out-of-scope studies. Next: `streamlit run dashboard`.")
         return 0
     return summary.exit_code
+
+
+def ensure_demo_account(engine) -> None:
+    """A dashboard account for the demo, with a random password printed once (there is no fixed password)."""
+    with write_session(engine) as session:
+        if reviewers.find_reviewer(session, DEMO_ACCOUNT) is not None:
+            log.info("the demo account %r exists (new password: `cxr-db set-password %s`)", DEMO_ACCOUNT, DEMO_ACCOUNT)
+            return
+        password = secrets.token_urlsafe(12)
+        reviewers.add_reviewer(session, DEMO_ACCOUNT, password, role="admin", display_name="Demo admin")
+    print(f"Dashboard sign-in: user {DEMO_ACCOUNT!r}, password {password!r} (shown once; "
+          f"`cxr-db set-password {DEMO_ACCOUNT}` sets a new one)", flush=True)
 
 
 def ensure_cohort(folder: Path, n: int) -> Path:

@@ -42,6 +42,7 @@ from model_training.metrics import (
     expected_calibration_error,
     reliability_bins,
 )
+from scoring.attribution.report import outside_share_summary
 from scoring.model import (
     Checkpoint,
     Preprocessing,
@@ -401,6 +402,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                             training={"name": config.name, "synthetic": config.synthetic,
                                       "config": config.recorded(), "initialisation": init_note,
                                       "metrics": _plain(metrics), "data": _plain(data_summary)})
+    metrics["attribution"] = outside_share_summary(checkpoint, [i.path for i in val_items],
+                                                   [i.label for i in val_items], [i.source for i in val_items],
+                                                   "validation")
+    checkpoint.training["metrics"] = _plain(metrics)
     checkpoint_path = save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
     write_model_card(out, name=config.name, config=config.recorded(), data_summary=data_summary,
                      metrics=_plain(metrics), history=history, reliability=reliability, synthetic=config.synthetic)

@@ -41,9 +41,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-file", type=Path, metavar="F", help="also append the log to F")
     parser.add_argument("--log-every", type=int, default=DEFAULTS["log_every"], metavar="N",
                         help="without a terminal, log progress every N decoded files (default: %(default)s)")
+    parser.add_argument("--attributions", type=attribution_methods, default=DEFAULTS["attributions"],
+                        metavar="METHOD[,METHOD]",
+                        help="after scoring, precompute attribution maps of these methods (gradcam, "
+                             "integrated_gradients, occlusion) for the cases a reviewer opens first")
+    parser.add_argument("--attributions-top", type=int, default=DEFAULTS["attributions_top"], metavar="N",
+                        help="maps for the N most uncertain cases plus every case not predicted normal "
+                             "(default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary as the last line")
     add_verbose_option(parser)
     return parser
+
+
+def attribution_methods(text: str) -> tuple[str, ...]:
+    from scoring.attribution.engine import METHODS
+
+    methods = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown or not methods:
+        raise argparse.ArgumentTypeError(f"unknown method(s) {', '.join(unknown) or repr(text)}; "
+                                         f"choose from {', '.join(METHODS)}")
+    return methods
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +78,7 @@ def request_from(args: argparse.Namespace) -> ScoringRequest:
         paths=tuple(args.paths), db_url=args.db, model=args.model, batch_size=args.batch_size, workers=args.workers,
         threads=args.threads, device=args.device, precision=args.precision, settle_seconds=args.settle_seconds,
         read_timeout=args.read_timeout, retry_failed=args.retry_failed, log_every=args.log_every,
-        progress_bar=sys.stderr.isatty())
+        progress_bar=sys.stderr.isatty(), attributions=args.attributions, attributions_top=args.attributions_top)
 
 
 if __name__ == "__main__":

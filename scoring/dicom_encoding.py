@@ -27,7 +27,8 @@ ENCODINGS: dict[str, str] = {
     "jpeg_lossless_sv1": "1.2.840.10008.1.2.4.70",
     "jpeg_ls_lossless": "1.2.840.10008.1.2.4.80",
     "jpeg_ls_near_lossless": "1.2.840.10008.1.2.4.81",
-    "j2k_lossless": "1.2.840.10008.1.2.4.90",
+    "j2k_lossless": "1.2.840.10008.1.2.4.90",  # 5 decomposition levels (OpenJPEG's default)
+    "j2k_lossless_1level": "1.2.840.10008.1.2.4.90",  # 1 level, like pydicom-data's RG1_J2KR
     "j2k_lossy": "1.2.840.10008.1.2.4.91",
 }
 JPEG_LS_NEAR = 2  # the largest error JPEG-LS near-lossless may make, in stored units
@@ -42,6 +43,16 @@ def pillow_jpeg(pixels: np.ndarray, quality: int = 95) -> bytes:
 
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def pillow_j2k(pixels: np.ndarray, levels: int) -> bytes:
+    """A lossless raw JPEG 2000 codestream with ``levels`` decomposition levels made by Pillow (OpenJPEG).
+    16-bit input is written with a precision of 16, whatever its Bits Stored."""
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "JPEG2000", no_jp2=True, num_resolutions=levels + 1, irreversible=False)
     return buffer.getvalue()
 
 
@@ -94,7 +105,7 @@ def gdcm_transcode(ds: Any, encoding: str, scratch: Path) -> Any:
 def encode_and_save(ds: Any, pixels: np.ndarray, encoding: str, path: Path, scratch: Path | None = None) -> None:
     """Store ``ds`` (native pixel data equal to ``pixels``) at ``path`` in ``encoding``, a key of
     :data:`ENCODINGS`. Encoders: pydicom for the native syntaxes, deflate and RLE; Pillow for
-    JPEG baseline (8-bit); GDCM for JPEG extended and JPEG lossless; pyjpegls (through pydicom)
+    JPEG baseline (8-bit) and 1-level JPEG 2000; GDCM for JPEG extended and JPEG lossless; pyjpegls (through pydicom)
     for JPEG-LS; pylibjpeg-openjpeg (through pydicom) for JPEG 2000. Lossless encodings keep the
     SOP Instance UID, the lossy JPEG-LS and JPEG 2000 ones get a new one. ``scratch`` is a folder
     for GDCM's temporary files (a temporary folder when None)."""
@@ -115,6 +126,10 @@ def encode_and_save(ds: Any, pixels: np.ndarray, encoding: str, path: Path, scra
         ds.PixelData = encapsulate([pillow_jpeg(pixels)])
         ds["PixelData"].VR = "OB"
         ds.LossyImageCompression = "01"
+    elif encoding == "j2k_lossless_1level":
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate([pillow_j2k(pixels, levels=1)])
+        ds["PixelData"].VR = "OB"
     elif encoding in _GDCM_ENCODINGS:
         if scratch is None:
             with tempfile.TemporaryDirectory(prefix="cxr-gdcm-") as tmp:

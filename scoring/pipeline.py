@@ -69,6 +69,7 @@ class ScoringOptions:
     retry_failed: bool = False
     log_every: int = 500
     progress_bar: bool = False
+    reduced_decode: bool = True  # decode at 2x the model's input side, not at full size (imaging.read_xray min_side)
 
 
 @dataclass
@@ -172,17 +173,19 @@ class Triage:
 class DecodeDataset(Dataset):
     """Reads, checks scope and preprocesses one file; errors come back as data, never as exceptions."""
 
-    def __init__(self, jobs: list[Job], preprocess: Callable[[Any], torch.Tensor], read_timeout: float):
+    def __init__(self, jobs: list[Job], preprocess: Callable[[Any], torch.Tensor], read_timeout: float,
+                 min_side: int | None = None):
         self.paths = [job.stat.path for job in jobs]
         self.preprocess = preprocess
         self.read_timeout = read_timeout
+        self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Decoded:
         try:
-            image = imaging.read_xray(self.paths[index], timeout=self.read_timeout)
+            image = imaging.read_xray(self.paths[index], timeout=self.read_timeout, min_side=self.min_side)
         except imaging.XRayReadError as exc:
             return Decoded(index, error=(exc.reason, str(exc)))
         scope = imaging.in_scope(image.meta)
@@ -205,7 +208,8 @@ def collate_decoded(items: list[Decoded]) -> tuple[list[Decoded], torch.Tensor |
 def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions) -> DataLoader:
     on_cuda = options.device.type == "cuda"
     return DataLoader(
-        DecodeDataset(jobs, checkpoint.preprocessing, options.read_timeout),
+        DecodeDataset(jobs, checkpoint.preprocessing, options.read_timeout,
+                      2 * checkpoint.input_size if options.reduced_decode else None),
         batch_size=options.batch_size,
         num_workers=options.workers,
         collate_fn=collate_decoded,

@@ -57,6 +57,8 @@ class ScoringRequest:
     retry_failed: bool = _PIPELINE.retry_failed
     log_every: int = _PIPELINE.log_every
     progress_bar: bool = _PIPELINE.progress_bar
+    attributions: tuple[str, ...] = ()  # methods whose maps are precomputed after scoring (scoring.attribution)
+    attributions_top: int = 50  # ... for the N most uncertain cases plus every case not predicted normal
 
 
 @dataclass(frozen=True)
@@ -67,15 +69,18 @@ class ScoringSummary:
     model_version_id: int | None = None
     counts: dict[str, int] | None = None  # pipeline.Counts; None when the run did not finish
     phase_seconds: dict[str, float] | None = None
+    attributions: dict[str, Any] | None = None  # precompute.PrecomputeSummary.as_dict(), when asked for
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON summary: run and model version (once a run started), counts and phase timings (once it
-        finished), seconds and exit code."""
+        finished), the precomputed attribution maps (when asked for), seconds and exit code."""
         summary: dict[str, Any] = {"run_id": self.run_id}
         if self.run_id is not None:
             summary["model_version_id"] = self.model_version_id
         if self.counts is not None:
             summary.update(self.counts, phase_seconds=self.phase_seconds)
+        if self.attributions is not None:
+            summary["attributions"] = self.attributions
         summary.update(seconds=self.seconds, exit_code=self.exit_code)
         return summary
 
@@ -88,6 +93,7 @@ class _Progress:
     model_version_id: int | None = None
     counts: dict[str, int] | None = None
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    attributions: dict[str, Any] | None = None
 
 
 def run_scoring(request: ScoringRequest) -> ScoringSummary:
@@ -106,7 +112,7 @@ def run_scoring(request: ScoringRequest) -> ScoringSummary:
         code = EXIT_CANNOT_RUN
     return ScoringSummary(exit_code=code, seconds=round(time.perf_counter() - started, 3), run_id=progress.run_id,
                           model_version_id=progress.model_version_id, counts=progress.counts,
-                          phase_seconds=progress.phase_seconds or None)
+                          phase_seconds=progress.phase_seconds or None, attributions=progress.attributions)
 
 
 def _run(request: ScoringRequest, progress: _Progress) -> int:
@@ -137,6 +143,9 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         with interrupted_run_marker(engine, run_id):
             timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
                                           counts))
+            if request.attributions:  # every batch's predictions are committed by now: a kill loses none
+                progress.attributions = precompute_attributions(engine, request, model_version_id)
+                timings["attributions"] = progress.attributions["seconds"]
         with write_session(engine) as session:
             results.update_run(session, run_id, status="finished", finished=True, **counts.as_dict())
     progress.counts, progress.phase_seconds = counts.as_dict(), timings
@@ -144,6 +153,12 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
     if counts.failed:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
     return EXIT_FAILURES if counts.failed else EXIT_OK
+
+
+def precompute_attributions(engine: Engine, request: ScoringRequest, model_version_id: int) -> dict[str, Any]:
+    from scoring.attribution.precompute import precompute
+
+    return precompute(engine, model_version_id, request.attributions, request.attributions_top).as_dict()
 
 
 def scoring_options(request: ScoringRequest) -> pipeline.ScoringOptions:
@@ -186,7 +201,8 @@ def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions) -> 
     return {"paths": [str(p) for p in request.paths], "model": str(request.model) if request.model else None,
             "batch_size": options.batch_size, "workers": options.workers, "device": str(options.device),
             "precision": options.precision,
-            "settle_seconds": request.settle_seconds, "retry_failed": request.retry_failed}
+            "settle_seconds": request.settle_seconds, "retry_failed": request.retry_failed,
+            "attributions": list(request.attributions), "attributions_top": request.attributions_top}
 
 
 @contextlib.contextmanager

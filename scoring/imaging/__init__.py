@@ -15,9 +15,11 @@ One module per stage, each documenting its part:
 - ``raster``: PNG and JPEG
 - ``dicom``, ``header``, ``pixel_data``: DICOM parsing, header values, transfer syntaxes and codecs
 - ``display``: modality LUT, VOI LUT or window, percentile window, MONOCHROME1
+- ``downsample``: the reduced decode for a model's input (``min_side``) and the area downsample
 - ``scope``: ``in_scope``
 - ``decode``: one file in this process, third-party warnings and logs kept quiet
 - ``isolation``: the decoder child and the time limit
+- ``viewing``: for a viewer, the values before any window and the header's windows (``read_for_viewing``)
 """
 
 from __future__ import annotations
@@ -66,8 +68,10 @@ from .isolation import (
 from .pixel_data import SUPPORTED_TRANSFER_SYNTAXES, missing_codecs
 from .results import Decoded, XRayImage
 from .scope import CHEST_BODY_PARTS, LATERAL_VIEWS, RADIOGRAPH_MODALITIES, in_scope
+from .viewing import AS_READ, ViewingImage, Window, apply_window, read_for_viewing
 
 __all__ = [
+    "AS_READ",
     "CHEST_BODY_PARTS",
     "CHILD_START_TIMEOUT_S",
     "CORRUPT",
@@ -96,10 +100,14 @@ __all__ = [
     "UNREADABLE",
     "UNSUPPORTED_IMAGE",
     "UNSUPPORTED_TRANSFER_SYNTAX",
+    "ViewingImage",
+    "Window",
     "XRayImage",
     "XRayReadError",
+    "apply_window",
     "in_scope",
     "missing_codecs",
+    "read_for_viewing",
     "read_xray",
     "reader_process_pid",
     "start_reader_process",
@@ -109,16 +117,24 @@ __all__ = [
 StrOrBytesPath: TypeAlias = "str | bytes | os.PathLike[str] | os.PathLike[bytes]"
 
 
-def read_xray(path: StrOrBytesPath, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> XRayImage:
-    """Read a PNG, JPEG or DICOM chest X-ray; raise XRayReadError if it cannot be read."""
+def read_xray(
+    path: StrOrBytesPath, *, timeout: float | None = DEFAULT_TIMEOUT_S, min_side: int | None = None
+) -> XRayImage:
+    """Read a PNG, JPEG or DICOM chest X-ray; raise XRayReadError if it cannot be read.
+
+    ``min_side`` (for a model's input, never for display): the pixels may be decoded smaller, down to a
+    shorter side of ``min_side``; ``meta["decode_scale"]`` says by how much (see ``downsample``).
+    """
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive or None, not {timeout!r}")
+    if min_side is not None and not (isinstance(min_side, int) and min_side > 0):
+        raise ValueError(f"min_side must be a positive int or None, not {min_side!r}")
     raw_path = os.fsencode(path)
     if timeout is None:
-        decoded = decode_file(raw_path)
+        decoded = decode_file(raw_path, min_side)
     else:
         precheck(raw_path)
-        decoded = read_isolated(raw_path, timeout)
+        decoded = read_isolated(raw_path, timeout, min_side)
     return _finish(decoded, raw_path)
 
 

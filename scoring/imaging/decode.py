@@ -29,15 +29,16 @@ _quiet_depth = 0
 _saved: list[tuple[logging.Logger, list[logging.Handler], bool]] = []
 
 
-def decode_file(path: bytes) -> Decoded:
-    """Everything in the calling process; any failure becomes an XRayReadError."""
+def decode_file(path: bytes, min_side: int | None = None) -> Decoded:
+    """Everything in the calling process; any failure becomes an XRayReadError. ``min_side``: see
+    ``downsample``."""
     with quiet_third_parties():
         try:
             data = load(path)
             kind = sniff(data[:SNIFF_BYTES], path)
             if kind == "dicom":
-                return read_dicom(data, path)
-            return read_pillow(data, path, kind)
+                return read_dicom(data, path, min_side)
+            return read_pillow(data, path, kind, min_side)
         except (XRayReadError, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:  # BaseException: Rust codecs panic with pyo3's PanicException

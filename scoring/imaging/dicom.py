@@ -22,6 +22,7 @@ import zlib
 from typing import Any
 
 from .display import to_display
+from .downsample import reduce_to
 from .errors import (
     CORRUPT,
     DECODE_FAILED,
@@ -103,14 +104,14 @@ class _CutShortReader(io.BytesIO):
         return self.partial_reads > 0 or self.empty_reads > 1
 
 
-def read_dicom(data: bytes, path: bytes) -> Decoded:
+def read_dicom(data: bytes, path: bytes, min_side: int | None = None) -> Decoded:
     syntax, meta_end = _transfer_syntax(data, path)
     if syntax == DEFLATED:
         _check_inflated_size(data, meta_end, path)
     ds = _parse_dataset(data, path)
     problems = header_problems(ds)
     try:
-        return _decode_dataset(ds, syntax, path)
+        return _decode_dataset(ds, syntax, path, min_side)
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # BaseException: Rust codecs panic with pyo3's PanicException
@@ -118,7 +119,7 @@ def read_dicom(data: bytes, path: bytes) -> Decoded:
         raise redact(_with_notes(failure, problems), path, identifying_values(ds)) from None
 
 
-def _decode_dataset(ds: Any, syntax: str, path: bytes) -> Decoded:
+def _decode_dataset(ds: Any, syntax: str, path: bytes, min_side: int | None) -> Decoded:
     keyword = next((k for k in _PIXEL_KEYWORDS if k in ds), None)
     if keyword is None:
         sop_class = text(ds, "SOPClassUID")
@@ -129,14 +130,19 @@ def _decode_dataset(ds: Any, syntax: str, path: bytes) -> Decoded:
     if keyword == "PixelData" and syntax not in NATIVE_SYNTAXES:
         frame = first_frame(ds, geometry, path)
         check_frame_end(frame, syntax, path)
-        raw, photometric = decode_compressed(ds, syntax, geometry, frame, path)
+        raw, photometric, scale = decode_compressed(ds, syntax, geometry, frame, path, min_side)
     else:
         _check_native_length(ds[keyword].value, geometry, path)
         raw, photometric = decode_with_pydicom(ds, syntax, ("",), path)
+        scale = 1
     if photometric in MONOCHROME and raw.ndim != 2:
         raise error(UNSUPPORTED_IMAGE, path, f"{photometric} with {geometry.samples} samples per pixel")
+    if min_side is not None and photometric in MONOCHROME:
+        raw, factor = reduce_to(raw, min_side)
+        scale *= factor
     pixels, voi = to_display(raw, ds, photometric, geometry, path)
     meta = _dicom_meta(ds, syntax, geometry, voi)
+    meta["decode_scale"] = 1.0 / scale
     return Decoded(pixels, meta, text(ds, "PatientID"))
 
 

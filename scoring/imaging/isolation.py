@@ -39,9 +39,9 @@ CHILD_START_TIMEOUT_S = 60.0
 TEST_DELAY_ENV = "CXR_READER_TEST_DELAY_S"
 
 
-def read_isolated(path: bytes, timeout: float) -> Decoded:
+def read_isolated(path: bytes, timeout: float, min_side: int | None = None) -> Decoded:
     """Decode ``path`` in this process's decoder child; the result must arrive within ``timeout`` s."""
-    return _isolated_reader().read(path, timeout)
+    return _isolated_reader().read(path, timeout, min_side)
 
 
 def start_reader_process() -> int:
@@ -84,10 +84,10 @@ class _IsolatedReader:
         process = self._process
         return process.pid if process is not None and process.poll() is None else None
 
-    def read(self, path: bytes, timeout: float) -> Decoded:
+    def read(self, path: bytes, timeout: float, min_side: int | None = None) -> Decoded:
         with self._lock:
             try:
-                self._send(path)
+                self._send((path, min_side))
                 return self._receive(path, timeout)
             except XRayReadError:
                 raise  # the child has already been replaced where that was needed
@@ -112,12 +112,12 @@ class _IsolatedReader:
                 handle.close()
         self._conn, self._sock, self._process = None, None, None
 
-    def _send(self, path: bytes) -> None:
+    def _send(self, request: tuple[bytes, int | None]) -> None:
         for attempt in (1, 2):
             self._ensure_started()
             assert self._conn is not None
             try:
-                self._conn.send(path)
+                self._conn.send(request)
                 return
             except OSError:  # the child died between calls (killed from outside): start afresh
                 self._discard()
@@ -247,7 +247,8 @@ atexit.register(stop_reader_process)
 
 
 def child_main() -> None:
-    """The decoder child: read paths from the connection, answer with pixels or an error."""
+    """The decoder child: read (path, min_side) requests from the connection, answer with pixels or an
+    error."""
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=os.dup(fd))
     conn = Connection(fd)
@@ -259,18 +260,18 @@ def child_main() -> None:
     conn.send(("ready", os.getpid()))
     while True:
         try:
-            path = conn.recv()
+            path, min_side = conn.recv()
         except (EOFError, OSError):
             return
         delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
         if delay > 0:
             time.sleep(delay)
-        _answer(conn, sock, path)
+        _answer(conn, sock, path, min_side)
 
 
-def _answer(conn: Connection, sock: socket.socket, path: bytes) -> None:
+def _answer(conn: Connection, sock: socket.socket, path: bytes, min_side: int | None) -> None:
     try:
-        decoded = decode_file(path)
+        decoded = decode_file(path, min_side)
     except XRayReadError as exc:
         conn.send(("error", exc.reason, exc.message))
         return

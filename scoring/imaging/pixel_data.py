@@ -15,6 +15,7 @@ frame is ever decoded.
 
 from __future__ import annotations
 
+import io
 import struct
 import warnings
 from typing import Any
@@ -22,8 +23,8 @@ from typing import Any
 import numpy as np
 
 from .errors import CORRUPT, DECODE_FAILED, TRUNCATED, UNSUPPORTED_IMAGE, error, scrub
-from .header import Geometry, int_value, syntax_name
-from .raster import check_jpeg_header
+from .header import MONOCHROME, Geometry, int_value, syntax_name
+from .raster import check_jpeg_header, draft
 
 # Transfer syntax UID -> pydicom decoding plugins to try, in order. "" is pydicom's native decoder.
 JPEG_BASELINE = "1.2.840.10008.1.2.4.50"
@@ -31,6 +32,7 @@ JPEG_EXTENDED = "1.2.840.10008.1.2.4.51"
 DEFLATED = "1.2.840.10008.1.2.1.99"
 RLE = "1.2.840.10008.1.2.5"
 _J2K_PLUGINS = ("pylibjpeg", "gdcm", "pillow")
+_J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
 _JPEG_LS_PLUGINS = ("pyjpegls", "gdcm")
 PLUGINS: dict[str, tuple[str, ...]] = {
     "1.2.840.10008.1.2": ("",),  # Implicit VR Little Endian
@@ -120,13 +122,127 @@ def check_frame_end(frame: bytes, syntax: str, path: bytes) -> None:
 
 
 def decode_compressed(
-    ds: Any, syntax: str, geometry: Geometry, frame: bytes, path: bytes
-) -> tuple[np.ndarray, str]:
+    ds: Any, syntax: str, geometry: Geometry, frame: bytes, path: bytes, min_side: int | None = None
+) -> tuple[np.ndarray, str, int]:
+    """Frame 0 and its photometric interpretation, and how many times smaller than stored it was decoded
+    (1 for a full decode). With ``min_side`` the codec may decode less (see ``decode_reduced``)."""
+    precision = None
     if syntax in _JPEG_FAMILY:
         precision = _check_jpeg_frame_header(frame, geometry, path)
         if syntax == JPEG_EXTENDED and precision > 8:
-            return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric
-    return decode_with_pydicom(ds, syntax, PLUGINS[syntax], path)
+            return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric, 1
+    if min_side is not None:
+        reduced = decode_reduced(ds, syntax, geometry, frame, min_side, precision)
+        if reduced is not None:
+            return reduced[0], geometry.photometric, reduced[1]
+    return *decode_with_pydicom(ds, syntax, PLUGINS[syntax], path), 1
+
+
+def decode_reduced(
+    ds: Any, syntax: str, geometry: Geometry, frame: bytes, min_side: int, jpeg_precision: int | None
+) -> tuple[np.ndarray, int] | None:
+    """Frame 0 of a one-sample monochrome image decoded smaller by the codec itself (shorter side still at
+    least ``min_side``), with the reduction factor; None where there is no shortcut or the codestream refuses
+    it, and the caller decodes in full (which also gives any failure its proper reason)."""
+    if geometry.samples != 1 or geometry.photometric not in MONOCHROME:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            if syntax in _J2K_SYNTAXES:
+                return _j2k_reduced(frame, geometry, ds, min_side)
+            if syntax in (JPEG_BASELINE, JPEG_EXTENDED) and jpeg_precision == 8 and geometry.bits_allocated == 8:
+                return _jpeg_draft(frame, geometry, min_side)
+    except (MemoryError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:  # Pillow refused the shortcut: the full decode tries every plugin and reports properly
+        return None
+    return None
+
+
+def _j2k_reduced(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tuple[np.ndarray, int] | None:
+    """OpenJPEG's reduce factor through Pillow, on the raw codestream: the coarsest resolution level whose
+    shorter side is still at least ``min_side``, no coarser than the codestream's decomposition levels.
+
+    Pillow returns samples of more than 8 bits scaled up to 16 (a 12-bit 4095 comes back as 65520); the
+    shift back gives the stored values the modality LUT and the window expect. Signed samples, several
+    components, image offsets or a size that disagrees with the dataset are left to the full decode.
+    """
+    header = _j2k_header(frame)
+    if header is None or int_value(ds, "PixelRepresentation") not in (None, 0):
+        return None
+    cols, rows, components, precision, signed, levels = header
+    if (rows, cols) != (geometry.rows, geometry.cols) or components != 1 or signed or not 1 <= precision <= 16:
+        return None
+    level = 0
+    while level < levels and min(-(-rows // (2 << level)), -(-cols // (2 << level))) >= min_side:
+        level += 1
+    for attempt in range(level, 0, -1):  # a codestream may refuse a level (e.g. precincts); try finer ones
+        try:
+            values = _pillow_j2k(frame, attempt)
+        except OSError:
+            continue
+        if precision > 8:
+            values = values >> (16 - precision)
+        return values, 1 << attempt
+    return None
+
+
+def _pillow_j2k(frame: bytes, level: int) -> np.ndarray:
+    """Pillow's ``reduce`` property rounds the reduced size to nearest, OpenJPEG rounds it up, and the
+    mismatch fails as "broken data stream" whenever a side divided by 2**level has a remainder below one
+    half (Pillow 13). So the reduced tile is set here, with OpenJPEG's size."""
+    from PIL import Image, ImageFile
+
+    image = Image.open(io.BytesIO(frame))
+    if image.format != "JPEG2000" or len(image.tile) != 1:
+        raise OSError("not a single-tile JPEG 2000 codestream for Pillow")
+    tile = image.tile[0]
+    args = tile.args
+    if not isinstance(args, tuple) or len(args) != 5:
+        raise OSError("unexpected Pillow JPEG 2000 tile arguments")
+    width, height = (-(-n // (1 << level)) for n in image.size)
+    image._size = (width, height)
+    image.tile = [ImageFile._Tile(tile.codec_name, (0, 0, width, height), tile.offset,
+                                  (args[0], level, *args[2:]))]
+    image.load()
+    values = np.asarray(image)
+    if values.shape != (height, width):
+        raise OSError(f"Pillow decoded {values.shape}, expected {(height, width)}")
+    return values
+
+
+def _j2k_header(frame: bytes) -> tuple[int, int, int, int, bool, int] | None:
+    """(width, height, components, precision of the first, signed, decomposition levels) from the SIZ and
+    COD markers of a raw codestream; None if it is not one, or the image has an offset."""
+    if not frame.startswith(b"\xff\x4f\xff\x51") or len(frame) < 45:
+        return None
+    (siz_length, _, width, height, x_offset, y_offset) = struct.unpack_from(">HHIIII", frame, 4)
+    (components,) = struct.unpack_from(">H", frame, 40)
+    if x_offset or y_offset or components < 1:
+        return None
+    sample = frame[42]
+    pos = 4 + siz_length
+    while pos + 10 <= len(frame) and frame[pos] == 0xFF and frame[pos + 1] != 0x90:  # up to the first tile
+        if frame[pos + 1] == 0x52:  # COD: Lcod, Scod, progression, layers (2), MCT, decomposition levels
+            return width, height, components, (sample & 0x7F) + 1, bool(sample & 0x80), frame[pos + 9]
+        (length,) = struct.unpack_from(">H", frame, pos + 2)
+        pos += 2 + length
+    return None
+
+
+def _jpeg_draft(frame: bytes, geometry: Geometry, min_side: int) -> tuple[np.ndarray, int] | None:
+    """An 8-bit grey JPEG frame decoded with Pillow's DCT scaling (see ``raster.draft``)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(frame))
+    if image.mode != "L" or image.size != (geometry.cols, geometry.rows):
+        return None
+    scale = draft(image, min_side)
+    if scale == 1:
+        return None
+    image.load()
+    return np.asarray(image), scale
 
 
 def decode_with_pydicom(

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .display import scaled
+from .downsample import reduce_to
 from .errors import CORRUPT, DECODE_FAILED, TOO_LARGE, TRUNCATED, error, scrub
 from .files import PNG_SIGNATURE, check_pixel_count
 from .results import Decoded, base_meta
@@ -26,7 +27,7 @@ from .results import Decoded, base_meta
 _JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC} | {0xF7}  # SOF0-15, SOF55
 
 
-def read_pillow(data: bytes, path: bytes, kind: str) -> Decoded:
+def read_pillow(data: bytes, path: bytes, kind: str, min_side: int | None = None) -> Decoded:
     from PIL import ImageOps
 
     if kind == "png":
@@ -38,13 +39,31 @@ def read_pillow(data: bytes, path: bytes, kind: str) -> Decoded:
     width, height = image.size
     check_pixel_count(path, height, width, 1)
     mode = image.mode
+    scale = draft(image, min_side) if kind == "jpeg" and min_side is not None else 1
     _load_pillow(image, path)
     orientation = _exif_orientation(image)
     if orientation in range(2, 9):
         image = ImageOps.exif_transpose(image)
     meta = base_meta(kind, height, width)
     meta.update(mode=mode, exif_orientation=orientation, bits_stored=16 if bits == 16 else 8)
-    return Decoded(_pillow_to_float(image), meta, None)
+    if min_side is None:
+        return Decoded(_pillow_to_float(image), meta, None)
+    values, top = _pillow_grey(image)
+    values, factor = reduce_to(values, min_side)
+    meta["decode_scale"] = 1.0 / (scale * factor)
+    return Decoded(_grey_to_float(values, top), meta, None)
+
+
+def draft(image: Any, min_side: int) -> int:
+    """Pillow's DCT scaling for an unloaded JPEG: the largest of 1/2, 1/4, 1/8 that keeps the shorter side at
+    least ``min_side``. Returns the scale denominator (1: no scaling)."""
+    width, height = image.size
+    scale = 1
+    while scale < 8 and min(-(-width // (scale * 2)), -(-height // (scale * 2))) >= min_side:
+        scale *= 2
+    if scale == 1 or image.draft(None, (width // scale, height // scale)) is None:
+        return 1
+    return round(width / image.size[0])
 
 
 def check_jpeg_header(data: bytes, path: bytes) -> tuple[int, int, int]:
@@ -120,17 +139,25 @@ def _exif_orientation(image: Any) -> int | None:
 
 
 def _pillow_to_float(image: Any) -> np.ndarray:
-    if image.mode.startswith("I;16"):
-        return scaled(np.asarray(image), 65535.0)
-    if image.mode == "I":  # 32-bit integer grey: Pillow's mode for some 16-bit files
-        return np.clip(scaled(np.asarray(image), 65535.0), 0.0, 1.0)
+    return _grey_to_float(*_pillow_grey(image))
+
+
+def _pillow_grey(image: Any) -> tuple[np.ndarray, float]:
+    """The grey samples as integers, and the value that means white."""
+    if image.mode.startswith("I;16") or image.mode == "I":  # "I": 32-bit grey, Pillow's mode for some 16-bit files
+        return np.asarray(image), 65535.0
     if image.mode in ("LA", "La"):
         image = image.getchannel(0)
     elif image.mode != "L":
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # e.g. palette transparency advice: alpha is ignored anyway
             image = image.convert("L")
-    return scaled(np.asarray(image), 255.0)
+    return np.asarray(image), 255.0
+
+
+def _grey_to_float(values: np.ndarray, top: float) -> np.ndarray:
+    out = scaled(values, top)
+    return np.clip(out, 0.0, 1.0, out=out) if values.dtype.itemsize > 2 else out
 
 
 def _check_png_chunks(data: bytes, path: bytes) -> tuple[int, int, int]:

@@ -6,7 +6,8 @@ stored size, before any processing: EXIF orientations 5-8 transpose ``pixels``),
 the DICOM keys ``modality``, ``body_part``, ``view_position``, ``study_date``, ``study_uid``,
 ``series_uid``, ``sop_uid``, ``manufacturer``, ``photometric``, ``pixel_spacing`` ([row, col] mm
 from Pixel Spacing, else Imager Pixel Spacing), ``burned_in_annotation``, ``transfer_syntax``,
-``frames``, ``voi`` and ``patient_pseudonym``, which are None for PNG/JPEG and for absent values. No
+``frames``, ``voi`` and ``patient_pseudonym``, which are None for PNG/JPEG and for absent values;
+``decode_scale`` (1.0, or less after a reduced decode: see ``downsample``). No
 PatientName, PatientID, BirthDate or other identifying data: ``patient_pseudonym`` is
 ``db.config.pseudonymise(PatientID)``, computed in the calling process (so it uses the caller's
 ``CXR_HOME`` and key).
@@ -54,7 +55,7 @@ class Decoded(NamedTuple):
 
 
 def base_meta(kind: str, rows: int, cols: int) -> dict[str, Any]:
-    meta: dict[str, Any] = {"format": kind, "rows": rows, "cols": cols, "mode": None}
+    meta: dict[str, Any] = {"format": kind, "rows": rows, "cols": cols, "decode_scale": 1.0, "mode": None}
     meta["exif_orientation"] = None
     meta.update(dict.fromkeys(DICOM_META_KEYS))
     return meta

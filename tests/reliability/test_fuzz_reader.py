@@ -10,15 +10,17 @@ through the isolated decoder, as in production, so a crashing codec is a ``decod
 
 from __future__ import annotations
 
+import hashlib
 import io
 import struct
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -32,7 +34,10 @@ MEMORY_LIMIT_BYTES = 3 * 1024**3  # the decoder child's peak resident memory ove
 SMALL_DICOMS = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
                 "JPEG-lossy.dcm", "JPEG2000.dcm"]
 
+# No shrinking: a slow codec made shrinking one failure outlast five minutes. A failing case is kept as a file
+# instead (its path is in the assertion message), which is what one needs to reproduce it.
 FUZZ_SETTINGS = settings(max_examples=EXAMPLES_PER_SEED, deadline=None, derandomize=not LONG, database=None,
+                         phases=[Phase.explicit, Phase.reuse, Phase.generate],
                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                                 HealthCheck.data_too_large])
 
@@ -150,16 +155,24 @@ def test_mutated_files_give_an_image_or_a_read_error(seed_name, seeds, tmp_path_
     def read_one(content: bytes) -> None:
         path = folder / f"case.{'dcm' if kind == 'dicom' else kind}"
         path.write_bytes(content)
+        kept = folder / f"failing-{hashlib.sha256(content).hexdigest()[:16]}.{path.suffix[1:]}"
+        started = time.perf_counter()
         try:
             image = read_xray(path, timeout=READ_TIMEOUT_S)
         except XRayReadError as exc:
-            assert exc.reason in REASONS
-            assert exc.reason != TIMEOUT, f"the reader hung on a mutation of {seed_name}"
+            if exc.reason not in REASONS or exc.reason == TIMEOUT:
+                kept.write_bytes(content)
+                pytest.fail(f"{exc.reason} after {time.perf_counter() - started:.1f} s on a mutation of {seed_name}, "
+                            f"kept as {kept}")
             outcomes[exc.reason] = outcomes.get(exc.reason, 0) + 1
             return
-        assert image.pixels.ndim == 2 and image.pixels.dtype == np.float32
-        assert np.isfinite(image.pixels).all()
-        assert 0.0 <= float(image.pixels.min()) <= float(image.pixels.max()) <= 1.0
+        except BaseException:
+            kept.write_bytes(content)
+            raise
+        if not (image.pixels.ndim == 2 and image.pixels.dtype == np.float32 and np.isfinite(image.pixels).all()
+                and 0.0 <= float(image.pixels.min()) <= float(image.pixels.max()) <= 1.0):
+            kept.write_bytes(content)
+            pytest.fail(f"bad pixels from a mutation of {seed_name}, kept as {kept}")
         outcomes["read"] = outcomes.get("read", 0) + 1
 
     read_one()

@@ -24,6 +24,7 @@ LOSSLESS = (
     "jpeg_lossless_sv1",
     "jpeg_ls_lossless",
     "j2k_lossless",
+    "j2k_lossless_1level",
 )
 
 

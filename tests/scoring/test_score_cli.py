@@ -114,7 +114,9 @@ def test_what_is_stored(capsys, sqlite_url, tiny_checkpoint, corpus):
 
     checkpoint = load_checkpoint(tiny_checkpoint)
     with torch.inference_mode():
-        logits = checkpoint.build()(checkpoint.preprocessing(read_xray(rg1.path).pixels)[None])
+        # the scorer reads at twice the model input side (a reduced decode), so the reference does too
+        pixels = read_xray(rg1.path, min_side=2 * checkpoint.input_size).pixels
+        logits = checkpoint.build()(checkpoint.preprocessing(pixels)[None])
     expected = calibrated_probabilities(logits, 1.3)[0]
     assert list(prediction.probabilities) == checkpoint.classes
     assert [prediction.probabilities[c] for c in checkpoint.classes] == pytest.approx(expected.tolist(), abs=1e-4)

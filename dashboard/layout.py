@@ -1,0 +1,59 @@
+"""What every signed-in page shares: the sidebar (who is signed in, sign-out, synthetic-data notice), the
+account of this rerun, and the URL query as lists."""
+
+from __future__ import annotations
+
+import os
+
+import streamlit as st
+
+from dashboard import auth, data
+from db.signin import Account
+from db.worklist import DEFAULT_MAX_WAIT_DAYS
+
+SYNTHETIC_NOTICE = ("Synthetic demo data: phantoms, not patients, and a model trained on them. Nothing here means "
+                    "anything clinically.")
+
+
+MARKDOWN_SPECIALS = set("\\`*_{}[]()#+-.!|<>~$:")
+
+
+def plain(text: object) -> str:
+    """Stored text (a comment, a file name, a display name) for st.markdown/st.caption: every character markdown
+    could act on is escaped, so it shows exactly as stored and never becomes markup, a link or HTML."""
+    return "".join("\\" + ch if ch in MARKDOWN_SPECIALS else ch for ch in str(text))
+
+
+def max_wait_days() -> int:
+    """Cases scored longer ago than this rise to the top of the uncertainty order (``CXR_MAX_WAIT_DAYS``)."""
+    try:
+        return max(1, int(os.environ.get("CXR_MAX_WAIT_DAYS", DEFAULT_MAX_WAIT_DAYS)))
+    except ValueError:
+        return DEFAULT_MAX_WAIT_DAYS
+
+
+def sidebar(account: Account) -> None:
+    with st.sidebar:
+        st.caption(f"Signed in as **{plain(account.shown_name)}** ({account.role})")
+        if st.button("Sign out", icon=":material/logout:", key="sign_out"):
+            auth.sign_out(account)
+            st.rerun()
+        active = data.version(data.default_version_id())
+        if active and active["is_synthetic"]:
+            st.warning(SYNTHETIC_NOTICE, icon=":material/science:")
+
+
+def account() -> Account:
+    """The signed-in account (the app only runs a page for one)."""
+    current = auth.current_account()
+    if current is None:
+        st.stop()
+    return current
+
+
+def query() -> dict[str, list[str]]:
+    return {key: st.query_params.get_all(key) for key in st.query_params}
+
+
+def page(name: str) -> st.Page:
+    return st.session_state["pages"][name]

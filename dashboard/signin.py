@@ -1,0 +1,43 @@
+"""Sign-in: what a signed-out visitor sees at every URL. The URL stays as it was (a bookmarked case, a filtered
+worklist), so that after signing in the same rerun shows what was asked for."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import actions, auth, data
+
+
+def render() -> None:
+    st.title("CXR Review")
+    st.caption("Clinical review of chest X-ray AI. Sign in to see cases.")
+    problem = data.schema_problem()
+    if problem:
+        st.error(problem, icon=":material/database:")
+        st.stop()
+    notice = st.session_state.pop(auth.NOTICE_KEY, None)
+    if notice:
+        st.warning(notice)
+    if not data.has_accounts():
+        st.info("There is no account yet. Create the first admin on the server with "
+                "`cxr-db add-reviewer NAME --role admin` (or run `cxr-demo`, which creates a demo account and prints "
+                "its password once).", icon=":material/person_add:")
+    with st.form("sign_in", border=True, width=420):
+        username = st.text_input("User name", autocomplete="username")
+        password = st.text_input("Password", type="password", autocomplete="current-password")
+        submitted = st.form_submit_button("Sign in", type="primary")
+    if submitted:
+        _attempt(username, password)
+
+
+def _attempt(username: str, password: str) -> None:
+    result = actions.sign_in(username, password)
+    if result.account is not None:
+        auth.remember(result.account)
+        data.has_accounts.clear()
+        st.rerun()
+    elif result.outcome == "rate_limited":
+        minutes = max(1, round(result.retry_after.total_seconds() / 60)) if result.retry_after else 15
+        st.error(f"Too many failed attempts for this account. Try again in about {minutes} minutes.")
+    else:
+        st.error("Unknown user name or wrong password.")

@@ -1,0 +1,96 @@
+"""The worklist's filter, order and page in the URL query, so that they survive opening a case, coming back,
+a reload and a shared link. Pure functions over the query's strings (invalid values fall back to defaults)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+
+from db.worklist import DATE_FIELDS, SORTS, STATUSES, WorklistFilter
+
+# URL key -> WorklistFilter field
+KEYS = {"v": "model_version_id", "cls": "classes", "cmin": "confidence_min", "cmax": "confidence_max",
+        "status": "status", "datefield": "date_field", "from": "date_from", "to": "date_to", "mod": "modality",
+        "view": "view", "folder": "folder", "outside": "outside_lungs", "sort": "sort"}
+PAGE = "page"
+IMAGE = "image"
+
+
+def filter_from_query(query: Mapping[str, str | list[str]], default_version: int, max_wait_days: int,
+                      default_status: str = "unreviewed") -> WorklistFilter:
+    def one(key: str) -> str | None:
+        value = query.get(key)
+        if isinstance(value, list):
+            value = value[-1] if value else None
+        return value or None
+
+    classes = query.get("cls") or ()
+    classes = tuple(sorted({classes} if isinstance(classes, str) else set(classes)))
+    status = one("status")
+    return WorklistFilter(
+        model_version_id=_int(one("v"), default_version), classes=tuple(c for c in classes if c),
+        confidence_min=_fraction(one("cmin"), 0.0), confidence_max=_fraction(one("cmax"), 1.0),
+        status=status if status in STATUSES else default_status,
+        date_field=one("datefield") if one("datefield") in DATE_FIELDS else "scored",
+        date_from=_date(one("from")), date_to=_date(one("to")), modality=one("mod"), view=one("view"),
+        folder=one("folder"), outside_lungs=one("outside") == "1",
+        sort=one("sort") if one("sort") in SORTS else "uncertainty", max_wait_days=max_wait_days)
+
+
+def filter_to_query(flt: WorklistFilter, default_status: str = "unreviewed") -> dict[str, str | list[str]]:
+    """Only what differs from the defaults, so that plain links stay short."""
+    query: dict[str, str | list[str]] = {"v": str(flt.model_version_id)}
+    if flt.classes:
+        query["cls"] = list(flt.classes)
+    if flt.confidence_min > 0:
+        query["cmin"] = f"{flt.confidence_min:g}"
+    if flt.confidence_max < 1:
+        query["cmax"] = f"{flt.confidence_max:g}"
+    if flt.status != default_status:
+        query["status"] = flt.status
+    if flt.date_field != "scored":
+        query["datefield"] = flt.date_field
+    for key, value in (("from", flt.date_from), ("to", flt.date_to)):
+        if value:
+            query[key] = value.isoformat()
+    for key, value in (("mod", flt.modality), ("view", flt.view), ("folder", flt.folder)):
+        if value:
+            query[key] = value
+    if flt.outside_lungs:
+        query["outside"] = "1"
+    if flt.sort != "uncertainty":
+        query["sort"] = flt.sort
+    return query
+
+
+def page_from_query(query: Mapping[str, str | list[str]]) -> int:
+    value = query.get(PAGE)
+    return max(1, _int(value[-1] if isinstance(value, list) and value else value, 1))
+
+
+def image_from_query(query: Mapping[str, str | list[str]]) -> int | None:
+    value = query.get(IMAGE)
+    value = value[-1] if isinstance(value, list) and value else value
+    return _int(value, None)
+
+
+def _int(value, default):
+    try:
+        return int(value) if value is not None else default
+    except (TypeError, ValueError):
+        return default
+
+
+def _fraction(value: str | None, default: float) -> float:
+    try:
+        number = float(value) if value is not None else default
+    except ValueError:
+        return default
+    return min(1.0, max(0.0, number)) if number == number else default
+
+
+def _date(value: str | None) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(value) if value else None
+    except ValueError:
+        return None

@@ -1,0 +1,41 @@
+"""Overview: counts, the last scoring runs, and charts of volume, classes, confidence and agreement."""
+
+import streamlit as st
+
+from dashboard import charts, data, layout
+
+layout.account()
+st.title("Overview")
+version_id = data.default_version_id()
+info = data.overview_data(version_id)
+counts = info["counts"]
+cols = st.columns(6)
+for col, (label, value) in zip(cols, [("Scored", counts.scored), ("Awaiting review", counts.awaiting_review),
+                                      ("Reviewed", counts.reviewed), ("Flagged", counts.flagged),
+                                      ("Failed files", counts.failed_files), ("Out of scope", counts.out_of_scope)],
+                               strict=True):
+    col.metric(label, value)
+if version_id is not None:
+    st.caption(f"Scored and awaiting review: predictions of model version {data.version(version_id)['label']}.")
+
+st.subheader("Last scoring runs")
+if not info["runs"]:
+    st.info("No scoring run yet. Run `cxr-score FOLDER` (nightly from cron), or `cxr-demo` for the demo.")
+else:
+    st.dataframe([{"run": r.id, "started": r.started_at.strftime("%Y-%m-%d %H:%M"), "status": r.status,
+                   "scanned": r.scanned, "scored": r.scored, "skipped": r.skipped, "out of scope": r.out_of_scope,
+                   "failed": r.failed, "known failures": r.known_failures} for r in info["runs"]], hide_index=True)
+    if any(r.failed for r in info["runs"]):
+        st.caption("`cxr-db failures --run ID` lists the files a run could not score.")
+
+left, right = st.columns(2)
+if info["volume"]:
+    left.plotly_chart(charts.daily_volume(info["volume"]), key="volume")
+    right.plotly_chart(charts.class_mix(info["mix"]), key="mix")
+    left.plotly_chart(charts.confidence_histogram(info["histogram"]), key="confidence")
+else:
+    st.info("Nothing scored in the last 90 days: run `cxr-score FOLDER`.")
+if info["agreement"]:
+    right.plotly_chart(charts.agreement_over_time(info["agreement"]), key="agreement")
+else:
+    right.info("No reviews yet: open the worklist and read a case.")

@@ -1,0 +1,117 @@
+"""The state of an installation for the dashboard's overview: counts, the last scoring runs and the series
+behind its charts. Aggregation happens in SQL. Functions take a Session and never commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from sqlalchemy import Integer, cast, exists, func, select
+from sqlalchemy.orm import Session
+
+from db.models import Image, ImageFile, Prediction, Review, ScoringFailure, ScoringRun, utcnow
+from db.reviews import latest_reviews
+
+CONFIDENCE_BINS = 20
+
+
+@dataclass(frozen=True)
+class Counts:
+    scored: int  # images with a prediction of the version
+    awaiting_review: int
+    reviewed: int  # images with at least one review
+    flagged: int  # images whose latest review is flagged for retraining
+    failed_files: int  # files that failed and have not been scored since
+    out_of_scope: int
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: int
+    started_at: dt.datetime
+    finished_at: dt.datetime | None
+    status: str
+    model_version_id: int | None
+    scanned: int
+    scored: int
+    skipped: int
+    out_of_scope: int
+    failed: int
+    known_failures: int
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: dt.date
+    count: int
+
+
+@dataclass(frozen=True)
+class HistogramBin:
+    predicted_class: str
+    low: float  # the bin covers [low, low + 1 / CONFIDENCE_BINS)
+    count: int
+
+
+def counts(session: Session, model_version_id: int | None) -> Counts:
+    def n(query) -> int:
+        return session.scalar(query) or 0
+
+    reviewed_any = exists().where(Review.image_id == Prediction.image_id)
+    latest = latest_reviews()
+    scored = awaiting = 0
+    if model_version_id is not None:
+        of_version = Prediction.model_version_id == model_version_id
+        scored = n(select(func.count()).select_from(Prediction).where(of_version))
+        awaiting = n(select(func.count()).select_from(Prediction).where(of_version, ~reviewed_any))
+    return Counts(
+        scored=scored, awaiting_review=awaiting,
+        reviewed=n(select(func.count(func.distinct(Review.image_id)))),
+        flagged=n(select(func.count()).select_from(Review).join(latest, latest.c.review_id == Review.id)
+                  .where(Review.flagged_for_retraining)),
+        failed_files=n(select(func.count(func.distinct(ScoringFailure.path)))
+                       .where(~exists().where(ImageFile.path == ScoringFailure.path))),
+        out_of_scope=n(select(func.count()).select_from(Image).where(Image.in_scope.is_(False))),
+    )
+
+
+def recent_runs(session: Session, limit: int = 10) -> list[RunRow]:
+    runs = session.scalars(select(ScoringRun).order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
+                           .limit(limit))
+    return [RunRow(r.id, r.started_at, r.finished_at, r.status, r.model_version_id, r.scanned, r.scored, r.skipped,
+                   r.out_of_scope, r.failed, r.known_failures) for r in runs]
+
+
+def daily_volume(session: Session, model_version_id: int | None = None, *, days: int = 90,
+                 now: dt.datetime | None = None) -> list[DayCount]:
+    """Predictions stored per day (UTC) over the last ``days``."""
+    since = (now or utcnow()) - dt.timedelta(days=days)
+    day = func.date(Prediction.scored_at)
+    query = select(day, func.count()).where(Prediction.scored_at >= since).group_by(day).order_by(day)
+    if model_version_id is not None:
+        query = query.where(Prediction.model_version_id == model_version_id)
+    return [DayCount(_as_date(d), c) for d, c in session.execute(query)]
+
+
+def class_mix(session: Session, model_version_id: int) -> dict[str, int]:
+    rows = session.execute(select(Prediction.predicted_class, func.count())
+                           .where(Prediction.model_version_id == model_version_id)
+                           .group_by(Prediction.predicted_class).order_by(Prediction.predicted_class))
+    return dict(rows.tuples().all())
+
+
+def confidence_histogram(session: Session, model_version_id: int) -> list[HistogramBin]:
+    """Counts of confidence in ``CONFIDENCE_BINS`` equal bins over [0, 1], per predicted class."""
+    bin_index = func.min(cast(Prediction.confidence * CONFIDENCE_BINS, Integer), CONFIDENCE_BINS - 1)
+    if session.get_bind().dialect.name == "postgresql":
+        # PostgreSQL rounds on a cast to integer, and its two-argument min is least()
+        bin_index = func.least(func.floor(Prediction.confidence * CONFIDENCE_BINS), CONFIDENCE_BINS - 1)
+    rows = session.execute(select(Prediction.predicted_class, bin_index, func.count())
+                           .where(Prediction.model_version_id == model_version_id)
+                           .group_by(Prediction.predicted_class, bin_index))
+    return [HistogramBin(cls, int(b) / CONFIDENCE_BINS, c) for cls, b, c in rows]
+
+
+def _as_date(value) -> dt.date:
+    return value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))

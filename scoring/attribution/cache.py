@@ -1,0 +1,218 @@
+"""The attribution cache: maps stored under ``$CXR_HOME/attributions`` and recorded in ``attribution_cache``.
+
+A map is stored at the model's resolution, cropped to the image (a compressed ``.npz``, written to a temporary
+file, fsynced and renamed into place), and brought to the original geometry on loading, so a cached map is a
+small file read and a resize. A file that is missing, unreadable or does not hold the key its record names is
+recomputed, never shown broken. Concurrent requests for the same map compute it once per process; across
+processes the rename and the upsert keep the file and the record whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import tempfile
+import threading
+import time
+import zipfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine
+
+from db import attributions
+from db.config import cxr_home
+from db.engine import read_session, write_session
+from db.hashing import file_sha256
+from scoring import imaging
+from scoring.attribution.engine import (
+    AttributionError,
+    AttributionMap,
+    CropMap,
+    Placement,
+    PreparedModel,
+    compute_crops,
+    finish,
+    params_key,
+    prepared_model,
+    resolve_params,
+)
+from scoring.model import CheckpointError
+
+log = logging.getLogger("cxr.attribution")
+
+CACHE_FOLDER = "attributions"
+
+
+class AttributionUnavailable(AttributionError):
+    """The map cannot be made: no such image or model version, or the image's file is gone or changed."""
+
+
+def cache_root() -> Path:
+    return cxr_home() / CACHE_FOLDER
+
+
+def storage_path(model_version_id: int, image_id: int, method: str, target_class: str, key: str) -> str:
+    """Relative to $CXR_HOME; the class name is hashed into the name so any class name makes a safe file name."""
+    digest = hashlib.sha256(f"{target_class}\0{key}".encode()).hexdigest()[:20]
+    return f"{CACHE_FOLDER}/v{model_version_id}/{image_id % 1000:03d}/{image_id}-{method}-{digest}.npz"
+
+
+def write_map_file(path: Path, crop: CropMap, key: str) -> None:
+    """Atomically: a killed writer leaves the old file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    p = crop.placement
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez_compressed(handle, crop=crop.crop.astype(np.float32, copy=False), key=np.array(key),
+                                placement=np.array([p.rows, p.cols, p.top, p.left, p.new_rows, p.new_cols]))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_map_file(path: Path, key: str) -> tuple[np.ndarray, Placement] | None:
+    """The stored crop and placement; None when the file is missing, corrupt or holds another map."""
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if str(stored["key"]) != key:
+                return None
+            crop, placement = stored["crop"], Placement(*(int(v) for v in stored["placement"]))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError):
+        return None
+    if crop.dtype != np.float32 or crop.shape != (placement.new_rows, placement.new_cols) \
+            or not np.isfinite(crop).all():
+        return None
+    return crop, placement
+
+
+_verified: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256 of a checkpoint file already hashed
+_key_locks: dict[tuple, threading.Lock] = {}
+_key_locks_guard = threading.Lock()
+
+
+def version_file(engine: Engine, model_version_id: int) -> attributions.VersionFile:
+    with read_session(engine) as session:
+        found = attributions.model_version_file(session, model_version_id)
+    if found is None:
+        raise AttributionUnavailable(f"no model version {model_version_id}")
+    return found
+
+
+def model_for_version(version: attributions.VersionFile) -> PreparedModel:
+    """The shared model of a registered version, refused if its checkpoint file changed since registration."""
+    try:
+        stat = os.stat(version.path)
+    except OSError as exc:
+        raise AttributionUnavailable(f"model version {version.model_version_id}: checkpoint {version.path} "
+                                     f"unreadable ({exc})") from None
+    identity = (os.path.realpath(version.path), stat.st_size, stat.st_mtime_ns)
+    if _verified.get(identity) != version.sha256:
+        if file_sha256(version.path) != version.sha256:
+            raise AttributionUnavailable(f"model version {version.model_version_id}: checkpoint {version.path} "
+                                         "has changed since it was registered")
+        _verified[identity] = version.sha256
+    try:
+        return prepared_model(version.path)
+    except CheckpointError as exc:
+        raise AttributionUnavailable(str(exc)) from None
+
+
+def model_label(model_version_id: int) -> str:
+    return f"v{model_version_id}"
+
+
+def read_image(engine: Engine, image_id: int) -> np.ndarray:
+    """The image's pixels, from the first recorded path that still holds the same content."""
+    with read_session(engine) as session:
+        source = attributions.image_source(session, image_id)
+    if source is None:
+        raise AttributionUnavailable(f"no image {image_id}")
+    for path in source.paths:
+        try:
+            if file_sha256(path) != source.sha256:
+                continue
+            return imaging.read_xray(path).pixels
+        except (OSError, imaging.XRayReadError):
+            continue
+    raise AttributionUnavailable(f"image {image_id}: none of its {len(source.paths)} recorded files still holds "
+                                 "its content")
+
+
+def _key_lock(key: tuple) -> threading.Lock:
+    with _key_locks_guard:
+        return _key_locks.setdefault(key, threading.Lock())
+
+
+def _request(engine: Engine, model_version_id: int, method: str,
+             params: dict[str, Any]) -> tuple[attributions.VersionFile, dict[str, Any], str]:
+    version = version_file(engine, model_version_id)
+    defining, _ = resolve_params(method, version.input_size, params)
+    return version, defining, params_key(method, defining)
+
+
+def _from_cache(engine: Engine, image_id: int, model_version_id: int, method: str, target_class: str,
+                defining: dict[str, Any], key: str) -> AttributionMap | None:
+    with read_session(engine) as session:
+        row = attributions.find_map(session, image_id, model_version_id, method, target_class, key)
+    if row is None:
+        return None
+    stored = read_map_file(cxr_home() / row.storage_path, key)
+    if stored is None:
+        log.warning("attribution map %d (%s) is missing or corrupt; computing it again", row.id, method)
+        return None
+    crop, placement = stored
+    return finish(CropMap(crop, placement, method, target_class, defining, row.seconds), model_label(model_version_id))
+
+
+def store(engine: Engine, image_id: int, model_version_id: int, crop: CropMap, made: AttributionMap) -> None:
+    """Write the map's file, then its record (a record never points at a file that is not there)."""
+    key = params_key(crop.method, crop.params)
+    relative = storage_path(model_version_id, image_id, crop.method, crop.target_class, key)
+    write_map_file(cxr_home() / relative, crop, key)
+    with write_session(engine) as session:
+        attributions.record_map(
+            session, image_id=image_id, model_version_id=model_version_id, method=crop.method,
+            target_class=crop.target_class, params_key=key, params=crop.params, storage_path=relative,
+            value_min=made.value_min, value_max=made.value_max,
+            outside_share=None if math.isnan(made.outside_share) else made.outside_share,
+            seconds=round(crop.seconds, 4))
+
+
+def load_or_compute(engine: Engine, image_id: int, model_version_id: int, method: str, target_class: str,
+                    **params: Any) -> AttributionMap:
+    """The cache's front door: the stored map when there is a sound one; otherwise the image is read from its
+    recorded file, the map computed, stored atomically, recorded, and returned. Thread-safe."""
+    version, defining, key = _request(engine, model_version_id, method, params)
+    cached = _from_cache(engine, image_id, model_version_id, method, target_class, defining, key)
+    if cached is not None:
+        return cached
+    with _key_lock((str(engine.url), image_id, model_version_id, method, target_class, key)):
+        cached = _from_cache(engine, image_id, model_version_id, method, target_class, defining, key)
+        if cached is not None:
+            return cached
+        prepared = model_for_version(version)
+        pixels = read_image(engine, image_id)
+        started = time.perf_counter()
+        crop = compute_crops(prepared, [pixels], method, [target_class], **params)[0]
+        crop = replace(crop, seconds=time.perf_counter() - started)
+        made = finish(crop, model_label(model_version_id))
+        store(engine, image_id, model_version_id, crop, made)
+        return made
+
+
+def is_cached(engine: Engine, image_id: int, model_version_id: int, method: str, target_class: str,
+              **params: Any) -> bool:
+    """Whether a sound stored map exists for this key (its record and a readable file holding it)."""
+    _, _, key = _request(engine, model_version_id, method, params)
+    with read_session(engine) as session:
+        row = attributions.find_map(session, image_id, model_version_id, method, target_class, key)
+    return row is not None and read_map_file(cxr_home() / row.storage_path, key) is not None

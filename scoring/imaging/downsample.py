@@ -1,0 +1,67 @@
+"""Reduced decoding for a model's input: how far an image may shrink, and the area downsample.
+
+``read_xray(path, min_side=N)`` may return pixels whose shorter side is at least N instead of the stored
+size (the scorer asks for twice its model's input side, so that the model input still comes from an
+antialiased resize). The codecs that can decode less do so first (JPEG 2000 at a coarser resolution level,
+JPEG by DCT scaling, see ``pixel_data`` and ``raster``); whatever is still more than twice the size needed is
+then averaged over ``f x f`` blocks, on the stored integers, before the display transforms touch it, so
+that neither they nor the transfer from the decoder child handle the full-size array. ``meta["rows"]`` and
+``meta["cols"]`` stay the stored size; ``meta["decode_scale"]`` is about the returned size over the stored
+size, per side (1.0 for a full decode).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def area_factor(rows: int, cols: int, min_side: int | None) -> int:
+    """The largest integer block size that keeps the shorter side at least ``min_side``."""
+    if min_side is None:
+        return 1
+    return max(1, min(rows, cols) // min_side)
+
+
+def reduce_to(values: np.ndarray, min_side: int | None) -> tuple[np.ndarray, int]:
+    """``values`` area-downsampled as far as ``min_side`` allows, and the factor used (1: unchanged).
+
+    Only 2-D integer arrays are reduced; anything else (colour, float pixel data) is returned as it is.
+    """
+    if values.ndim != 2 or not np.issubdtype(values.dtype, np.integer):
+        return values, 1
+    factor = area_factor(*values.shape, min_side)
+    if factor == 1:
+        return values, 1
+    return area_downsample(values, factor), factor
+
+
+def area_downsample(values: np.ndarray, factor: int) -> np.ndarray:
+    """The mean of each ``factor x factor`` block, rounded, in the input's integer dtype.
+
+    The output has ``ceil(n / factor)`` rows and columns, as a JPEG 2000 reduce has: the last block of a row
+    or column averages the pixels it has, so the image keeps its extent and aspect ratio. The sums are taken
+    with strided adds into an integer array ``factor`` times smaller than the input, never a full-size float
+    copy (and an order of magnitude faster than ``reshape().sum()``).
+    """
+    rows, cols = values.shape
+    info = np.iinfo(values.dtype)
+    largest = max(abs(int(info.min)), int(info.max)) * factor * factor
+    accumulator = np.int32 if largest < 2**31 else np.int64
+    row_sums = np.zeros((-(-rows // factor), cols), dtype=accumulator)
+    for offset in range(min(factor, rows)):
+        part = values[offset::factor]
+        row_sums[: len(part)] += part
+    sums = np.zeros((row_sums.shape[0], -(-cols // factor)), dtype=accumulator)
+    for offset in range(min(factor, cols)):
+        part = row_sums[:, offset::factor]
+        sums[:, : part.shape[1]] += part
+    counts = np.outer(_block_lengths(rows, factor), _block_lengths(cols, factor)).astype(accumulator)
+    sums += counts // 2  # round half up; floor division rounds negative sums the same way
+    sums //= counts
+    return sums.astype(values.dtype)
+
+
+def _block_lengths(size: int, factor: int) -> np.ndarray:
+    lengths = np.full(-(-size // factor), factor)
+    lengths[-1] = size - factor * (len(lengths) - 1)
+    return lengths

@@ -1,0 +1,230 @@
+"""The dashboard in a real browser (Debian chromium + Playwright), against a live `streamlit run` on a free
+localhost port: a reviewer's whole round, and stored HTML that must show as text. Skipped without chromium or
+Playwright, except under CI, where .ci/run installs both."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from db import migrate, model_versions
+from db.engine import create_database_engine, read_session, write_session
+from db.models import Prediction
+from db.reviewers import add_reviewer
+from db.reviews import add_review
+
+CHROMIUM = "/usr/bin/chromium"
+REPO = Path(__file__).resolve().parents[2]
+PASSWORD = "browser-test-password"
+EVIL_NAME = "<img src=x onerror=alert(1)>.png"
+EVIL_COMMENT = "<script>alert('comment')</script> looks fine"
+TIMEOUT_MS = 60_000
+CASE_HEADING = re.compile(r"^Case \d+ ·")
+
+pytestmark = pytest.mark.slow
+
+
+def _missing(what: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is not installed (.ci/run installs it)")
+    pytest.skip(f"{what} is not installed")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        _missing("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _missing("playwright")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory, cxr_dev):
+    """A scored database (a small random model over 12 cxr-dev films, one of them under a hostile name, one
+    reviewed with a hostile comment), two accounts, and the app serving it."""
+    home = tmp_path_factory.mktemp("browser-home")
+    url = f"sqlite:///{home / 'cxr.db'}"
+    images = home / "incoming"
+    images.mkdir()
+    films = sorted(cxr_dev.glob("*/*.png"))[::30][:12]
+    for n, film in enumerate(films):
+        shutil.copy(film, images / (EVIL_NAME if n == 0 else film.name))
+    env = {**os.environ, "CXR_HOME": str(home), "CXR_DB_URL": url}
+    checkpoint = _checkpoint(home / "model.pt")
+    subprocess.run([sys.executable, "-m", "scoring", "--db", url, "--model", str(checkpoint),
+                    "--settle-seconds", "0", str(images)], env=env, check=True, capture_output=True, timeout=300)
+    engine = create_database_engine(url)
+    migrate.require_current(engine)
+    with write_session(engine) as session:
+        version = model_versions.list_versions(session)[0]
+        model_versions.promote(session, str(version.id))
+        reviewer = add_reviewer(session, "reader", PASSWORD)
+        add_reviewer(session, "chief", PASSWORD, role="admin")
+        evil = session.query(Prediction).join(Prediction.image).filter_by(path=str(images / EVIL_NAME)).one()
+        add_review(session, image_id=evil.image_id, reviewer_id=reviewer.id, label="normal",
+                   prediction_id=evil.id, comment=EVIL_COMMENT)
+        evil_image = evil.image_id
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_for(f"{base}/_stcore/health")
+        yield dict(base=base, engine=engine, evil_image=evil_image)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        engine.dispose()
+
+
+def _checkpoint(path: Path) -> Path:
+    import torch
+
+    from scoring.model import Checkpoint, Preprocessing, build_model, save_checkpoint
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", 3)
+    return save_checkpoint(path, Checkpoint("resnet18", ["covid", "normal", "pneumonia"], Preprocessing(64),
+                                            model.state_dict(), training={"name": "browser-test", "synthetic": True}))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"the app did not answer at {url}")
+
+
+def _sign_in(page, user: str) -> None:
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as").wait_for(timeout=TIMEOUT_MS)
+
+
+def _idle(page) -> None:
+    """Until the app has finished its rerun (its status widget says nothing is running)."""
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.wait_for_timeout(500)
+
+
+def _image_in_url(page) -> int:
+    from urllib.parse import parse_qs, urlparse
+
+    return int(parse_qs(urlparse(page.url).query)["image"][0])
+
+
+def test_a_reviewers_round(browser, site):
+    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(site["base"])
+    _sign_in(page, "reader")
+
+    # the worklist, narrowed to unreviewed (the default) low-confidence cases
+    page.get_by_text("of 11").first.wait_for()  # 12 scored, one reviewed
+    maximum = page.get_by_role("slider").nth(1)
+    maximum.focus()
+    for _ in range(10):
+        maximum.press("ArrowLeft")
+    page.get_by_text("filter active: confidence_max").wait_for()
+    _idle(page)
+    assert "cmax=0.5" in page.url  # the filter lives in the URL
+
+    page.get_by_role("button", name="Start reading").click()
+    heading = page.get_by_role("heading", name=CASE_HEADING)
+    heading.wait_for()
+    image_id = _image_in_url(page)
+    _idle(page)
+    heading.click()  # the keyboard shortcuts act once the page has the focus
+
+    # overlays: off by default, O shows Grad-CAM; switching the method shows the other map
+    page.keyboard.press("o")
+    page.get_by_text("Grad-CAM ·").first.wait_for()
+    _idle(page)
+    page.get_by_label("Method").click()
+    page.get_by_role("option", name="Occlusion").click()
+    page.get_by_text("Occlusion ·").first.wait_for()
+    assert page.locator(".js-plotly-plot image").count() >= 2  # image | overlay
+
+    # a disagreeing review: the flag is ticked for us; S saves and moves on
+    with read_session(site["engine"]) as session:
+        predicted = session.query(Prediction.predicted_class).filter_by(image_id=image_id).scalar()
+    labels = ["covid", "normal", "pneumonia"]
+    label = next(name for name in labels if name != predicted)
+    _idle(page)
+    heading.click()
+    page.keyboard.press(str(labels.index(label) + 1))
+    page.get_by_text(f"Label: {label}").wait_for()
+    assert page.get_by_role("checkbox", name="Flag for retraining").is_checked()
+    _idle(page)
+    page.keyboard.press("s")
+    page.wait_for_function(f"!new URLSearchParams(location.search).has('image') || "
+                           f"new URLSearchParams(location.search).get('image') !== '{image_id}'")
+    page.get_by_role("heading", name=CASE_HEADING).wait_for()
+
+    # Flagged, and its CSV
+    _idle(page)
+    page.get_by_role("link", name="Flagged").click()
+    page.get_by_text("whose latest review is flagged").wait_for()
+    _idle(page)
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    mine = [row for row in rows if row["case_id"] == str(image_id)]
+    assert [(row["reviewer_label"], row["reviewer"], row["predicted_class"]) for row in mine] == [
+        (label, "reader", predicted)]
+    assert "path" not in rows[0]  # reviewers export no paths
+
+    # signed out, the case's URL asks for sign-in and shows nothing of the case
+    _idle(page)
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_role("button", name="Sign in").wait_for()
+    page.goto(f"{site['base']}/case?image={image_id}")
+    page.get_by_role("button", name="Sign in").wait_for()
+    assert page.get_by_text(f"Case {image_id}").count() == 0
+    assert page.locator(".js-plotly-plot").count() == 0
+
+
+def test_stored_html_shows_as_text(browser, site):
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    dialogs = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.goto(f"{site['base']}/case?image={site['evil_image']}")  # a bookmark: sign in, then the case
+    _sign_in(page, "chief")
+    page.get_by_role("heading", name=f"Case {site['evil_image']} ·").wait_for()
+    page.get_by_text(EVIL_NAME).first.wait_for()
+    page.get_by_text(EVIL_COMMENT).first.wait_for()
+    assert page.locator("img[src='x']").count() == 0
+    assert page.locator("script", has_text="alert").count() == 0
+    assert dialogs == []

@@ -1,0 +1,219 @@
+"""Every page through Streamlit's AppTest: signed out (nothing of any case anywhere), as a reviewer and as an
+admin; admin actions refused to a reviewer whatever the page shows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from dashboard import actions, data
+from db import model_versions
+from db.engine import get_engine, read_session, write_session
+from db.export import flagged_csv
+from db.models import Event, Review
+from db.reviewers import set_active
+from db.reviews import add_review, flagged_cases
+
+PAGES = ["views/worklist.py", "views/case.py", "views/flagged.py", "views/models.py", "views/overview.py"]
+EVIL = "<script>alert(1)</script>"
+
+
+def page_texts_of(at, texts) -> str:
+    assert not at.exception
+    return texts(at)
+
+
+def _signed_out(at, texts) -> None:
+    assert not at.exception
+    assert [b.label for b in at.button] == ["Sign in"]
+    assert not at.dataframe and not at.metric and not at.get("plotly_chart") and not at.get("imgs")
+    assert "Case" not in texts(at)
+
+
+def test_signed_out_nothing_but_the_sign_in_form(filled, app, texts):
+    _signed_out(app(None), texts)
+    _signed_out(app(None, query={"image": str(filled.image_ids[0])}), texts)
+
+
+def test_the_first_run_names_how_to_create_an_account(app, texts):
+    from db import migrate
+
+    migrate.upgrade(get_engine())
+    at = app(None)
+    assert "cxr-db add-reviewer" in texts(at)
+
+
+def test_a_missing_schema_names_the_fix(app):
+    at = app(None)
+    assert not at.exception
+    assert "cxr-db upgrade" in at.error[0].value
+
+
+@pytest.mark.parametrize("role", ["reviewer", "admin"])
+def test_every_page_runs_for_each_role(filled, role, app, texts):
+    account = filled.admin_id if role == "admin" else filled.reviewer_id
+    for page in PAGES:
+        at = app(account, page=page, query={"image": str(filled.image_ids[0])} if page.endswith("case.py") else None)
+        assert not at.exception, (page, at.exception)
+        assert "Synthetic demo data" in texts(at)  # the synthetic model is marked on every page
+    models = page_texts_of(app(account, page="views/models.py"), texts)
+    assert ("Admins promote and roll back versions." in models) == (role == "reviewer")
+
+
+def test_worklist_counts_and_opens_a_case(filled, app, texts):
+    at = app(filled.reviewer_id)
+    assert "1–20 of 20" in texts(at)  # 30 scored, 10 reviewed: unreviewed is the default
+    at.query_params["status"] = "all"
+    at.run()
+    assert "1–30 of 30" in texts(at)
+    at.button(key="start_reading").click().run()
+    assert not at.exception
+
+
+def test_a_reviewer_cannot_promote_or_manage_accounts_even_directly(filled, app):
+    with pytest.raises(ValueError, match="Could not find a navigation page"):
+        app(filled.reviewer_id, page="views/accounts.py")  # not in a reviewer's navigation at all
+    for attempt in (lambda: actions.promote(filled.reviewer_id, filled.version_id),
+                    lambda: actions.create_account(filled.reviewer_id, "mallory", filled.password, "admin", None),
+                    lambda: actions.set_active(filled.reviewer_id, "synthetic0", False),
+                    lambda: actions.reset_password(filled.reviewer_id, "synthetic0", filled.password),
+                    lambda: actions.flagged_export(filled.reviewer_id, include_paths=True)):
+        with pytest.raises(PermissionError):
+            attempt()
+
+
+def test_admin_manages_accounts_and_every_change_is_audited(filled, app, texts):
+    at = app(filled.admin_id, page="views/accounts.py")
+    at.text_input[0].input("newrad")
+    at.text_input[2].input("a-long-password")
+    next(b for b in at.button if b.label == "Create account").click().run()
+    assert "Created newrad" in texts(at)
+    actions.reset_password(filled.admin_id, "newrad", "another-password")
+    actions.set_active(filled.admin_id, "newrad", False)
+    with write_session(get_engine()) as session:
+        newer = model_versions.register(session, sha256="f" * 64, path="/synthetic/v2.pt", architecture="resnet18",
+                                        classes=["covid", "normal", "pneumonia"], input_size=64,
+                                        preprocessing_hash="0" * 64, temperature=1.0, name="v2").id
+    data.versions.clear()  # registered by training elsewhere; the page's cache lives 30 s
+    models = app(filled.admin_id, page="views/models.py")
+    models.button(key="promote_button").click().run()
+    models.button(key="confirm_promote").click().run()
+    assert not models.exception
+    assert "v2 is now active" in texts(models)
+    with read_session(get_engine()) as session:
+        kinds = session.scalars(select(Event.kind).order_by(Event.id)).all()
+    assert kinds == ["account_created", "password_reset", "account_deactivated", "promote"]
+    with read_session(get_engine()) as session:
+        assert model_versions.active_version(session).id == newer
+    at = app(filled.admin_id, page="views/accounts.py")
+    assert not at.exception
+    assert "newrad" in texts(at)
+
+
+def test_sign_in_rate_limit_and_deactivation_at_the_next_rerun(filled, app, texts):
+    at = app(None)
+    for _ in range(5):
+        at.text_input[0].input("synthetic1")
+        at.text_input[1].input("wrong password")
+        at.button[0].click().run()
+    assert "Unknown user name or wrong password" in at.error[0].value
+    at.text_input[0].input("synthetic1")
+    at.text_input[1].input(filled.password)
+    at.button[0].click().run()
+    assert "Too many failed attempts" in at.error[0].value  # even with the right password
+    with read_session(get_engine()) as session:
+        assert session.scalars(select(Event.kind)).all() == ["sign_in_failed"] * 5 + ["sign_in_refused"]
+
+    at = app(None)
+    at.text_input[0].input("synthetic0")
+    at.text_input[1].input(filled.password)
+    at.button[0].click().run()
+    assert "Signed in as" in texts(at)
+    with write_session(get_engine()) as session:
+        set_active(session, "synthetic0", False)
+    at.run()
+    _signed_out(at, texts)
+    assert "no longer active" in at.warning[0].value
+
+
+def _fake_map(monkeypatch, calls):
+    import scoring.attribution as attribution
+    from scoring.attribution import AttributionMap
+
+    def load_or_compute(engine, image_id, version_id, method, target, **params):
+        calls.append((image_id, method, target))
+        values = np.zeros((8, 8), dtype=np.float32)
+        values[2:5, 2:5] = 1.0
+        return AttributionMap(values=values, method=method, target_class=target, params={"layer": "layer4"},
+                              value_min=0.0, value_max=1.0, outside_share=0.1, caption="test map", sanity_ok=True)
+
+    monkeypatch.setattr(attribution, "load_or_compute", load_or_compute)
+    monkeypatch.setattr(attribution, "is_cached", lambda *args, **kwargs: True)
+
+
+def test_case_viewer_overlay_review_and_next(filled, monkeypatch, app, texts):
+    calls = []
+    _fake_map(monkeypatch, calls)
+    first = filled.image_ids[-1]  # unreviewed
+    at = app(filled.reviewer_id, page="views/case.py", query={"image": str(first), "status": "all"})
+    assert not at.exception
+    assert not calls  # the overlay is off by default
+    at.button(key="overlay_button").click().run()
+    assert calls and calls[0][0] == first  # then the next case's, preloaded
+    shown = texts(at)
+    assert "A map shows what drove the score, not where the disease is." in shown
+    assert "Grad-CAM" in shown and "test map" in shown
+    at.button(key="label_key_4").click().run()  # "other": differs from any prediction
+    assert at.checkbox(key="review_flag").value is True
+    at.text_area(key="review_comment").input(EVIL).run()
+    at.button(key="save_review").click().run()
+    assert not at.exception
+    assert at.query_params["image"] != [str(first)]
+    with read_session(get_engine()) as session:
+        review = session.scalars(select(Review).where(Review.image_id == first)).one()
+    assert (review.label, review.flagged_for_retraining, review.comment, review.mode, review.overlay_shown) == (
+        "other", True, EVIL, "standard", True)
+    assert review.seconds_spent is not None and review.seconds_spent >= 0
+
+    at = app(filled.reviewer_id, page="views/case.py", query={"image": str(first)})
+    assert EVIL in [t.value for t in at.text]  # the comment as plain text
+    assert not any("<script>" in m.value for m in at.markdown)
+
+
+def test_read_first_hides_the_model_until_a_label_is_chosen(filled, monkeypatch, app, texts):
+    _fake_map(monkeypatch, [])
+    image = filled.image_ids[-2]
+    at = app(filled.reviewer_id, page="views/case.py", query={"image": str(image)})
+    at.sidebar.toggle(key="read_first_mode").set_value(True).run()
+    assert not at.get("progress") and "appears once you have chosen a label" in texts(at)
+    assert at.button(key="overlay_button").disabled
+    at.button(key="label_key_2").click().run()
+    assert at.get("progress")
+    at.button(key="save_review").click().run()
+    with read_session(get_engine()) as session:
+        assert session.scalar(select(Review.mode).where(Review.image_id == image)) == "read_first"
+
+
+def test_a_case_held_by_another_reviewer_needs_a_second_reading(filled, app):
+    image = filled.image_ids[-3]
+    actions.claim(filled.admin_id, image)
+    at = app(filled.reviewer_id, page="views/case.py", query={"image": str(image)})
+    assert any("synthetic0 opened this case" in w.value.replace("\\", "") for w in at.warning)
+    assert not [b for b in at.button if b.key == "save_review"]
+    at.button(key="second_reading_button").click().run()
+    assert [b for b in at.button if b.key == "save_review"]
+
+
+def test_flagged_page_and_its_csv_are_the_exports(filled, app):
+    with write_session(get_engine()) as session:
+        add_review(session, image_id=filled.image_ids[-1], reviewer_id=filled.reviewer_id, label="other",
+                   flagged_for_retraining=True, comment=EVIL)
+    at = app(filled.reviewer_id, page="views/flagged.py")
+    assert not at.exception
+    assert "path" not in at.dataframe[0].value.columns  # paths only for admins
+    with read_session(get_engine()) as session:
+        expected = flagged_csv(flagged_cases(session))
+    assert actions.flagged_export(filled.reviewer_id, include_paths=False) == expected
+    admin = app(filled.admin_id, page="views/flagged.py")
+    assert "path" in admin.dataframe[0].value.columns

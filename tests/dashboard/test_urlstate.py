@@ -1,0 +1,34 @@
+"""The worklist's state in the URL (dashboard.urlstate) and the overlay's fixed colour scale (dashboard.viewer)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+
+from dashboard import urlstate, viewer
+from db.worklist import WorklistFilter
+
+
+def test_a_filter_survives_the_round_trip_through_the_url():
+    flt = WorklistFilter(3, classes=("covid", "normal"), confidence_min=0.2, confidence_max=0.6, status="flagged",
+                         date_field="study", date_from=dt.date(2024, 1, 2), date_to=dt.date(2024, 2, 3),
+                         modality="CR", view="PA", folder="/data/site a", outside_lungs=True, sort="confidence",
+                         max_wait_days=5)
+    query = urlstate.filter_to_query(flt)
+    as_lists = {key: value if isinstance(value, list) else [value] for key, value in query.items()}
+    assert urlstate.filter_from_query(as_lists, default_version=1, max_wait_days=5) == flt
+
+
+def test_defaults_keep_links_short_and_bad_values_fall_back():
+    assert urlstate.filter_to_query(WorklistFilter(2, status="unreviewed")) == {"v": "2"}
+    flt = urlstate.filter_from_query({"v": ["x"], "cmax": ["nan"], "status": ["bogus"], "sort": ["evil"],
+                                      "from": ["2024-13-40"], "page": ["-3"]}, default_version=7, max_wait_days=7)
+    assert flt == WorklistFilter(7, status="unreviewed")
+    assert urlstate.page_from_query({"page": ["-3"]}) == 1 and urlstate.image_from_query({"image": ["12"]}) == 12
+
+
+def test_the_overlay_scale_is_the_share_of_the_maps_strongest_positive_attribution():
+    values = np.array([[-2.0, 0.0], [1.0, 4.0]], dtype=np.float32)
+    np.testing.assert_allclose(viewer.normalised_attribution(values, 4.0), [[0, 0], [0.25, 1]])
+    assert not viewer.normalised_attribution(-values.clip(0), 0.0).any()
