@@ -146,7 +146,7 @@ def _overlay_caption(detail: CaseDetail) -> None:
     info = METHOD_INFO[method]
     st.caption(f"{info.label} for class '{plain(target)}', model version {plain(detail.prediction.version_label)}; "
                f"settings: {plain(settings or 'defaults')}. {plain(amap.caption)}")
-    st.caption(f"**{WHAT_A_MAP_SHOWS}** Colour: positive attribution to '{target}' as a share of this map's "
+    st.caption(f"**{WHAT_A_MAP_SHOWS}** Colour: positive attribution to '{plain(target)}' as a share of this map's "
                f"strongest; below {viewer.OVERLAY_FLOOR:.0%} not drawn. Sanity check of the method: {info.sanity}.")
     if not amap.sanity_ok or info.sanity == "failed":
         st.warning("This method failed the model-randomisation check: do not read meaning into this map.")

@@ -46,6 +46,7 @@ from scoring.attribution.report import outside_share_summary
 from scoring.model import (
     Checkpoint,
     Preprocessing,
+    atomic_write,
     autocast,
     autocast_dtype,
     build_model,
@@ -228,12 +229,8 @@ def calibrated_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_write(path) as handle:
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:

@@ -8,16 +8,17 @@ and training metadata.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -207,17 +208,26 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "training": checkpoint.training,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()},
     }
+    with atomic_write(path) as handle:
+        torch.save(payload, handle)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """A binary file written under a temporary name beside ``path``, fsynced and renamed into place when the
+    block ends: a killed writer leaves the old file or none, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(payload, handle)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

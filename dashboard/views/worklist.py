@@ -95,8 +95,9 @@ def waited(delta: dt.timedelta) -> str:
 
 table = [{"case": r.image_id, "file": r.file_name, "predicted": r.predicted_class,
           "confidence": round(r.confidence, 3), "uncertainty": round(r.entropy, 3),
-          "waiting": ("⚠ " if r.overdue else "") + waited(r.waited), "study date": r.study_date,
-          "modality": r.modality, "view": r.view_position,
+          "waiting": ("⚠ " if r.overdue else "") + waited(r.waited),
+          "study date": str(r.study_date) if r.study_date else "—",  # PNG/JPEG carry none of these
+          "modality": r.modality or "—", "view": r.view_position or "—",
           "review": ((r.latest_label or "") + (" ⚑" if r.latest_flagged else "")) or "—",
           "being read by": r.claimed_by or ""} for r in result.rows]
 picked = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row", key="worklist_table",

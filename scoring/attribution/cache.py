@@ -13,7 +13,6 @@ import hashlib
 import logging
 import math
 import os
-import tempfile
 import threading
 import time
 import zipfile
@@ -41,7 +40,7 @@ from scoring.attribution.engine import (
     prepared_model,
     resolve_params,
 )
-from scoring.model import CheckpointError
+from scoring.model import CheckpointError, atomic_write
 
 log = logging.getLogger("cxr.attribution")
 
@@ -64,19 +63,10 @@ def storage_path(model_version_id: int, image_id: int, method: str, target_class
 
 def write_map_file(path: Path, crop: CropMap, key: str) -> None:
     """Atomically: a killed writer leaves the old file or none, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     p = crop.placement
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, crop=crop.crop.astype(np.float32, copy=False), key=np.array(key),
-                                placement=np.array([p.rows, p.cols, p.top, p.left, p.new_rows, p.new_cols]))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        np.savez_compressed(handle, crop=crop.crop.astype(np.float32, copy=False), key=np.array(key),
+                            placement=np.array([p.rows, p.cols, p.top, p.left, p.new_rows, p.new_cols]))
 
 
 def read_map_file(path: Path, key: str) -> tuple[np.ndarray, Placement] | None:
