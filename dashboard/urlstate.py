@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping
+from typing import Any
 
 from db.worklist import DATE_FIELDS, SORTS, STATUSES, WorklistFilter
 
@@ -61,6 +62,18 @@ def filter_to_query(flt: WorklistFilter, default_status: str = "unreviewed") -> 
     if flt.sort != "uncertainty":
         query["sort"] = flt.sort
     return query
+
+
+def widget_values(flt: WorklistFilter, version_id: int, version_classes: list[str], modalities: list[str],
+                  views: list[str]) -> dict[str, Any]:
+    """What each worklist filter widget (by key) shows for this filter: only values the widget offers."""
+    return {"wl_version": version_id, "wl_classes": [c for c in flt.classes if c in version_classes],
+            "wl_status": flt.status, "wl_sort": flt.sort, "wl_confidence": (flt.confidence_min, flt.confidence_max),
+            "wl_date_field": flt.date_field,
+            "wl_dates": (flt.date_from, flt.date_to) if flt.date_from and flt.date_to else (),
+            "wl_modality": flt.modality if flt.modality in modalities else None,
+            "wl_view": flt.view if flt.view in views else None,
+            "wl_folder": flt.folder or "", "wl_outside": flt.outside_lungs}
 
 
 def page_from_query(query: Mapping[str, str | list[str]]) -> int:

@@ -98,7 +98,7 @@ def class_mix(session: Session, model_version_id: int) -> dict[str, int]:
     rows = session.execute(select(Prediction.predicted_class, func.count())
                            .where(Prediction.model_version_id == model_version_id)
                            .group_by(Prediction.predicted_class).order_by(Prediction.predicted_class))
-    return dict(rows.tuples().all())
+    return dict(rows.all())
 
 
 def confidence_histogram(session: Session, model_version_id: int) -> list[HistogramBin]:

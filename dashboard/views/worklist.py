@@ -5,7 +5,7 @@ import datetime as dt
 import streamlit as st
 
 from dashboard import data, layout, urlstate
-from db.worklist import STATUSES, WorklistFilter
+from db.worklist import DATE_FIELDS, STATUSES, WorklistFilter
 
 MAX_WAIT_DAYS = layout.max_wait_days()
 SORT_LABELS = {"uncertainty": "Uncertainty (most uncertain first)", "confidence": "Confidence (lowest first)",
@@ -27,54 +27,71 @@ version = data.version(flt.model_version_id) or data.version(default_version)
 options = data.image_attribute_values()
 
 
-def set_query(**changes) -> None:
-    new = urlstate.filter_to_query(WorklistFilter(**{**flt.__dict__, **changes}))
-    st.query_params.from_dict(new)
+# The filter widgets are keyed, so a widget keeps its state while its value changes, and a change is applied in
+# the same run (no st.rerun): an unkeyed widget is rebuilt each time its value from the URL changes, and a rerun
+# can drop a value the browser sent meanwhile, so keys pressed in a row on the slider were lost. In a run that no
+# filter widget started, the URL is the truth (a link, Back, paging, Clear filters) and the widgets follow it.
+shown = urlstate.widget_values(flt, version["id"], version["classes"], options["modality"], options["view"])
+if not st.session_state.pop("worklist_widget_changed", False):
+    for key, value in shown.items():
+        if key in st.session_state and st.session_state[key] != value:
+            st.session_state[key] = value
 
 
-with st.expander("Filters and order" + (f" — {len(flt.active_filters)} active" if flt.active_filters else ""),
-                 expanded=True):
+def widget_changed() -> None:
+    st.session_state["worklist_widget_changed"] = True
+
+
+def clear_filters() -> None:
+    st.query_params.from_dict({"v": str(flt.model_version_id)})
+
+
+with st.expander("Filters and order", expanded=True):
     row1 = st.columns([2, 2, 2, 2])
     labels = {v["id"]: v["label"] + (" (active)" if v["is_active"] else "") for v in data.versions()}
-    chosen = row1[0].selectbox("Model version", list(labels), index=list(labels).index(version["id"]),
-                               format_func=labels.get)
-    classes = row1[1].multiselect("Predicted class", version["classes"],
-                                  default=[c for c in flt.classes if c in version["classes"]])
-    status = row1[2].selectbox("Review status", STATUSES, index=STATUSES.index(flt.status),
-                               format_func=STATUS_LABELS.get)
-    sort = row1[3].selectbox("Order", list(SORT_LABELS), index=list(SORT_LABELS).index(flt.sort),
-                             format_func=SORT_LABELS.get)
+    chosen = row1[0].selectbox("Model version", list(labels), index=list(labels).index(shown["wl_version"]),
+                               format_func=labels.get, key="wl_version", on_change=widget_changed)
+    classes = row1[1].multiselect("Predicted class", version["classes"], default=shown["wl_classes"],
+                                  key="wl_classes", on_change=widget_changed)
+    status = row1[2].selectbox("Review status", STATUSES, index=STATUSES.index(shown["wl_status"]),
+                               format_func=STATUS_LABELS.get, key="wl_status", on_change=widget_changed)
+    sort = row1[3].selectbox("Order", list(SORT_LABELS), index=list(SORT_LABELS).index(shown["wl_sort"]),
+                             format_func=SORT_LABELS.get, key="wl_sort", on_change=widget_changed)
     row2 = st.columns([2, 2, 2, 2])
-    confidence = row2[0].slider("Confidence", 0.0, 1.0, (flt.confidence_min, flt.confidence_max), 0.05)
-    date_field = row2[1].radio("Date", ["scored", "study"], index=["scored", "study"].index(flt.date_field),
-                               horizontal=True, format_func={"scored": "scored", "study": "study"}.get)
-    dates = row2[1].date_input("Date range", value=(flt.date_from, flt.date_to) if flt.date_from and flt.date_to
-                               else (), max_value=dt.date.today() + dt.timedelta(days=1), label_visibility="collapsed")
-    modality = row2[2].selectbox("Modality", [None, *options["modality"]],
-                                 index=([None, *options["modality"]].index(flt.modality)
-                                        if flt.modality in options["modality"] else 0),
-                                 format_func=lambda m: m or "any")
-    view = row2[3].selectbox("View", [None, *options["view"]],
-                             index=[None, *options["view"]].index(flt.view) if flt.view in options["view"] else 0,
-                             format_func=lambda v: v or "any")
+    confidence = row2[0].slider("Confidence", 0.0, 1.0, shown["wl_confidence"], 0.05, key="wl_confidence",
+                                on_change=widget_changed)
+    date_field = row2[1].radio("Date", list(DATE_FIELDS), index=DATE_FIELDS.index(shown["wl_date_field"]),
+                               horizontal=True, key="wl_date_field", on_change=widget_changed)
+    dates = row2[1].date_input("Date range", value=shown["wl_dates"], max_value=dt.date.today() + dt.timedelta(days=1),
+                               label_visibility="collapsed", key="wl_dates", on_change=widget_changed)
+    modalities = [None, *options["modality"]]
+    modality = row2[2].selectbox("Modality", modalities, index=modalities.index(shown["wl_modality"]),
+                                 format_func=lambda m: m or "any", key="wl_modality", on_change=widget_changed)
+    views = [None, *options["view"]]
+    view = row2[3].selectbox("View", views, index=views.index(shown["wl_view"]), format_func=lambda v: v or "any",
+                             key="wl_view", on_change=widget_changed)
     row3 = st.columns([4, 2, 2])
-    folder = row3[0].text_input("Folder (path prefix)", value=flt.folder or "")
-    outside = row3[1].checkbox("Model looks outside the lungs", value=flt.outside_lungs,
+    folder = row3[0].text_input("Folder (path prefix)", value=shown["wl_folder"], key="wl_folder",
+                                on_change=widget_changed)
+    outside = row3[1].checkbox("Model looks outside the lungs", value=shown["wl_outside"], on_change=widget_changed,
                                help="Only cases with a stored attribution map whose positive attribution lies mostly "
-                                    "outside the central chest region.")
+                                    "outside the central chest region.", key="wl_outside")
     date_from, date_to = (dates + (None, None))[:2] if isinstance(dates, tuple) else (None, None)
     wanted = dict(model_version_id=chosen, classes=tuple(sorted(classes)), status=status, sort=sort,
                   confidence_min=confidence[0], confidence_max=confidence[1], date_field=date_field,
                   date_from=date_from, date_to=date_to, modality=modality, view=view, folder=folder.strip() or None,
                   outside_lungs=outside)
+    page_number = urlstate.page_from_query(query)
     if any(getattr(flt, key) != value for key, value in wanted.items()):
-        set_query(**wanted)
-        st.rerun()
-    if flt.active_filters and row3[2].button("Clear filters", icon=":material/filter_alt_off:"):
-        st.query_params.from_dict({"v": str(flt.model_version_id)})
-        st.rerun()
+        version_changed = wanted["model_version_id"] != version["id"]
+        flt = WorklistFilter(**{**flt.__dict__, **wanted})
+        st.query_params.from_dict(urlstate.filter_to_query(flt))  # a new filter starts on page 1
+        page_number = 1
+        if version_changed:  # the class list above belongs to the previous version
+            st.rerun()
+    row3[2].button("Clear filters", icon=":material/filter_alt_off:", disabled=not flt.active_filters,
+                   on_click=clear_filters)
 
-page_number = urlstate.page_from_query(query)
 result = data.worklist_page(flt, page_number, me.id)
 filter_note = f" · filter active: {', '.join(flt.active_filters)}" if flt.active_filters else " · no filter"
 head = st.columns([6, 2])

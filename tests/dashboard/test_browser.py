@@ -152,13 +152,18 @@ def test_a_reviewers_round(browser, site):
 
     # the worklist, narrowed to unreviewed (the default) low-confidence cases
     page.get_by_text("of 11").first.wait_for()  # 12 scored, one reviewed
+    _idle(page)
     maximum = page.get_by_role("slider").nth(1)
     maximum.focus()
     for _ in range(10):
         maximum.press("ArrowLeft")
+    # every press counts (none is lost to a rerun) and the filter lives in the URL
+    try:
+        page.wait_for_function("new URLSearchParams(location.search).get('cmax') === '0.5'")
+    except Exception as error:
+        raise AssertionError(f"the URL is {page.url} while the slider says {maximum.input_value()}") from error
     page.get_by_text("filter active: confidence_max").wait_for()
     _idle(page)
-    assert "cmax=0.5" in page.url  # the filter lives in the URL
 
     page.get_by_role("button", name="Start reading").click()
     heading = page.get_by_role("heading", name=CASE_HEADING)
@@ -169,7 +174,14 @@ def test_a_reviewers_round(browser, site):
 
     # overlays: off by default, O shows Grad-CAM; switching the method shows the other map
     page.keyboard.press("o")
-    page.get_by_text("Grad-CAM ·").first.wait_for()
+    try:
+        page.get_by_text("Grad-CAM ·").first.wait_for()
+    except Exception as error:
+        state = page.evaluate("""() => [document.activeElement.tagName, document.activeElement.className,
+            !!document.querySelector('[data-testid=stStatusWidget]'),
+            Array.from(document.querySelectorAll('button')).map(b => b.innerText + (b.disabled ? '(disabled)' : ''))
+              .join('|')]""")
+        raise AssertionError(f"no overlay after O: {state}; {page.url}") from error
     _idle(page)
     page.get_by_label("Method").click()
     page.get_by_role("option", name="Occlusion").click()

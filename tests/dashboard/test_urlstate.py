@@ -28,6 +28,15 @@ def test_defaults_keep_links_short_and_bad_values_fall_back():
     assert urlstate.page_from_query({"page": ["-3"]}) == 1 and urlstate.image_from_query({"image": ["12"]}) == 12
 
 
+def test_the_filter_widgets_show_only_values_they_offer():
+    flt = WorklistFilter(9, classes=("covid", "gone"), confidence_max=0.5, modality="CR", view="LL", status="flagged",
+                         date_from=dt.date(2024, 1, 2))  # a range without its end is no range
+    shown = urlstate.widget_values(flt, 3, ["covid", "normal"], modalities=["CR", "DX"], views=["PA", "AP"])
+    assert shown == {"wl_version": 3, "wl_classes": ["covid"], "wl_status": "flagged", "wl_sort": "uncertainty",
+                     "wl_confidence": (0.0, 0.5), "wl_date_field": "scored", "wl_dates": (), "wl_modality": "CR",
+                     "wl_view": None, "wl_folder": "", "wl_outside": False}
+
+
 def test_the_overlay_scale_is_the_share_of_the_maps_strongest_positive_attribution():
     values = np.array([[-2.0, 0.0], [1.0, 4.0]], dtype=np.float32)
     np.testing.assert_allclose(viewer.normalised_attribution(values, 4.0), [[0, 0], [0.25, 1]])

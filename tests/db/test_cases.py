@@ -55,7 +55,7 @@ def test_agreement_counts_the_latest_review_of_each_case(engine):
         latest = {}
         for r in session.scalars(select(Review).order_by(Review.created_at, Review.id)):
             latest[r.image_id] = r
-        predicted = dict(session.execute(select(Prediction.image_id, Prediction.predicted_class)).tuples().all())
+        predicted = dict(session.execute(select(Prediction.image_id, Prediction.predicted_class)).all())
         daily = agreement.agreement_by_day(session, fill.model_version_id, days=30)
     assert result.reviewed == len(latest) == 20
     assert result.agreed == sum(r.label == predicted[i] for i, r in latest.items())
