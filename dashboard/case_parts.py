@@ -139,13 +139,14 @@ def _overlay(detail: CaseDetail, preset: str, custom, invert: bool) -> tuple[str
 
 def _overlay_caption(detail: CaseDetail) -> None:
     from scoring.attribution import METHOD_INFO, WHAT_A_MAP_SHOWS
+    from scoring.attribution.engine import method_with_settings
 
     method, target = st.session_state["overlay_method"], st.session_state[f"overlay_class_{detail.image.id}"]
     amap = attribution(detail.image.id, detail.prediction.model_version_id, method, target)
     settings = ", ".join(f"{k}={v}" for k, v in sorted(amap.params.items()))
     info = METHOD_INFO[method]
-    st.caption(f"{info.label} for class '{plain(target)}', model version {plain(detail.prediction.version_label)}; "
-               f"settings: {plain(settings or 'defaults')}. {plain(amap.caption)}")
+    st.caption(f"{plain(method_with_settings(method, amap.params))} for class '{plain(target)}', model version "
+               f"{plain(detail.prediction.version_label)}.", help=f"All settings: {plain(settings or 'defaults')}")
     st.caption(f"**{WHAT_A_MAP_SHOWS}** Colour: positive attribution to '{plain(target)}' as a share of this map's "
                f"strongest; below {viewer.OVERLAY_FLOOR:.0%} not drawn. Sanity check of the method: {info.sanity}.")
     if not amap.sanity_ok or info.sanity == "failed":

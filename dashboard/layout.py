@@ -55,5 +55,11 @@ def query() -> dict[str, list[str]]:
     return {key: st.query_params.get_all(key) for key in st.query_params}
 
 
+def admins_only() -> None:
+    st.title("Accounts")
+    st.info("Accounts are managed by admins. Ask an admin to create an account or to reset a password.",
+            icon=":material/lock:")
+
+
 def page(name: str) -> st.Page:
     return st.session_state["pages"][name]

@@ -23,7 +23,10 @@ if account is None:
     navigation = st.navigation([st.Page(signin.render, title="Sign in", url_path=page.url_path,
                                         default=page is WORKLIST) for page in ALL], position="hidden")
 else:
-    navigation = st.navigation([page for page in ALL if page is not ACCOUNTS or account.is_admin])
+    # a reviewer who follows a link to Accounts is told why there is nothing for them there (the page itself
+    # never runs for a reviewer)
+    admins_only = st.Page(layout.admins_only, title="Accounts", url_path="accounts", visibility="hidden")
+    navigation = st.navigation([page if page is not ACCOUNTS or account.is_admin else admins_only for page in ALL])
     layout.sidebar(account)
 st.session_state["pages"] = {"worklist": WORKLIST, "case": CASE, "flagged": FLAGGED}
 navigation.run()

@@ -174,15 +174,20 @@ def params_key(method: str, params: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps({"method": method, **params}, sort_keys=True).encode()).hexdigest()
 
 
-def caption(method: str, target_class: str, params: dict[str, Any], model_label: str | None) -> str:
+def method_with_settings(method: str, params: dict[str, Any]) -> str:
+    """The method's name with the settings that change what its map shows, e.g. 'Grad-CAM (layer4)'."""
     baseline = "black" if params.get("baseline") == 0.0 else f"{params.get('baseline')}"
-    settings = {
+    return {
         "gradcam": f"Grad-CAM ({params.get('layer')})",
         "integrated_gradients": f"Integrated Gradients ({params.get('steps')} steps, {baseline} baseline)",
         "occlusion": f"Occlusion ({params.get('window')} px window, {params.get('stride')} px stride at "
                      f"{params.get('input_size')} px, {baseline} fill)",
     }[method]
-    return f"{settings}, target {target_class}" + (f", model {model_label}" if model_label else "")
+
+
+def caption(method: str, target_class: str, params: dict[str, Any], model_label: str | None) -> str:
+    return (f"{method_with_settings(method, params)}, target {target_class}"
+            + (f", model {model_label}" if model_label else ""))
 
 
 # --- models, shared and locked ------------------------------------------------------------------------------

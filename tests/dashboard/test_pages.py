@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import select
 
 from dashboard import actions, data
+from dashboard.layout import plain
 from db import model_versions
 from db.engine import get_engine, read_session, write_session
 from db.export import flagged_csv
@@ -163,7 +164,8 @@ def test_case_viewer_overlay_review_and_next(filled, monkeypatch, app, texts):
     assert calls and calls[0][0] == first  # then the next case's, preloaded
     shown = texts(at)
     assert "A map shows what drove the score, not where the disease is." in shown
-    assert "Grad-CAM" in shown and "test map" in shown
+    caption = plain(f"Grad-CAM (layer4) for class '{calls[0][2]}', model version")
+    assert caption in shown and shown.count(plain("Grad-CAM")) == 1  # method, settings, class, version: once
     at.button(key="label_key_4").click().run()  # "other": differs from any prediction
     assert at.checkbox(key="review_flag").value is True
     at.text_area(key="review_comment").input(EVIL).run()
