@@ -64,6 +64,24 @@ def filter_to_query(flt: WorklistFilter, default_status: str = "unreviewed") -> 
     return query
 
 
+def describe_filters(flt: WorklistFilter) -> list[str]:
+    """The active filters in words, with their values, e.g. ['unreviewed', 'confidence 0–0.5']."""
+    active = set(flt.active_filters)
+    words = []
+    if "status" in active:
+        words.append("reviewer disagrees with model" if flt.status == "disagrees" else flt.status)
+    if "classes" in active:
+        words.append("predicted " + " or ".join(flt.classes))
+    if active & {"confidence_min", "confidence_max"}:
+        words.append(f"confidence {flt.confidence_min:g}–{flt.confidence_max:g}")
+    if active & {"date_from", "date_to"}:
+        words.append(f"{flt.date_field} {flt.date_from or '…'} – {flt.date_to or '…'}")
+    words += [f"{name} {getattr(flt, name)}" for name in ("modality", "view", "folder") if name in active]
+    if "outside_lungs" in active:
+        words.append("looks outside the lungs")
+    return words
+
+
 def widget_values(flt: WorklistFilter, version_id: int, version_classes: list[str], modalities: list[str],
                   views: list[str]) -> dict[str, Any]:
     """What each worklist filter widget (by key) shows for this filter: only values the widget offers."""

@@ -93,7 +93,8 @@ with st.expander("Filters and order", expanded=True):
                    on_click=clear_filters)
 
 result = data.worklist_page(flt, page_number, me.id)
-filter_note = f" · filter active: {', '.join(flt.active_filters)}" if flt.active_filters else " · no filter"
+filters = urlstate.describe_filters(flt)
+filter_note = f" · filter: {layout.plain(', '.join(filters))}" if filters else " · no filter"
 head = st.columns([6, 2])
 head[0].markdown(f"**{result.first}–{result.last} of {result.total}** cases{filter_note}")
 if not result.rows:

@@ -162,7 +162,7 @@ def test_a_reviewers_round(browser, site):
         page.wait_for_function("new URLSearchParams(location.search).get('cmax') === '0.5'")
     except Exception as error:
         raise AssertionError(f"the URL is {page.url} while the slider says {maximum.input_value()}") from error
-    page.get_by_text("filter active: confidence_max").wait_for()
+    page.get_by_text("confidence 0–0.5").wait_for()
     _idle(page)
 
     page.get_by_role("button", name="Start reading").click()

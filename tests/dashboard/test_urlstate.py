@@ -37,6 +37,15 @@ def test_the_filter_widgets_show_only_values_they_offer():
                      "wl_view": None, "wl_folder": "", "wl_outside": False}
 
 
+def test_active_filters_are_named_with_their_values():
+    assert urlstate.describe_filters(WorklistFilter(1)) == []
+    flt = WorklistFilter(1, status="unreviewed", classes=("covid", "normal"), confidence_max=0.5,
+                         date_from=dt.date(2024, 1, 2), modality="CR", folder="/data/a", outside_lungs=True)
+    assert urlstate.describe_filters(flt) == ["unreviewed", "predicted covid or normal", "confidence 0–0.5",
+                                              "scored 2024-01-02 – …", "modality CR", "folder /data/a",
+                                              "looks outside the lungs"]
+
+
 def test_the_overlay_scale_is_the_share_of_the_maps_strongest_positive_attribution():
     values = np.array([[-2.0, 0.0], [1.0, 4.0]], dtype=np.float32)
     np.testing.assert_allclose(viewer.normalised_attribution(values, 4.0), [[0, 0], [0.25, 1]])

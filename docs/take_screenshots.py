@@ -1,0 +1,150 @@
+"""Screenshots of every dashboard page for the README: `python docs/take_screenshots.py [--out docs/screenshots]`.
+
+It runs `cxr-demo` into a fresh, temporary CXR_HOME (the synthetic demo cohort and its demo model), records a
+few readings by a second account so that Flagged, Models and Overview have something to show, starts the
+dashboard on a free localhost port and photographs each page in headless Chromium at 1440x900, signed in as
+the demo admin. Needs Debian's chromium and Python Playwright (as the browser test does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+from db.engine import create_database_engine, write_session
+from db.models import Prediction
+from db.reviewers import add_reviewer
+from db.reviews import add_review
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+VIEWPORT = {"width": 1440, "height": 900}
+CASE_HEADING = re.compile(r"^Case \d+ ·")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "screenshots")
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cxr-shots-") as home:
+        env = {**os.environ, "CXR_HOME": home}
+        env.pop("CXR_DB_URL", None)
+        password = _run_demo(env)
+        _add_readings(f"sqlite:///{Path(home) / 'cxr.db'}")
+        port = _free_port()
+        server = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py", "--server.port", str(port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            _wait_for(f"{base}/_stcore/health")
+            _photograph(base, password, args.out)
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    return 0
+
+
+def _run_demo(env: dict[str, str]) -> str:
+    done = subprocess.run([sys.executable, "-m", "model_training.demo"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=1800, check=True)
+    found = re.search(r"user 'demo', password '([^']+)'", done.stdout)
+    if not found:
+        raise SystemExit(f"cxr-demo printed no demo password:\n{done.stdout[-2000:]}")
+    return found.group(1)
+
+
+def _add_readings(url: str) -> None:
+    """A second reader's readings of 24 cases: most agree, some disagree and are flagged, a few with comments."""
+    rng = random.Random(7)
+    engine = create_database_engine(url)
+    with write_session(engine) as session:
+        reader = add_reviewer(session, "dr.lee", "screenshot-reader-password", display_name="Dr Lee")
+        predictions = session.query(Prediction).order_by(Prediction.id).limit(24).all()
+        for prediction in predictions:
+            classes = list(prediction.probabilities)
+            disagree = rng.random() < 0.3
+            label = rng.choice([c for c in classes if c != prediction.predicted_class]) if disagree \
+                else prediction.predicted_class
+            add_review(session, image_id=prediction.image_id, reviewer_id=reader.id, label=label,
+                       prediction_id=prediction.id, flagged_for_retraining=disagree,
+                       comment="Subtle opacity, right lower zone." if disagree and rng.random() < 0.5 else None,
+                       overlay_shown=rng.random() < 0.5, seconds_spent=rng.uniform(8, 60))
+    engine.dispose()
+
+
+def _photograph(base: str, password: str, out: Path) -> None:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(90_000)
+        page.goto(base)
+        page.get_by_role("button", name="Sign in").wait_for()
+        _idle(page)
+        page.screenshot(path=out / "sign-in.png")
+        page.get_by_label("User name").fill("demo")
+        page.get_by_label("Password", exact=True).fill(password)
+        page.get_by_role("button", name="Sign in").click()
+        page.get_by_text("Signed in as").wait_for()
+        page.get_by_role("button", name="Start reading").wait_for()
+        _idle(page)
+        page.screenshot(path=out / "worklist.png")
+
+        page.get_by_role("button", name="Start reading").click()
+        page.get_by_role("heading", name=CASE_HEADING).wait_for()
+        _idle(page)
+        page.screenshot(path=out / "case.png")
+        page.get_by_role("heading", name=CASE_HEADING).click()
+        page.keyboard.press("o")
+        page.get_by_text("A map shows what drove the score").first.wait_for()
+        _idle(page)
+        page.screenshot(path=out / "case-overlay.png")
+
+        for name, text in (("flagged", "whose latest review is flagged"), ("models", "Promote (or roll back"),
+                           ("overview", "Awaiting review"), ("accounts", "Create account")):
+            page.get_by_role("link", name=name.capitalize()).click()  # a new page load would sign us out
+            page.get_by_text(text).first.wait_for()
+            _idle(page)
+            page.screenshot(path=out / f"{name}.png")
+        browser.close()
+    print(f"screenshots in {out}")
+
+
+def _idle(page) -> None:
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.wait_for_timeout(1500)  # plotly draws after the run ends
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for(url: str, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"the dashboard did not answer at {url}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
