@@ -227,7 +227,9 @@ def review_form(me: Account, detail: CaseDetail, state: dict, *, read_first: boo
     st.caption(f"Label: **{plain(chosen)}**" if chosen else "Choose a label (number keys).")
     st.checkbox("Flag for retraining", key="review_flag",
                 help="Ticked for you when your label differs from the model's prediction.")
-    st.text_area("Comment", key="review_comment", height=80, max_chars=2000)
+    st.text_area("Comment", key="review_comment", height=80, max_chars=2000,
+                 help="Taken when you leave the box (Tab or a click) or press Ctrl+Enter. Inside the box the "
+                      "keys type text; Tab out of it, then S saves.")
     st.button("Save and next", key="save_review", type="primary", shortcut="S", disabled=not chosen,
               icon=":material/save:", on_click=_save, args=(me, detail, state, read_first, after_save))
 
@@ -250,7 +252,8 @@ def shortcuts_help(detail: CaseDetail) -> None:
     st.sidebar.markdown("**Keys**  \n"
                         f"{numbers}  \n"
                         "S save and next · N next · P previous (without saving)  \n"
-                        "O overlay · I invert · Z reset zoom")
+                        "O overlay · I invert · Z reset zoom  \n"
+                        "In the comment box keys type text: Tab out, then S.")
 
 
 def prefetch(flt: WorklistFilter, image_id: int, reviewer_id: int) -> int | None:

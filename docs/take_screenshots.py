@@ -113,12 +113,12 @@ def _photograph(base: str, password: str, out: Path) -> None:
         _idle(page)
         page.screenshot(path=out / "case-overlay.png")
 
-        for name, text in (("flagged", "whose latest review is flagged"), ("models", "Promote (or roll back"),
-                           ("overview", "Awaiting review"), ("accounts", "Create account")):
-            page.get_by_role("link", name=name.capitalize()).click()  # a new page load would sign us out
-            page.get_by_text(text).first.wait_for()
+        for name, title in (("Flagged", "Flagged for retraining"), ("Models", "Models"), ("Overview", "Overview"),
+                            ("Accounts", "Accounts")):
+            page.get_by_role("link", name=name).click()  # a new page load would sign us out
+            page.get_by_role("heading", name=title, exact=True).wait_for()
             _idle(page)
-            page.screenshot(path=out / f"{name}.png")
+            page.screenshot(path=out / f"{name.lower()}.png")
         browser.close()
     print(f"screenshots in {out}")
 
