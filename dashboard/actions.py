@@ -23,6 +23,11 @@ def sign_in(username: str, password: str) -> signin.SignInResult:
         return signin.sign_in(session, username, password)
 
 
+def sign_in_with_identity(email: str | None, issuer: str, email_verified: bool | None) -> signin.SignInResult:
+    with write_session(data.engine()) as session:
+        return signin.sign_in_with_identity(session, email, issuer=issuer, email_verified=email_verified)
+
+
 def sign_out(account_id: int, username: str) -> None:
     with write_session(data.engine()) as session:
         events.record(session, events.SIGN_OUT, username=username, reviewer_id=account_id)

@@ -1,5 +1,9 @@
 """Who is signed in to this browser session. The account is read from the database at every rerun, so a
-deactivated account is signed out at its next interaction, not only at its next sign-in."""
+deactivated account is signed out at its next interaction, not only at its next sign-in.
+
+Besides the password form, single sign-on through Streamlit's ``st.login`` (OpenID Connect) is offered when an
+``[auth]`` section is configured in ``.streamlit/secrets.toml``: the provider's verified e-mail address opens the
+active account of that user name (see :func:`db.signin.sign_in_with_identity`)."""
 
 from __future__ import annotations
 
@@ -11,12 +15,28 @@ from db.engine import read_session
 
 ACCOUNT_KEY = "account_id"
 NOTICE_KEY = "signin_notice"
+IDENTITY_TRIED_KEY = "identity_tried"
+
+
+def single_sign_on_configured() -> bool:
+    try:
+        return "auth" in st.secrets
+    except FileNotFoundError:  # no secrets.toml at all
+        return False
+
+
+def identity() -> tuple[str | None, str, bool | None] | None:
+    """The provider's (e-mail, issuer, email_verified) when this browser is signed in through st.login."""
+    if not single_sign_on_configured() or not st.user.get("is_logged_in"):
+        return None
+    verified = st.user.get("email_verified")
+    return st.user.get("email"), str(st.user.get("iss") or "oidc"), None if verified is None else bool(verified)
 
 
 def current_account() -> signin.Account | None:
     account_id = st.session_state.get(ACCOUNT_KEY)
     if account_id is None:
-        return None
+        return _account_from_identity()
     with read_session(data.engine()) as session:
         account = signin.current_account(session, account_id)
     if account is None:
@@ -25,14 +45,36 @@ def current_account() -> signin.Account | None:
     return account
 
 
+def _account_from_identity() -> signin.Account | None:
+    """Once per browser session (not at every rerun, so a refused identity is logged once)."""
+    if st.session_state.get(IDENTITY_TRIED_KEY):
+        return None
+    found = identity()
+    if found is None:
+        return None
+    st.session_state[IDENTITY_TRIED_KEY] = True
+    email, issuer, verified = found
+    result = actions.sign_in_with_identity(email, issuer, verified)
+    if result.account is None:
+        st.session_state[NOTICE_KEY] = (f"No active CXR Review account has the user name {email or '(no e-mail)'}"
+                                        + (" (the provider has not verified it)" if verified is False else "")
+                                        + ". Ask an admin to create one.")
+        return None
+    remember(result.account)
+    return result.account
+
+
 def remember(account: signin.Account) -> None:
     st.session_state[ACCOUNT_KEY] = account.id
 
 
 def sign_out(account: signin.Account) -> None:
     actions.sign_out(account.id, account.username)
+    through_provider = identity() is not None
     _forget()
     st.query_params.clear()
+    if through_provider:
+        st.logout()  # also forget the provider's identity cookie, or the next rerun would sign in again
 
 
 def _forget() -> None:

@@ -22,6 +22,12 @@ def render() -> None:
         st.info("There is no account yet. Create the first admin on the server with "
                 "`cxr-db add-reviewer NAME --role admin` (or run `cxr-demo`, which creates a demo account and prints "
                 "its password once).", icon=":material/person_add:")
+    if auth.single_sign_on_configured():
+        if auth.identity() is not None:
+            st.button("Sign out of single sign-on", on_click=st.logout)
+        else:
+            st.button("Sign in with single sign-on", type="primary", on_click=st.login)
+        st.caption("Or with a CXR Review password:")
     with st.form("sign_in", border=True, width=420):
         username = st.text_input("User name", autocomplete="username")
         password = st.text_input("Password", type="password", autocomplete="current-password")

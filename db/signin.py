@@ -47,7 +47,7 @@ class Account:
 @dataclass(frozen=True)
 class SignInResult:
     account: Account | None
-    outcome: str  # "ok", "bad_credentials" or "rate_limited"
+    outcome: str  # "ok", "bad_credentials", "rate_limited" or "unknown_identity"
     retry_after: dt.timedelta | None = None
 
 
@@ -72,6 +72,25 @@ def sign_in(session: Session, username: str, password: str, *, now: dt.datetime 
         return SignInResult(None, "bad_credentials")
     events.record(session, events.SIGN_IN, username=reviewer.username, reviewer_id=reviewer.id, now=now)
     log.info("%s signed in", reviewer.username)
+    return SignInResult(account_of(reviewer), "ok")
+
+
+def sign_in_with_identity(session: Session, email: str | None, *, issuer: str, email_verified: bool | None,
+                          now: dt.datetime | None = None) -> SignInResult:
+    """A sign-in vouched for by an OpenID Connect provider (Streamlit's ``st.login``). It opens the active account
+    whose user name is the identity's e-mail address: an admin creates that account first, because signing in
+    at the provider must not create an account here. An address the provider says is unverified is refused."""
+    now = now or utcnow()
+    name = (email or "").strip()
+    reviewer = find_reviewer(session, name) if name and email_verified is not False else None
+    details = {"method": "oidc", "issuer": issuer}
+    if reviewer is None or not reviewer.is_active:
+        events.record(session, events.SIGN_IN_FAILED, username=name or None, details=details, now=now)
+        log.warning("single sign-on identity %r has no active account", name)
+        return SignInResult(None, "unknown_identity")
+    events.record(session, events.SIGN_IN, username=reviewer.username, reviewer_id=reviewer.id, details=details,
+                  now=now)
+    log.info("%s signed in through %s", reviewer.username, issuer)
     return SignInResult(account_of(reviewer), "ok")
 
 

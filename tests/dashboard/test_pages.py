@@ -72,6 +72,21 @@ def test_worklist_counts_and_opens_a_case(filled, app, texts):
     assert not at.exception
 
 
+@pytest.mark.parametrize(("who", "signed_in"), [("synthetic1", True), ("stranger@example.org", False)])
+def test_single_sign_on_opens_the_account_of_that_name_only(filled, monkeypatch, app, texts, who, signed_in):
+    from dashboard import auth
+
+    monkeypatch.setattr(auth, "single_sign_on_configured", lambda: True)
+    monkeypatch.setattr(auth, "identity", lambda: (who, "https://idp.example", True))
+    at = app(None)
+    assert not at.exception
+    assert ("Signed in as" in texts(at)) == signed_in
+    if not signed_in:
+        assert not at.dataframe and not at.metric and "Case" not in texts(at)
+        assert [b.label for b in at.button] == ["Sign out of single sign-on", "Sign in"]
+        assert "No active CXR Review account has the user name stranger@example.org" in at.warning[0].value
+
+
 def test_a_reviewer_cannot_promote_or_manage_accounts_even_directly(filled, app):
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         app(filled.reviewer_id, page="views/accounts.py")  # not in a reviewer's navigation at all

@@ -95,3 +95,21 @@ def test_a_claim_holds_a_case_until_it_expires_or_is_released(engine, accounts):
             minutes=claims.CLAIM_MINUTES))}
         assert claims.holders(session, [image], boss, now=later) == {}
         assert claims.purge_expired(session, now=later) == 1
+
+
+@pytest.mark.parametrize(("email", "verified", "outcome"), [
+    ("rad", True, "ok"), ("rad", None, "ok"),  # a provider that says nothing about verification
+    ("rad", False, "unknown_identity"), ("nobody@example.org", True, "unknown_identity"),
+    (None, True, "unknown_identity"), ("retired", True, "unknown_identity")])
+def test_single_sign_on_opens_only_an_existing_active_account(engine, accounts, email, verified, outcome):
+    with write_session(engine) as session:
+        add_reviewer(session, "retired", PASSWORD)
+        set_active(session, "retired", False)
+    with write_session(engine) as session:
+        result = signin.sign_in_with_identity(session, email, issuer="https://idp.example", email_verified=verified)
+    assert result.outcome == outcome
+    assert (result.account is not None and result.account.id == accounts["rad"]) == (outcome == "ok")
+    with read_session(engine) as session:
+        event = session.scalars(select(Event).order_by(Event.id.desc())).first()
+    assert event.kind == (events.SIGN_IN if outcome == "ok" else events.SIGN_IN_FAILED)
+    assert event.details == {"method": "oidc", "issuer": "https://idp.example"}
