@@ -8,8 +8,13 @@ second for:
 - model only: random tensors of the same batch size through the same model;
 - the full pipeline: ``cxr-score`` on a fresh database (triage, hashing, decoding, model, commits);
 - a naive loop like the seed notebooks: read one image, preprocess, ``model(x[None])`` (float32, default
-  memory format), over the same files;
-- an incremental rerun over the already-scored files (files skipped per second).
+  memory format), one ORM insert of the image and its prediction and a commit, over the same files;
+- an incremental rerun over the already-scored files (files skipped per second);
+- the scoring process's own cost per image: real batches from the scorer's DataLoader, decoded once and kept
+  in memory, fed by a stand-in loader to the code the scorer runs after the DataLoader (results, database
+  writes on a fresh SQLite database, the writer thread), with the model replaced by fixed probabilities; once
+  in this process and once received from a DataLoader worker (pickling and shared memory included). Its
+  inverse is the ceiling the scoring process puts on any pipeline. ``--profile`` adds a cProfile of it.
 
 The bound for the pipeline is 1 / (decode s/img + model s/img) on a CPU, where both stages share the cores,
 and the slower stage's rate on a GPU, where they overlap.
@@ -30,10 +35,14 @@ runs) and the naive loop (full decode per image, like the seed notebooks).
 from __future__ import annotations
 
 import argparse
+import cProfile
 import csv
+import io
+import itertools
 import json
 import os
 import platform
+import pstats
 import shutil
 import subprocess
 import sys
@@ -47,11 +56,35 @@ import torch
 from PIL import Image as PILImage
 from PIL.PngImagePlugin import PngInfo
 from pydicom.uid import generate_uid
+from sqlalchemy.orm import Session
+from torch.utils.data import DataLoader, Dataset
 
+from db import migrate, model_versions, results
+from db.engine import create_database_engine, write_session
+from db.hashing import file_sha256
+from db.models import Image, Prediction
 from db.results import FileStat
 from scoring import imaging
-from scoring.model import Checkpoint, Preprocessing, build_model, load_checkpoint, preprocess, save_checkpoint
-from scoring.pipeline import Job, Scorer, ScoringOptions, make_loader
+from scoring.model import (
+    Checkpoint,
+    Preprocessing,
+    build_model,
+    checkpoint_sha256,
+    load_checkpoint,
+    normalised_entropy,
+    preprocess,
+    save_checkpoint,
+)
+from scoring.pipeline import (
+    Counts,
+    DecodedBatch,
+    Job,
+    Scorer,
+    ScoringOptions,
+    ScoringPass,
+    collate_decoded,
+    make_loader,
+)
 from scoring.run import default_workers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,8 +139,129 @@ def make_checkpoint(path: Path, arch: str, size: int) -> Path:
 def decode_only(files: list[Path], checkpoint: Checkpoint, options: ScoringOptions) -> float:
     jobs = [Job(FileStat(str(p), 0, 0), "") for p in files]
     start = time.perf_counter()
-    n = sum(len(items) for items, _ in make_loader(jobs, checkpoint, options))
+    n = sum(len(batch.items) for batch in make_loader(jobs, checkpoint, options))
     return n / (time.perf_counter() - start)
+
+
+# --- the scoring process's own cost: a stand-in loader ----------------------------------------------------
+
+class StandInScorer:
+    """The model's place taken by fixed probabilities: what is timed is the scoring process's own work."""
+
+    def __init__(self, checkpoint: Checkpoint, batch_size: int):
+        torch.manual_seed(0)
+        self.checkpoint = checkpoint
+        self.rows = torch.softmax(torch.randn(batch_size, len(checkpoint.classes)), dim=-1)
+
+    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.rows[:len(batch)]
+
+
+class ReplayDataset(Dataset):
+    """Pre-decoded samples (tensor, item) served again, for a DataLoader worker that does no decoding."""
+
+    def __init__(self, samples: list[tuple[torch.Tensor | None, tuple]]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, tuple]:
+        tensor, item = self.samples[index]
+        return tensor, (index, *item[1:])
+
+
+def predecoded_samples(files: list[Path], checkpoint: Checkpoint, options: ScoringOptions,
+                       n_images: int) -> list[tuple[torch.Tensor | None, tuple]]:
+    """``n_images`` (tensor, item) samples decoded once by the scorer's DataLoader, cycling through ``files``."""
+    jobs = [Job(FileStat(str(p), 0, 0), "") for p in files[:n_images]]
+    decoded: list[tuple[torch.Tensor | None, tuple]] = []
+    for batch in make_loader(jobs, checkpoint, options):
+        pixels = iter(batch.pixels.clone() if batch.pixels is not None else ())
+        decoded += [(next(pixels) if item[1] is None and item[3][0] else None, item) for item in batch.items]
+    return list(itertools.islice(itertools.cycle(decoded), n_images))
+
+
+def replayed_batches(samples: list[tuple[torch.Tensor | None, tuple]], batch_size: int) -> list[DecodedBatch]:
+    """The samples as the scorer's batches, built before any timing starts."""
+    indexed = ReplayDataset(samples)
+    return [collate_decoded([indexed[i] for i in range(start, min(start + batch_size, len(samples)))])
+            for start in range(0, len(samples), batch_size)]
+
+
+def fresh_scoring_pass(db: str, ckpt_path: Path, checkpoint: Checkpoint, options: ScoringOptions) -> ScoringPass:
+    engine = create_database_engine(db)
+    migrate.upgrade(engine)
+    with write_session(engine) as session:
+        version = model_versions.register_checkpoint(session, ckpt_path, checkpoint, checkpoint_sha256(ckpt_path))
+        run_id = results.start_run(session, {"bench": "stand-in"}, version.id, os.getpid()).id
+    scorer = StandInScorer(checkpoint, options.batch_size)
+    return ScoringPass(engine, scorer, version.id, run_id, options, Counts())  # type: ignore[arg-type]
+
+
+def stand_in_jobs(n: int) -> list[Job]:
+    return [Job(FileStat(f"/stand-in/{i:06d}.png", 1000 + i, i), f"{i:064x}") for i in range(n)]
+
+
+def main_process_seconds(work: Path, name: str, ckpt_path: Path, checkpoint: Checkpoint, options: ScoringOptions,
+                         batches, n_images: int, profile: bool = False) -> float:
+    """Seconds for the scoring process to take ``batches`` through results and database writes, until every
+    batch is committed; with ``profile``, prints where the time goes (this thread, then the writer thread)."""
+    scoring_pass = fresh_scoring_pass(f"sqlite:///{work / f'{name}.db'}", ckpt_path, checkpoint, options)
+    jobs = stand_in_jobs(n_images)
+    profiles = (cProfile.Profile(), cProfile.Profile()) if profile else None
+    if profiles is not None:
+        store = scoring_pass._store
+
+        def profiled_store(batch) -> None:
+            profiles[1].enable()
+            try:
+                store(batch)
+            finally:
+                profiles[1].disable()
+
+        scoring_pass._store = profiled_store  # type: ignore[method-assign]
+        profiles[0].enable()
+    start = time.perf_counter()
+    scoring_pass.run_batches(jobs, batches)
+    seconds = time.perf_counter() - start
+    if profiles is not None:
+        profiles[0].disable()
+        for title, profiler in zip(("scoring thread", "writer thread"), profiles, strict=True):
+            print_profile(title, profiler)
+    if scoring_pass.counts.scored + scoring_pass.counts.out_of_scope + scoring_pass.counts.failed != n_images:
+        raise SystemExit(f"the stand-in run stored {scoring_pass.counts} for {n_images} images")
+    return seconds
+
+
+def print_profile(title: str, profiler: cProfile.Profile, top: int = 14) -> None:
+    text = io.StringIO()
+    pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(top)
+    lines = [line for line in text.getvalue().splitlines() if line.strip()]
+    start = next(i for i, line in enumerate(lines) if "ncalls" in line)
+    print(f"cProfile, {title} (by own time; the profiler inflates the figures):")
+    for line in lines[start:]:
+        print("   " + line[:150])
+
+
+def main_process_figures(files: list[Path], work: Path, ckpt_path: Path, checkpoint: Checkpoint,
+                         options: ScoringOptions, n_images: int, profile: bool) -> None:
+    """The scoring process's own cost per image, the model excluded; prints it and the ceiling it implies."""
+    cpu = ScoringOptions(batch_size=options.batch_size, workers=options.workers, precision=options.precision)
+    samples = predecoded_samples(files, checkpoint, cpu, min(n_images, 256))
+    samples = list(itertools.islice(itertools.cycle(samples), n_images))
+    batches = replayed_batches(samples, options.batch_size)
+    main_process_seconds(work, "warm-up", ckpt_path, checkpoint, cpu, batches[:4], 4 * options.batch_size)
+    in_process = main_process_seconds(work, "stand-in", ckpt_path, checkpoint, cpu, batches, n_images)
+    received = main_process_seconds(work, "stand-in-worker", ckpt_path, checkpoint, cpu,
+                                    DataLoader(ReplayDataset(samples), batch_size=options.batch_size, num_workers=1,
+                                               collate_fn=collate_decoded, prefetch_factor=4), n_images)
+    for label, seconds in (("batches in this process", in_process), ("batches from a worker", received)):
+        ms = 1000 * seconds / n_images
+        print(f"main-process ms per image  {ms:6.3f} ms   = a ceiling of {1000 / ms:8.0f} img/s   "
+              f"({label}; stand-in loader, model excluded, {n_images} images, SQLite)")
+    if profile:
+        main_process_seconds(work, "profiled", ckpt_path, checkpoint, cpu, batches, n_images, profile=True)
 
 
 def model_only(checkpoint: Checkpoint, options: ScoringOptions, n_images: int) -> float:
@@ -125,17 +279,35 @@ def model_only(checkpoint: Checkpoint, options: ScoringOptions, n_images: int) -
     return batches * options.batch_size / (time.perf_counter() - start)
 
 
-def naive_loop(files: list[Path], checkpoint: Checkpoint, device: torch.device) -> float:
+def naive_loop(files: list[Path], checkpoint: Checkpoint, device: torch.device, db: str,
+               ckpt_path: Path) -> float:
+    """The seed notebooks' way: per image, read, preprocess, ``model(x[None])``, one ORM insert and a commit."""
+    engine = create_database_engine(db)
+    migrate.upgrade(engine)
+    with write_session(engine) as session:
+        version_id = model_versions.register_checkpoint(session, ckpt_path, checkpoint,
+                                                        checkpoint_sha256(ckpt_path)).id
     model = checkpoint.build().to(device)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), Session(engine) as session:
         for path in files:
             try:
-                pixels = imaging.read_xray(path, timeout=None).pixels
+                image = imaging.read_xray(path, timeout=None)
             except imaging.XRayReadError:
                 continue
-            x = checkpoint.preprocessing(pixels).to(device)
-            torch.softmax(model(x[None]), dim=-1).cpu()
+            x = checkpoint.preprocessing(image.pixels).to(device)
+            p = torch.softmax(model(x[None]), dim=-1)[0].cpu()
+            best = int(p.argmax())
+            row = Image(sha256=file_sha256(path), path=str(path), size_bytes=path.stat().st_size,
+                        mtime=path.stat().st_mtime, format=image.meta["format"], rows=image.meta["rows"],
+                        cols=image.meta["cols"], in_scope=True, scope_reason="naive")
+            session.add(row)
+            session.flush()
+            session.add(Prediction(image_id=row.id, model_version_id=version_id,
+                                   probabilities={c: float(v) for c, v in zip(checkpoint.classes, p, strict=True)},
+                                   predicted_class=checkpoint.classes[best], confidence=float(p[best]),
+                                   entropy=float(normalised_entropy(p))))
+            session.commit()
     return len(files) / (time.perf_counter() - start)
 
 
@@ -212,7 +384,7 @@ def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None
     model = model_only(checkpoint, options, min(len(files) * 4, 1024))
     first = run_scorer(f"sqlite:///{work / 'bench.db'}", ckpt_path, archive, options)
     pipeline = first["scored"] / first["seconds"]
-    naive = naive_loop(files, checkpoint, device)
+    naive = naive_loop(files, checkpoint, device, f"sqlite:///{work / 'naive.db'}", ckpt_path)
     if device.type == "cuda":
         bound, rule = min(decode, model), "min(decode, model)"
     else:
@@ -227,7 +399,8 @@ def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None
     print(f"full pipeline         {first['scored'] / first['phase_seconds']['decode_and_score']:8.2f} img/s   "
           "(decoding and scoring phase alone, after triage)")
     print(f"naive loop            {naive:8.2f} img/s   "
-          f"(full decode per image; the pipeline is {pipeline / naive:.1f}x)")
+          f"(full decode, one ORM insert + commit per image; the pipeline is {pipeline / naive:.1f}x)")
+    main_process_figures(files, work, ckpt_path, checkpoint, options, args.stand_in_images, args.profile)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 
@@ -245,19 +418,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", default="resnet18")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=default_workers())
+    parser.add_argument("--workers", type=int, help="decode workers (default: scoring.run.default_workers)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     parser.add_argument("--archive", type=Path, help="an archive from make_archive.py: full-size film figures")
+    parser.add_argument("--stand-in-images", type=int, default=2400,
+                        help="images fed by the stand-in loader for the main-process figure")
+    parser.add_argument("--profile", action="store_true", help="cProfile the stand-in run")
+    parser.add_argument("--main-process-only", action="store_true",
+                        help="only the main-process figure (on --files files, or on --archive)")
     args = parser.parse_args(argv)
+    if args.workers is None:
+        args.workers = default_workers(torch.device(args.device))
 
     work = Path(tempfile.mkdtemp(prefix="cxr-bench-"))
     os.environ["CXR_HOME"] = str(work / "home")
     try:
-        if args.archive is not None:
+        if args.archive is not None and not args.main_process_only:
             archive_figures(args.archive, work, args)
             return 0
-        files = replicate(source_files(args.shared), args.files, work / "images")
+        if args.archive is not None:
+            files = [args.archive / row["file"] for row in csv.DictReader((args.archive / "manifest.csv").open())]
+        else:
+            files = replicate(source_files(args.shared), args.files, work / "images")
         ckpt_path = make_checkpoint(work / "model.pt", args.arch, args.size)
         checkpoint = load_checkpoint(ckpt_path)
         device = torch.device(args.device)
@@ -265,7 +448,12 @@ def main(argv: list[str] | None = None) -> int:
                                  precision=args.precision)
         if device.type == "cpu":
             torch.set_num_threads(os.cpu_count() or 1)
-        print(f"hardware: {hardware()}")
+        if args.main_process_only:
+            print(f"hardware: {hardware()}; load average {os.getloadavg()[0]:.2f} at the start")
+            main_process_figures(files, work, ckpt_path, checkpoint, options, args.stand_in_images, args.profile)
+            print(f"load average {os.getloadavg()[0]:.2f} at the end")
+            return 0
+        print(f"hardware: {hardware()}; load average {os.getloadavg()[0]:.2f} at the start")
         print(f"files: {len(files)} ({sum(p.suffix == '.dcm' for p in files)} DICOM), model {args.arch} at "
               f"{args.size} px, batch {args.batch_size}, {args.workers} decode workers, device {device}, "
               f"precision {args.precision}")
@@ -276,7 +464,7 @@ def main(argv: list[str] | None = None) -> int:
         first = run_scorer(db, ckpt_path, work / "images", options)
         pipeline = first["scored"] / first["seconds"]
         rerun = run_scorer(db, ckpt_path, work / "images", options)
-        naive = naive_loop(files, checkpoint, device)
+        naive = naive_loop(files, checkpoint, device, f"sqlite:///{work / 'naive.db'}", ckpt_path)
 
         if device.type == "cuda":
             bound, rule = min(decode, model), "min(decode, model)"
@@ -287,7 +475,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bound             {bound:8.1f} img/s   ({rule})")
         print(f"full pipeline     {pipeline:8.1f} img/s   = {pipeline / bound:.2f} of the bound "
               f"({first['scored']} scored in {first['seconds']:.1f} s: the whole run as cxr-score times it)")
-        print(f"naive loop        {naive:8.1f} img/s   (same files; the pipeline is {pipeline / naive:.2f}x)")
+        print(f"naive loop        {naive:8.1f} img/s   (same files, one ORM insert + commit per image; "
+              f"the pipeline is {pipeline / naive:.2f}x)")
         skip_seconds = rerun["phase_seconds"]["discover"] + rerun["phase_seconds"]["triage"]
         print(f"full pipeline     {first['scored'] / first['phase_seconds']['decode_and_score']:8.1f} img/s   "
               "(decoding and scoring phase alone, after triage)")
@@ -296,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
               "after interpreter start-up and imports)")
         print(f"incremental rerun {rerun['skipped'] / skip_seconds:8.1f} files/s skipped "
               f"(walk + triage phases alone, {skip_seconds:.2f} s)")
+        main_process_figures(files, work, ckpt_path, checkpoint, options, args.stand_in_images, args.profile)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
         return 0
     finally:
         if args.keep:

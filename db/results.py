@@ -1,18 +1,20 @@
 """What the scorer reads and writes: images and where they lie, runs, predictions, failures (model versions are
 in :mod:`db.model_versions`).
 
-Functions take a Session and never commit; the scorer commits one transaction per batch.
+Functions take a Session and never commit; the scorer commits one transaction per batch. A batch is written
+with one Core statement per table (:func:`store_results`): per-row ORM statements cost milliseconds each in
+statement construction alone, more than the scoring of the image.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -47,9 +49,44 @@ class KnownFile:
         return self.scored or self.in_scope is False
 
 
-def _insert(session: Session, table):
+@dataclass(frozen=True)
+class Score:
+    """What the model said about one image."""
+
+    probabilities: dict[str, float]
+    predicted_class: str
+    confidence: float
+    entropy: float
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One decoded image to store: its content, the paths that hold it, its metadata and, if scored, its score."""
+
+    sha256: str
+    stats: tuple[FileStat, ...]  # the first is where the content was first seen
+    values: dict[str, Any]  # image_values(meta)
+    in_scope: bool
+    scope_reason: str
+    score: Score | None = None
+
+
+@dataclass(frozen=True)
+class FileFailure:
+    stat: FileStat
+    reason: str
+    message: str
+
+
+def _insert(session: Session, table: Table):
     dialect = session.get_bind().dialect.name
     return (postgresql.insert(table) if dialect == "postgresql" else sqlite.insert(table))
+
+
+def _execute_many(session: Session, statement, rows: list[dict[str, Any]]) -> None:
+    """One Core executemany in the session's transaction (and savepoint), bypassing the ORM's per-row work."""
+    if rows:
+        session.connection().execute(statement, rows)
 
 
 # --- runs -----------------------------------------------------------------------------------------------
@@ -124,44 +161,96 @@ def images_by_sha(session: Session, shas: Iterable[str], model_version_id: int) 
     return found
 
 
+def image_values(meta: dict[str, Any]) -> dict[str, Any]:
+    """The images table's metadata columns from the reader's ``meta``: plain values, cut to their columns.
+    Pure Python, so the scorer's decode workers compute it, not the process that writes."""
+    values = {key: _fit_column(key, meta.get(key)) for key in IMAGE_META_COLUMNS}
+    values["study_date"] = parse_dicom_date(meta.get("study_date"))
+    values.update(_pixel_spacing(meta.get("pixel_spacing")))
+    return values
+
+
+def store_results(session: Session, model_version_id: int, run_id: int, images: Sequence[ImageResult],
+                  failures: Sequence[FileFailure]) -> None:
+    """A batch's images, the paths that hold them, their predictions and the batch's failures: one statement
+    per table. Raises whatever the database raises; the caller decides whether to retry row by row."""
+    ids = store_images(session, images)
+    record_files(session, [(stat, ids[image.sha256]) for image in images for stat in image.stats])
+    add_predictions(session, model_version_id, run_id,
+                    [(ids[image.sha256], image.score) for image in images if image.score is not None])
+    add_failures(session, run_id, failures)
+
+
+def store_images(session: Session, images: Sequence[ImageResult]) -> dict[str, int]:
+    """Inserts the images whose content is new; returns the id of every image's content, by sha256."""
+    now = utcnow()
+    rows = [{**image.values, "sha256": image.sha256, "path": storable_path(image.stats[0].path),
+             "size_bytes": image.stats[0].size_bytes, "mtime": image.stats[0].mtime_ns / 1e9,
+             "in_scope": image.in_scope, "scope_reason": _fit_column("scope_reason", image.scope_reason),
+             "first_seen_at": now} for image in images]
+    _execute_many(session, _insert(session, Image.__table__).on_conflict_do_nothing(index_elements=["sha256"]),
+                  rows)
+    ids: dict[str, int] = {}
+    for chunk in _chunks([image.sha256 for image in images], 500):
+        ids.update(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(chunk))).all())
+    return ids
+
+
+def record_files(session: Session, locations: Sequence[tuple[FileStat, int]]) -> None:
+    """Remember that each ``stat.path`` holds its image at this size and mtime."""
+    now = utcnow()
+    statement = _insert(session, ImageFile.__table__)
+    statement = statement.on_conflict_do_update(
+        index_elements=["path"],
+        set_={"size_bytes": statement.excluded.size_bytes, "mtime_ns": statement.excluded.mtime_ns,
+              "image_id": statement.excluded.image_id, "last_seen_at": statement.excluded.last_seen_at})
+    _execute_many(session, statement, [
+        {"path": storable_path(stat.path), "size_bytes": stat.size_bytes, "mtime_ns": stat.mtime_ns,
+         "image_id": image_id, "last_seen_at": now} for stat, image_id in locations])
+
+
+def add_predictions(session: Session, model_version_id: int, run_id: int,
+                    scores: Sequence[tuple[int, Score]]) -> None:
+    """Inserts each (image id, score), or does nothing for an image this model version already scored."""
+    now = utcnow()
+    statement = _insert(session, Prediction.__table__).on_conflict_do_nothing(
+        index_elements=["image_id", "model_version_id"])
+    _execute_many(session, statement, [
+        {"image_id": image_id, "model_version_id": model_version_id, "run_id": run_id,
+         "probabilities": score.probabilities, "predicted_class": score.predicted_class,
+         "confidence": score.confidence, "entropy": score.entropy, "scored_at": now} for image_id, score in scores])
+
+
+def add_failures(session: Session, run_id: int, failures: Sequence[FileFailure]) -> None:
+    now = utcnow()
+    _execute_many(session, ScoringFailure.__table__.insert(), [
+        {"run_id": run_id, "path": storable_path(f.stat.path), "size_bytes": f.stat.size_bytes,
+         "mtime_ns": f.stat.mtime_ns, "reason": f.reason, "message": f.message, "created_at": now}
+        for f in failures])
+
+
 def upsert_image(session: Session, *, sha256: str, stat: FileStat, meta: dict[str, Any],
                  in_scope: bool, scope_reason: str) -> int:
     """The id of the image with this content, inserted from the reader's metadata if it is new."""
-    values = {key: _fit_column(key, meta.get(key)) for key in IMAGE_META_COLUMNS}
-    values.update(
-        sha256=sha256, path=storable_path(stat.path), size_bytes=stat.size_bytes, mtime=stat.mtime_ns / 1e9,
-        study_date=parse_dicom_date(meta.get("study_date")), in_scope=in_scope,
-        scope_reason=_fit_column("scope_reason", scope_reason),
-        first_seen_at=utcnow(), **_pixel_spacing(meta.get("pixel_spacing")),
-    )
-    session.execute(_insert(session, Image).values(**values).on_conflict_do_nothing(index_elements=["sha256"]))
-    return session.scalar(select(Image.id).where(Image.sha256 == sha256))
+    image = ImageResult(sha256, (stat,), image_values(meta), in_scope, scope_reason)
+    return store_images(session, [image])[sha256]
 
 
 def record_file(session: Session, stat: FileStat, image_id: int) -> None:
     """Remember that ``stat.path`` holds image ``image_id`` at this size and mtime."""
-    statement = _insert(session, ImageFile).values(
-        path=storable_path(stat.path), size_bytes=stat.size_bytes, mtime_ns=stat.mtime_ns, image_id=image_id,
-        last_seen_at=utcnow())
-    session.execute(statement.on_conflict_do_update(
-        index_elements=["path"],
-        set_={"size_bytes": statement.excluded.size_bytes, "mtime_ns": statement.excluded.mtime_ns,
-              "image_id": statement.excluded.image_id, "last_seen_at": statement.excluded.last_seen_at}))
+    record_files(session, [(stat, image_id)])
 
 
 def add_prediction(session: Session, *, image_id: int, model_version_id: int, run_id: int,
                    probabilities: dict[str, float], predicted_class: str, confidence: float,
                    entropy: float) -> None:
     """Insert, or do nothing if this model version already scored this image."""
-    session.execute(_insert(session, Prediction).values(
-        image_id=image_id, model_version_id=model_version_id, run_id=run_id, probabilities=probabilities,
-        predicted_class=predicted_class, confidence=confidence, entropy=entropy, scored_at=utcnow(),
-    ).on_conflict_do_nothing(index_elements=["image_id", "model_version_id"]))
+    add_predictions(session, model_version_id, run_id,
+                    [(image_id, Score(probabilities, predicted_class, confidence, entropy))])
 
 
 def add_failure(session: Session, run_id: int, stat: FileStat, reason: str, message: str) -> None:
-    session.add(ScoringFailure(run_id=run_id, path=storable_path(stat.path), size_bytes=stat.size_bytes,
-                               mtime_ns=stat.mtime_ns, reason=reason, message=message))
+    add_failures(session, run_id, [FileFailure(stat, reason, message)])
 
 
 def run_failures(session: Session, run_id: int | None = None) -> list[ScoringFailure]:

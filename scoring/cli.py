@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="checkpoint to use (registered on first use); default: the active model version")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], metavar="N")
     parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], metavar="N",
-                        help="decoding processes (default: 1 per 2 CPU cores, at least 1; 0 = decode in-process)")
+                        help="decoding processes (default: the CPU cores, one fewer on CUDA; 0 = decode in-process)")
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], metavar="N",
                         help="CPU threads for the model (default: the CPU cores)")
     add_device_option(parser, DEFAULTS["device"])

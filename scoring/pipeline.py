@@ -1,5 +1,9 @@
 """The scoring pipeline: triage files against the database, decode new ones in DataLoader workers, run the
-model on batches, and commit each batch (predictions, images, file locations and failures) atomically.
+model on batches, and commit each batch (predictions, images, file locations and failures) atomically, on a
+writer thread while the next batch is scored.
+
+A batch crosses from a worker as one tensor plus plain values, and is written with one statement per table:
+the scoring process's own cost per image stays far below the model's (``benchmarks/bench_score.py`` prints it).
 
 Triage never decodes: a path whose size and mtime are unchanged is looked up by path; any other file is
 hashed and looked up by content. Only content this model version has not handled yet is decoded.
@@ -8,19 +12,23 @@ hashed and looked up by content. Only content this model version has not handled
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
+import queue
 import sys
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
 
 import torch
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from db import results
 from db.engine import read_session, write_session
@@ -58,6 +66,13 @@ class Counts:
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
 
+    def plus(self, other: Counts) -> Counts:
+        return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
+
+    def add(self, other: Counts) -> None:
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
 
 @dataclass
 class ScoringOptions:
@@ -80,14 +95,9 @@ class Job:
     sha256: str
     same_content: list[FileStat] = field(default_factory=list)  # other new paths holding identical bytes
 
-
-@dataclass
-class Decoded:
-    index: int
-    tensor: torch.Tensor | None = None
-    meta: dict[str, Any] | None = None
-    scope: tuple[bool, str] | None = None
-    error: tuple[str, str] | None = None
+    @property
+    def stats(self) -> tuple[FileStat, ...]:
+        return (self.stat, *self.same_content)
 
 
 # --- triage ---------------------------------------------------------------------------------------------
@@ -170,6 +180,20 @@ class Triage:
 
 # --- decoding (in DataLoader workers) -------------------------------------------------------------------
 
+# What a worker sends for one file, plain values only so that unpickling a batch in the scoring process is
+# cheap: (index into the jobs, (reason, message) or None, the images table's values or None, (in_scope, why)
+# or None).
+DecodedItem = tuple[int, tuple[str, str] | None, dict[str, Any] | None, tuple[bool, str] | None]
+
+
+class DecodedBatch(NamedTuple):
+    """A batch as it crosses from a worker: one contiguous tensor of the in-scope images (in item order) and
+    plain metadata."""
+
+    pixels: torch.Tensor | None
+    items: tuple[DecodedItem, ...]
+
+
 class DecodeDataset(Dataset):
     """Reads, checks scope and preprocesses one file; errors come back as data, never as exceptions."""
 
@@ -183,26 +207,36 @@ class DecodeDataset(Dataset):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Decoded:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, DecodedItem]:
         try:
             image = imaging.read_xray(self.paths[index], timeout=self.read_timeout, min_side=self.min_side)
         except imaging.XRayReadError as exc:
-            return Decoded(index, error=(exc.reason, str(exc)))
+            return None, (index, (exc.reason, str(exc)), None, None)
         scope = imaging.in_scope(image.meta)
+        values = results.image_values(image.meta)  # here, in the worker, not in the scoring process
         if not scope[0]:
-            return Decoded(index, meta=image.meta, scope=scope)
+            return None, (index, None, values, scope)
         try:
             tensor = self.preprocess(image.pixels)
         except (ValueError, RuntimeError) as exc:
-            return Decoded(index, meta=image.meta, error=(PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"))
-        return Decoded(index, tensor=tensor, meta=image.meta, scope=scope)
+            return None, (index, (PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"), None, None)
+        return tensor, (index, None, values, scope)
 
 
-def collate_decoded(items: list[Decoded]) -> tuple[list[Decoded], torch.Tensor | None]:
-    tensors = [item.tensor for item in items if item.tensor is not None]
-    for item in items:
-        item.tensor = None  # the batch tensor carries the pixels; don't send them twice
-    return items, (torch.stack(tensors) if tensors else None)
+def collate_decoded(samples: list[tuple[torch.Tensor | None, DecodedItem]]) -> DecodedBatch:
+    tensors = [tensor for tensor, _ in samples if tensor is not None]
+    return DecodedBatch(_stack(tensors) if tensors else None, tuple(item for _, item in samples))
+
+
+def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """One tensor; in a worker it is stacked straight into shared memory (as torch's default_collate does), so
+    sending it to the scoring process is one storage and no further copy."""
+    out = None
+    if get_worker_info() is not None:
+        first = tensors[0]
+        storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
+        out = first.new(storage).resize_(len(tensors), *first.shape)
+    return torch.stack(tensors, out=out)
 
 
 def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions) -> DataLoader:
@@ -215,12 +249,22 @@ def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions
         collate_fn=collate_decoded,
         pin_memory=on_cuda,
         prefetch_factor=4 if options.workers > 0 else None,
-        worker_init_fn=_start_worker_reader,
+        worker_init_fn=functools.partial(_start_worker_reader, codec_threads(options.workers)),
     )
 
 
-def _start_worker_reader(_worker_id: int) -> None:
-    """Each worker starts its isolated decoder at once, so the first batch doesn't wait for it."""
+def codec_threads(workers: int) -> int:
+    """Threads for each decoder that can use them (OpenJPEG): the cores the decode workers leave unused.
+    With as many workers as cores (run.default_workers on a CPU) this is 1."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _start_worker_reader(threads: int, _worker_id: int) -> None:
+    """Each worker starts its isolated decoder at once, so the first batch doesn't wait for it.
+
+    Every OpenJPEG build here (Pillow's, pylibjpeg-openjpeg's, GDCM's) reads OPJ_NUM_THREADS when it creates a
+    decoder; the isolated decoder inherits it. A value the user set is kept."""
+    os.environ.setdefault("OPJ_NUM_THREADS", str(threads))
     imaging.start_reader_process()
 
 
@@ -248,8 +292,22 @@ class Scorer:
 
 # --- the run --------------------------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class BatchResults:
+    """What one batch adds to the database."""
+
+    images: list[results.ImageResult]
+    failures: list[results.FileFailure]
+
+    def counts(self) -> Counts:
+        scored = [image for image in self.images if image.score is not None]
+        return Counts(scored=len(scored), skipped=sum(len(image.stats) - 1 for image in scored),
+                      out_of_scope=sum(len(image.stats) for image in self.images if image.score is None),
+                      failed=len(self.failures))
+
+
 class ScoringPass:
-    """Decodes and scores the triaged jobs, committing one transaction per batch."""
+    """Decodes and scores the triaged jobs; a writer thread commits one transaction per batch meanwhile."""
 
     def __init__(self, engine: Engine, scorer: Scorer, model_version_id: int, run_id: int,
                  options: ScoringOptions, counts: Counts):
@@ -258,142 +316,177 @@ class ScoringPass:
         self.options, self.counts = options, counts
 
     def run(self, jobs: list[Job]) -> None:
-        if not jobs:
-            return
-        loader = make_loader(jobs, self.scorer.checkpoint, self.options)
+        if jobs:
+            self.run_batches(jobs, make_loader(jobs, self.scorer.checkpoint, self.options))
+
+    def run_batches(self, jobs: list[Job], batches: Iterable[DecodedBatch]) -> None:
+        """Scores ``batches`` (from :func:`make_loader`; benchmarks feed pre-decoded ones) and stores them.
+        Returns once every batch is committed."""
         done = 0
-        with progress_bar(len(jobs), self.options.progress_bar) as advance:
-            for items, batch in loader:
-                self._commit_batch(jobs, items, self._score(batch))
-                done += len(items)
-                advance(len(items))
+        with progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer:
+            for batch in batches:
+                writer.put(self._results(jobs, batch.items, *self._score(batch.pixels)))
+                done += len(batch.items)
+                advance(len(batch.items))
                 if not self.options.progress_bar and (done // self.options.log_every
-                                                      != (done - len(items)) // self.options.log_every):
+                                                      != (done - len(batch.items)) // self.options.log_every):
                     log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
 
-    def _score(self, batch: torch.Tensor | None) -> list[torch.Tensor | None]:
-        """A row of probabilities per in-scope image; None for an image the model raised on."""
-        if batch is None:
-            return []
+    def _score(self, pixels: torch.Tensor | None) -> tuple[torch.Tensor, list[bool]]:
+        """Probabilities per in-scope image, and whether the model raised on it (its row is then NaN)."""
+        classes = len(self.scorer.checkpoint.classes)
+        if pixels is None:
+            return torch.empty(0, classes), []
         try:
-            return list(self.scorer.probabilities(batch))
+            return self.scorer.probabilities(pixels), [False] * len(pixels)
         except RuntimeError as exc:  # e.g. out of memory on the GPU: one image at a time, failing alone
-            log.warning("the model failed on a batch of %d images (%s); scoring them one by one", len(batch),
+            log.warning("the model failed on a batch of %d images (%s); scoring them one by one", len(pixels),
                         type(exc).__name__)
-        rows: list[torch.Tensor | None] = []
-        for image in batch:
+        rows, raised = [], []
+        for image in pixels:
             try:
                 rows.append(self.scorer.probabilities(image[None])[0])
+                raised.append(False)
             except RuntimeError:
-                rows.append(None)
-        return rows
+                rows.append(torch.full((classes,), float("nan")))
+                raised.append(True)
+        return torch.stack(rows), raised
 
-    def _commit_batch(self, jobs: list[Job], items: list[Decoded], rows: list[torch.Tensor | None]) -> None:
+    def _results(self, jobs: list[Job], items: tuple[DecodedItem, ...], probabilities: torch.Tensor,
+                 raised: list[bool]) -> BatchResults:
+        scores = iter(zip(summarise(probabilities, self.scorer.checkpoint.classes), raised, strict=True))
+        images: list[results.ImageResult] = []
+        failures: list[results.FileFailure] = []
+        for index, error, values, scope in items:
+            job = jobs[index]
+            score = None
+            if error is None and scope[0]:
+                score, model_raised = next(scores)
+                if model_raised:
+                    error = (SCORE_FAILED, f"{job.stat.path}: the model failed on this image")
+                elif score is None:
+                    error = (INVALID_SCORE, f"{job.stat.path}: the model gave non-finite probabilities for this "
+                                            "image")
+            if error is not None:
+                failures.extend(results.FileFailure(stat, *error) for stat in job.stats)
+            else:
+                images.append(results.ImageResult(job.sha256, job.stats, values, *scope, score=score))
+        return BatchResults(images, failures)
+
+    def _store(self, batch: BatchResults) -> None:
         """One transaction per batch. Its writes go in one savepoint; if any of them fails, the batch is written
         again image by image, each in its own savepoint, so one bad row becomes that image's recorded failure
-        and never costs the rest of the batch (nor stops the run: the same file would stop every rerun)."""
-        outcomes = self._outcomes(jobs, items, rows)
+        and never costs the rest of the batch (nor stops the run: the same file would stop every rerun). The
+        run's counts change only once the batch is committed."""
         with write_session(self.engine) as session:
             try:
                 with session.begin_nested():
-                    for outcome in outcomes:
-                        outcome.write(session, self.model_version_id, self.run_id)
+                    results.store_results(session, self.model_version_id, self.run_id, batch.images,
+                                          batch.failures)
             except DATABASE_ERRORS:
                 raise  # the database or the machine, not this batch's images: the run stops, nothing half-written
             except Exception as exc:
-                log.warning("storing a batch of %d files failed (%s); storing them one by one", len(outcomes),
-                            type(exc).__name__)
-                outcomes = [self._write_alone(session, outcome) for outcome in outcomes]
-            for outcome in outcomes:
-                outcome.count(self.counts)
-            results.update_run(session, self.run_id, **self.counts.as_dict())
+                log.warning("storing a batch of %d files failed (%s); storing them one by one",
+                            len(batch.images) + len(batch.failures), type(exc).__name__)
+                batch = self._store_one_by_one(session, batch)
+            added = batch.counts()
+            results.update_run(session, self.run_id, **self.counts.plus(added).as_dict())
+        self.counts.add(added)
 
-    def _outcomes(self, jobs: list[Job], items: list[Decoded], rows: list[torch.Tensor | None]) -> list[Outcome]:
-        in_scope_rows = iter(rows)
-        outcomes = []
-        for item in items:
-            job = jobs[item.index]
-            if item.error is not None:
-                outcomes.append(Outcome(job, error=item.error))
-                continue
-            in_scope, reason = item.scope
-            outcome = Outcome(job, meta=item.meta, scope=item.scope)
-            if in_scope:
-                row = next(in_scope_rows)
-                if row is None:
-                    outcome = Outcome(job, error=(SCORE_FAILED, f"{job.stat.path}: the model failed on this image"))
-                elif not torch.isfinite(row).all():
-                    outcome = Outcome(job, error=(INVALID_SCORE, f"{job.stat.path}: the model gave non-finite "
-                                                                 "probabilities for this image"))
-                else:
-                    outcome.prediction = summarise(row, self.scorer.checkpoint.classes)
-            outcomes.append(outcome)
-        return outcomes
+    def _store_one_by_one(self, session: Session, batch: BatchResults) -> BatchResults:
+        images: list[results.ImageResult] = []
+        failures: list[results.FileFailure] = []
+        for image in batch.images:
+            refused = self._store_alone(session, [image], [])
+            if refused is None:
+                images.append(image)
+            else:
+                failures.extend(self._record_write_failed(session, image.stats, refused))
+        for failure in batch.failures:
+            refused = self._store_alone(session, [], [failure])
+            if refused is None:
+                failures.append(failure)
+            else:
+                failures.extend(self._record_write_failed(session, (failure.stat,), refused))
+        return BatchResults(images, failures)
 
-    def _write_alone(self, session: Session, outcome: Outcome) -> Outcome:
+    def _store_alone(self, session: Session, images: list[results.ImageResult],
+                     failures: list[results.FileFailure]) -> str | None:
+        """Stores one file's results in a savepoint; the exception's type name if that failed."""
         try:
             with session.begin_nested():
-                outcome.write(session, self.model_version_id, self.run_id)
-            return outcome
+                results.store_results(session, self.model_version_id, self.run_id, images, failures)
+            return None
         except DATABASE_ERRORS:
             raise
         except Exception as exc:
             # The type only: the exception's text may quote the row's values, which come from file headers.
             log.warning("could not store the result of one file (%s); recorded as %s", type(exc).__name__,
                         WRITE_FAILED)
-            failed = Outcome(outcome.job, error=(WRITE_FAILED, f"{outcome.job.stat.path}: storing the result "
-                                                               f"failed ({type(exc).__name__})"))
-            with session.begin_nested():
-                failed.write(session, self.model_version_id, self.run_id)
-            return failed
+            return type(exc).__name__
+
+    def _record_write_failed(self, session: Session, stats: tuple[FileStat, ...],
+                             exception: str) -> list[results.FileFailure]:
+        failed = [results.FileFailure(stat, WRITE_FAILED, f"{stat.path}: storing the result failed ({exception})")
+                  for stat in stats]
+        with session.begin_nested():
+            results.add_failures(session, self.run_id, failed)
+        return failed
 
 
-@dataclass
-class Outcome:
-    """What one decoded job adds to the database: a failure, an out-of-scope image, or a scored image."""
+class BatchWriter:
+    """Stores batches in order on one thread of its own, while the caller scores the next batch.
 
-    job: Job
-    error: tuple[str, str] | None = None
-    meta: dict[str, Any] | None = None
-    scope: tuple[bool, str] | None = None
-    prediction: dict[str, Any] | None = None
+    The queue is bounded, so a slow database holds back scoring instead of piling up results in memory. An
+    exception in the thread (a database error) is raised in the caller at its next :meth:`put` or on leaving
+    the ``with`` block; batches after it are dropped, never stored out of order. Leaving the block waits for
+    every queued batch, so a batch is never reported done before it is committed.
+    """
 
-    @property
-    def stats(self) -> list[FileStat]:
-        return [self.job.stat, *self.job.same_content]
+    _STOP = object()
 
-    def write(self, session: Session, model_version_id: int, run_id: int) -> None:
-        if self.error is not None:
-            for stat in self.stats:
-                results.add_failure(session, run_id, stat, *self.error)
-            return
-        in_scope, reason = self.scope
-        image_id = results.upsert_image(session, sha256=self.job.sha256, stat=self.job.stat, meta=self.meta,
-                                        in_scope=in_scope, scope_reason=reason)
-        for stat in self.stats:
-            results.record_file(session, stat, image_id)
-        if self.prediction is not None:
-            results.add_prediction(session, image_id=image_id, model_version_id=model_version_id, run_id=run_id,
-                                   **self.prediction)
+    def __init__(self, store: Callable[[Any], None], depth: int = 2):
+        self._store = store
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=depth)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="cxr-batch-writer", daemon=True)
 
-    def count(self, counts: Counts) -> None:
-        if self.error is not None:
-            counts.failed += len(self.stats)
-        elif self.prediction is None:
-            counts.out_of_scope += len(self.stats)
-        else:
-            counts.scored += 1
-            counts.skipped += len(self.job.same_content)
+    def __enter__(self) -> BatchWriter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self._queue.put(self._STOP)
+        self._thread.join()
+        if exc is None:
+            self._raise_error()
+
+    def put(self, batch: Any) -> None:
+        self._raise_error()
+        self._queue.put(batch)
+
+    def _loop(self) -> None:
+        while (batch := self._queue.get()) is not self._STOP:
+            if self._error is None:
+                try:
+                    self._store(batch)
+                except BaseException as exc:  # handed to the caller's thread, which stops the run
+                    self._error = exc
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
 
 
-def summarise(probabilities: torch.Tensor, classes: list[str]) -> dict[str, Any]:
-    best = int(probabilities.argmax())
-    return {
-        "probabilities": {name: round(float(p), 6) for name, p in zip(classes, probabilities, strict=True)},
-        "predicted_class": classes[best],
-        "confidence": float(probabilities[best]),
-        "entropy": float(normalised_entropy(probabilities)),
-    }
+def summarise(probabilities: torch.Tensor, classes: list[str]) -> list[results.Score | None]:
+    """A score per row, computed for the whole batch at once; None for a row that is not finite."""
+    probabilities = probabilities.float()
+    finite = torch.isfinite(probabilities).all(dim=1).tolist()
+    best = probabilities.argmax(dim=1).tolist()
+    entropy = normalised_entropy(probabilities).tolist()
+    return [results.Score({name: round(p, 6) for name, p in zip(classes, row, strict=True)}, classes[b], row[b], e)
+            if ok else None
+            for row, b, e, ok in zip(probabilities.tolist(), best, entropy, finite, strict=True)]
 
 
 def _counts_text(counts: Counts) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from db import model_versions, results
 from db.engine import read_session, write_session
@@ -145,3 +145,37 @@ def test_undecodable_file_names_are_stored_as_escapes(engine, run):
     (dt.date(2020, 2, 29), dt.date(2020, 2, 29)), ("2024", None), ("", None), (None, None), ("20241341", None)])
 def test_parse_dicom_date(value, expected):
     assert results.parse_dicom_date(value) == expected
+
+
+def test_store_results_writes_a_batch_with_one_statement_per_table(engine, run):
+    version_id, run_id = run
+    values = results.image_values(META)
+    score = results.Score({"covid": 0.25, "normal": 0.75}, "normal", 0.75, 0.8)
+    with write_session(engine) as session:
+        known = image(session, "0" * 64, FileStat("/in/old.dcm", 1, 1))  # content seen before, at another path
+    images = [results.ImageResult(f"{i}" * 64, (FileStat(f"/in/{i}.dcm", 10, i),), values, True, "ok", score)
+              for i in range(4)]
+    images.append(results.ImageResult("9" * 64, (FileStat("/in/mr.dcm", 10, 9), FileStat("/in/mr-copy.dcm", 10, 9)),
+                                      values, False, "modality:MR"))
+    failures = [results.FileFailure(FileStat("/in/bad.png", 3, 3), "truncated", "/in/bad.png: cut short")]
+    statements: list[str] = []
+    with write_session(engine) as session:
+        event.listen(session.connection(), "before_cursor_execute",
+                     lambda *args: statements.append(args[2].split()[0]))
+        results.store_results(session, version_id, run_id, images, failures)
+        results.store_results(session, version_id, run_id, images[:1], [])  # again: nothing new
+    assert statements[:5] == ["INSERT", "SELECT", "INSERT", "INSERT", "INSERT"]
+    with read_session(engine) as session:
+        stored = dict(session.execute(select(Image.sha256, Image.id)).all())
+        locations = dict(session.execute(select(ImageFile.path, ImageFile.image_id)).all())
+        predicted = session.scalars(select(Prediction.image_id).order_by(Prediction.image_id)).all()
+        failure = results.run_failures(session, run_id)[0]
+        first = session.get(Image, stored["1" * 64])
+    assert len(stored) == 5 and stored["0" * 64] == known
+    assert locations == {"/in/0.dcm": known, "/in/1.dcm": stored["1" * 64], "/in/2.dcm": stored["2" * 64],
+                         "/in/3.dcm": stored["3" * 64], "/in/mr.dcm": stored["9" * 64],
+                         "/in/mr-copy.dcm": stored["9" * 64]}
+    assert predicted == sorted(stored[f"{i}" * 64] for i in range(4))
+    assert (failure.path, failure.reason, failure.size_bytes) == ("/in/bad.png", "truncated", 3)
+    assert (first.path, first.modality, first.study_date, first.manufacturer) == ("/in/1.dcm", "CR",
+                                                                                  dt.date(2024, 1, 31), "M" * 64)

@@ -88,17 +88,17 @@ def test_non_finite_probabilities_are_that_image_s_failure(capsys, sqlite_url, t
 def test_an_exception_writing_one_image_keeps_the_rest_of_the_batch(capsys, db_url, tiny_checkpoint, folder,
                                                                    monkeypatch):
     (folder / "poisoned.dcm").unlink()
-    real = results.add_prediction
+    real = results.add_predictions  # one statement per batch: it fails if the victim's row is in it
     victim: list[str] = []  # the content hash of the first image written: ids are reused after a rollback
 
-    def fail_for_one_image(session, *, image_id, **values):
-        sha = session.get(Image, image_id).sha256
-        if not victim or victim[0] == sha:
-            victim[:1] = [sha]
+    def fail_for_one_image(session, model_version_id, run_id, scores):
+        shas = [session.get(Image, image_id).sha256 for image_id, _ in scores]
+        victim[:1] = victim or shas[:1]
+        if victim[0] in shas:
             raise RuntimeError("injected: the driver refused this row")
-        real(session, image_id=image_id, **values)
+        real(session, model_version_id, run_id, scores)
 
-    monkeypatch.setattr(results, "add_prediction", fail_for_one_image)
+    monkeypatch.setattr(results, "add_predictions", fail_for_one_image)
     code, summary = run(capsys, db_url, tiny_checkpoint, folder)
     assert (code, summary["scored"], summary["failed"]) == (1, N_GOOD - 1, 1)
     predictions, failures, statuses = stored(db_url)
@@ -106,7 +106,7 @@ def test_an_exception_writing_one_image_keeps_the_rest_of_the_batch(capsys, db_u
     assert list(failures.values()) == [pipeline.WRITE_FAILED]
     assert statuses == ["finished"]
 
-    monkeypatch.setattr(results, "add_prediction", real)
+    monkeypatch.setattr(results, "add_predictions", real)
     code, rerun = run(capsys, db_url, tiny_checkpoint, folder)  # unchanged: not retried ...
     assert (code, rerun["known_failures"], rerun["scored"]) == (0, 1, 0)
     code, retried = run(capsys, db_url, tiny_checkpoint, folder, "--retry-failed")  # ... unless asked
