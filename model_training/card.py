@@ -436,6 +436,37 @@ def _performance_section(metrics: Mapping[str, Any]) -> str:
     return "\n".join(parts).rstrip()
 
 
+def _intervals_section(metrics: Mapping[str, Any]) -> str:
+    """Bootstrap 95 % intervals of the headline figures, per split (``split["intervals"]``)."""
+    splits = {name: m["intervals"] for name, m in _split_metrics(metrics).items()
+              if isinstance(m.get("intervals"), Mapping)}
+    if not splits:
+        return ""
+    parts = ["### 95 % confidence intervals", ""]
+    for name, intervals in splits.items():
+        method = intervals.get("_method") or {}
+        rows = [[key.replace("auroc_", "AUROC ").replace("_vs_", " vs "), v.get("estimate"),
+                 None if v.get("low") is None else f"{_fmt(v['low'])} - {_fmt(v['high'])}", v.get("resamples")]
+                for key, v in intervals.items() if isinstance(v, Mapping) and not key.startswith("_")]
+        parts += [f"{name}: {method.get('interval', 'percentile')} bootstrap, {method.get('resamples')} resamples "
+                  f"(seed {method.get('seed')}), stratified by {method.get('stratified_by', 'class')}. The sets are "
+                  "small: read the interval, not the point.", "",
+                  _table(["figure", "estimate", "95 % interval", "resamples"], rows), ""]
+    return "\n".join(parts).rstrip()
+
+
+def _recipe_section(config: Mapping[str, Any]) -> str:
+    """How a retrained version was made (``config["recipe"]``), when it was."""
+    recipe = config.get("recipe") if isinstance(config, Mapping) else None
+    if not isinstance(recipe, Mapping) or not recipe:
+        return ""
+    rows = [[key, value if not isinstance(value, list | Mapping) else json.dumps(value)]
+            for key, value in recipe.items()]
+    return "\n".join(["## Retraining recipe", "",
+                      "The retraining recipe this version was trained with (`cxr-train train --include-reviews`).",
+                      "", _table(["setting", "value"], rows, numeric_from=99)])
+
+
 def _per_source_section(metrics: Mapping[str, Any]) -> str:
     """Accuracy per data source, when the caller measured it (``metrics["per_source"][split]``)."""
     per_source = metrics.get("per_source")
@@ -565,7 +596,9 @@ def write_model_card(out_dir: str | os.PathLike, *, name: str, config: dict, dat
         _data_section(data_j, classes),
         _performance_section(metrics_j) + (f"\n\n![Confusion matrices]({pictures['confusion_matrix']})"
                                            if "confusion_matrix" in pictures else ""),
+        *([section] if (section := _intervals_section(metrics_j)) else []),
         *([section] if (section := _per_source_section(metrics_j)) else []),
+        *([section] if (section := _recipe_section(config_j)) else []),
         *([section] if (section := _attribution_section(metrics_j)) else []),
         _calibration_section(metrics_j, reliability_j, pictures.get("reliability_diagram")),
         _history_section(history_j, pictures.get("training_curves")),

@@ -48,11 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, default=DEFAULTS["patience"],
                        help="early stop after N epochs without a better validation macro-F1 (default: %(default)s)")
     train.add_argument("--pretrained", metavar="PATH|imagenet",
-                       help="initial weights: a checkpoint, a torchvision state dict, or ImageNet from the local "
-                            "torch cache (never downloaded)")
+                       help="initial weights: a checkpoint, a torchvision or torchxrayvision ResNet state dict, "
+                            "or ImageNet from the local torch cache (never downloaded)")
     train.add_argument("--eval-data", metavar="DIR|CSV", help="a fixed evaluation set, never trained on")
     train.add_argument("--include-reviews", action="store_true",
                        help="add reviewed cases from the database with the reviewers' labels")
+    recipe = train.add_argument_group(
+        "retraining recipe", "each defaults to the retraining recipe with --include-reviews (start from the active "
+        "version, half of each epoch's draws from reviewed cases, stem and layer1 frozen, border-band masking up to "
+        "10 % of the side), else off")
+    recipe.add_argument("--from-active", action=argparse.BooleanOptionalAction, default=DEFAULTS["from_active"],
+                        help="start from the active version's weights (unless --pretrained names others)")
+    recipe.add_argument("--review-share", type=float, default=DEFAULTS["review_share"], metavar="F",
+                        help="share of each epoch's draws that are reviewed cases, class-balanced (0: no resampling)")
+    recipe.add_argument("--freeze-blocks", type=int, default=DEFAULTS["freeze_blocks"], metavar="K",
+                        help="keep the stem and layer1..layerK as they are (0: train everything)")
+    recipe.add_argument("--border-mask", type=float, default=DEFAULTS["border_mask"], metavar="F",
+                        help="augmentation masking a border band of up to F of the side per edge (0: off)")
     train.add_argument("--hflip", action="store_true", help="also augment with left-right flips (off by default)")
     train.add_argument("--no-augment", dest="augment", action="store_false")
     train.add_argument("--workers", type=int, default=DEFAULTS["workers"], metavar="N",
@@ -69,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", required=True, metavar="DIR|CSV")
     evaluate.add_argument("--compare", type=Path, metavar="CKPT2", help="a second checkpoint, on the same images")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.add_argument("--resamples", type=int, default=1000, metavar="N",
+                          help="bootstrap resamples for the 95%% intervals (default: %(default)s)")
     add_device_option(evaluate)
 
     listing = commands.add_parser("list", help="the registered model versions")
@@ -110,35 +124,55 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from model_training.evaluation import comparison_table, evaluate_checkpoint
+    from model_training.evaluation import compare_checkpoints, comparison_table, evaluate_checkpoint
 
     items = data.load_labelled(args.data)
     readable, rejected = data.readable(items)
     for path, reason in rejected:
         log.warning("left out (%s): %s", reason, Path(path).name)
-    first = evaluate_checkpoint(args.model, readable, device=args.device)
-    second = evaluate_checkpoint(args.compare, readable, device=args.device) if args.compare else None
-    if args.json:
-        print(json.dumps(first if second is None else {"model": first, "compare": second}))
-    elif second is None:
-        print(_summary_text(first))
-    else:
-        print(comparison_table(first, second))
+    options = dict(device=args.device, n_resamples=args.resamples)
+    if args.compare:
+        comparison = compare_checkpoints(args.model, args.compare, readable, **options)
+        print(json.dumps(comparison) if args.json else comparison_table(comparison))
+        return 0
+    metrics = evaluate_checkpoint(args.model, readable, **options)
+    print(json.dumps(metrics) if args.json else _summary_text(metrics))
     return 0
 
 
 def _summary_text(metrics: dict) -> str:
+    intervals = metrics.get("intervals", {})
     lines = [f"{metrics.get('name') or metrics['checkpoint']} on {metrics['n']} images",
-             f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  "
-             f"macro-AUROC {_num(metrics['macro_auroc'])}  ECE {metrics['ece']:.4f}"]
+             f"accuracy {_ci(intervals, 'accuracy', metrics['accuracy'])}  "
+             f"balanced accuracy {_ci(intervals, 'balanced_accuracy', metrics.get('balanced_accuracy'))}  "
+             f"macro-F1 {metrics['macro_f1']:.4f}  "
+             f"macro-AUROC {_ci(intervals, 'macro_auroc', metrics['macro_auroc'])}  ECE {metrics['ece']:.4f}"]
     for name, cls in metrics["per_class"].items():
         lines.append(f"  {name:<12} precision {cls['precision']:.3f}  recall {cls['recall']:.3f}  "
-                     f"F1 {cls['f1']:.3f}  AUROC {_num(cls['auroc'])}  n={cls['support']}")
+                     f"F1 {cls['f1']:.3f}  AUROC {_ci(intervals, 'auroc_' + name, cls['auroc'])}  "
+                     f"n={cls['support']}")
+    pairs = [key for key in intervals if "_vs_" in key and intervals[key]["estimate"] is not None]
+    for key in pairs:
+        first, second = key.removeprefix("auroc_").split("_vs_")
+        lines.append(f"  {first} vs {second} AUROC (images of these two classes) {_ci(intervals, key, None)}")
     lines.append("per source (a source holding one class only shows whether the model recognises the source):")
     for source, group in metrics.get("per_source", {}).items():
         lines.append(f"  {source:<12} accuracy {group['accuracy']:.3f}  n={group['n']}  "
                      f"classes {', '.join(group['classes'])}")
+    method = intervals.get("_method")
+    if method:
+        lines.append(f"[95% intervals: {method['interval']} bootstrap, {method['resamples']} resamples, "
+                     f"seed {method['seed']}, stratified by {method['stratified_by']}]")
     return "\n".join(lines)
+
+
+def _ci(intervals: dict, key: str, fallback) -> str:
+    found = intervals.get(key)
+    if not found or found.get("estimate") is None:
+        return _num(fallback)
+    if found.get("low") is None:
+        return _num(found["estimate"])
+    return f"{found['estimate']:.4f} [{found['low']:.4f}, {found['high']:.4f}]"
 
 
 def _num(value) -> str:

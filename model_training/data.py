@@ -181,6 +181,25 @@ def patient_split(items: list[LabelledImage], val_fraction: float, seed: int) ->
     return train, val
 
 
+def split_keeping_dataset_split(items: list[LabelledImage], val_fraction: float,
+                                seed: int) -> tuple[list, list]:
+    """:func:`patient_split` of the dataset's images, as without reviews, plus a split of the reviewed cases of
+    their own: adding reviews never moves a dataset image between training and validation, so a retrained
+    version is validated on the same dataset images as the version it replaces (same seed and fraction). A
+    reviewed case of a patient already in the dataset goes where that patient is."""
+    dataset = [item for item in items if item.review_id is None]
+    reviews = [item for item in items if item.review_id is not None]
+    train, val = patient_split(dataset, val_fraction, seed) if dataset else ([], [])
+    if not reviews:
+        return train, val
+    train_groups, val_groups = {i.group for i in train}, {i.group for i in val}
+    known_train = [i for i in reviews if i.group in train_groups]
+    known_val = [i for i in reviews if i.group in val_groups]
+    new = [i for i in reviews if i.group not in train_groups | val_groups]
+    new_train, new_val = patient_split(new, val_fraction, seed) if new else ([], [])
+    return train + known_train + new_train, val + known_val + new_val
+
+
 # --- augmentation ---------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -195,6 +214,7 @@ class Augmentation:
     contrast: float = 0.15
     gamma: float = 0.2
     hflip: bool = False
+    border: float = 0.0  # up to this share of the side masked per edge (against text and border shortcuts)
 
     def intensity(self, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """In reader space ([0, 1]) before preprocessing."""
@@ -217,6 +237,25 @@ class Augmentation:
         shifted = tensor[None] - fill  # grid_sample fills with zeros: sample the offset image
         return (F.grid_sample(shifted, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
                 + fill)
+
+    def mask_border(self, tensor: torch.Tensor, rng: np.random.Generator, fill: float) -> torch.Tensor:
+        """Each edge, with probability ½, gets a band of up to ``border`` of the side set to ``fill`` (the
+        padding value), so letters, markers and film edges in the border band cannot carry the label alone."""
+        if self.border <= 0:
+            return tensor
+        size = tensor.shape[-1]
+        widths = [int(rng.uniform(0, self.border) * size) if rng.random() < 0.5 else 0 for _ in range(4)]
+        out = tensor.clone()
+        top, bottom, left, right = widths
+        if top:
+            out[..., :top, :] = fill
+        if bottom:
+            out[..., size - bottom:, :] = fill
+        if left:
+            out[..., :, :left] = fill
+        if right:
+            out[..., :, size - right:] = fill
+        return out
 
 
 # --- the dataset ----------------------------------------------------------------------------------------
@@ -249,7 +288,8 @@ class LabelledDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         tensor = self.preprocessing(self.augmentation.intensity(pixels, rng))
         pad = (self.preprocessing.pad_value - self.preprocessing.mean) / self.preprocessing.std
-        return self.augmentation.geometry(tensor, rng, pad), self.classes.index(item.label)
+        tensor = self.augmentation.mask_border(self.augmentation.geometry(tensor, rng, pad), rng, pad)
+        return tensor, self.classes.index(item.label)
 
 
 def readable(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[tuple[str, str]]]:

@@ -1,45 +1,109 @@
-"""Metrics of any checkpoint on any labelled set, alone or side by side with another version."""
+"""Metrics of any checkpoint on any labelled set, alone or side by side with another version.
+
+Every headline figure carries a bootstrap 95 % interval (by patient where the set has patient ids); a
+comparison adds the paired bootstrap interval of the difference (second minus first) on the same images.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from model_training import data
-from model_training.train import evaluate_items
+from model_training.metrics import DEFAULT_RESAMPLES, paired_bootstrap_summary
+from model_training.train import Predictions, predict_items, prediction_metrics
 from scoring.model import checkpoint_sha256, load_checkpoint, resolve_device
+
+# The rows of the comparison table: (label, key in the metrics, key in the intervals).
+_ROWS = [("accuracy", "accuracy"), ("balanced acc.", "balanced_accuracy"), ("macro-AUROC", "macro_auroc")]
+
+
+def predict_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], *, device: str = "auto",
+                       batch_size: int = 32, workers: int = 2) -> tuple[Predictions, list[str]]:
+    """Calibrated probabilities (the checkpoint's own temperature) and the checkpoint's classes."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    torch_device = resolve_device(device)
+    predictions = predict_items(checkpoint.build().to(torch_device), items, checkpoint.classes,
+                                checkpoint.preprocessing, checkpoint.temperature, batch_size=batch_size,
+                                workers=workers, device=torch_device)
+    return predictions, checkpoint.classes
 
 
 def evaluate_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], *, device: str = "auto",
-                        batch_size: int = 32, workers: int = 2) -> dict:
-    """Calibrated metrics (the checkpoint's own temperature) on readable items whose labels it knows."""
-    checkpoint = load_checkpoint(checkpoint_path)
-    torch_device = resolve_device(device)
-    metrics = evaluate_items(checkpoint.build().to(torch_device), items, checkpoint.classes,
-                             checkpoint.preprocessing, checkpoint.temperature, batch_size=batch_size,
-                             workers=workers, device=torch_device)
-    metrics.update(checkpoint=str(checkpoint_path), sha256=checkpoint_sha256(checkpoint_path),
-                   name=checkpoint.training.get("name"))
+                        batch_size: int = 32, workers: int = 2, n_resamples: int = DEFAULT_RESAMPLES) -> dict:
+    """Calibrated metrics (the checkpoint's own temperature), with bootstrap intervals, on readable items whose
+    labels it knows."""
+    predictions, classes = predict_checkpoint(checkpoint_path, items, device=device, batch_size=batch_size,
+                                              workers=workers)
+    return _described(prediction_metrics(predictions, classes, n_resamples=n_resamples), checkpoint_path)
+
+
+def compare_checkpoints(first_path: Path, second_path: Path, items: list[data.LabelledImage], *,
+                        device: str = "auto", batch_size: int = 32, workers: int = 2,
+                        n_resamples: int = DEFAULT_RESAMPLES) -> dict:
+    """Both evaluations, and the paired bootstrap interval of every headline figure's difference (second minus
+    first). The two versions must have the same classes and know the same images' labels."""
+    first, classes = predict_checkpoint(first_path, items, device=device, batch_size=batch_size, workers=workers)
+    second, second_classes = predict_checkpoint(second_path, items, device=device, batch_size=batch_size,
+                                                workers=workers)
+    if classes != second_classes:
+        raise data.DataError(f"cannot compare versions with different classes: {classes} and {second_classes}")
+    difference = paired_bootstrap_summary(first.labels, first.probabilities, second.probabilities, classes,
+                                          first.patients, n_resamples=n_resamples)
+    return {"model": _described(prediction_metrics(first, classes, n_resamples=n_resamples), first_path),
+            "compare": _described(prediction_metrics(second, classes, n_resamples=n_resamples), second_path),
+            "difference": difference}
+
+
+def _described(metrics: dict, path: Path) -> dict:
+    checkpoint = load_checkpoint(path)
+    metrics.update(checkpoint=str(path), sha256=checkpoint_sha256(path), name=checkpoint.training.get("name"))
     return metrics
 
 
-def comparison_table(first: dict, second: dict) -> str:
-    """Two evaluations on the same images, side by side, as plain text."""
-    rows = [("accuracy", "accuracy"), ("macro-F1", "macro_f1"), ("macro-AUROC", "macro_auroc"), ("ECE", "ece"),
-            ("images", "n")]
-    names = [first.get("name") or Path(first["checkpoint"]).name, second.get("name") or
-             Path(second["checkpoint"]).name]
-    width = max(14, *(len(n) for n in names))
-    lines = [f"{'':<14}{names[0]:>{width}}{names[1]:>{width}}{'difference':>{width}}"]
-    for label, key in rows:
+def comparison_table(comparison: dict) -> str:
+    """Two evaluations on the same images, side by side, with 95 % intervals, as plain text."""
+    first, second, difference = comparison["model"], comparison["compare"], comparison.get("difference", {})
+    names = [first.get("name") or Path(first["checkpoint"]).name,
+             second.get("name") or Path(second["checkpoint"]).name]
+    width = max(24, *(len(n) + 2 for n in names))
+    lines = [f"{'':<26}{names[0]:>{width}}{names[1]:>{width}}{'difference (paired 95% CI)':>30}"]
+    keys = [(label, key) for label, key in _ROWS]
+    keys += [(name.replace("auroc_", "AUROC ").replace("_vs_", " v "), name)
+             for name in first.get("intervals", {}) if name.startswith("auroc_")]
+    for label, key in keys:
+        a, b = _interval(first, key), _interval(second, key)
+        d = difference.get(key)
+        lines.append(f"{label:<26}{a:>{width}}{b:>{width}}{_ci(d, signed=True):>30}")
+    for label, key in (("macro-F1", "macro_f1"), ("ECE", "ece"), ("images", "n")):
         a, b = first.get(key), second.get(key)
         diff = "" if a is None or b is None else f"{b - a:+.4f}"
-        lines.append(f"{label:<14}{_cell(a):>{width}}{_cell(b):>{width}}{diff:>{width}}")
+        lines.append(f"{label:<26}{_cell(a):>{width}}{_cell(b):>{width}}{diff:>30}")
     for cls in sorted(set(first["per_class"]) | set(second["per_class"])):
         a = first["per_class"].get(cls, {}).get("f1")
         b = second["per_class"].get(cls, {}).get("f1")
         diff = "" if a is None or b is None else f"{b - a:+.4f}"
-        lines.append(f"{'F1 ' + cls:<14}{_cell(a):>{width}}{_cell(b):>{width}}{diff:>{width}}")
+        lines.append(f"{'F1 ' + cls:<26}{_cell(a):>{width}}{_cell(b):>{width}}{diff:>30}")
+    method = difference.get("_method") or first.get("intervals", {}).get("_method") or {}
+    if method:
+        lines.append(f"95% intervals: {method['interval']} bootstrap, {method['resamples']} resamples, seed "
+                     f"{method['seed']}, stratified by {method['stratified_by']}")
     return "\n".join(lines)
+
+
+def _interval(metrics: dict, key: str) -> str:
+    found = metrics.get("intervals", {}).get(key)
+    if found is None:
+        return _cell(metrics.get(key))
+    return _ci(found)
+
+
+def _ci(found: dict | None, signed: bool = False) -> str:
+    if not found or found.get("estimate") is None:
+        return "n/a"
+    fmt = "{:+.4f}" if signed else "{:.4f}"
+    if found.get("low") is None:
+        return fmt.format(found["estimate"])
+    return (f"{fmt.format(found['estimate'])} [{fmt.format(found['low'])}, {fmt.format(found['high'])}]")
 
 
 def _cell(value) -> str:

@@ -19,7 +19,9 @@ Conventions, fixed here so every report means the same thing:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -262,6 +264,206 @@ def accuracy_by_group(groups: Sequence[str | None], y_true: Any, probabilities: 
     result = {}
     for name in sorted(set(names)):
         mask = names == name
+        present = sorted(set(y[mask].tolist()))
         result[name] = {"n": int(mask.sum()), "accuracy": float((predicted[mask] == y[mask]).mean()),
-                        "classes": [classes[i] for i in sorted(set(y[mask].tolist()))]}
+                        "classes": [classes[i] for i in present],
+                        # where a source holds two classes, whether it ranks one above the other within it
+                        "pairwise_auroc": {f"{classes[a]}_vs_{classes[b]}": pairwise_auroc(y[mask], p[mask], a, b)
+                                           for a in present for b in present if a < b}}
     return result
+
+
+# --- more summaries and bootstrap confidence intervals --------------------------------------------------------
+#
+# The validation and evaluation sets are small (tens to a few hundred images), so every headline figure gets
+# a percentile bootstrap 95 % interval: ``n_resamples`` resamples with a fixed ``seed`` (the same inputs
+# always give the same interval), stratified by class so every resample holds every class the data holds, and
+# by patient where patient ids exist (a patient's films are resampled together: films of one patient are not
+# independent). A statistic that is undefined in a resample (an AUROC without positives) leaves that resample
+# out; ``resamples`` in the result says how many counted.
+
+DEFAULT_RESAMPLES = 1000
+DEFAULT_SEED = 0
+
+
+def balanced_accuracy(y_true: Any, probabilities: Any) -> float:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's ``balanced_accuracy_score``)."""
+    p, y = validate_probabilities(probabilities, y_true)
+    predicted = p.argmax(axis=1)
+    return float(np.mean([(predicted[y == c] == c).mean() for c in np.unique(y)]))
+
+
+def pairwise_auroc(y_true: Any, probabilities: Any, positive: int, negative: int) -> float | None:
+    """AUROC of ``positive`` against ``negative`` on the images of those two classes only, scored by
+    ``p[positive] / (p[positive] + p[negative])`` (e.g. covid vs pneumonia, whatever the third class gets).
+    ``None`` when either class is absent."""
+    p, y = validate_probabilities(probabilities, y_true)
+    for c in (positive, negative):
+        if not 0 <= c < p.shape[1]:
+            raise ValueError(f"class index {c} is out of range for {p.shape[1]} classes")
+    if positive == negative:
+        raise ValueError(f"positive and negative class are both {positive}")
+    mask = (y == positive) | (y == negative)
+    pair = p[mask][:, [positive, negative]]
+    score = pair[:, 0] / np.maximum(pair.sum(axis=1), 1e-12)
+    return binary_auroc(y[mask] == positive, score)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its percentile bootstrap interval (``None`` where undefined)."""
+
+    estimate: float | None
+    low: float | None
+    high: float | None
+    level: float
+    resamples: int  # resamples in which the statistic was defined
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def excludes_zero(self) -> bool:
+        return self.low is not None and (self.low > 0 or self.high < 0)
+
+
+def bootstrap_resamples(y_true: Any, groups: Sequence[Any] | None = None, *, n_resamples: int = DEFAULT_RESAMPLES,
+                        seed: int = DEFAULT_SEED) -> list[np.ndarray]:
+    """Index arrays of ``n_resamples`` bootstrap resamples, stratified by class, by group where given.
+
+    Without ``groups`` each image is drawn alone, within its class. With ``groups`` (patient ids; ``None`` or
+    empty: the image is its own group) whole groups are drawn with replacement within the stratum of their most
+    common class, so a resample has as many groups per stratum as the data.
+    """
+    y = validate_labels(y_true)
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, int | np.integer) or n_resamples < 1:
+        raise ValueError(f"n_resamples must be a positive integer, got {n_resamples!r}")
+    if len(y) == 0:
+        raise ValueError("no samples to resample")
+    if groups is None:
+        keys = list(range(len(y)))
+    else:
+        if len(groups) != len(y):
+            raise ValueError(f"{len(groups)} group ids for {len(y)} samples")
+        keys = [("group", g) if g not in (None, "") else ("image", i) for i, g in enumerate(groups)]
+    members: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        members.setdefault(key, []).append(i)
+    strata: dict[int, list[np.ndarray]] = {}
+    for indices in members.values():
+        label = int(np.bincount(y[indices]).argmax())
+        strata.setdefault(label, []).append(np.asarray(indices, dtype=np.int64))
+    rng = np.random.default_rng(seed)
+    resamples = []
+    for _ in range(int(n_resamples)):
+        parts = []
+        for label in sorted(strata):
+            stratum = strata[label]
+            parts += [stratum[j] for j in rng.integers(0, len(stratum), size=len(stratum))]
+        resamples.append(np.concatenate(parts))
+    return resamples
+
+
+def percentile_interval(estimate: float | None, values: Sequence[float | None], level: float = 0.95) -> Interval:
+    """The percentile interval of the defined ``values`` around ``estimate``."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be between 0 and 1, got {level}")
+    defined = np.array([v for v in values if v is not None], dtype=np.float64)
+    if estimate is None or not len(defined):
+        return Interval(estimate, None, None, level, len(defined))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return Interval(float(estimate), float(low), float(high), level, len(defined))
+
+
+Statistic = Callable[[np.ndarray, np.ndarray], "float | None"]
+
+
+def bootstrap_interval(statistic: Statistic, y_true: Any, probabilities: Any, groups: Sequence[Any] | None = None,
+                       *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                       level: float = 0.95) -> Interval:
+    """``statistic(y, p)`` on the data, with its stratified (by patient where ``groups``) bootstrap interval."""
+    p, y = validate_probabilities(probabilities, y_true)
+    values = [statistic(y[i], p[i]) for i in bootstrap_resamples(y, groups, n_resamples=n_resamples, seed=seed)]
+    return percentile_interval(statistic(y, p), values, level)
+
+
+def paired_bootstrap_difference(statistic: Statistic, y_true: Any, probabilities_a: Any, probabilities_b: Any,
+                                groups: Sequence[Any] | None = None, *, n_resamples: int = DEFAULT_RESAMPLES,
+                                seed: int = DEFAULT_SEED, level: float = 0.95) -> Interval:
+    """``statistic(b) - statistic(a)`` on the same images, with a paired bootstrap interval: each resample
+    draws the same images (patients) for both models, so what the models share cancels out."""
+    pa, y = validate_probabilities(probabilities_a, y_true)
+    pb, _ = validate_probabilities(probabilities_b, y_true)
+    if pa.shape != pb.shape:
+        raise ValueError(f"the two models' probabilities differ in shape: {pa.shape} and {pb.shape}")
+
+    def difference(index: np.ndarray | slice) -> float | None:
+        a, b = statistic(y[index], pa[index]), statistic(y[index], pb[index])
+        return None if a is None or b is None else b - a
+
+    values = [difference(i) for i in bootstrap_resamples(y, groups, n_resamples=n_resamples, seed=seed)]
+    return percentile_interval(difference(slice(None)), values, level)
+
+
+def headline_statistics(classes: Sequence[str]) -> dict[str, Statistic]:
+    """The statistics that get intervals: accuracy, balanced accuracy, macro-AUROC, one-vs-rest AUROC per class
+    and, for every pair of classes, the AUROC of one against the other (``auroc_covid_vs_pneumonia``)."""
+    stats: dict[str, Statistic] = {
+        "accuracy": lambda y, p: float((p.argmax(axis=1) == y).mean()),
+        "balanced_accuracy": balanced_accuracy,
+        "macro_auroc": lambda y, p: _macro_auroc(y, p),
+    }
+    for c, name in enumerate(classes):
+        stats[f"auroc_{name}"] = lambda y, p, c=c: binary_auroc(y == c, p[:, c])
+    for a, first in enumerate(classes):
+        for b, second in enumerate(classes):
+            if a < b:
+                stats[f"auroc_{first}_vs_{second}"] = lambda y, p, a=a, b=b: pairwise_auroc(y, p, a, b)
+    return stats
+
+
+def _macro_auroc(y: np.ndarray, p: np.ndarray) -> float | None:
+    aurocs = [binary_auroc(y == c, p[:, c]) for c in range(p.shape[1])]
+    defined = [a for a in aurocs if a is not None]
+    return float(np.mean(defined)) if defined else None
+
+
+def bootstrap_summary(y_true: Any, probabilities: Any, classes: Sequence[str], groups: Sequence[Any] | None = None,
+                      *, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
+                      level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """``{statistic: Interval.to_dict()}`` for :func:`headline_statistics`, on one set of resamples."""
+    p, y = validate_probabilities(probabilities, y_true)
+    if len(classes) != p.shape[1]:
+        raise ValueError(f"{len(classes)} class names given but probabilities have {p.shape[1]} columns")
+    stats = headline_statistics(classes)
+    resamples = bootstrap_resamples(y, groups, n_resamples=n_resamples, seed=seed)
+    out = {}
+    for name, statistic in stats.items():
+        values = [statistic(y[i], p[i]) for i in resamples]
+        out[name] = percentile_interval(statistic(y, p), values, level).to_dict()
+    out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile",
+                      "stratified_by": "class" + (" and patient" if groups is not None else "")}
+    return out
+
+
+def paired_bootstrap_summary(y_true: Any, probabilities_a: Any, probabilities_b: Any, classes: Sequence[str],
+                             groups: Sequence[Any] | None = None, *, n_resamples: int = DEFAULT_RESAMPLES,
+                             seed: int = DEFAULT_SEED, level: float = 0.95) -> dict[str, dict[str, Any]]:
+    """``{statistic: Interval.to_dict()}`` of ``b - a`` for :func:`headline_statistics`, paired resamples."""
+    pa, y = validate_probabilities(probabilities_a, y_true)
+    pb, _ = validate_probabilities(probabilities_b, y_true)
+    if pa.shape != pb.shape or len(classes) != pa.shape[1]:
+        raise ValueError(f"probabilities of shapes {pa.shape} and {pb.shape} for {len(classes)} classes")
+    resamples = bootstrap_resamples(y, groups, n_resamples=n_resamples, seed=seed)
+    out = {}
+    for name, statistic in headline_statistics(classes).items():
+        def difference(index, statistic=statistic):
+            a, b = statistic(y[index], pa[index]), statistic(y[index], pb[index])
+            return None if a is None or b is None else b - a
+
+        out[name] = percentile_interval(difference(slice(None)), [difference(i) for i in resamples],
+                                        level).to_dict()
+    out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile, paired",
+                      "stratified_by": "class" + (" and patient" if groups is not None else "")}
+    return out

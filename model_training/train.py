@@ -24,20 +24,23 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import models
 
-from db import migrate
+from db import migrate, model_versions
 from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
 from db.errors import CannotRun
 from db.model_versions import register_checkpoint
 from db.models import ReviewTrainingUse
-from model_training import data
+from model_training import data, pretrained
 from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
 from model_training.metrics import (
+    DEFAULT_RESAMPLES,
     accuracy_by_group,
+    balanced_accuracy,
+    bootstrap_summary,
     classification_metrics,
     expected_calibration_error,
     reliability_bins,
@@ -92,6 +95,11 @@ class TrainConfig:
     db: str | None = None
     name: str | None = None
     synthetic: bool = False
+    # The retraining recipe; None: the recipe's value (RETRAIN_RECIPE with --include-reviews, else PLAIN_RECIPE).
+    from_active: bool | None = None
+    review_share: float | None = None
+    freeze_blocks: int | None = None
+    border_mask: float | None = None
 
     def recorded(self) -> dict[str, Any]:
         """The configuration as written into files (config.json, the checkpoint, the model card), which people
@@ -100,6 +108,38 @@ class TrainConfig:
 
     def save(self, folder: Path) -> None:
         (folder / CONFIG_NAME).write_text(json.dumps(self.recorded(), indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a version is trained beyond the optimiser settings. ``RETRAIN_RECIPE`` was ahead of "v1's weights
+    alone" in ``benchmarks/closed_loop.py`` on both of the issue's primary figures, with overlapping intervals
+    (one seed; see the README's figures): a weak preference, not a proven gain."""
+
+    from_active: bool      # start from the active version's weights (unless --pretrained names others)
+    review_share: float    # share of each epoch's draws that are reviewed cases, class-balanced; 0: no resampling
+    freeze_blocks: int     # 0: train everything; k: the stem and layer1..layerk keep their weights
+    border_mask: float     # border-band masking augmentation, up to this share of the side per edge; 0: off
+
+    def __post_init__(self):
+        if not 0 <= self.review_share < 1:
+            raise TrainError(f"review_share must be in [0, 1), got {self.review_share}")
+        if not 0 <= self.freeze_blocks <= 4:
+            raise TrainError(f"freeze_blocks must be 0..4, got {self.freeze_blocks}")
+        if not 0 <= self.border_mask < 0.5:
+            raise TrainError(f"border_mask must be in [0, 0.5), got {self.border_mask}")
+
+
+PLAIN_RECIPE = Recipe(from_active=False, review_share=0.0, freeze_blocks=0, border_mask=0.0)
+RETRAIN_RECIPE = Recipe(from_active=True, review_share=0.5, freeze_blocks=1, border_mask=0.1)
+
+
+def resolve_recipe(config: TrainConfig) -> Recipe:
+    """The recipe of a run: the base recipe, with every field the configuration sets (not None) overriding it."""
+    base = RETRAIN_RECIPE if config.include_reviews else PLAIN_RECIPE
+    chosen = {f.name: getattr(config, f.name) for f in dataclasses.fields(Recipe)
+              if getattr(config, f.name) is not None}
+    return dataclasses.replace(base, **chosen)
 
 
 @dataclass
@@ -125,8 +165,10 @@ def imagenet_weights_file(arch: str) -> tuple[Path, str]:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1], url
 
 
-def load_pretrained(model: nn.Module, spec: str, arch: str) -> str:
-    """Initialise from ImageNet (local cache only; never downloads) or from a local file. Returns a note."""
+def load_pretrained(model: nn.Module, spec: str, arch: str, preprocessing: Preprocessing | None = None) -> str:
+    """Initialise from ImageNet (local cache only; never downloads), a CXR Review checkpoint, a torchvision state
+    dict or a torchxrayvision ResNet state dict (see :mod:`model_training.pretrained`). Returns a note."""
+    layout_note = ""
     if spec == "imagenet":
         path, url = imagenet_weights_file(arch)
         if not path.is_file():
@@ -140,8 +182,19 @@ def load_pretrained(model: nn.Module, spec: str, arch: str) -> str:
             raise TrainError(f"--pretrained {spec}: no such file")
         try:
             checkpoint = load_checkpoint(path)
-        except Exception:  # not our format: a plain torchvision state dict
-            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # not our format: a plain torchvision (or torchxrayvision) state dict
+            checkpoint = None
+        if checkpoint is None:
+            state = _plain_state_dict(path, spec)
+            if pretrained.is_torchxrayvision(state):
+                if arch != "resnet50":
+                    raise TrainError(f"--pretrained {spec}: torchxrayvision ResNet weights are a ResNet-50; "
+                                     f"add --arch resnet50 (this run is a {arch})")
+                try:
+                    mapped = pretrained.map_torchxrayvision(state, preprocessing or Preprocessing(512))
+                except pretrained.PretrainedError as exc:
+                    raise TrainError(f"--pretrained {spec}: {exc}") from None
+                state, layout_note = mapped.state, f"; {mapped.note}"
         else:
             if checkpoint.arch != arch:
                 raise TrainError(f"--pretrained {spec} is a {checkpoint.arch}, not a {arch}")
@@ -152,10 +205,28 @@ def load_pretrained(model: nn.Module, spec: str, arch: str) -> str:
     head = model.fc.weight.shape
     if state.get("fc.weight") is not None and state["fc.weight"].shape != head:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # a new head for these classes
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    wrong = [f"{k} {tuple(v.shape)} (model {tuple(shapes[k])})" for k, v in state.items()
+             if k in shapes and v.shape != shapes[k]]
+    if wrong:
+        raise TrainError(f"--pretrained {spec} does not fit {arch}: shapes differ for {wrong[:3]}")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not key.startswith("fc.") for key in missing):
-        raise TrainError(f"--pretrained {spec} does not fit {arch}: missing {missing}, unexpected {unexpected}")
-    return f"{spec} ({path})"
+        raise TrainError(f"--pretrained {spec} does not fit {arch}: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    return f"{spec} ({path}){layout_note}"
+
+
+def _plain_state_dict(path: Path, spec: str) -> dict[str, torch.Tensor]:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainError(f"--pretrained {spec}: neither a CXR Review checkpoint nor a state dict of tensors "
+                         f"({type(exc).__name__}); save a whole model's weights with "
+                         "torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TrainError(f"--pretrained {spec}: holds a {type(state).__name__}, not a state dict of tensors")
+    return state
 
 
 def class_weights(items: list[data.LabelledImage], classes: list[str]) -> torch.Tensor:
@@ -165,11 +236,44 @@ def class_weights(items: list[data.LabelledImage], classes: list[str]) -> torch.
 
 
 def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int, device: torch.device,
-                shuffle_seed: int | None = None) -> DataLoader:
-    """Batches of a dataset; with ``shuffle_seed`` in a reproducible shuffled order."""
+                shuffle_seed: int | None = None, sample_weights: torch.Tensor | None = None) -> DataLoader:
+    """Batches of a dataset; with ``shuffle_seed`` in a reproducible shuffled order, or with ``sample_weights``
+    too drawn with replacement in proportion to them (as many draws as items)."""
     generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None, num_workers=workers,
-                      pin_memory=device.type == "cuda", generator=generator)
+    sampler = None
+    if sample_weights is not None:
+        sampler = WeightedRandomSampler(sample_weights.double(), len(dataset), replacement=True, generator=generator)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None and sampler is None,
+                      sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
+                      generator=generator if sampler is None else None)
+
+
+def review_sample_weights(items: list[data.LabelledImage], review_share: float) -> torch.Tensor | None:
+    """Draw weights that give reviewed cases ``review_share`` of each epoch, each part balanced by class (so
+    fifty reviewed adult pneumonias are not drowned out by hundreds of dataset images). None: no reviewed
+    cases, or ``review_share`` 0."""
+    reviewed = [item.review_id is not None for item in items]
+    if review_share <= 0 or not any(reviewed) or all(reviewed):
+        return None
+    weights = torch.zeros(len(items), dtype=torch.float64)
+    for part, share in ((True, review_share), (False, 1.0 - review_share)):
+        members = [i for i, r in enumerate(reviewed) if r == part]
+        labels = sorted({items[i].label for i in members})
+        for label in labels:
+            cell = [i for i in members if items[i].label == label]
+            weights[cell] = share / len(labels) / len(cell)
+    return weights
+
+
+def frozen_modules(model: nn.Module, blocks: int) -> list[nn.Module]:
+    """The stem and ``layer1..layer{blocks}`` of a ResNet, their parameters frozen (none for 0)."""
+    if blocks <= 0:
+        return []
+    modules = [model.conv1, model.bn1] + [getattr(model, f"layer{i}") for i in range(1, blocks + 1)]
+    for module in modules:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+    return modules
 
 
 def loss_scaler(device: torch.device) -> torch.amp.GradScaler:
@@ -179,8 +283,11 @@ def loss_scaler(device: torch.device) -> torch.amp.GradScaler:
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, weights: torch.Tensor,
-                    device: torch.device, progress: bool, epoch: int, *, scaler: torch.amp.GradScaler) -> float:
+                    device: torch.device, progress: bool, epoch: int, *, scaler: torch.amp.GradScaler,
+                    frozen: list[nn.Module] | None = None) -> float:
     model.train()
+    for module in frozen or []:
+        module.eval()  # frozen blocks keep their batch-norm statistics too
     dtype = autocast_dtype(device)
     total, seen = 0.0, 0
     batches = loader
@@ -262,6 +369,26 @@ def prepare_data(config: TrainConfig) -> tuple[list[data.LabelledImage], list[da
     return items, eval_items, {"rejected": len(rejected)}
 
 
+def active_checkpoint(config: TrainConfig) -> str | None:
+    """The checkpoint file of the database's active version, where there is one (else None, logged)."""
+    with read_session(database(config)) as session:
+        version = model_versions.active_version(session)
+        path = version.path if version is not None else None
+    if path is None:
+        log.warning("recipe: start from the active version, but no version is active; starting from random weights")
+        return None
+    if not Path(path).is_file():
+        raise TrainError(f"the active version's checkpoint {path} is missing; pass --pretrained PATH or "
+                         "--no-from-active")
+    return path
+
+
+def recipe_record(recipe: Recipe, config: TrainConfig, init_note: str) -> dict[str, Any]:
+    """The recipe as the checkpoint and the model card record it."""
+    return {**dataclasses.asdict(recipe), "base": "retrain" if config.include_reviews else "plain",
+            "initial_weights": init_note, "epochs": config.epochs, "lr": config.lr}
+
+
 def database(config: TrainConfig):
     engine = get_engine(config.db)
     migrate.ensure_schema(engine)
@@ -287,6 +414,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     config.name = config.name or out.name
     if len(config.name) > 128:
         raise TrainError(f"version name too long: {len(config.name)} characters, at most 128")
+    recipe = resolve_recipe(config)
+    for key, value in dataclasses.asdict(recipe).items():
+        setattr(config, key, value)  # config.json records the values the run used
     seed_everything(config.seed)
     device = resolve_device(config.device)
     if device.type == "cpu":
@@ -300,7 +430,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         raise TrainError(f"need at least two classes to train, found {classes}")
     state = _load_state(out, config) if resume else None
     if state is None:
-        train_items, val_items = data.patient_split(items, config.val_fraction, config.seed)
+        train_items, val_items = data.split_keeping_dataset_split(items, config.val_fraction, config.seed)
     else:
         val_shas = set(state["val_sha256"])
         train_items = [item for item in items if item.sha256 not in val_shas]
@@ -312,19 +442,25 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
 
     # model and optimisation
     preprocessing = Preprocessing(config.img_size)
-    augmentation = data.Augmentation(hflip=config.hflip) if config.augment else None
+    augmentation = data.Augmentation(hflip=config.hflip, border=recipe.border_mask) if config.augment else None
     train_set = data.LabelledDataset(train_items, classes, preprocessing, augmentation, seed=config.seed)
     val_loader = make_loader(data.LabelledDataset(val_items, classes, preprocessing),
                              batch_size=config.batch_size, workers=config.workers, device=device)
     model = build_model(config.arch, len(classes))
-    init_note = load_pretrained(model, config.pretrained, config.arch) if config.pretrained else "random"
+    initial = config.pretrained or (active_checkpoint(config) if recipe.from_active else None)
+    init_note = load_pretrained(model, initial, config.arch, preprocessing) if initial else "random"
+    frozen = frozen_modules(model, recipe.freeze_blocks)
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=config.lr,
+                                  weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
     scaler = loss_scaler(device)
-    weights = class_weights(train_items, classes)
+    draw_weights = review_sample_weights(train_items, recipe.review_share)
+    # class balance comes from the loss weights, or from the class-balanced draws where reviews are resampled
+    weights = class_weights(train_items, classes) if draw_weights is None else torch.ones(len(classes))
+    log.info("recipe %s; initial weights: %s", dataclasses.asdict(recipe), init_note)
     history: list[dict] = []
     best = {"score": -1.0, "epoch": 0, "state": copy.deepcopy(model.state_dict())}
     start_epoch = 1
@@ -346,8 +482,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         started = time.perf_counter()
         train_set.set_epoch(epoch)
         train_loader = make_loader(train_set, batch_size=config.batch_size, workers=config.workers, device=device,
-                                   shuffle_seed=config.seed * 1000 + epoch)
-        train_loss = train_one_epoch(model, train_loader, optimizer, weights, device, progress, epoch, scaler=scaler)
+                                   shuffle_seed=config.seed * 1000 + epoch, sample_weights=draw_weights)
+        train_loss = train_one_epoch(model, train_loader, optimizer, weights, device, progress, epoch, scaler=scaler,
+                                     frozen=frozen)
         scheduler.step()
         logits, labels, val_loss = evaluate(model, val_loader, device)
         metrics = calibrated_metrics(logits, labels, classes, 1.0)
@@ -380,6 +517,9 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                    "nll_before": temperature_nll(logits, labels, 1.0),
                    "nll_after": temperature_nll(logits, labels, temperature),
                    "fit_on": "validation", "evaluated_on": "validation", "n_bins": reliability["after"]["n_bins"]}
+    after["balanced_accuracy"] = balanced_accuracy(labels, softmax(logits, temperature))
+    after["intervals"] = bootstrap_summary(labels, softmax(logits, temperature), classes,
+                                           [i.patient_id for i in val_items])
     metrics = {"best_epoch": best["epoch"], "temperature": temperature, "validation": after,
                "calibration": calibration,
                "per_source": {"validation": accuracy_by_group([i.source for i in val_items], labels,
@@ -398,13 +538,16 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                             temperature=temperature,
                             training={"name": config.name, "synthetic": config.synthetic,
                                       "config": config.recorded(), "initialisation": init_note,
+                                      "recipe": recipe_record(recipe, config, init_note),
                                       "metrics": _plain(metrics), "data": _plain(data_summary)})
     metrics["attribution"] = outside_share_summary(checkpoint, [i.path for i in val_items],
                                                    [i.label for i in val_items], [i.source for i in val_items],
                                                    "validation")
     checkpoint.training["metrics"] = _plain(metrics)
     checkpoint_path = save_checkpoint(out / CHECKPOINT_NAME, checkpoint)
-    write_model_card(out, name=config.name, config=config.recorded(), data_summary=data_summary,
+    write_model_card(out, name=config.name,
+                     config={**config.recorded(), "recipe": recipe_record(recipe, config, init_note)},
+                     data_summary=data_summary,
                      metrics=_plain(metrics), history=history, reliability=reliability, synthetic=config.synthetic)
     version_id = register(config, checkpoint_path, checkpoint, train_items + val_items)
     (out / STATE_NAME).unlink(missing_ok=True)
@@ -413,21 +556,54 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     return TrainResult(checkpoint_path, version_id, metrics)
 
 
-def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
-                   preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
-                   device: torch.device) -> dict:
-    """Calibrated metrics, and accuracy per source, of a model on the (readable) items whose labels it knows."""
+@dataclass(frozen=True)
+class Predictions:
+    """Calibrated probabilities of a model on the (readable) items whose labels it knows, in ``items`` order."""
+
+    items: list[data.LabelledImage]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    logits: np.ndarray
+    left_out_unknown_label: int
+
+    @property
+    def patients(self) -> list[str | None]:
+        return [item.patient_id for item in self.items]
+
+
+def predict_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
+                  preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
+                  device: torch.device) -> Predictions:
     known = [item for item in items if item.label in classes]
     if not known:
         raise data.DataError(f"none of the labels {sorted({i.label for i in items})} are classes {classes}")
     loader = make_loader(data.LabelledDataset(known, classes, preprocessing), batch_size=batch_size,
                          workers=workers, device=device)
     logits, labels, _ = evaluate(model, loader, device)
-    metrics = calibrated_metrics(logits, labels, classes, temperature)
-    metrics["per_source"] = accuracy_by_group([item.source for item in known], labels, softmax(logits, 1.0),
-                                              classes)  # the arg-max does not depend on the temperature
-    metrics["left_out_unknown_label"] = len(items) - len(known)
+    probabilities = calibrated_probabilities(torch.from_numpy(logits), temperature).double().numpy()
+    return Predictions(known, labels, probabilities, logits, len(items) - len(known))
+
+
+def prediction_metrics(predictions: Predictions, classes: list[str], *, n_resamples: int = DEFAULT_RESAMPLES) -> dict:
+    """Calibrated metrics with bootstrap intervals (by patient), and accuracy per source."""
+    y, p = predictions.labels, predictions.probabilities
+    metrics = classification_metrics(y, p, classes)
+    metrics["ece"] = expected_calibration_error(p, y)
+    metrics["balanced_accuracy"] = balanced_accuracy(y, p)
+    metrics["intervals"] = bootstrap_summary(y, p, classes, predictions.patients, n_resamples=n_resamples)
+    sources = [item.source for item in predictions.items]
+    metrics["per_source"] = accuracy_by_group(sources, y, p, classes)
+    metrics["left_out_unknown_label"] = predictions.left_out_unknown_label
     return metrics
+
+
+def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
+                   preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
+                   device: torch.device) -> dict:
+    """Calibrated metrics with bootstrap intervals, and accuracy per source, of a model on the (readable)
+    items whose labels it knows."""
+    return prediction_metrics(predict_items(model, items, classes, preprocessing, temperature,
+                                            batch_size=batch_size, workers=workers, device=device), classes)
 
 
 def _load_state(out: Path, config: TrainConfig) -> dict | None:

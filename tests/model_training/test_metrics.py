@@ -241,6 +241,7 @@ def test_accuracy_by_group_counts_each_source_separately():
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.5, 0.5]])
     y_true = np.array([0, 1, 1, 1, 0])  # predictions: 0, 1, 0, 1, 0 (a tie goes to the lower index)
     result = accuracy_by_group(["a", "a", "b", "b", None], y_true, probabilities, ["x", "y"])
-    assert result == {"a": {"n": 2, "accuracy": 1.0, "classes": ["x", "y"]},
-                      "b": {"n": 2, "accuracy": 0.5, "classes": ["y"]},
-                      "unknown": {"n": 1, "accuracy": 1.0, "classes": ["x"]}}
+    # a source holding both classes also says whether it ranks one above the other within it
+    assert result == {"a": {"n": 2, "accuracy": 1.0, "classes": ["x", "y"], "pairwise_auroc": {"x_vs_y": 1.0}},
+                      "b": {"n": 2, "accuracy": 0.5, "classes": ["y"], "pairwise_auroc": {}},
+                      "unknown": {"n": 1, "accuracy": 1.0, "classes": ["x"], "pairwise_auroc": {}}}

@@ -211,7 +211,17 @@ def test_evaluate_and_compare(tmp_path, small_set, sqlite_url, capsys):
     metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 3 * PER_CLASS and sum(map(sum, metrics["confusion_matrix"])) == 3 * PER_CLASS
     assert sum(group["n"] for group in metrics["per_source"].values()) == 3 * PER_CLASS
+    interval = metrics["intervals"]["auroc_covid_vs_pneumonia"]
+    assert interval["low"] <= interval["estimate"] <= interval["high"] and interval["resamples"] == 1000
+    assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set)]) == 0
+    text = capsys.readouterr().out
+    assert "balanced accuracy" in text and "covid vs pneumonia AUROC" in text and "95% intervals" in text
     assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--compare",
                      str(first.checkpoint)]) == 0
     table = capsys.readouterr().out
-    assert "macro-F1" in table and "+0.0000" in table  # the same model twice: no difference
+    assert "macro-F1" in table and "+0.0000 [+0.0000, +0.0000]" in table  # the same model twice: no difference
+    assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--compare",
+                     str(first.checkpoint), "--json", "--resamples", "50"]) == 0
+    difference = json.loads(capsys.readouterr().out)["difference"]
+    assert difference["balanced_accuracy"] == {"estimate": 0.0, "low": 0.0, "high": 0.0, "level": 0.95,
+                                               "resamples": 50}

@@ -1,0 +1,104 @@
+"""The retraining recipe: what --include-reviews does by default, each part on its own, and a run that uses it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select
+
+from db import model_versions
+from db.engine import write_session
+from db.models import ModelVersion
+from model_training import data, train
+from model_training.train import PLAIN_RECIPE, RETRAIN_RECIPE, Recipe, TrainError
+from scoring.model import build_model, load_checkpoint
+from tests.model_training.conftest import tiny_config
+from tests.model_training.test_train import reviewed  # noqa: F401  (a fixture)
+
+
+def test_the_recipe_follows_include_reviews_and_each_option_overrides_it():
+    assert train.resolve_recipe(tiny_config("d", "o", None)) == PLAIN_RECIPE
+    assert train.resolve_recipe(tiny_config("d", "o", None, include_reviews=True)) == RETRAIN_RECIPE
+    chosen = train.resolve_recipe(tiny_config("d", "o", None, include_reviews=True, freeze_blocks=0,
+                                              from_active=False))
+    assert (chosen.freeze_blocks, chosen.from_active, chosen.review_share) == (0, False, RETRAIN_RECIPE.review_share)
+    with pytest.raises(TrainError, match="review_share must be in \\[0, 1\\), got 1.5"):
+        Recipe(from_active=False, review_share=1.5, freeze_blocks=0, border_mask=0.0)
+    with pytest.raises(TrainError, match="freeze_blocks must be 0..4, got 7"):
+        Recipe(from_active=False, review_share=0.0, freeze_blocks=7, border_mask=0.0)
+
+
+def _item(i: int, label: str, review: bool) -> data.LabelledImage:
+    return data.LabelledImage(f"/x/{i}.png", label, sha256=str(i), review_id=i if review else None)
+
+
+def test_reviewed_cases_get_their_share_balanced_by_class():
+    items = ([_item(i, "covid", False) for i in range(90)] + [_item(100 + i, "pneumonia", False) for i in range(10)]
+             + [_item(200 + i, "covid", True) for i in range(15)]
+             + [_item(300 + i, "pneumonia", True) for i in range(5)])
+    weights = train.review_sample_weights(items, 0.5).numpy()
+    is_review = np.array([item.review_id is not None for item in items])
+    pneumonia = np.array([item.label == "pneumonia" for item in items])
+    assert weights.sum() == pytest.approx(1.0) and weights[is_review].sum() == pytest.approx(0.5)
+    assert weights[is_review & pneumonia].sum() == pytest.approx(0.25)  # 5 reviewed pneumonias: half the reviews
+    assert weights[~is_review & pneumonia].sum() == pytest.approx(0.25)
+    assert train.review_sample_weights(items, 0.0) is None
+    assert train.review_sample_weights(items[:100], 0.5) is None  # no reviews: nothing to resample
+
+
+def test_border_mask_fills_bands_at_the_edges_only():
+    augmentation = data.Augmentation(border=0.2)
+    tensor = torch.ones(1, 50, 50)
+    rng = np.random.default_rng(0)
+    masked = [augmentation.mask_border(tensor, rng, -2.0) for _ in range(20)]
+    assert all(torch.equal(m[:, 10:40, 10:40], tensor[:, 10:40, 10:40]) for m in masked)  # the centre is kept
+    assert any((m == -2.0).any() for m in masked) and set(torch.cat(masked).unique().tolist()) <= {1.0, -2.0}
+    rng = np.random.default_rng(0)
+    assert data.Augmentation().mask_border(tensor, rng, -2.0) is tensor
+    assert rng.random() == np.random.default_rng(0).random()  # off: draws nothing, so older runs reproduce
+
+
+def test_frozen_blocks_keep_their_weights():
+    model = build_model("resnet18", 3)
+    frozen = train.frozen_modules(model, 2)
+    assert {id(m) for m in frozen} == {id(model.conv1), id(model.bn1), id(model.layer1), id(model.layer2)}
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
+    assert all(p.requires_grad for p in model.layer3.parameters())
+
+
+@pytest.mark.slow
+def test_include_reviews_starts_from_the_active_version_and_records_the_recipe(tmp_path, reviewed, small_set,  # noqa: F811
+                                                                               sqlite_url, tiny_checkpoint):
+    engine, _ = reviewed
+    with write_session(engine) as session:
+        version = session.scalar(select(ModelVersion))
+        model_versions.promote(session, str(version.id))
+    result = train.train(tiny_config(small_set, tmp_path / "v2", sqlite_url, epochs=1, include_reviews=True))
+    before, after = load_checkpoint(tiny_checkpoint).state_dict, load_checkpoint(result.checkpoint).state_dict
+    assert torch.equal(before["layer1.0.conv1.weight"], after["layer1.0.conv1.weight"])  # frozen
+    assert torch.equal(before["bn1.running_mean"], after["bn1.running_mean"])  # frozen statistics too
+    assert not torch.equal(before["layer4.0.conv1.weight"], after["layer4.0.conv1.weight"])  # trained
+    card = json.loads((tmp_path / "v2" / "model_card.json").read_text())
+    recipe = card["config"]["recipe"]
+    assert recipe["from_active"] and str(tiny_checkpoint) in recipe["initial_weights"]
+    assert "## Retraining recipe" in (tmp_path / "v2" / "model_card.md").read_text()
+    assert "### 95 % confidence intervals" in (tmp_path / "v2" / "model_card.md").read_text()
+    assert result.metrics["validation"]["intervals"]["accuracy"]["resamples"] == 1000
+
+
+def test_adding_reviews_never_moves_a_dataset_image_between_the_splits():
+    dataset = [data.LabelledImage(f"/d/{i}.png", ("covid", "normal")[i % 2], f"p{i // 2}", sha256=f"d{i}")
+               for i in range(40)]
+    reviews = [data.LabelledImage(f"/r/{i}.png", ("covid", "pneumonia")[i % 2], None, "review", f"r{i}", i + 1)
+               for i in range(20)]
+    reviews.append(data.LabelledImage("/r/x.png", "covid", "p3", "review", "rx", 99))  # a dataset patient
+    before = data.patient_split(dataset, 0.25, 7)
+    train_items, val_items = data.split_keeping_dataset_split(dataset + reviews, 0.25, 7)
+    assert [i for i in train_items if i.review_id is None] == before[0]
+    assert [i for i in val_items if i.review_id is None] == before[1]
+    assert {i.group for i in train_items}.isdisjoint({i.group for i in val_items})
+    assert any(i.review_id for i in val_items) and any(i.review_id for i in train_items)
+    assert len(train_items) + len(val_items) == 61
