@@ -282,11 +282,11 @@ class LabelledDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         item = self.items[index]
         # Decoded as the scorer decodes it (at twice the input side), so training sees what scoring sees.
-        pixels = imaging.read_xray(item.path, min_side=2 * self.preprocessing.size).pixels
+        image = imaging.read_xray(item.path, min_side=2 * self.preprocessing.size)
         if self.augmentation is None:
-            return self.preprocessing(pixels), self.classes.index(item.label)
+            return self.preprocessing(image.pixels, image.stored_shape), self.classes.index(item.label)
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        tensor = self.preprocessing(self.augmentation.intensity(pixels, rng))
+        tensor = self.preprocessing(self.augmentation.intensity(image.pixels, rng), image.stored_shape)
         pad = (self.preprocessing.pad_value - self.preprocessing.mean) / self.preprocessing.std
         tensor = self.augmentation.mask_border(self.augmentation.geometry(tensor, rng, pad), rng, pad)
         return tensor, self.classes.index(item.label)

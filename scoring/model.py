@@ -132,24 +132,28 @@ class Preprocessing:
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()
 
-    def __call__(self, pixels: np.ndarray) -> torch.Tensor:
-        return preprocess(pixels, self.size, mean=self.mean, std=self.std, pad_value=self.pad_value)
+    def __call__(self, pixels: np.ndarray, source_shape: tuple[int, int] | None = None) -> torch.Tensor:
+        return preprocess(pixels, self.size, mean=self.mean, std=self.std, pad_value=self.pad_value,
+                          source_shape=source_shape)
 
 
 def preprocess(pixels: np.ndarray, size: int, *, mean: float = 0.5, std: float = 0.25,
-               pad_value: float = 0.0) -> torch.Tensor:
+               pad_value: float = 0.0, source_shape: tuple[int, int] | None = None) -> torch.Tensor:
     """Reader pixels (2-D, [0, 1], bone white) -> a normalised ``(1, size, size)`` float32 tensor.
 
     The longer side is resized to ``size`` with antialiasing (aspect ratio kept), then the shorter side is
-    padded symmetrically with ``pad_value`` to a square.
+    padded symmetrically with ``pad_value`` to a square. ``source_shape`` is the stored image's (rows, cols)
+    when ``pixels`` come from a reduced decode (``XRayImage.stored_shape``): the resized size and the padding
+    are then those of the full image, which the reduced sides, rounded by the decoder, can miss by a row.
     """
     if pixels.ndim != 2:
         raise ValueError(f"expected a 2-D image, got shape {pixels.shape}")
     rows, cols = pixels.shape
     if rows == 0 or cols == 0:
         raise ValueError(f"empty image of shape {pixels.shape}")
-    scale = size / max(rows, cols)
-    new_rows, new_cols = max(1, round(rows * scale)), max(1, round(cols * scale))
+    reference_rows, reference_cols = source_shape or (rows, cols)
+    scale = size / max(reference_rows, reference_cols)
+    new_rows, new_cols = max(1, round(reference_rows * scale)), max(1, round(reference_cols * scale))
     image = torch.from_numpy(np.ascontiguousarray(pixels, dtype=np.float32))[None, None]
     if (new_rows, new_cols) != (rows, cols):
         image = F.interpolate(image, size=(new_rows, new_cols), mode="bilinear", antialias=True,

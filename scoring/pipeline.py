@@ -217,7 +217,7 @@ class DecodeDataset(Dataset):
         if not scope[0]:
             return None, (index, None, values, scope)
         try:
-            tensor = self.preprocess(image.pixels)
+            tensor = self.preprocess(image.pixels, image.stored_shape)
         except (ValueError, RuntimeError) as exc:
             return None, (index, (PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"), None, None)
         return tensor, (index, None, values, scope)

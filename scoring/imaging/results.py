@@ -45,6 +45,16 @@ class XRayImage:
     pixels: np.ndarray  # 2-D float32 in [0, 1], bone white
     meta: dict[str, Any]
 
+    @property
+    def stored_shape(self) -> tuple[int, int]:
+        """(rows, cols) of the image as stored, oriented like ``pixels``: larger than ``pixels.shape`` after a
+        reduced decode, whose integer factors round the sides."""
+        shown_rows, shown_cols = self.pixels.shape[:2]
+        rows, cols = int(self.meta.get("rows") or shown_rows), int(self.meta.get("cols") or shown_cols)
+        if (rows > cols) != (shown_rows > shown_cols):  # turned by an EXIF orientation
+            rows, cols = cols, rows
+        return rows, cols
+
 
 class Decoded(NamedTuple):
     """What a decoder hands back, in this process or from the isolated child."""
