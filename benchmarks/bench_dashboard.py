@@ -21,14 +21,12 @@ import datetime as dt
 import os
 import platform
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from dashboard.local_server import serve
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -141,23 +139,6 @@ def bench_sql(url: str, version_id: int, rounds: int) -> None:
     print(f"  {'all filters':36s} {percentiles(every)}")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(url: str, seconds: float = 120) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(url)
-
-
 def _ready(page, previous: int | None) -> int:
     """Wait until a case other than ``previous`` is on screen: its heading, and its figure drawn afresh (not the
     previous case's, kept on screen while the page reruns); its id."""
@@ -193,19 +174,13 @@ def bench_browser(home: Path, url: str, version_id: int, saves: int) -> None:
     from playwright.sync_api import sync_playwright
 
     precompute(url, version_id, 40)
-    port = _free_port()
     env = {**os.environ, "CXR_HOME": str(home), "CXR_DB_URL": url}
-    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py",
-                               "--server.port", str(port), "--server.address", "127.0.0.1",
-                               "--server.headless", "true"], cwd=REPO, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        _wait_for(f"http://127.0.0.1:{port}/_stcore/health")
+    with serve(env) as base:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.set_default_timeout(120_000)
-            page.goto(f"http://127.0.0.1:{port}/")
+            page.goto(f"{base}/")
             page.get_by_label("User name").fill("bench")
             page.get_by_label("Password", exact=True).fill(PASSWORD)
             page.get_by_role("button", name="Sign in").click()
@@ -240,9 +215,6 @@ def bench_browser(home: Path, url: str, version_id: int, saves: int) -> None:
                 timings.append(time.perf_counter() - started)
             print(f"  {'save to next case ready':36s} {percentiles(timings)}")
             browser.close()
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def main() -> None:

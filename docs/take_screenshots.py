@@ -12,20 +12,17 @@ import argparse
 import os
 import random
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
+from dashboard.local_server import REPO, serve
 from db.engine import create_database_engine, write_session
 from db.models import Prediction
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 
-REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1440, "height": 900}
 CASE_HEADING = re.compile(r"^Case \d+ ·")
@@ -41,18 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("CXR_DB_URL", None)
         password = _run_demo(env)
         _add_readings(f"sqlite:///{Path(home) / 'cxr.db'}")
-        port = _free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            base = f"http://127.0.0.1:{port}"
-            _wait_for(f"{base}/_stcore/health")
+        with serve(env) as base:
             _photograph(base, password, args.out)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
     return 0
 
 
@@ -126,24 +113,6 @@ def _photograph(base: str, password: str, out: Path) -> None:
 def _idle(page) -> None:
     page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
     page.wait_for_timeout(1500)  # plotly draws after the run ends
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(url: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"the dashboard did not answer at {url}")
 
 
 if __name__ == "__main__":

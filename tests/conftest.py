@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url
 
+from db import migrate
+from db.engine import create_database_engine
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -158,3 +161,12 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return save_checkpoint(path, Checkpoint("resnet18", ["covid", "normal", "pneumonia"], Preprocessing(32),
                                             model.state_dict(), temperature=1.3,
                                             training={"name": "tiny-test", "synthetic": True}))
+
+
+@pytest.fixture
+def engine(db_url):
+    """A migrated database on each backend (``db_url``)."""
+    engine = create_database_engine(db_url)
+    migrate.upgrade(engine)
+    yield engine
+    engine.dispose()

@@ -9,15 +9,13 @@ import io
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from dashboard.local_server import serve
 from db import migrate, model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Prediction
@@ -81,18 +79,10 @@ def site(tmp_path_factory, cxr_dev):
         add_review(session, image_id=evil.image_id, reviewer_id=reviewer.id, label="normal",
                    prediction_id=evil.id, comment=EVIL_COMMENT)
         evil_image = evil.image_id
-    port = _free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/_stcore/health")
-        yield dict(base=base, engine=engine, evil_image=evil_image)
+        with serve(env) as base:
+            yield dict(base=base, engine=engine, evil_image=evil_image)
     finally:
-        server.terminate()
-        server.wait(timeout=30)
         engine.dispose()
 
 
@@ -105,24 +95,6 @@ def _checkpoint(path: Path) -> Path:
     model = build_model("resnet18", 3)
     return save_checkpoint(path, Checkpoint("resnet18", ["covid", "normal", "pneumonia"], Preprocessing(64),
                                             model.state_dict(), training={"name": "browser-test", "synthetic": True}))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_for(url: str, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"the app did not answer at {url}")
 
 
 def _sign_in(page, user: str) -> None:

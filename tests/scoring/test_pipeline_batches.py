@@ -13,8 +13,8 @@ import torch
 from sqlalchemy import func, select
 from sqlalchemy.exc import OperationalError
 
-from db import migrate, model_versions, results
-from db.engine import create_database_engine, read_session, write_session
+from db import model_versions, results
+from db.engine import read_session, write_session
 from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun
 from db.results import FileStat
 from scoring import pipeline
@@ -32,14 +32,6 @@ class StubScorer:
     def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         best = batch[:, 0, 0, 0].long() % len(CLASSES)
         return torch.nn.functional.one_hot(best, len(CLASSES)).float() * 0.7 + 0.1
-
-
-@pytest.fixture
-def engine(db_url):
-    engine = create_database_engine(db_url)
-    migrate.upgrade(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture
