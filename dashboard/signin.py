@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import actions, auth, data
+from dashboard.layout import plain
 
 
 def render() -> None:
@@ -17,7 +18,7 @@ def render() -> None:
         st.stop()
     notice = st.session_state.pop(auth.NOTICE_KEY, None)
     if notice:
-        st.warning(notice)
+        st.warning(plain(notice))  # it may quote a name from an identity provider
     if not data.has_accounts():
         st.info("There is no account yet. Create the first admin on the server with "
                 "`cxr-db add-reviewer NAME --role admin` (or run `cxr-demo`, which creates a demo account and prints "

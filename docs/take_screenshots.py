@@ -25,6 +25,7 @@ from db.reviews import add_review
 
 CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1440, "height": 900}
+READER, READER_PASSWORD = "dr.lee", "screenshot-reader-password"
 CASE_HEADING = re.compile(r"^Case \d+ ·")
 
 
@@ -57,7 +58,7 @@ def _add_readings(url: str) -> None:
     rng = random.Random(7)
     engine = create_database_engine(url)
     with write_session(engine) as session:
-        reader = add_reviewer(session, "dr.lee", "screenshot-reader-password", display_name="Dr Lee")
+        reader = add_reviewer(session, READER, READER_PASSWORD, display_name="Dr Lee")
         predictions = session.query(Prediction).order_by(Prediction.id).limit(24).all()
         for prediction in predictions:
             classes = list(prediction.probabilities)
@@ -106,6 +107,16 @@ def _photograph(base: str, password: str, out: Path) -> None:
             page.get_by_role("heading", name=title, exact=True).wait_for()
             _idle(page)
             page.screenshot(path=out / f"{name.lower()}.png")
+
+        # a reviewer who follows a link to Accounts (signing in keeps the URL)
+        reviewer = browser.new_page(viewport=VIEWPORT)
+        reviewer.goto(f"{base}/accounts")
+        reviewer.get_by_label("User name").fill(READER)
+        reviewer.get_by_label("Password", exact=True).fill(READER_PASSWORD)
+        reviewer.get_by_role("button", name="Sign in").click()
+        reviewer.get_by_text("Accounts are managed by admins").wait_for()
+        _idle(reviewer)
+        reviewer.screenshot(path=out / "accounts-reviewer.png")
         browser.close()
     print(f"screenshots in {out}")
 
