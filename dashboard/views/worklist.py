@@ -8,8 +8,8 @@ from dashboard import data, layout, urlstate
 from db.worklist import DATE_FIELDS, STATUSES, WorklistFilter
 
 MAX_WAIT_DAYS = layout.max_wait_days()
-SORT_LABELS = {"uncertainty": "Uncertainty (most uncertain first)", "confidence": "Confidence (lowest first)",
-               "date": "Scoring date (oldest first)"}
+SORT_LABELS = {"uncertainty": "Most uncertain first", "confidence": "Lowest confidence first",
+               "date": "Oldest scored first"}  # short enough for the column they sit in
 STATUS_LABELS = {"all": "All", "unreviewed": "Unreviewed", "reviewed": "Reviewed", "flagged": "Flagged",
                  "disagrees": "Reviewer disagrees with model"}
 
