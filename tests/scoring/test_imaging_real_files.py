@@ -1,0 +1,245 @@
+"""scoring.imaging on real files (cxr-dev PNGs, pydicom's test DICOMs, the shared CR film) and on every
+claimed transfer syntax, written from a real PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid
+
+from db.config import pseudonymise
+from scoring.imaging import in_scope, read_xray
+from tests.scoring.imaging_checks import EXACT, check_image, percentile_window, window_linear
+
+PATIENT_ID = "TEST-PATIENT-0042"
+
+MONOCHROME2_CR = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"
+MONOCHROME1_COPY = "Fake_MONOHR1.dcm"
+
+
+def mediastinum_minus_lungs(pixels: np.ndarray) -> float:
+    """Centre column of the chest minus the mean of both lung fields; bone/soft tissue white > 0."""
+    rows, cols = pixels.shape
+    band = slice(int(0.28 * rows), int(0.5 * rows))
+    centre = pixels[band, int(0.46 * cols) : int(0.54 * cols)].mean()
+    left = pixels[band, int(0.22 * cols) : int(0.35 * cols)].mean()
+    right = pixels[band, int(0.65 * cols) : int(0.78 * cols)].mean()
+    return float(centre - (left + right) / 2)
+
+
+# --------------------------------------------------------------------------------------------
+# Real files
+
+
+def test_every_cxr_dev_png_reads(cxr_dev: Path) -> None:
+    paths = sorted(cxr_dev.glob("*/*.png"))
+    assert len(paths) == 374
+    for path in paths:
+        image = read_xray(path, timeout=None)
+        check_image(image)
+        assert image.pixels.shape == (image.meta["rows"], image.meta["cols"]), path
+        assert image.meta["format"] == "png" and image.meta["mode"] == "L"
+        assert image.meta["bits_stored"] == 8
+        assert in_scope(image.meta) == (True, "no_metadata")
+
+
+def test_isolated_reads_equal_in_process_reads(cxr_dev: Path, pydicom_data) -> None:
+    paths = sorted(cxr_dev.glob("*/*.png"))[::75] + [pydicom_data("RG1_J2KI.dcm")]
+    for path in paths:
+        isolated, local = read_xray(path), read_xray(path, timeout=None)
+        np.testing.assert_array_equal(isolated.pixels, local.pixels)
+        assert isolated.meta == local.meta
+
+
+def test_real_cr_monochrome2_and_its_monochrome1_relabelled_copy(dicom_dir: Path) -> None:
+    # Fake_MONOHR1.dcm holds byte-identical pixel data; only the Photometric Interpretation says
+    # MONOCHROME1. Read correctly, it must therefore come out as the exact inverse, not the same.
+    original = pydicom.dcmread(dicom_dir / MONOCHROME2_CR)
+    relabelled = pydicom.dcmread(dicom_dir / MONOCHROME1_COPY)
+    assert (original.PhotometricInterpretation, relabelled.PhotometricInterpretation) == (
+        "MONOCHROME2",
+        "MONOCHROME1",
+    )
+    np.testing.assert_array_equal(original.pixel_array, relabelled.pixel_array)
+
+    mono2 = read_xray(dicom_dir / MONOCHROME2_CR)
+    mono1 = read_xray(dicom_dir / MONOCHROME1_COPY)
+    check_image(mono2)
+    np.testing.assert_allclose(mono1.pixels, 1.0 - mono2.pixels, atol=EXACT)
+    assert mediastinum_minus_lungs(mono2.pixels) > 0.2
+    assert mediastinum_minus_lungs(mono1.pixels) < -0.2
+    assert mono2.meta["voi"] == "percentile" and mono2.meta["transfer_syntax"] == uid.JPEGBaseline8Bit
+    assert in_scope(mono2.meta) == (True, "ok")
+
+
+def test_rg1_lossless_encodings_identical_and_lossy_close(pydicom_data) -> None:
+    read = {
+        name: read_xray(pydicom_data(f"{name}.dcm")).pixels
+        for name in ("RG1_UNCR", "RG1_J2KR", "RG1_J2KI", "RG1_UNCI")
+    }
+    np.testing.assert_array_equal(read["RG1_UNCR"], read["RG1_J2KR"])
+    # RG1_UNCI is RG1_J2KI decompressed by its author: our JPEG 2000 decoding must match it.
+    np.testing.assert_array_equal(read["RG1_J2KI"], read["RG1_UNCI"])
+    # Lossy against lossless, measured: mean 0.00167, max 0.0134 (window 15000/30000).
+    difference = np.abs(read["RG1_J2KI"] - read["RG1_UNCR"])
+    assert difference.mean() < 0.0025
+    assert difference.max() < 0.02
+
+
+def test_rg1_monochrome1_is_inverted_so_bone_is_white(pydicom_data) -> None:
+    image = read_xray(pydicom_data("RG1_UNCR.dcm"), timeout=None)
+    assert image.meta["photometric"] == "MONOCHROME1" and image.meta["voi"] == "window"
+    # Without the inversion the mediastinum would be darker than the lungs (measured +0.33).
+    assert mediastinum_minus_lungs(image.pixels) > 0.2
+    raw = pydicom.dcmread(pydicom_data("RG1_UNCR.dcm")).pixel_array
+    np.testing.assert_allclose(image.pixels, 1.0 - window_linear(raw, 15000, 30000), atol=EXACT)
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("RG1_UNCR.dcm", (True, "ok")),
+        ("RG1_UNCI.dcm", (True, "ok")),
+        ("RG1_J2KR.dcm", (True, "ok")),
+        ("RG1_J2KI.dcm", (True, "ok")),
+        ("RG3_UNCR.dcm", (False, "body_part:EXTREMITY")),
+        ("RG3_J2KI.dcm", (False, "body_part:EXTREMITY")),
+        ("693_UNCR.dcm", (False, "modality:CT")),
+        ("693_J2KR.dcm", (False, "modality:CT")),
+        ("MR2_UNCR.dcm", (False, "modality:MR")),
+        ("MR2_J2KI.dcm", (False, "modality:MR")),
+        ("US1_UNCR.dcm", (False, "modality:US")),
+        ("emri_small.dcm", (False, "modality:MR")),
+    ],
+)
+def test_scope_of_real_files(pydicom_data, name: str, expected: tuple[bool, str]) -> None:
+    image = read_xray(pydicom_data(name), timeout=None)
+    check_image(image)
+    assert in_scope(image.meta) == expected
+
+
+def test_dicom_meta_has_no_phi_and_a_pseudonym(dicom_factory, source_pixels) -> None:
+    path = dicom_factory("meta.dcm", source_pixels, PixelSpacing=[0.15, 0.16], BurnedInAnnotation="NO")
+    image = read_xray(path)
+    meta = image.meta
+    assert meta["patient_pseudonym"] == pseudonymise(PATIENT_ID)
+    assert meta["patient_pseudonym"].startswith("P-")
+    flattened = repr(meta)
+    for phi in (PATIENT_ID, "Doe", "Jane", "19700101"):
+        assert phi not in flattened
+    assert meta["modality"] == "CR" and meta["body_part"] == "CHEST" and meta["view_position"] == "PA"
+    assert meta["study_date"] == "20240131" and meta["manufacturer"] == "Test Factory"
+    assert meta["pixel_spacing"] == [0.15, 0.16]
+    assert meta["burned_in_annotation"] == "NO"
+    assert meta["bits_stored"] == 8 and meta["frames"] == 1 and meta["format"] == "dicom"
+    assert meta["transfer_syntax"] == uid.ExplicitVRLittleEndian
+    assert meta["photometric"] == "MONOCHROME2" and meta["voi"] == "percentile"
+    assert (meta["rows"], meta["cols"]) == source_pixels.shape
+    for key in ("study_uid", "series_uid", "sop_uid"):
+        assert meta[key].startswith("1.2.826.0.1.3680043")  # pydicom's generate_uid root
+
+
+def test_imager_pixel_spacing_used_when_pixel_spacing_absent(dicom_factory, source_pixels) -> None:
+    meta = read_xray(dicom_factory("ips.dcm", source_pixels), timeout=None).meta
+    assert meta["pixel_spacing"] == [0.2, 0.2]
+
+
+def test_png_and_dicom_meta_share_their_keys(dicom_factory, source_png, source_pixels) -> None:
+    png = read_xray(source_png, timeout=None).meta
+    dicom = read_xray(dicom_factory("keys.dcm", source_pixels), timeout=None).meta
+    assert png.keys() == dicom.keys()
+    assert all(png[key] is None for key in ("modality", "patient_pseudonym", "frames", "voi"))
+
+
+# --------------------------------------------------------------------------------------------
+# Every claimed transfer syntax, written from a real PNG
+
+
+# (encoding, source bits, max abs error, mean abs error) against the source after the same window.
+# Lossy bounds are measured values with headroom: JPEG baseline q95 max 0.027 / mean 0.0032,
+# JPEG extended 8-bit max 0.0039 / mean 0.00035, 12-bit max 0.00025 / mean 0.00002,
+# JPEG 2000 20:1 max 0.080 / mean 0.0102 (8-bit), 0.068 / 0.0080 (12-bit);
+# JPEG-LS near-lossless is bounded by NEAR=2 stored units by definition.
+SYNTAX_TABLE = [
+    ("explicit_le", 8, EXACT, EXACT),
+    ("explicit_le", 12, EXACT, EXACT),
+    ("implicit_le", 8, EXACT, EXACT),
+    ("implicit_le", 12, EXACT, EXACT),
+    ("explicit_be", 8, EXACT, EXACT),
+    ("explicit_be", 12, EXACT, EXACT),
+    ("deflated", 8, EXACT, EXACT),
+    ("deflated", 12, EXACT, EXACT),
+    ("rle", 8, EXACT, EXACT),
+    ("rle", 12, EXACT, EXACT),
+    ("jpeg_baseline", 8, 0.05, 0.006),
+    ("jpeg_extended_8", 8, 0.01, 0.001),
+    ("jpeg_extended_12", 12, 0.001, 0.0001),
+    ("jpeg_lossless_p14", 8, EXACT, EXACT),
+    ("jpeg_lossless_p14", 12, EXACT, EXACT),
+    ("jpeg_lossless_sv1", 8, EXACT, EXACT),
+    ("jpeg_lossless_sv1", 12, EXACT, EXACT),
+    ("jpeg_ls_lossless", 8, EXACT, EXACT),
+    ("jpeg_ls_lossless", 12, EXACT, EXACT),
+    ("jpeg_ls_near_lossless", 8, 2 / 255 + EXACT, 2 / 255),
+    ("jpeg_ls_near_lossless", 12, 2 / 4080 + EXACT, 2 / 4080),
+    ("j2k_lossless", 8, EXACT, EXACT),
+    ("j2k_lossless", 12, EXACT, EXACT),
+    ("j2k_lossy", 8, 0.12, 0.015),
+    ("j2k_lossy", 12, 0.12, 0.015),
+]
+
+
+@pytest.mark.parametrize(("encoding", "bits", "max_error", "mean_error"), SYNTAX_TABLE)
+def test_transfer_syntax_round_trip(
+    dicom_factory,
+    source_pixels,
+    source_pixels_12bit,
+    encoding: str,
+    bits: int,
+    max_error: float,
+    mean_error: float,
+) -> None:
+    pixels = source_pixels if bits == 8 else source_pixels_12bit
+    top = 255 if bits == 8 else 4080
+    # Centre/width chosen so that LINEAR maps 0 -> 0 and `top` -> 1: the output is source / top.
+    path = dicom_factory(
+        f"{encoding}-{bits}.dcm", pixels, encoding, WindowCenter=top / 2 + 0.5, WindowWidth=top + 1
+    )
+    image = read_xray(path, timeout=None)
+    check_image(image)
+    assert image.meta["transfer_syntax"] == pydicom.dcmread(path).file_meta.TransferSyntaxUID
+    assert image.meta["voi"] == "window"
+    expected = pixels.astype(np.float64) / top
+    np.testing.assert_allclose(expected, source_pixels / 255.0, atol=EXACT)
+    error = np.abs(image.pixels - expected)
+    assert error.max() <= max_error, f"max error {error.max():.6f}"
+    assert error.mean() <= mean_error, f"mean error {error.mean():.6f}"
+
+
+def test_transfer_syntax_round_trip_isolated(dicom_factory, source_pixels_12bit) -> None:
+    path = dicom_factory("j2k.dcm", source_pixels_12bit, "j2k_lossless")
+    np.testing.assert_array_equal(read_xray(path).pixels, read_xray(path, timeout=None).pixels)
+
+
+def test_real_12bit_jpeg_extended_file(pydicom_data) -> None:
+    """pydicom's JPEG-lossy.dcm (12-bit process 4, not written by GDCM) against GDCM's own reader."""
+    import gdcm
+
+    path = pydicom_data("JPEG-lossy.dcm")
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read()
+    buffer = reader.GetImage().GetBuffer().encode("utf-8", "surrogateescape")
+    raw = np.frombuffer(buffer, "<u2").reshape(1024, 256)
+    assert (raw[420, 140], raw[230, 120]) == (244, 95)  # pydicom's published reference values
+    image = read_xray(path, timeout=None)
+    np.testing.assert_allclose(image.pixels, percentile_window(raw), atol=EXACT)
+
+
+def test_real_jpeg_lossless_sv1_file(pydicom_data) -> None:
+    image = read_xray(pydicom_data("JPGLosslessP14SV1_1s_1f_8b.dcm"), timeout=None)
+    raw = pydicom.dcmread(pydicom_data("JPGLosslessP14SV1_1s_1f_8b.dcm")).pixel_array
+    np.testing.assert_allclose(image.pixels, window_linear(raw, 127, 254), atol=EXACT)

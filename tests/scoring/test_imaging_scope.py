@@ -1,0 +1,81 @@
+"""scoring.imaging.in_scope on a table of metadata: which images the chest X-ray model may score, and why not."""
+
+from __future__ import annotations
+
+import pytest
+
+from scoring.imaging import in_scope
+
+# --------------------------------------------------------------------------------------------
+# in_scope
+
+
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        ({"format": "png"}, (True, "no_metadata")),
+        ({"format": "jpeg"}, (True, "no_metadata")),
+        (
+            {"format": "dicom", "modality": "CR", "body_part": "CHEST", "photometric": "MONOCHROME1"},
+            (True, "ok"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "body_part": "THORAX", "photometric": "MONOCHROME2"},
+            (True, "ok"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "body_part": "Chest PA", "photometric": "MONOCHROME2"},
+            (True, "ok"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "body_part": "LUNG", "photometric": "MONOCHROME2"},
+            (True, "ok"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "body_part": None, "photometric": "MONOCHROME2"},
+            (True, "body_part_missing"),
+        ),
+        (
+            {"format": "dicom", "modality": "CT", "body_part": "CHEST", "photometric": "MONOCHROME2"},
+            (False, "modality:CT"),
+        ),
+        ({"format": "dicom", "modality": None, "photometric": "MONOCHROME2"}, (False, "modality:missing")),
+        (
+            {"format": "dicom", "modality": "CR", "body_part": "EXTREMITY", "photometric": "MONOCHROME2"},
+            (False, "body_part:EXTREMITY"),
+        ),
+        (
+            {"format": "dicom", "modality": "CR", "body_part": "TSPINE", "photometric": "MONOCHROME2"},
+            (False, "body_part:TSPINE"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "LL", "photometric": "MONOCHROME2"},
+            (False, "lateral_view:LL"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "RL", "photometric": "MONOCHROME2"},
+            (False, "lateral_view:RL"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "LATERAL", "photometric": "MONOCHROME2"},
+            (False, "lateral_view:LATERAL"),
+        ),
+        (
+            {
+                "format": "dicom",
+                "modality": "DX",
+                "view_position": "AP",
+                "body_part": "CHEST",
+                "photometric": "MONOCHROME2",
+            },
+            (True, "ok"),
+        ),
+        (
+            {"format": "dicom", "modality": "CR", "frames": 3, "photometric": "MONOCHROME2"},
+            (False, "multi_frame:3"),
+        ),
+        ({"format": "dicom", "modality": "CR", "photometric": "RGB"}, (False, "photometric:RGB")),
+    ],
+)
+def test_in_scope(meta, expected) -> None:
+    assert in_scope(meta) == expected
