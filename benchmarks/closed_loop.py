@@ -54,10 +54,11 @@ from sqlalchemy import select
 from db import migrate
 from db.clitools import setup_logging
 from db.engine import create_database_engine, read_session, write_session
+from db.model_versions import default_version_id
 from db.models import Image
 from db.reviewers import add_reviewer
 from db.reviews import add_review
-from db.worklist import WorklistFilter, default_version_id, worklist_page
+from db.worklist import WorklistFilter, worklist_page
 from model_training import cli as train_cli
 from model_training import data
 from model_training.evaluation import compare_checkpoints

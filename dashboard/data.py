@@ -50,7 +50,7 @@ def has_accounts() -> bool:
 def versions() -> list[dict]:
     """Every registered version as plain values, oldest first."""
     with read_session(engine()) as session:
-        return [dict(id=v.id, label=cases.version_label(v), name=v.name, architecture=v.architecture,
+        return [dict(id=v.id, label=model_versions.label(v), name=v.name, architecture=v.architecture,
                      classes=list(v.classes), input_size=v.input_size, temperature=v.temperature,
                      metrics=dict(v.metrics or {}), created_at=v.created_at, is_active=v.is_active,
                      is_synthetic=v.is_synthetic, path=v.path, sha256=v.sha256)
@@ -60,7 +60,7 @@ def versions() -> list[dict]:
 @st.cache_data(ttl=30, show_spinner=False)
 def default_version_id() -> int | None:
     with read_session(engine()) as session:
-        return worklist.default_version_id(session)
+        return model_versions.default_version_id(session)
 
 
 def version(version_id: int | None) -> dict | None:

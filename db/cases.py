@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from db import config
+from db import config, model_versions
 from db.models import Image, ModelVersion, Prediction, Review, Reviewer
 
 # What model_training.demo_cohort writes into every synthetic DICOM phantom.
@@ -110,10 +110,6 @@ class CaseDetail:
         return [self.prediction, *self.other_predictions] if self.prediction else list(self.other_predictions)
 
 
-def version_label(version: ModelVersion) -> str:
-    return f"{version.id}: {version.name}" if version.name else f"{version.id}: {version.sha256[:12]}"
-
-
 def is_demo_image(path: str, manufacturer: str | None) -> bool:
     if manufacturer == DEMO_MANUFACTURER:
         return True
@@ -164,7 +160,7 @@ def _image(image: Image) -> CaseImage:
 
 def _prediction(p: Prediction, version: ModelVersion) -> CasePrediction:
     return CasePrediction(
-        id=p.id, model_version_id=version.id, version_label=version_label(version), is_active=version.is_active,
+        id=p.id, model_version_id=version.id, version_label=model_versions.label(version), is_active=version.is_active,
         is_synthetic=version.is_synthetic, classes=tuple(version.classes),
         probabilities={k: float(v) for k, v in p.probabilities.items()}, predicted_class=p.predicted_class,
         confidence=p.confidence, entropy=p.entropy, scored_at=p.scored_at)

@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import CannotRun
-from db.models import ModelVersion
+from db.models import ModelVersion, Prediction
 
 if TYPE_CHECKING:
     from scoring.model import Checkpoint
@@ -33,6 +33,19 @@ def find_by_sha(session: Session, sha256: str) -> ModelVersion | None:
 def active_version(session: Session) -> ModelVersion | None:
     """The version the scorer uses (at most one is active: a partial unique index sees to it)."""
     return session.scalar(select(ModelVersion).where(ModelVersion.is_active))
+
+
+def default_version_id(session: Session) -> int | None:
+    """The version whose predictions the dashboard shows: the active one, else the newest that scored anything."""
+    active = active_version(session)
+    if active is not None:
+        return active.id
+    return session.scalar(select(func.max(Prediction.model_version_id)))
+
+
+def label(version: ModelVersion) -> str:
+    """How people see a version: its id and name (the start of its sha256 when it has no name)."""
+    return f"{version.id}:{version.name or version.sha256[:12]}"
 
 
 def list_versions(session: Session) -> list[ModelVersion]:

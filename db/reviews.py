@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Subquery, func, select
 from sqlalchemy.orm import Session, aliased
 
+from db import model_versions
 from db.models import REVIEW_MODES, Image, ModelVersion, Prediction, Review, Reviewer
 
 
@@ -80,16 +81,10 @@ def flagged_cases(session: Session, since: dt.datetime | None = None) -> list[Fl
     return [
         FlaggedCase(
             case_id=image.id, image_sha256=image.sha256, patient_pseudonym=image.patient_pseudonym,
-            study_date=image.study_date, model_version=_version_label(version),
+            study_date=image.study_date, model_version=model_versions.label(version) if version else None,
             predicted_class=pred.predicted_class if pred else None,
             probabilities=dict(pred.probabilities) if pred else {}, reviewer_label=review.label,
             reviewer=username, review_time=review.created_at, comment=review.comment, path=image.path,
         )
         for review, image, username, pred, version in session.execute(query)
     ]
-
-
-def _version_label(version: ModelVersion | None) -> str | None:
-    if version is None:
-        return None
-    return f"{version.id}:{version.name}" if version.name else f"{version.id}:{version.sha256[:12]}"

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 
 from db import claims
 from db.attributions import looks_outside_lungs
-from db.models import Image, ModelVersion, Prediction, Review, utcnow
+from db.models import Image, Prediction, Review, utcnow
 from db.reviews import latest_reviews
 
 STATUSES = ("all", "unreviewed", "reviewed", "flagged", "disagrees")
@@ -98,14 +98,6 @@ class WorklistPage:
     @property
     def last(self) -> int:
         return self.first + len(self.rows) - 1 if self.rows else 0
-
-
-def default_version_id(session: Session) -> int | None:
-    """The active version, else the newest version that scored anything."""
-    active = session.scalar(select(ModelVersion.id).where(ModelVersion.is_active))
-    if active is not None:
-        return active
-    return session.scalar(select(func.max(Prediction.model_version_id)))
 
 
 def attribute_values(session: Session) -> dict[str, list[str]]:

@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from db import model_versions
 from db.engine import read_session, write_session
 from db.errors import CannotRun
-from db.models import ModelVersion
+from db.models import Image, ModelVersion, Prediction
 from scoring.model import checkpoint_sha256, load_checkpoint
 
 
@@ -39,6 +39,29 @@ def test_register_checkpoint_takes_what_the_checkpoint_carries(engine, tiny_chec
     assert (version.architecture, version.input_size, version.temperature) == ("resnet18", 32, pytest.approx(1.3))
     assert version.classes == checkpoint.classes and version.path == str(tiny_checkpoint.resolve())
     assert version.preprocessing_hash == checkpoint.preprocessing.hash
+
+
+def test_a_version_is_labelled_by_id_and_name_or_hash(engine):
+    with write_session(engine) as session:
+        named, unnamed = add(session, "a", "alpha"), add(session, "b")
+        assert model_versions.label(named) == f"{named.id}:alpha"
+        assert model_versions.label(unnamed) == f"{unnamed.id}:{'b' * 12}"
+
+
+def test_the_default_version_is_the_active_one_else_the_newest_that_scored(engine):
+    with write_session(engine) as session:
+        assert model_versions.default_version_id(session) is None
+        older, newer = add(session, "a"), add(session, "b")
+        image = Image(sha256="i" * 64, path="/x/i.png", size_bytes=1, mtime=0.0, format="png")
+        session.add(image)
+        session.flush()
+        for version in (older, newer):
+            session.add(Prediction(image_id=image.id, model_version_id=version.id, probabilities={},
+                                   predicted_class="covid", confidence=0.5, entropy=0.5))
+        session.flush()
+        assert model_versions.default_version_id(session) == newer.id
+        model_versions.promote(session, str(older.id))
+        assert model_versions.default_version_id(session) == older.id
 
 
 def test_find_by_id_name_or_sha_prefix(engine):

@@ -22,11 +22,15 @@ def small_set(tmp_path_factory, cxr_dev) -> Path:
     chosen = []
     for label in ("covid", "normal", "pneumonia"):
         chosen += [row for row in rows if row["label"] == label][:PER_CLASS]
-    path = tmp_path_factory.mktemp("small") / "small.csv"
+    return write_training_csv(cxr_dev, chosen, tmp_path_factory.mktemp("small") / "small.csv")
+
+
+def write_training_csv(cxr_dev: Path, rows: list[dict[str, str]], path: Path) -> Path:
+    """A training CSV of these rows of cxr-dev's labels.csv, with absolute file paths."""
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient_id", "source"])
         writer.writeheader()
-        for row in chosen:
+        for row in rows:
             writer.writerow({"file": str(cxr_dev / row["file"]), "label": row["label"],
                              "patient_id": row["patient_id"], "source": row["source"]})
     return path

@@ -16,6 +16,7 @@ from scoring.attribution import METHOD_INFO, METHODS
 from scoring.attribution.sanity import MAX_RANK_CORRELATION, randomised, sanity_check
 from scoring.imaging import read_xray
 from scoring.model import load_checkpoint
+from tests.model_training.conftest import write_training_csv
 
 IMAGES_PER_MODEL = 4
 SMALL = dict(img_size=64, epochs=3, batch_size=16, workers=0, seed=1)
@@ -41,13 +42,7 @@ def cxr_dev_model(tmp_path_factory, cxr_dev) -> tuple[Path, list[tuple[Path, str
         of_class = [row for row in rows if row["label"] == label]
         training += of_class[:30]
         held_out += [(cxr_dev / row["file"], label) for row in of_class[30:32]]
-    data = folder / "train.csv"
-    with open(data, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", "label", "patient_id", "source"])
-        writer.writeheader()
-        for row in training:
-            writer.writerow({"file": str(cxr_dev / row["file"]), "label": row["label"],
-                             "patient_id": row["patient_id"], "source": row["source"]})
+    data = write_training_csv(cxr_dev, training, folder / "train.csv")
     result = train(TrainConfig(data=str(data), out=str(folder / "run"), db=f"sqlite:///{folder / 'db.sqlite'}",
                                **SMALL))
     return result.checkpoint, held_out
