@@ -5,6 +5,12 @@ destroyed. The check re-initialises the last blocks (``layer4`` and ``fc``: the 
 steps, fixed seed), computes each method's map with the trained and the randomised model on the same images,
 and measures the Spearman rank correlation of the two maps (of their absolute values and of the signed values;
 the larger counts). A method passes when the mean correlation stays below :data:`MAX_RANK_CORRELATION`.
+
+A constant map has no ranking, so it never enters the mean as a correlation of 0 (that would pass a method on
+blank maps). An image whose trained map is constant says nothing about the method and is not judged; one whose
+map has structure with the trained model and becomes constant once the blocks are randomised has changed
+completely (Grad-CAM's ReLU often does this), which is counted. A method with no judged image fails: the check
+could not see it change.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ RANDOMISED_BLOCKS = ("layer4", "fc")
 RANDOMISATION_SEED = 0
 
 # The check's outcome on the reference models (the demo model and a ResNet-18 trained on cxr-dev; the figures are
-# in the README and the test tests/scoring/test_attribution_sanity.py re-runs it). The dashboard labels a method
+# in the README and the test tests/model_training/test_attribution_sanity.py re-runs it). The dashboard labels a method
 # that failed.
 MEASURED_SANITY: dict[str, str] = {
     "gradcam": "passed",
@@ -39,9 +45,15 @@ MEASURED_SANITY: dict[str, str] = {
 @dataclass(frozen=True)
 class SanityResult:
     method: str
-    rank_correlations: tuple[float, ...]  # one per image
-    mean_rank_correlation: float
+    rank_correlations: tuple[float, ...]  # one per image; NaN where a map is constant
+    mean_rank_correlation: float  # over the images with both maps ranked; NaN when there is none
     passed: bool
+    blank_trained: int  # images whose trained model's map is constant: not judged
+    blank_randomised: int  # images whose map became constant once the blocks were randomised: changed
+
+    @property
+    def judged(self) -> int:
+        return len(self.rank_correlations) - self.blank_trained
 
 
 def randomised(checkpoint: Checkpoint, blocks: Sequence[str] = RANDOMISED_BLOCKS,
@@ -64,15 +76,17 @@ def randomised(checkpoint: Checkpoint, blocks: Sequence[str] = RANDOMISED_BLOCKS
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """max(Spearman of |a| and |b|, Spearman of a and b); 0 where a map is constant (nothing to rank)."""
+    """max(Spearman of |a| and |b|, Spearman of a and b); NaN where a map is constant (nothing to rank)."""
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return math.nan
     values = []
     for x, y in ((np.abs(a), np.abs(b)), (a, b)):
-        if np.ptp(x) == 0 or np.ptp(y) == 0:
-            values.append(0.0)
+        if np.ptp(x) == 0 or np.ptp(y) == 0:  # e.g. a map of one sign whose absolute values are all equal
             continue
         rho = float(spearmanr(x.ravel(), y.ravel()).statistic)
-        values.append(0.0 if math.isnan(rho) else rho)
-    return max(values)
+        if not math.isnan(rho):
+            values.append(rho)
+    return max(values, default=math.nan)
 
 
 def sanity_check(checkpoint: Checkpoint | str | os.PathLike, images: Sequence[np.ndarray], method: str,
@@ -85,5 +99,10 @@ def sanity_check(checkpoint: Checkpoint | str | os.PathLike, images: Sequence[np
     before = compute_crops(trained, images, method, target_classes, **params)
     after = compute_crops(random_model, images, method, target_classes, **params)
     rhos = tuple(rank_correlation(x.crop, y.crop) for x, y in zip(before, after, strict=True))
-    mean = float(np.mean(rhos))
-    return SanityResult(method, rhos, mean, mean < MAX_RANK_CORRELATION)
+    compared = [rho for rho in rhos if not math.isnan(rho)]
+    mean = float(np.mean(compared)) if compared else math.nan
+    blank_trained = sum(int(np.ptp(x.crop) == 0) for x in before)
+    blank_randomised = sum(int(np.ptp(x.crop) != 0 and np.ptp(y.crop) == 0) for x, y in zip(before, after, strict=True))
+    judged = len(rhos) - blank_trained
+    passed = judged > 0 and (not compared or mean < MAX_RANK_CORRELATION)
+    return SanityResult(method, rhos, mean, passed, blank_trained, blank_randomised)

@@ -7,6 +7,7 @@ import datetime as dt
 from sqlalchemy import select
 
 from db import attributions, migrate
+from db.worklist import WorklistFilter, worklist_page
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, ModelVersion, Prediction
 
@@ -62,6 +63,21 @@ def test_the_outside_the_lungs_filter_is_an_exists_on_the_threshold(db_url):
         everything = set(session.scalars(select(Prediction.image_id).where(
             attributions.looks_outside_lungs(Prediction.image_id, Prediction.model_version_id, threshold=0.0))))
         assert everything == {images[0], images[1]}
+
+
+def test_the_worklist_shows_only_cases_whose_map_looks_outside_the_lungs(db_url):
+    engine, version, images = _setup(db_url)
+    with write_session(engine) as session:
+        _record(session, images[1], version, 0.8)
+        _record(session, images[3], version, 0.2)
+        _record(session, images[3], version, 0.6, key="q" * 64, method="occlusion")  # any method's map counts
+    with read_session(engine) as session:
+        everything = worklist_page(session, WorklistFilter(version))
+        flagged = worklist_page(session, WorklistFilter(version, outside_lungs=True))
+        assert everything.total == len(images)
+        assert flagged.total == 2 and {row.image_id for row in flagged.rows} == {images[1], images[3]}
+        with_classes = worklist_page(session, WorklistFilter(version, classes=("covid",), outside_lungs=True))
+        assert with_classes.total == 0  # images[1] and [3] are predicted normal
 
 
 def test_candidates_are_the_most_uncertain_then_every_case_not_normal(db_url):

@@ -5,20 +5,22 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from db.attributions import OUTSIDE_LUNGS_THRESHOLD
 from model_training.demo_cohort import write_demo_cohort
 from model_training.train import TrainConfig, train
 from scoring.attribution import METHOD_INFO, METHODS
-from scoring.attribution.sanity import MAX_RANK_CORRELATION, randomised, sanity_check
+from scoring.attribution.sanity import MAX_RANK_CORRELATION, randomised, rank_correlation, sanity_check
 from scoring.imaging import read_xray
 from scoring.model import load_checkpoint
 from tests.model_training.conftest import write_training_csv
 
-IMAGES_PER_MODEL = 4
+IMAGES_PER_MODEL = 6
 SMALL = dict(img_size=64, epochs=3, batch_size=16, workers=0, seed=1)
 
 
@@ -67,11 +69,23 @@ def test_each_method_passes_the_randomisation_check_or_is_labelled_failed(reques
     result = sanity_check(checkpoint_path, pixels, method, [label for _, label in images[:IMAGES_PER_MODEL]],
                           **params)
     print(f"{model} {method}: mean rank correlation {result.mean_rank_correlation:.3f} "
-          f"{[round(r, 3) for r in result.rank_correlations]}")
+          f"{[round(r, 3) for r in result.rank_correlations]}; constant maps: {result.blank_trained} of the trained "
+          f"model (not judged), {result.blank_randomised} more once randomised (changed)")
     assert len(result.rank_correlations) == len(pixels)
-    assert result.passed == (result.mean_rank_correlation < MAX_RANK_CORRELATION)
+    assert result.judged >= len(pixels) // 2, "too few trained maps with structure to judge the method"
+    compared = [rho for rho in result.rank_correlations if not math.isnan(rho)]
+    assert len(compared) + result.blank_randomised == result.judged
+    assert result.passed == (not compared or result.mean_rank_correlation < MAX_RANK_CORRELATION)
     assert result.passed == (METHOD_INFO[method].sanity == "passed"), \
         f"{method} {'passed' if result.passed else 'failed'} but is labelled {METHOD_INFO[method].sanity!r}"
+
+
+def test_a_constant_map_has_no_rank_correlation():
+    ramp = np.arange(64, dtype=np.float32).reshape(8, 8)
+    assert rank_correlation(ramp, ramp) == pytest.approx(1.0)
+    assert rank_correlation(ramp, -ramp) == pytest.approx(1.0)  # the same ranking of |values|
+    assert math.isnan(rank_correlation(ramp, np.zeros_like(ramp)))
+    assert math.isnan(rank_correlation(np.ones_like(ramp), ramp))
 
 
 def test_randomising_changes_the_last_blocks_only_and_deterministically(cxr_dev_model):
