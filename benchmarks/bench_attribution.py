@@ -3,7 +3,9 @@
 Prints the median seconds of single-image Grad-CAM, Integrated Gradients (50 steps) and Occlusion (32 px window,
 16 px stride), the Grad-CAM images per second of the nightly precompute (a real ``cxr-score --attributions
 gradcam`` run over N cxr-dev films: reading, batched Grad-CAM, writing and recording every map), and the
-milliseconds to load a cached map. Weights do not change the speed: without --model a random ResNet-18 is used.
+milliseconds to load a cached map; then single-image Grad-CAM and the cached load for a full-size film
+(pydicom-data's RG1_UNCR, 1955x1841), where upsampling the map to the original geometry and the map file's size
+count. Weights do not change the speed: without --model a random ResNet-18 is used.
 
     python benchmarks/bench_attribution.py [--model CKPT] [--images N] [--data DIR]
 """
@@ -85,8 +87,40 @@ def run(args, work: Path) -> int:
         entry = session.query(AttributionCacheEntry).first()
     seconds = median_seconds(lambda: load_or_compute(engine, entry.image_id, summary.model_version_id, "gradcam",
                                                      entry.target_class), 20)
-    print(f"cached map load: {seconds * 1000:.1f} ms (median of 20, film {entry.image_id})")
+    print(f"cached map load: {seconds * 1000:.1f} ms (median of 20, a {pixels.shape[1]}x{pixels.shape[0]} film)")
+    full_size_film(engine, db_url, model, work)
     return 0
+
+
+def full_size_film(engine, db_url: str, model: Path, work: Path) -> None:
+    from pydicom.data import get_testdata_file
+
+    from db.engine import read_session
+    from db.models import AttributionCacheEntry, Image
+    from scoring.attribution import compute_map, load_or_compute
+    from scoring.imaging import read_xray
+    from scoring.run import ScoringRequest, run_scoring
+
+    found = get_testdata_file("RG1_UNCR.dcm")
+    if found is None:
+        print("full-size film: pydicom-data is not installed (pip install -r requirements-dev.txt); skipped")
+        return
+    film = work / "full-size" / "RG1_UNCR.dcm"
+    film.parent.mkdir()
+    shutil.copy2(found, film)
+    pixels = read_xray(film).pixels
+    seconds = median_seconds(lambda: compute_map(model, pixels, "gradcam", "covid"), 5)
+    print(f"single-image gradcam, {pixels.shape[1]}x{pixels.shape[0]} film: {seconds:.3f} s (median of 5)")
+    summary = run_scoring(ScoringRequest(paths=(str(film.parent),), db_url=db_url, model=model, settle_seconds=0,
+                                         attributions=("gradcam",), attributions_top=1))
+    with read_session(engine) as session:
+        image_id = session.query(Image.id).filter(Image.path == str(film.resolve())).scalar()
+        entry = session.query(AttributionCacheEntry).filter_by(image_id=image_id).first()
+    map_file = Path(os.environ["CXR_HOME"]) / entry.storage_path
+    seconds = median_seconds(lambda: load_or_compute(engine, image_id, summary.model_version_id, "gradcam",
+                                                     entry.target_class), 20)
+    print(f"cached map load, {pixels.shape[1]}x{pixels.shape[0]} film: {seconds * 1000:.1f} ms (median of 20; "
+          f"map file {map_file.stat().st_size / 1e6:.2f} MB)")
 
 
 if __name__ == "__main__":

@@ -85,6 +85,7 @@ class ScoringOptions:
     log_every: int = 500
     progress_bar: bool = False
     reduced_decode: bool = True  # decode at 2x the model's input side, not at full size (imaging.read_xray min_side)
+    adapt_threads: bool = False  # one model thread when decoding is the slower stage (see ModelThreads)
 
 
 @dataclass
@@ -323,14 +324,20 @@ class ScoringPass:
         """Scores ``batches`` (from :func:`make_loader`; benchmarks feed pre-decoded ones) and stores them.
         Returns once every batch is committed."""
         done = 0
-        with progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer:
+        with (progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer,
+              ModelThreads(enabled=self.options.adapt_threads) as threads):
+            waiting_since = time.perf_counter()
             for batch in batches:
-                writer.put(self._results(jobs, batch.items, *self._score(batch.pixels)))
+                arrived = time.perf_counter()
+                scored = self._score(batch.pixels)
+                threads.observe(waited=arrived - waiting_since, modelled=time.perf_counter() - arrived)
+                writer.put(self._results(jobs, batch.items, *scored))
                 done += len(batch.items)
                 advance(len(batch.items))
                 if not self.options.progress_bar and (done // self.options.log_every
                                                       != (done - len(batch.items)) // self.options.log_every):
                     log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
+                waiting_since = time.perf_counter()
 
     def _score(self, pixels: torch.Tensor | None) -> tuple[torch.Tensor, list[bool]]:
         """Probabilities per in-scope image, and whether the model raised on it (its row is then NaN)."""
@@ -432,6 +439,53 @@ class ScoringPass:
         with session.begin_nested():
             results.add_failures(session, self.run_id, failed)
         return failed
+
+
+class ModelThreads:
+    """Gives the model one CPU thread once the first batches show that decoding, not the model, sets the pace.
+
+    Why: the model's intra-op threads (OpenMP) spin-wait between its parallel regions, on the very cores the decode
+    workers need. A model far faster than decoding (a small input size, or full-size films that are slow to
+    decode) gains nothing from more threads and slows the decoders; with a 32 px model on this 2-core machine the
+    pipeline reached only 0.56 of its bound. The rule: after a warm-up batch, over the next few batches, if the
+    model's time at T threads, times T (its time at one thread, if it scaled perfectly), is still below
+    :data:`KEEP_UP` of the time spent waiting for the loader, the model keeps up with one thread. Decided once per
+    run, and undone when the pass ends; never on a GPU, with decoding in the scoring process (no workers), or
+    when the user chose the threads (``--threads``).
+    """
+
+    WARM_UP = 1  # the first batch pays for one-time allocations
+    WINDOW = 4
+    KEEP_UP = 0.8
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._seen = 0
+        self._waited = self._modelled = 0.0
+        self._threads_before = torch.get_num_threads()
+
+    def __enter__(self) -> ModelThreads:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        torch.set_num_threads(self._threads_before)
+
+    def observe(self, waited: float, modelled: float) -> None:
+        if not self.enabled:
+            return
+        self._seen += 1
+        if self._seen <= self.WARM_UP:
+            return
+        self._waited += waited
+        self._modelled += modelled
+        if self._seen == self.WARM_UP + self.WINDOW:
+            self.enabled = False
+            threads = torch.get_num_threads()
+            if threads > 1 and self._modelled * threads < self.KEEP_UP * self._waited:
+                torch.set_num_threads(1)
+                log.info("decoding sets the pace (%.0f ms waiting for the loader per batch, model %.0f ms at %d "
+                         "threads): the model runs on 1 thread so the decoders keep their cores",
+                         1000 * self._waited / self.WINDOW, 1000 * self._modelled / self.WINDOW, threads)
 
 
 class BatchWriter:

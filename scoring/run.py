@@ -167,11 +167,12 @@ def scoring_options(request: ScoringRequest) -> pipeline.ScoringOptions:
         autocast_dtype(device, request.precision)  # refused before the run starts, not after
     except ValueError as exc:
         raise CannotRun(str(exc)) from None
+    workers = default_workers(device) if request.workers is None else request.workers
     return pipeline.ScoringOptions(
-        batch_size=request.batch_size,
-        workers=default_workers(device) if request.workers is None else request.workers,
+        batch_size=request.batch_size, workers=workers,
         device=device, precision=request.precision, read_timeout=request.read_timeout,
-        retry_failed=request.retry_failed, log_every=request.log_every, progress_bar=request.progress_bar)
+        retry_failed=request.retry_failed, log_every=request.log_every, progress_bar=request.progress_bar,
+        adapt_threads=device.type == "cpu" and request.threads is None and workers > 0)
 
 
 def default_workers(device: torch.device | None = None) -> int:

@@ -18,6 +18,7 @@ from db.engine import read_session, write_session
 from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun
 from db.results import FileStat
 from scoring import pipeline
+from scoring.pipeline import ModelThreads
 
 CLASSES = ["covid", "normal", "pneumonia"]
 VALUES = results.image_values({"format": "png", "rows": 8, "cols": 8})
@@ -159,3 +160,42 @@ def test_the_batch_writer_stores_in_order_and_raises_in_the_caller():
         for i in range(6):
             writer.put(i)
     assert stored == [0, 1, 2]
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def observe(threads: ModelThreads, waited: float, modelled: float, batches: int) -> None:
+    for _ in range(batches):
+        threads.observe(waited=waited, modelled=modelled)
+
+
+def test_a_model_faster_than_decoding_gets_one_thread_until_the_pass_ends(two_threads):
+    with ModelThreads(enabled=True) as threads:
+        observe(threads, waited=0.010, modelled=5.0, batches=ModelThreads.WARM_UP)  # a slow first batch: ignored
+        observe(threads, waited=0.060, modelled=0.015, batches=ModelThreads.WINDOW - 1)
+        assert torch.get_num_threads() == 2  # not decided before the window is full
+        observe(threads, waited=0.060, modelled=0.015, batches=1)
+        assert torch.get_num_threads() == 1
+        observe(threads, waited=0.0, modelled=1.0, batches=20)  # decided once
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize(("waited", "modelled"), [(0.001, 0.48), (0.060, 0.025)])
+def test_a_model_that_sets_the_pace_keeps_its_threads(two_threads, waited, modelled):
+    """The second case: with one thread the model (about 2 x 25 ms) would not keep up with 80 % of 60 ms."""
+    with ModelThreads(enabled=True) as threads:
+        observe(threads, waited, modelled, batches=ModelThreads.WARM_UP + ModelThreads.WINDOW + 5)
+        assert torch.get_num_threads() == 2
+
+
+def test_threads_the_user_chose_are_never_changed(two_threads):
+    with ModelThreads(enabled=False) as threads:
+        observe(threads, waited=1.0, modelled=0.001, batches=10)
+        assert torch.get_num_threads() == 2
