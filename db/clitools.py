@@ -22,20 +22,37 @@ DEVICES = ("auto", "cpu", "cuda")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class LogFileError(CannotRun):
+    """The log file asked for cannot be opened (a missing or read-only folder, a full disk): a nightly run whose
+    log goes nowhere must not start."""
+
+
 def setup_logging(log_file: Path | None = None, verbose: bool = False) -> logging.Logger:
+    """Log to stderr and, when asked, also to ``log_file``. Raises :class:`LogFileError` for a log file that
+    cannot be opened, after stderr's handler is in place, so that the one line saying so is seen."""
     logger = logging.getLogger("cxr")
     for handler in list(logger.handlers):  # a second main() in one process must not log everything twice
         logger.removeHandler(handler)
         handler.close()
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if log_file is not None:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    for handler in handlers:
-        handler.setFormatter(logging.Formatter(FORMAT))
-        logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose else logging.INFO)
+    _add_handler(logger, logging.StreamHandler(sys.stderr))
+    if log_file is not None:
+        _add_handler(logger, _file_handler(log_file))
     return logger
+
+
+def _add_handler(logger: logging.Logger, handler: logging.Handler) -> None:
+    handler.setFormatter(logging.Formatter(FORMAT))
+    logger.addHandler(handler)
+
+
+def _file_handler(log_file: Path) -> logging.FileHandler:
+    try:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        return logging.FileHandler(log_file, encoding="utf-8")
+    except OSError as exc:
+        raise LogFileError(f"cannot open the log file {log_file}: {exc.strerror or one_line(exc)}; "
+                           "pass a --log-file in a writable folder") from None
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:
@@ -60,15 +77,22 @@ def field_defaults(cls: type) -> dict[str, Any]:
 
 def run_cli(parser: argparse.ArgumentParser, argv: list[str] | None, log: logging.Logger,
             command: Callable[[argparse.Namespace], int]) -> int:
-    """A command's ``main``: parse ``argv``, set up logging (``-v``), and run ``command`` under :func:`run_command`."""
+    """A command's ``main``: parse ``argv``, then set up logging (``-v``, ``--log-file`` where the command has
+    it) and run ``command``, both under :func:`run_command`: a log file that cannot be opened is a "cannot
+    run" like any other (exit 2, one line), not a traceback with exit 1 ("some files failed" to cxr-score)."""
     args = parser.parse_args(argv)
-    setup_logging(verbose=args.verbose)
-    return run_command(log, getattr(args, "db", None), lambda: command(args))
+
+    def logged() -> int:
+        setup_logging(getattr(args, "log_file", None), args.verbose)
+        return command(args)
+
+    return run_command(log, getattr(args, "db", None), logged)
 
 
 def run_command(log: logging.Logger, url: str | None, command: Callable[[], int]) -> int:
-    """Run ``command``; a :class:`~db.errors.CannotRun` (an old schema, no model, a missing device or file, ...)
-    and a database that is unreachable or failed become their exit code and one log line."""
+    """Run ``command``; a :class:`~db.errors.CannotRun` (an old schema, no model, a missing device or file, ...),
+    a database that is unreachable or failed, and a file the machine refuses (a full disk, a read-only folder)
+    become their exit code and one log line."""
     try:
         return command()
     except CannotRun as exc:
@@ -76,7 +100,26 @@ def run_command(log: logging.Logger, url: str | None, command: Callable[[], int]
         return exc.exit_code
     except (OperationalError, InterfaceError) as exc:
         log.error("%s", database_problem(config.database_url(url), exc))
+    except Exception as exc:
+        refused = os_error_in(exc)
+        if refused is None:
+            raise  # a bug, not a condition: its traceback is what fixes it
+        log.debug("the command stopped", exc_info=True)
+        log.error("cannot go on: %s (-v shows where)", one_line(refused))
     return EXIT_CANNOT_RUN
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The machine's refusal (a full disk, a read-only folder, a missing file) behind ``exc``: ``exc`` itself or
+    an exception it was raised from or while handling. Why the chain: torch.save, when a write fails, raises
+    its own RuntimeError from finishing the archive, with the OSError as its context."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def one_line(exc: BaseException) -> str:

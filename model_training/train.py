@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import models
 
 from db import migrate, model_versions
+from db.clitools import one_line, os_error_in
 from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
 from db.errors import CannotRun
@@ -336,8 +337,16 @@ def calibrated_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str
 
 
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
-    with atomic_write(path) as handle:
-        torch.save(state, handle)
+    try:
+        with atomic_write(path) as handle:
+            torch.save(state, handle)
+    except Exception as exc:  # a full disk or a folder gone read-only: the atomic write kept the last epoch's state
+        refused = os_error_in(exc)  # torch.save reports a failed write as its own RuntimeError
+        if refused is None:
+            raise
+        raise TrainError(f"cannot save the training state {path}: {refused.strerror or one_line(refused)}; the "
+                         f"previous epoch's {STATE_NAME} (if any) is intact: free space, then rerun with --resume"
+                         ) from None
 
 
 def write_history(path: Path, history: list[dict[str, Any]]) -> None:
@@ -606,16 +615,33 @@ def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: l
                                             batch_size=batch_size, workers=workers, device=device), classes)
 
 
+_STATE_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "history", "best", "val_sha256")
+
+
 def _load_state(out: Path, config: TrainConfig) -> dict | None:
     path = out / STATE_NAME
     if not path.is_file():
         raise TrainError(f"--resume: no {STATE_NAME} in {out} (a finished run removes it)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # zip, pickle, weights-only and EOF errors all mean the same: nothing to resume from
+        # torch's own text is long and, for weights-only errors, advises loading untrusted code: the type is enough
+        raise _unusable_state(path, f"cut short or not a file torch.save wrote: {type(exc).__name__}") from None
+    if (not isinstance(state, dict) or not all(key in state for key in _STATE_KEYS)
+            or not isinstance(state["config"], dict)):
+        raise _unusable_state(path, "not the training state this program saves")
     saved = state["config"]
     for key in ("data", "arch", "img_size", "seed", "val_fraction", "include_reviews", "eval_data"):
         if saved.get(key) != getattr(config, key):
             raise TrainError(f"--resume: {key} was {saved.get(key)!r} in the killed run, now {getattr(config, key)!r}")
     return state
+
+
+def _unusable_state(path: Path, reason: str) -> TrainError:
+    """``last.pt`` is written atomically, so a damaged one was cut or changed by something else (a full disk
+    under a copy, a restore gone wrong): say which file, and the two ways on."""
+    return TrainError(f"--resume: the training state {path} cannot be used ({reason}); restore it from a backup, "
+                      f"or delete it and run without --resume to start this run over")
 
 
 def _fmt(value: float | None) -> str:

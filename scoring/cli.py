@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
-from db.clitools import add_db_option, add_device_option, add_verbose_option, field_defaults, setup_logging
+from db.clitools import add_db_option, add_device_option, add_verbose_option, field_defaults, run_cli
 from scoring.run import ScoringRequest, run_scoring
+
+log = logging.getLogger("cxr.score")
 
 DEFAULTS = field_defaults(ScoringRequest)
 
@@ -65,8 +68,12 @@ def attribution_methods(text: str) -> tuple[str, ...]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log_file, args.verbose)
+    """Through :func:`db.clitools.run_cli` like every command, so that a ``--log-file`` that cannot be opened is
+    exit 2 and one line (before any run starts, so without a JSON summary), never a traceback with exit 1."""
+    return run_cli(build_parser(), argv, log, score)
+
+
+def score(args: argparse.Namespace) -> int:
     summary = run_scoring(request_from(args))
     if args.json:
         print(json.dumps(summary.as_dict()), flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import random
 import shutil
 from pathlib import Path
 
@@ -90,6 +91,43 @@ def test_resume_refuses_a_changed_configuration(tmp_path, small_set, sqlite_url,
         train.train(tiny_config(small_set, tmp_path / "other", sqlite_url), resume=True)
     with pytest.raises(TrainError, match="seed was 3"):
         train.train(tiny_config(small_set, tmp_path / "run", sqlite_url, seed=4), resume=True)
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory, small_set) -> Path:
+    """The folder of a run killed at its second epoch (a real last.pt of epoch 1), made once for the module."""
+    root = tmp_path_factory.mktemp("killed")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        kill_at_epoch(monkeypatch, 2)
+        with pytest.raises(KeyboardInterrupt):
+            train.train(tiny_config(small_set, root / "run", f"sqlite:///{root / 'cxr.db'}"))
+    assert (root / "run" / "last.pt").is_file()
+    return root / "run"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "empty", "not_a_state"])
+def test_resume_from_a_damaged_state_file_is_one_line_and_exit_2(tmp_path, killed_run, small_set, sqlite_url,
+                                                                 damage, caplog, capsys):
+    """A cut or overwritten last.pt (a copy onto a full disk, a bad restore) is a "cannot run": exit 2 and one
+    line naming the file and the ways on, not a torch traceback with exit 1."""
+    out = shutil.copytree(killed_run, tmp_path / "run")
+    state = out / "last.pt"
+    saved = state.read_bytes()
+    if damage == "truncated":
+        state.write_bytes(saved[: len(saved) // 2])
+    elif damage == "garbage":
+        state.write_bytes(random.Random(0).randbytes(len(saved)))
+    elif damage == "empty":
+        state.write_bytes(b"")
+    else:
+        torch.save({"weights": torch.zeros(3)}, state)
+    code = cli.main(["train", "--data", str(small_set), "--out", str(out), "--img-size", "64", "--epochs", "2",
+                     "--batch-size", "8", "--workers", "0", "--seed", "3", "--db", sqlite_url, "--resume"])
+    assert code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert str(state) in errors[0] and "delete it" in errors[0] and "restore" in errors[0]
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_pretrained_imagenet_offline_fails_with_where_to_put_the_weights(tmp_path, monkeypatch, small_set,

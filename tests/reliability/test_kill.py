@@ -101,16 +101,23 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+N_TRAINING_KILLS = scale(3, 20)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(scale(900, 3600))
 def test_kill_minus_nine_during_training_then_resume(tmp_path, cxr_dev, sqlite_url):
-    """``cxr-train train --resume`` after kill -9 at random moments ends with the weights of an unbroken run."""
+    """``cxr-train train --resume`` after kill -9 at random moments ends with the weights of an unbroken run.
+
+    Every planned kill is delivered: a run that finishes before its kill is checked like any other and the
+    remaining kills go to a new run, so the long version always tries N_TRAINING_KILLS moments."""
     data = tmp_path / "data"
     for label in ("covid", "normal", "pneumonia"):
         (data / label).mkdir(parents=True)
         for png in sorted((cxr_dev / label).glob("*.png"))[:8]:
             (data / label / png.name).symlink_to(png)
     epochs = scale(3, 5)
+    db_path = tmp_path / "cxr.db"  # sqlite_url's file: the runs register their versions there
     arguments = ["train", "--data", str(data), "--img-size", "32", "--epochs", str(epochs), "--batch-size", "8",
                  "--seed", "3", "--db", sqlite_url, "--patience", "100"]
 
@@ -122,21 +129,35 @@ def test_kill_minus_nine_during_training_then_resume(tmp_path, cxr_dev, sqlite_u
     whole = train(tmp_path / "whole")
     assert whole.wait(timeout=600) == 0, whole.stderr.read()
     duration = time.monotonic() - started
+    reference = load_checkpoint(tmp_path / "whole" / "model.pt").state_dict
 
-    out = tmp_path / "killed"
-    kills = scale(3, 10)
+    def check_finished(process: subprocess.Popen, out: Path) -> None:
+        assert process.wait(timeout=600) == 0, process.stderr.read()
+        history = (out / "history.csv").read_text().splitlines()[1:]
+        assert [row.split(",")[0] for row in history] == [str(e) for e in range(1, epochs + 1)]
+        resumed = load_checkpoint(out / "model.pt").state_dict
+        assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+        assert not (out / "last.pt").exists()  # a finished run removes its state
+
     rng = random.Random(5)
+    delivered, runs = 0, 1
+    out = tmp_path / "killed-1"
     process = train(out)
-    for _ in range(kills):
+    while delivered < N_TRAINING_KILLS:
         time.sleep(rng.uniform(0.5, duration / 2))
-        if process.poll() is not None:
-            break
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=30)
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+        if process.wait(timeout=30) != -signal.SIGKILL:  # it finished first: check it, kill the next run
+            check_finished(process, out)
+            runs += 1
+            out = tmp_path / f"killed-{runs}"
+            process = train(out)
+            continue
+        delivered += 1
+        if db_path.exists():
+            with sqlite3.connect(db_path, timeout=30) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         process = train(out, "--resume") if (out / "last.pt").exists() else train(out)
-    assert process.wait(timeout=600) == 0, process.stderr.read()
-
-    history = (out / "history.csv").read_text().splitlines()[1:]
-    assert [row.split(",")[0] for row in history] == [str(e) for e in range(1, epochs + 1)]
-    reference, resumed = (load_checkpoint(p / "model.pt").state_dict for p in (tmp_path / "whole", out))
-    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    check_finished(process, out)
+    assert delivered == N_TRAINING_KILLS
+    print(f"\n{delivered} kills over {runs} training run(s) of {epochs} epochs ({duration:.1f} s unbroken)")

@@ -28,19 +28,23 @@ N_REVIEWERS = scale(4, 10)
 REVIEW_SECONDS = scale(20, 120)
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 
-# One simulated reviewer: picks a scored case, reads it, records a reading in its own short write transaction
-# (as the dashboard's review form does), and counts what it wrote and every error it met.
+# One simulated reviewer: picks a scored case and reads it, then writes through the dashboard's own write functions
+# (dashboard.actions.claim when the case opens, dashboard.actions.save_review on "Save and next"), each its own
+# short write transaction, and counts what it attempted, what it wrote, the cases it found claimed by another
+# reviewer, and every error it met. dashboard.actions reaches the database through dashboard.data.engine(), a
+# Streamlit cache_resource, which outside a Streamlit server is an in-memory cache: the engine of CXR_DB_URL.
 REVIEWER = """
-import json, random, sys, time
-from sqlalchemy import func, select
-from db.engine import create_database_engine, read_session, write_session
-from db.models import Prediction, Reviewer
-from db.reviews import add_review
-
+import json, os, random, sys, time
 url, username, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-engine = create_database_engine(url)
+os.environ["CXR_DB_URL"] = url
+from sqlalchemy import func, select
+from dashboard import actions, data
+from db.engine import read_session
+from db.models import Prediction, Reviewer
+
+engine = data.engine()
 rng = random.Random(username)
-written, errors = 0, []
+attempted, written, claimed_by_others, errors = 0, 0, 0, []
 deadline = time.monotonic() + seconds
 with read_session(engine) as session:
     reviewer_id = session.scalar(select(Reviewer.id).where(Reviewer.username == username))
@@ -53,16 +57,20 @@ while time.monotonic() < deadline:
         if case is None:
             time.sleep(0.05)
             continue
+        if not actions.claim(reviewer_id, case.image_id).claimed:
+            claimed_by_others += 1  # the page would offer a second reading; this reviewer takes another case
+            continue
         label = rng.choice(["covid", "normal", "pneumonia"])
-        with write_session(engine) as session:
-            add_review(session, image_id=case.image_id, reviewer_id=reviewer_id, label=label,
-                       prediction_id=case.id, flagged_for_retraining=label != case.predicted_class,
-                       comment=f"load test {written}")
+        attempted += 1
+        actions.save_review(reviewer_id, image_id=case.image_id, prediction_id=case.id, label=label,
+                            flagged=label != case.predicted_class, comment=f"load test {written}",
+                            mode="standard", overlay_shown=False, seconds_spent=rng.uniform(2.0, 30.0))
         written += 1
     except Exception as exc:
         errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
     time.sleep(rng.uniform(0.0, 0.05))
-print(json.dumps({"written": written, "errors": errors}))
+print(json.dumps({"attempted": attempted, "written": written, "claimed_by_others": claimed_by_others,
+                  "errors": errors}))
 """
 
 
@@ -86,13 +94,16 @@ def run_load(db_url: str, checkpoint: Path, corpus: Path) -> dict:
     elapsed = time.monotonic() - started
     assert scorer.returncode == 0, scorer_err
     assert "locked" not in scorer_err.lower()
-    written, errors = 0, []
+    attempted, written, claimed_by_others, errors = 0, 0, 0, []
     for reviewer, (out, err) in zip(reviewers, outputs, strict=True):
         assert reviewer.returncode == 0, err
         report = json.loads(out.splitlines()[-1])
+        attempted += report["attempted"]
         written += report["written"]
+        claimed_by_others += report["claimed_by_others"]
         errors += report["errors"]
     assert errors == []  # no "database is locked", nor anything else
+    assert written == attempted > 0  # every save the reviewers attempted went through
     with read_session(engine) as session:
         stored = session.scalar(select(func.count()).select_from(Review))
         scored = session.scalar(select(func.count()).select_from(Prediction))
@@ -100,8 +111,8 @@ def run_load(db_url: str, checkpoint: Path, corpus: Path) -> dict:
     assert stored == written  # no review lost
     assert scored == N_FILES
     summary = json.loads(scorer_out.splitlines()[-1])
-    return {"reviews": written, "reviewers": N_REVIEWERS, "files": N_FILES, "seconds": round(elapsed, 1),
-            "scorer_seconds": summary["seconds"]}
+    return {"reviews": written, "claimed_by_others": claimed_by_others, "reviewers": N_REVIEWERS,
+            "files": N_FILES, "seconds": round(elapsed, 1), "scorer_seconds": summary["seconds"]}
 
 
 @pytest.mark.slow

@@ -200,3 +200,18 @@ def test_fp16_on_the_cpu_is_refused_before_a_run_starts(capsys, sqlite_url, tiny
                                                                               "--device", "cpu"])
     assert code == 2 and summary["run_id"] is None
     assert "fp16" in caplog.text
+
+
+@pytest.mark.parametrize("where", ["missing_folder", "a_folder"])
+def test_a_log_file_that_cannot_be_opened_is_exit_2_and_one_line(tmp_path, tiny_checkpoint, where):
+    """Exit 1 means "finished, some files failed": a run that cannot open its --log-file must not say that,
+    nor print a traceback. A separate process, so that stderr is exactly what a cron mail would show."""
+    log_file = "/proc/nonexistent/x.log" if where == "missing_folder" else str(tmp_path)
+    db_path = tmp_path / "cxr.db"
+    result = subprocess.run([sys.executable, "-m", "scoring", "--db", f"sqlite:///{db_path}", "--model",
+                             str(tiny_checkpoint), "--log-file", log_file, "--json", str(tmp_path)],
+                            capture_output=True, text=True, timeout=120)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 2, result.stderr
+    assert len(lines) == 1 and " ERROR " in lines[0] and log_file in lines[0], result.stderr
+    assert not db_path.exists()  # refused before anything was touched
