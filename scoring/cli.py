@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], metavar="N",
                         help="decoding processes (default: the CPU cores, one fewer on CUDA; 0 = decode in-process)")
     parser.add_argument("--threads", type=int, default=DEFAULTS["threads"], metavar="N",
-                        help="CPU threads for the model (default: the CPU cores)")
+                        help="CPU threads for the model (default: the CPU cores, or 1 when decoding sets the pace)")
     add_device_option(parser, DEFAULTS["device"])
     parser.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default=DEFAULTS["precision"],
                         help="auto: bf16 autocast on CUDA (fp16 where unsupported), float32 on the CPU")

@@ -24,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
@@ -193,6 +194,12 @@ class DecodedBatch(NamedTuple):
 
     pixels: torch.Tensor | None
     items: tuple[DecodedItem, ...]
+    decode_seconds: float = 0.0  # what producing the batch took its worker (ModelThreads compares the model to it)
+
+
+# Seconds this process spent in DecodeDataset.__getitem__ since the last collate: a DataLoader worker fetches one
+# batch's items and then collates them, one batch at a time, so the sum belongs to the batch being collated.
+_decoding = threading.local()
 
 
 class DecodeDataset(Dataset):
@@ -209,6 +216,13 @@ class DecodeDataset(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, DecodedItem]:
+        started = time.perf_counter()
+        try:
+            return self._decode(index)
+        finally:
+            _decoding.seconds = getattr(_decoding, "seconds", 0.0) + time.perf_counter() - started
+
+    def _decode(self, index: int) -> tuple[torch.Tensor | None, DecodedItem]:
         try:
             image = imaging.read_xray(self.paths[index], timeout=self.read_timeout, min_side=self.min_side)
         except imaging.XRayReadError as exc:
@@ -226,7 +240,8 @@ class DecodeDataset(Dataset):
 
 def collate_decoded(samples: list[tuple[torch.Tensor | None, DecodedItem]]) -> DecodedBatch:
     tensors = [tensor for tensor, _ in samples if tensor is not None]
-    return DecodedBatch(_stack(tensors) if tensors else None, tuple(item for _, item in samples))
+    seconds, _decoding.seconds = getattr(_decoding, "seconds", 0.0), 0.0
+    return DecodedBatch(_stack(tensors) if tensors else None, tuple(item for _, item in samples), seconds)
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -325,19 +340,16 @@ class ScoringPass:
         Returns once every batch is committed."""
         done = 0
         with (progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer,
-              ModelThreads(enabled=self.options.adapt_threads) as threads):
-            waiting_since = time.perf_counter()
+              ModelThreads(self.options.adapt_threads, self.options.workers) as threads):
+            threads.measure(self.scorer)
             for batch in batches:
-                arrived = time.perf_counter()
-                scored = self._score(batch.pixels)
-                threads.observe(waited=arrived - waiting_since, modelled=time.perf_counter() - arrived)
-                writer.put(self._results(jobs, batch.items, *scored))
+                threads.observe(batch.decode_seconds, len(batch.items))
+                writer.put(self._results(jobs, batch.items, *self._score(batch.pixels)))
                 done += len(batch.items)
                 advance(len(batch.items))
                 if not self.options.progress_bar and (done // self.options.log_every
                                                       != (done - len(batch.items)) // self.options.log_every):
                     log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
-                waiting_since = time.perf_counter()
 
     def _score(self, pixels: torch.Tensor | None) -> tuple[torch.Tensor, list[bool]]:
         """Probabilities per in-scope image, and whether the model raised on it (its row is then NaN)."""
@@ -442,26 +454,30 @@ class ScoringPass:
 
 
 class ModelThreads:
-    """Gives the model one CPU thread once the first batches show that decoding, not the model, sets the pace.
+    """Gives the model one CPU thread when decoding, not the model, sets the pace.
 
-    Why: the model's intra-op threads (OpenMP) spin-wait between its parallel regions, on the very cores the decode
-    workers need. A model far faster than decoding (a small input size, or full-size films that are slow to
-    decode) gains nothing from more threads and slows the decoders; with a 32 px model on this 2-core machine the
-    pipeline reached only 0.56 of its bound. The rule: after a warm-up batch, over the next few batches, if the
-    model's time at T threads, times T (its time at one thread, if it scaled perfectly), is still below
-    :data:`KEEP_UP` of the time spent waiting for the loader, the model keeps up with one thread. Decided once per
-    run, and undone when the pass ends; never on a GPU, with decoding in the scoring process (no workers), or
-    when the user chose the threads (``--threads``).
+    Why: the model's intra-op threads (OpenMP) wait at every barrier for a thread the decode workers have pushed
+    off its core, and spin meanwhile on the cores those workers need. A model far faster than decoding (a small
+    input size, or full-size films that are slow to decode) gains nothing from more threads and slows the
+    decoders; with a 32 px model on this 2-core machine the pipeline reached only 0.56 of its bound, and a batch
+    the model runs in 15 ms alone took it 150-800 ms beside the workers. So the model's speed on one thread is
+    measured before the workers start (a few dummy images), and the decoding speed from the workers' own seconds
+    per image over the first batches. If the model on one thread needs less than :data:`KEEP_UP` of the time the
+    workers take to decode the same images, it runs on one thread. Decided once per pass and undone when the pass
+    ends; never on a GPU, with decoding in the scoring process (no workers), or when the user chose the threads
+    (``--threads``).
     """
 
-    WARM_UP = 1  # the first batch pays for one-time allocations
+    WARM_UP = 1  # the first batch's workers are still starting their decoders
     WINDOW = 4
     KEEP_UP = 0.8
+    PROBE_IMAGES = 16  # about 0.5 s for ResNet-18 at 224 px on one core; a few ms for a 32 px model
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-        self._seen = 0
-        self._waited = self._modelled = 0.0
+    def __init__(self, enabled: bool, workers: int = 1):
+        self.enabled, self.workers = enabled, max(1, workers)
+        self.model_seconds_per_image: float | None = None  # on one thread
+        self._seen = self._images = 0
+        self._decoding = 0.0
         self._threads_before = torch.get_num_threads()
 
     def __enter__(self) -> ModelThreads:
@@ -470,22 +486,39 @@ class ModelThreads:
     def __exit__(self, *exc_info: object) -> None:
         torch.set_num_threads(self._threads_before)
 
-    def observe(self, waited: float, modelled: float) -> None:
-        if not self.enabled:
+    def measure(self, scorer: Scorer) -> None:
+        """Times the model alone on one thread, on dummy images (call it before the loader starts its workers)."""
+        if not self.enabled or self._threads_before == 1:
+            return
+        sample = scorer.checkpoint.preprocessing(np.zeros((64, 64), dtype=np.float32))
+        torch.set_num_threads(1)
+        try:
+            scorer.probabilities(sample.expand(2, *sample.shape).contiguous())  # first-call allocations
+            batch = sample.expand(self.PROBE_IMAGES, *sample.shape).contiguous()
+            started = time.perf_counter()
+            scorer.probabilities(batch)
+            self.model_seconds_per_image = (time.perf_counter() - started) / self.PROBE_IMAGES
+        finally:
+            torch.set_num_threads(self._threads_before)
+
+    def observe(self, decode_seconds: float, images: int) -> None:
+        if not self.enabled or self.model_seconds_per_image is None:
             return
         self._seen += 1
         if self._seen <= self.WARM_UP:
             return
-        self._waited += waited
-        self._modelled += modelled
-        if self._seen == self.WARM_UP + self.WINDOW:
-            self.enabled = False
-            threads = torch.get_num_threads()
-            if threads > 1 and self._modelled * threads < self.KEEP_UP * self._waited:
-                torch.set_num_threads(1)
-                log.info("decoding sets the pace (%.0f ms waiting for the loader per batch, model %.0f ms at %d "
-                         "threads): the model runs on 1 thread so the decoders keep their cores",
-                         1000 * self._waited / self.WINDOW, 1000 * self._modelled / self.WINDOW, threads)
+        self._decoding += decode_seconds
+        self._images += images
+        if self._seen < self.WARM_UP + self.WINDOW or not self._images:
+            return
+        self.enabled = False
+        threads = torch.get_num_threads()
+        decoding = self._decoding / self._images / self.workers  # seconds per image with the workers in parallel
+        if threads > 1 and self.model_seconds_per_image < self.KEEP_UP * decoding:
+            torch.set_num_threads(1)
+            log.info("decoding sets the pace (%.1f ms per image across %d workers; the model alone %.1f ms per image "
+                     "on one thread): the model runs on 1 thread instead of %d so the decoders keep their cores",
+                     1000 * decoding, self.workers, 1000 * self.model_seconds_per_image, threads)
 
 
 class BatchWriter:

@@ -18,6 +18,7 @@ from db.engine import read_session, write_session
 from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun
 from db.results import FileStat
 from scoring import pipeline
+from scoring.model import load_checkpoint
 from scoring.pipeline import ModelThreads
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -170,32 +171,56 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def observe(threads: ModelThreads, waited: float, modelled: float, batches: int) -> None:
+def observe(threads: ModelThreads, decoding: float, batches: int, images: int = 32) -> None:
     for _ in range(batches):
-        threads.observe(waited=waited, modelled=modelled)
+        threads.observe(decoding, images)
 
 
 def test_a_model_faster_than_decoding_gets_one_thread_until_the_pass_ends(two_threads):
-    with ModelThreads(enabled=True) as threads:
-        observe(threads, waited=0.010, modelled=5.0, batches=ModelThreads.WARM_UP)  # a slow first batch: ignored
-        observe(threads, waited=0.060, modelled=0.015, batches=ModelThreads.WINDOW - 1)
+    with ModelThreads(enabled=True, workers=2) as threads:
+        threads.model_seconds_per_image = 0.001  # 1,000 images/s alone on one thread
+        observe(threads, decoding=0.0, batches=ModelThreads.WARM_UP)  # the workers' first batch: ignored
+        observe(threads, decoding=32 * 0.005, batches=ModelThreads.WINDOW - 1)  # 5 ms per image per worker
         assert torch.get_num_threads() == 2  # not decided before the window is full
-        observe(threads, waited=0.060, modelled=0.015, batches=1)
+        observe(threads, decoding=32 * 0.005, batches=1)
         assert torch.get_num_threads() == 1
-        observe(threads, waited=0.0, modelled=1.0, batches=20)  # decided once
+        observe(threads, decoding=32 * 10.0, batches=20)  # decided once
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
 
 
-@pytest.mark.parametrize(("waited", "modelled"), [(0.001, 0.48), (0.060, 0.025)])
-def test_a_model_that_sets_the_pace_keeps_its_threads(two_threads, waited, modelled):
-    """The second case: with one thread the model (about 2 x 25 ms) would not keep up with 80 % of 60 ms."""
-    with ModelThreads(enabled=True) as threads:
-        observe(threads, waited, modelled, batches=ModelThreads.WARM_UP + ModelThreads.WINDOW + 5)
+@pytest.mark.parametrize("model_seconds_per_image", [0.028, 0.0021])
+def test_a_model_that_sets_the_pace_keeps_its_threads(two_threads, model_seconds_per_image):
+    """Two workers decode an image in 2.5 ms between them; the second model needs 2.1 ms on one thread, more than
+    80 % of that."""
+    with ModelThreads(enabled=True, workers=2) as threads:
+        threads.model_seconds_per_image = model_seconds_per_image
+        observe(threads, decoding=32 * 0.005, batches=ModelThreads.WARM_UP + ModelThreads.WINDOW + 5)
         assert torch.get_num_threads() == 2
 
 
-def test_threads_the_user_chose_are_never_changed(two_threads):
-    with ModelThreads(enabled=False) as threads:
-        observe(threads, waited=1.0, modelled=0.001, batches=10)
+def test_threads_the_user_chose_are_never_changed(two_threads, tiny_checkpoint):
+    with ModelThreads(enabled=False, workers=2) as threads:
+        threads.measure(pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu")))
+        assert threads.model_seconds_per_image is None
+        threads.model_seconds_per_image = 0.0001
+        observe(threads, decoding=1.0, batches=10)
         assert torch.get_num_threads() == 2
+
+
+def test_the_model_is_timed_alone_on_one_thread(two_threads, tiny_checkpoint):
+    with ModelThreads(enabled=True, workers=2) as threads:
+        threads.measure(pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu")))
+        assert 0 < threads.model_seconds_per_image < 1
+        assert torch.get_num_threads() == 2
+
+
+def test_a_collated_batch_carries_its_decoding_seconds(tmp_path):
+    dataset = pipeline.DecodeDataset([], lambda pixels, shape: torch.zeros(1), read_timeout=5)
+    dataset.paths = [str(tmp_path / "missing.png")] * 3
+    first = pipeline.collate_decoded([dataset[i] for i in range(3)])
+    sample = dataset[0]
+    second = pipeline.collate_decoded([sample])
+    again = pipeline.collate_decoded([sample])  # nothing decoded since the last batch
+    assert first.decode_seconds > 0 and second.decode_seconds > 0 and again.decode_seconds == 0
+    assert [item[1][0] for item in first.items] == ["not_found"] * 3
