@@ -454,24 +454,27 @@ class ScoringPass:
 
 
 class ModelThreads:
-    """Gives the model one CPU thread when decoding, not the model, sets the pace.
+    """Gives a small model one CPU thread when decoding sets the pace.
 
     Why: the model's intra-op threads (OpenMP) wait at every barrier for a thread the decode workers have pushed
-    off its core, and spin meanwhile on the cores those workers need. A model far faster than decoding (a small
-    input size, or full-size films that are slow to decode) gains nothing from more threads and slows the
-    decoders; with a 32 px model on this 2-core machine the pipeline reached only 0.56 of its bound, and a batch
-    the model runs in 15 ms alone took it 150-800 ms beside the workers. So the model's speed on one thread is
-    measured before the workers start (a few dummy images), and the decoding speed from the workers' own seconds
-    per image over the first batches. If the model on one thread needs less than :data:`KEEP_UP` of the time the
-    workers take to decode the same images, it runs on one thread. Decided once per pass and undone when the pass
-    ends; never on a GPU, with decoding in the scoring process (no workers), or when the user chose the threads
-    (``--threads``).
+    off its core, and spin meanwhile on the cores those workers need. Each wait costs about a scheduler time
+    slice, so it ruins a model whose operations last microseconds and hardly touches one whose operations last
+    milliseconds. Measured on this 2-core machine: a 32 px ResNet-18 (a batch of 32 in 28 ms on one thread,
+    cxr-dev decoding at twice its time per image) scored 25-35 % faster on one thread, and a batch the model runs
+    in 15 ms alone took it 150-800 ms beside the workers; ResNet-18 at 224 px on the full-size archive (a batch in
+    0.9 s on one thread, decoding at the same ratio, 0.54) was 13 % slower on one thread. So: the model is timed
+    alone on one thread before the workers start (dummy images), and a model whose batch takes under
+    :data:`SMALL_BATCH_S` there runs on one thread when, over the first batches, it needs less than
+    :data:`KEEP_UP` of the time the workers take to decode the same images (their own seconds per image). Decided
+    once per pass and undone when the pass ends; never on a GPU, with decoding in the scoring process (no
+    workers), or when the user chose the threads (``--threads``).
     """
 
-    WARM_UP = 1  # the first batch's workers are still starting their decoders
-    WINDOW = 4
+    WARM_UP = 1  # the first batch's decoders are still importing their codecs
+    WINDOW = 2
     KEEP_UP = 0.8
-    PROBE_IMAGES = 16  # about 0.5 s for ResNet-18 at 224 px on one core; a few ms for a 32 px model
+    SMALL_BATCH_S = 0.1
+    BATCH = 32  # probe images: the per-call cost of smaller batches would hide a small model's real speed
 
     def __init__(self, enabled: bool, workers: int = 1):
         self.enabled, self.workers = enabled, max(1, workers)
@@ -487,19 +490,32 @@ class ModelThreads:
         torch.set_num_threads(self._threads_before)
 
     def measure(self, scorer: Scorer) -> None:
-        """Times the model alone on one thread, on dummy images (call it before the loader starts its workers)."""
+        """Times the model alone on one thread, on dummy images (call it before the loader starts its workers);
+        a model that is not small is left its threads without further ado."""
         if not self.enabled or self._threads_before == 1:
             return
         sample = scorer.checkpoint.preprocessing(np.zeros((64, 64), dtype=np.float32))
         torch.set_num_threads(1)
         try:
-            scorer.probabilities(sample.expand(2, *sample.shape).contiguous())  # first-call allocations
-            batch = sample.expand(self.PROBE_IMAGES, *sample.shape).contiguous()
-            started = time.perf_counter()
-            scorer.probabilities(batch)
-            self.model_seconds_per_image = (time.perf_counter() - started) / self.PROBE_IMAGES
+            # one image costs several times its share of a batch (per-call costs): a loose first check, so that
+            # the batch is timed only for a model that may be small (at most 4 x SMALL_BATCH_S)
+            small = self._seconds_per_image(scorer, sample, 1) * self.BATCH < 4 * self.SMALL_BATCH_S
+            if small:
+                per_image = self._seconds_per_image(scorer, sample, self.BATCH)
+                small = per_image * self.BATCH < self.SMALL_BATCH_S
         finally:
             torch.set_num_threads(self._threads_before)
+        if small:
+            self.model_seconds_per_image = per_image
+        else:
+            self.enabled = False
+
+    @staticmethod
+    def _seconds_per_image(scorer: Scorer, sample: torch.Tensor, images: int) -> float:
+        batch = sample.expand(images, *sample.shape).contiguous()
+        started = time.perf_counter()
+        scorer.probabilities(batch)
+        return (time.perf_counter() - started) / images
 
     def observe(self, decode_seconds: float, images: int) -> None:
         if not self.enabled or self.model_seconds_per_image is None:
@@ -514,6 +530,8 @@ class ModelThreads:
         self.enabled = False
         threads = torch.get_num_threads()
         decoding = self._decoding / self._images / self.workers  # seconds per image with the workers in parallel
+        log.debug("model %.2f ms per image on one thread, decoding %.2f ms per image across %d workers",
+                  1000 * self.model_seconds_per_image, 1000 * decoding, self.workers)
         if threads > 1 and self.model_seconds_per_image < self.KEEP_UP * decoding:
             torch.set_num_threads(1)
             log.info("decoding sets the pace (%.1f ms per image across %d workers; the model alone %.1f ms per image "

@@ -178,7 +178,7 @@ def observe(threads: ModelThreads, decoding: float, batches: int, images: int = 
 
 def test_a_model_faster_than_decoding_gets_one_thread_until_the_pass_ends(two_threads):
     with ModelThreads(enabled=True, workers=2) as threads:
-        threads.model_seconds_per_image = 0.001  # 1,000 images/s alone on one thread
+        threads.model_seconds_per_image = 0.0007  # 1,400 images/s alone on one thread
         observe(threads, decoding=0.0, batches=ModelThreads.WARM_UP)  # the workers' first batch: ignored
         observe(threads, decoding=32 * 0.005, batches=ModelThreads.WINDOW - 1)  # 5 ms per image per worker
         assert torch.get_num_threads() == 2  # not decided before the window is full
@@ -208,10 +208,20 @@ def test_threads_the_user_chose_are_never_changed(two_threads, tiny_checkpoint):
         assert torch.get_num_threads() == 2
 
 
-def test_the_model_is_timed_alone_on_one_thread(two_threads, tiny_checkpoint):
+def test_a_small_model_is_timed_alone_on_one_thread(two_threads, tiny_checkpoint):
     with ModelThreads(enabled=True, workers=2) as threads:
         threads.measure(pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu")))
-        assert 0 < threads.model_seconds_per_image < 1
+        assert 0 < threads.model_seconds_per_image * ModelThreads.BATCH < ModelThreads.SMALL_BATCH_S
+        assert torch.get_num_threads() == 2 and threads.enabled
+
+
+def test_a_model_that_is_not_small_keeps_its_threads_without_watching_the_decoders(two_threads, tiny_checkpoint,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(ModelThreads, "SMALL_BATCH_S", 1e-9)
+    with ModelThreads(enabled=True, workers=2) as threads:
+        threads.measure(pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu")))
+        assert threads.model_seconds_per_image is None and not threads.enabled
+        observe(threads, decoding=100.0, batches=10)
         assert torch.get_num_threads() == 2
 
 
