@@ -459,10 +459,10 @@ class ModelThreads:
     Why: the model's intra-op threads (OpenMP) wait at every barrier for a thread the decode workers have pushed
     off its core, and spin meanwhile on the cores those workers need. Each wait costs about a scheduler time
     slice, so it ruins a model whose operations last microseconds and hardly touches one whose operations last
-    milliseconds. Measured on this 2-core machine: a 32 px ResNet-18 (a batch of 32 in 28 ms on one thread,
-    cxr-dev decoding at twice its time per image) scored 25-35 % faster on one thread, and a batch the model runs
-    in 15 ms alone took it 150-800 ms beside the workers; ResNet-18 at 224 px on the full-size archive (a batch in
-    0.9 s on one thread, decoding at the same ratio, 0.54) was 13 % slower on one thread. So: the model is timed
+    milliseconds. Measured on this 2-core machine: a 32 px ResNet-18 (a batch of 32 in about 30 ms on one thread,
+    half of what cxr-dev's decoding takes per image) scored 25-35 % faster on one thread, and a batch the model
+    runs in 15 ms alone took it 150-800 ms beside the workers; ResNet-18 at 224 px on the full-size archive (a batch
+    in 0.9 s on one thread, at about the same ratio to decoding) was 13 % slower on one thread. So: the model is timed
     alone on one thread before the workers start (dummy images), and a model whose batch takes under
     :data:`SMALL_BATCH_S` there runs on one thread when, over the first batches, it needs less than
     :data:`KEEP_UP` of the time the workers take to decode the same images (their own seconds per image). Decided
