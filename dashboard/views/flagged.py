@@ -18,7 +18,7 @@ picked = st.dataframe(
       "comment": c.comment or ""} | ({"path": c.path} if me.is_admin else {}) for c in cases],
     hide_index=True, on_select="rerun", selection_mode="single-row", key="flagged_table")
 
-include_paths = me.is_admin and st.checkbox("Include file paths (admins only)", key="export_paths")
+include_paths = me.is_admin and st.checkbox("Include file paths in the CSV (admins only)", key="export_paths")
 csv_text = actions.flagged_export(me.id, include_paths=include_paths)
 st.download_button("Download CSV", csv_text, file_name="flagged.csv", mime="text/csv", icon=":material/download:",
                    on_click=actions.record_export, args=(me.id, include_paths, len(cases)), key="download_flagged")
