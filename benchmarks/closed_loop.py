@@ -61,7 +61,7 @@ from db.reviews import add_review
 from db.worklist import WorklistFilter, worklist_page
 from model_training import cli as train_cli
 from model_training import data
-from model_training.evaluation import compare_checkpoints
+from model_training.evaluation import compare_checkpoints, interval_text
 from model_training.train import TrainConfig, prepare_data
 from scoring import cli as score_cli
 from scoring.model import checkpoint_sha256, load_checkpoint
@@ -288,12 +288,7 @@ def _brief(comparison: dict) -> dict:
 
 
 def _ci(found: dict | None, signed: bool = False) -> str:
-    if not found or found.get("estimate") is None:
-        return "n/a"
-    f = "{:+.3f}" if signed else "{:.3f}"
-    if found.get("low") is None:
-        return f.format(found["estimate"])
-    return f"{f.format(found['estimate'])} [{f.format(found['low'])}, {f.format(found['high'])}]"
+    return interval_text(found, signed, digits=3)
 
 
 def table(results: dict) -> str:

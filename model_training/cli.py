@@ -19,6 +19,7 @@ from db.clitools import (
 )
 from db.engine import get_engine, read_session, write_session
 from model_training import data
+from model_training.evaluation import interval_text
 from model_training.train import TrainConfig
 from scoring.model import ARCHITECTURES
 
@@ -168,11 +169,7 @@ def _summary_text(metrics: dict) -> str:
 
 def _ci(intervals: dict, key: str, fallback) -> str:
     found = intervals.get(key)
-    if not found or found.get("estimate") is None:
-        return _num(fallback)
-    if found.get("low") is None:
-        return _num(found["estimate"])
-    return f"{found['estimate']:.4f} [{found['low']:.4f}, {found['high']:.4f}]"
+    return interval_text(found) if found and found.get("estimate") is not None else _num(fallback)
 
 
 def _num(value) -> str:

@@ -73,7 +73,7 @@ def comparison_table(comparison: dict) -> str:
     for label, key in keys:
         a, b = _interval(first, key), _interval(second, key)
         d = difference.get(key)
-        lines.append(f"{label:<26}{a:>{width}}{b:>{width}}{_ci(d, signed=True):>30}")
+        lines.append(f"{label:<26}{a:>{width}}{b:>{width}}{interval_text(d, signed=True):>30}")
     for label, key in (("macro-F1", "macro_f1"), ("ECE", "ece"), ("images", "n")):
         a, b = first.get(key), second.get(key)
         diff = "" if a is None or b is None else f"{b - a:+.4f}"
@@ -94,16 +94,18 @@ def _interval(metrics: dict, key: str) -> str:
     found = metrics.get("intervals", {}).get(key)
     if found is None:
         return _cell(metrics.get(key))
-    return _ci(found)
+    return interval_text(found)
 
 
-def _ci(found: dict | None, signed: bool = False) -> str:
+def interval_text(found: dict | None, signed: bool = False, digits: int = 4) -> str:
+    """An estimate with its bootstrap interval ("0.8123 [0.7011, 0.9002]"), the estimate alone where there is no
+    interval, "n/a" where there is no estimate. ``signed`` for differences."""
     if not found or found.get("estimate") is None:
         return "n/a"
-    fmt = "{:+.4f}" if signed else "{:.4f}"
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
     if found.get("low") is None:
         return fmt.format(found["estimate"])
-    return (f"{fmt.format(found['estimate'])} [{fmt.format(found['low'])}, {fmt.format(found['high'])}]")
+    return f"{fmt.format(found['estimate'])} [{fmt.format(found['low'])}, {fmt.format(found['high'])}]"
 
 
 def _cell(value) -> str:
