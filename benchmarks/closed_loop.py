@@ -2,22 +2,24 @@
 replaces on a new adult site?
 
 1. v1 = ``cxr-train train`` on cxr-dev (or ``--v1 PATH``).
-2. cxr-adult is split by patient, stratified by class, into a *reviewed* part and an *evaluation* part, once per
-   ``--seeds``. The one ``normal`` film of cxr-adult always goes to the reviewed part (``patient_split`` keeps the
-   last patient of every class in its first part, and this script checks it): a reviewer reads it and it trains
-   v2 as a normal, while the evaluation part holds covid and pneumonia only, so its balanced accuracy is the mean
-   of the covid and pneumonia recalls and its normal AUROC is undefined (reported as n/a).
-3. The reviewed part is scored with the real scorer (``cxr-score``) into a fresh SQLite database, v1 promoted
-   (``cxr-train promote``); a simulated reviewer reads every case in the worklist's default order (most uncertain
-   first) and records the true label with ``db.reviews.add_review`` (what the dashboard's save-review action
-   calls), flagging every disagreement with the model.
+2. Cross-fitting: cxr-adult is cut by patient, stratified by class, into ``--folds`` parts (default 2), once per
+   ``--seeds``. In fold k, part k is the *evaluation* part and the others are the *reviewed* part, so every film
+   is evaluated once, by a v2 that never saw it, and the figures are pooled over all evaluated films (twice as
+   many as one held-out half: narrower intervals). The one ``normal`` film of cxr-adult is reviewed in every fold
+   and never evaluated: it trains v2 as a normal, while the evaluation holds covid and pneumonia only, so its
+   balanced accuracy is the mean of the covid and pneumonia recalls and its normal AUROC is undefined (n/a).
+3. Each fold's reviewed part is scored with the real scorer (``cxr-score``) into a fresh SQLite database, v1
+   promoted (``cxr-train promote``); a simulated reviewer reads every case in the worklist's default order (most
+   uncertain first) and records the true label with ``db.reviews.add_review`` (what the dashboard's save-review
+   action calls), flagging every disagreement with the model.
 4. v2 = ``cxr-train train --include-reviews --eval-data <evaluation part>`` through ``model_training.cli.main``,
-   once per ``--recipes`` entry (``default`` is the recipe ``--include-reviews`` uses without options).
-5. ``cxr-train evaluate --model v1 --compare v2 --json`` on the evaluation part: per-class AUROC, accuracy,
-   balanced accuracy, covid-vs-pneumonia AUROC with bootstrap 95 % intervals (by patient), the paired bootstrap
-   interval of v2 - v1, ECE, per site; and both versions on cxr-dev's validation images that neither trained on.
-6. Learning curve (first seed, default recipe): v2 from the first 25, 50, 100 reviews in the worklist's order
-   and in a random order, against all of them.
+   once per fold and ``--recipes`` entry (``default`` is the recipe ``--include-reviews`` uses without options).
+5. ``cxr-train evaluate --model v1 --compare v2 --json`` on each fold's evaluation part, and the same figures
+   pooled over the folds: per-class AUROC, accuracy, balanced accuracy, covid-vs-pneumonia AUROC with bootstrap
+   95 % intervals (by patient), the paired bootstrap interval of v2 - v1, ECE, per site; and v1 and each v2 on
+   cxr-dev's validation images that neither trained on.
+6. Learning curve (first seed, default recipe): v2 from the first 25, 50, 100 reviews of each fold in the
+   worklist's order and in a random order, pooled like the main figures, against all of them.
 
     python benchmarks/closed_loop.py --out /tmp/closed_loop.json            # tens of minutes on 2 CPU cores
     python benchmarks/closed_loop.py --quick --out /tmp/closed_loop.json    # tiny sizes, about a minute
@@ -49,6 +51,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from db import migrate
@@ -61,8 +64,9 @@ from db.reviews import add_review
 from db.worklist import WorklistFilter, worklist_page
 from model_training import cli as train_cli
 from model_training import data
-from model_training.evaluation import compare_checkpoints, interval_text
-from model_training.train import TrainConfig, prepare_data
+from model_training.evaluation import compare_checkpoints, interval_text, predict_checkpoint
+from model_training.metrics import paired_bootstrap_summary
+from model_training.train import Predictions, TrainConfig, prediction_metrics, prepare_data
 from scoring import cli as score_cli
 from scoring.model import checkpoint_sha256, load_checkpoint
 
@@ -73,6 +77,11 @@ PAIR = "auroc_covid_vs_pneumonia"
 # Recipes to weigh: extra `cxr-train train --include-reviews` options. "default" is what the option does alone.
 RECIPES: dict[str, list[str]] = {
     "default": [],
+    "freeze1": ["--review-share", "0.5", "--freeze-blocks", "1"],  # the default until 2026-11-26
+    "share0.5": ["--review-share", "0.5"],
+    "freeze2": ["--review-share", "0.5", "--freeze-blocks", "2"],
+    "no-mask": ["--review-share", "0.5", "--border-mask", "0"],
+    "head-only": ["--freeze-blocks", "4"],
     "from-v1": ["--review-share", "0", "--freeze-blocks", "0", "--border-mask", "0"],
     "from-v1+reweight": ["--freeze-blocks", "0", "--border-mask", "0"],
     "from-v1+reweight+mask": ["--freeze-blocks", "0"],
@@ -88,7 +97,7 @@ class Settings:
     work: Path
     v1: Path | None
     seeds: tuple[int, ...]
-    eval_fraction: float
+    folds: int
     img_size: int
     epochs_v1: int
     epochs_v2: int
@@ -101,12 +110,19 @@ class Settings:
 
 
 @dataclass(frozen=True)
-class Split:
+class Fold:
+    """One cross-fitting fold of a split seed: v2 learns from the reviewed part and is judged on the other."""
+
     seed: int
+    index: int
     reviewed: list[data.LabelledImage]
     evaluation: list[data.LabelledImage]
     reviewed_csv: Path
     evaluation_csv: Path
+
+    @property
+    def name(self) -> str:
+        return f"seed{self.seed}-fold{self.index}"
 
 
 # --- data ----------------------------------------------------------------------------------------------------
@@ -134,18 +150,44 @@ def quick_subset(items: list[data.LabelledImage], per_class: dict[str, int]) -> 
     return chosen
 
 
-def split_adult(items: list[data.LabelledImage], seed: int, eval_fraction: float, work: Path) -> Split:
-    """Reviewed / evaluation parts by patient, stratified by class; every normal stays in the reviewed part."""
-    reviewed, evaluation = data.patient_split(items, eval_fraction, seed)
-    moved = [i for i in evaluation if i.label == "normal"]
-    if moved:  # patient_split keeps the last patient of each class in its first part; never rely on it silently
-        groups = {i.group for i in moved}
-        reviewed += [i for i in evaluation if i.group in groups]
-        evaluation = [i for i in evaluation if i.group not in groups]
-    assert {i.group for i in reviewed}.isdisjoint({i.group for i in evaluation})
-    folder = work / f"seed{seed}"
-    return Split(seed, reviewed, evaluation, write_csv(folder / "reviewed.csv", reviewed),
-                 write_csv(folder / "evaluation.csv", evaluation))
+def patient_folds(items: list[data.LabelledImage], folds: int, seed: int) -> list[list[data.LabelledImage]]:
+    """``folds`` parts by patient (no patient in two), stratified by each patient's main label: the patients of
+    each label, shuffled, are dealt to the part that holds the fewest images of that label so far."""
+    groups: dict[str, list[data.LabelledImage]] = {}
+    for item in items:
+        groups.setdefault(item.group, []).append(item)
+    by_label: dict[str, list[str]] = {}
+    for name, members in sorted(groups.items()):
+        by_label.setdefault(Counter(m.label for m in members).most_common(1)[0][0], []).append(name)
+    rng = random.Random(seed)
+    parts: list[list[data.LabelledImage]] = [[] for _ in range(folds)]
+    for label in sorted(by_label):
+        names = by_label[label]
+        rng.shuffle(names)
+        held = [0] * folds
+        for name in names:
+            target = min(range(folds), key=lambda k: (held[k], k))
+            parts[target] += groups[name]
+            held[target] += len(groups[name])
+    return parts
+
+
+def adult_folds(items: list[data.LabelledImage], seed: int, folds: int, work: Path) -> list[Fold]:
+    """Cross-fitting: cxr-adult cut by patient into ``folds`` parts; fold k is evaluated on part k and learns from
+    the reviews of the others, so every film is judged once, by a v2 that never saw it. Normal films are
+    reviewed in every fold and never evaluated (there is one: it trains v2 as a normal, and the evaluation
+    holds covid and pneumonia only)."""
+    normal_groups = {i.group for i in items if i.label == "normal"}
+    kept = [i for i in items if i.group in normal_groups]
+    parts = patient_folds([i for i in items if i.group not in normal_groups], folds, seed)
+    out = []
+    for index, evaluation in enumerate(parts):
+        reviewed = [i for k, part in enumerate(parts) if k != index for i in part] + kept
+        assert {i.group for i in reviewed}.isdisjoint({i.group for i in evaluation})
+        folder = work / f"seed{seed}" / f"fold{index}"
+        out.append(Fold(seed, index, reviewed, evaluation, write_csv(folder / "reviewed.csv", reviewed),
+                        write_csv(folder / "evaluation.csv", evaluation)))
+    return out
 
 
 # --- the product's commands, as a user runs them ------------------------------------------------------------
@@ -174,13 +216,13 @@ def train_v1(settings: Settings) -> Path:
     return out / "model.pt"
 
 
-def scored_database(settings: Settings, split: Split, v1: Path) -> Path:
+def scored_database(settings: Settings, fold: Fold, v1: Path) -> Path:
     """A fresh database holding the reviewed part scored by v1 (the active version); no reviews yet."""
-    path = settings.work / f"seed{split.seed}" / "scored.db"
+    path = settings.work / f"seed{fold.seed}" / f"fold{fold.index}" / "scored.db"
     path.unlink(missing_ok=True)
     url = f"sqlite:///{path}"
     run_cli(score_cli.main, ["--db", url, "--model", str(v1), "--settle-seconds", "0", "--workers", "0",
-                             *[i.path for i in split.reviewed]], capture=True)
+                             *[i.path for i in fold.reviewed]], capture=True)
     run_cli(train_cli.main, ["promote", checkpoint_sha256(v1)[:16], "--db", url])
     return path
 
@@ -221,9 +263,9 @@ def record_reviews(db_path: Path, truth: dict[str, str], *, limit: int | None, o
             "labels": dict(Counter(truth[str(Path(paths[r.image_id]).resolve())] for r in rows))}
 
 
-def train_v2(settings: Settings, db_path: Path, split: Split, recipe: str, out: Path) -> Path:
+def train_v2(settings: Settings, db_path: Path, fold: Fold, recipe: str, out: Path) -> Path:
     argv = ["train", "--data", str(settings.dev), "--include-reviews", "--db", f"sqlite:///{db_path}",
-            "--eval-data", str(split.evaluation_csv), "--out", str(out), "--img-size", str(settings.img_size),
+            "--eval-data", str(fold.evaluation_csv), "--out", str(out), "--img-size", str(settings.img_size),
             "--epochs", str(settings.epochs_v2), "--batch-size", str(settings.batch_size), "--workers", "0",
             "--seed", str(v1_seed(settings)), *RECIPES[recipe]]
     if settings.quick:
@@ -264,6 +306,34 @@ def dev_validation(settings: Settings, v1: Path, v2: Path) -> dict:
     return {"n": len(common), **_brief(result)}
 
 
+def pooled_comparison(settings: Settings, v1: Path, judged: list[tuple[Path, list[data.LabelledImage]]]) -> dict:
+    """v1 and each fold's v2 on that fold's evaluation part, pooled into one comparison over every evaluated film
+    (the form of ``evaluate --compare``'s JSON), with paired bootstrap intervals over the pooled patients. Each
+    film's v2 probability comes from the one v2 that never saw it."""
+    firsts, seconds = [], []
+    for v2, items in judged:
+        first, classes = predict_checkpoint(v1, items, device="cpu", workers=0)
+        second, second_classes = predict_checkpoint(v2, items, device="cpu", workers=0)
+        if classes != second_classes:
+            raise data.DataError(f"v1 and {v2} have different classes: {classes} and {second_classes}")
+        firsts.append(first)
+        seconds.append(second)
+    first, second = _pooled(firsts), _pooled(seconds)
+    difference = paired_bootstrap_summary(first.labels, first.probabilities, second.probabilities, classes,
+                                          first.patients, n_resamples=settings.resamples)
+    return {"model": prediction_metrics(first, classes, n_resamples=settings.resamples),
+            "compare": prediction_metrics(second, classes, n_resamples=settings.resamples),
+            "difference": difference}
+
+
+def _pooled(parts: list[Predictions]) -> Predictions:
+    return Predictions([item for part in parts for item in part.items],
+                       np.concatenate([part.labels for part in parts]),
+                       np.concatenate([part.probabilities for part in parts]),
+                       np.concatenate([part.logits for part in parts]),
+                       sum(part.left_out_unknown_label for part in parts))
+
+
 # --- summaries -----------------------------------------------------------------------------------------------
 
 def _interval(metrics: dict, key: str) -> dict | None:
@@ -292,22 +362,34 @@ def _ci(found: dict | None, signed: bool = False) -> str:
 
 
 def table(results: dict) -> str:
-    lines = [f"{'seed':>4} {'recipe':<26} {'bal.acc v1':>22} {'bal.acc v2':>22} {'v2-v1 (paired)':>24} "
+    lines = ["every evaluated film judged once, by the fold's v2 that never saw it; pooled over the folds",
+             f"{'seed':>4} {'recipe':<26} {'bal.acc v1':>22} {'bal.acc v2':>22} {'v2-v1 (paired)':>24} "
              f"{'covid/pneu AUROC v1':>22} {'v2':>22} {'v2-v1 (paired)':>24} {'ECE v1':>7} {'ECE v2':>7} "
-             f"{'dev macro-AUROC v1':>19} {'v2':>7}"]
+             f"{'dev macro-AUROC v2-v1 per fold':>34}"]
     for run in results["runs"]:
         for name, r in run["recipes"].items():
-            e, d = r["evaluation"], r["dev_validation"]
+            e = r["pooled"]
+            dev = ", ".join(_ci(f["dev_validation"].get("difference", {}).get("macro_auroc"), True)
+                            for f in r["folds"])
             lines.append(
                 f"{run['seed']:>4} {name:<26} {_ci(e['v1']['balanced_accuracy']):>22} "
                 f"{_ci(e['v2']['balanced_accuracy']):>22} {_ci(e['difference']['balanced_accuracy'], True):>24} "
                 f"{_ci(e['v1'][PAIR]):>22} {_ci(e['v2'][PAIR]):>22} {_ci(e['difference'][PAIR], True):>24} "
-                f"{e['v1']['ece']:>7.3f} {e['v2']['ece']:>7.3f} "
-                f"{_num(d.get('v1', {}).get('macro_auroc')):>19} {_num(d.get('v2', {}).get('macro_auroc')):>7}")
+                f"{e['v1']['ece']:>7.3f} {e['v2']['ece']:>7.3f}   {dev}")
+    lines += ["", "each fold alone (its own evaluate --compare)"]
     for run in results["runs"]:
         for name, r in run["recipes"].items():
-            lines += ["", f"per site, seed {run['seed']}, {name} (v1 -> v2; covid/pneu AUROC where a site holds both)"]
-            e = r["evaluation"]
+            for f in r["folds"]:
+                e = f["evaluation"]
+                lines.append(f"{run['seed']:>4} {name:<26} fold {f['fold']}: {f['reviews']['reviews']} reviewed "
+                             f"({f['reviews']['flagged']} flagged), bal.acc v2-v1 "
+                             f"{_ci(e['difference']['balanced_accuracy'], True)}, covid/pneu AUROC v2-v1 "
+                             f"{_ci(e['difference'][PAIR], True)}, {f['train_seconds']:.0f} s")
+    for run in results["runs"]:
+        for name, r in run["recipes"].items():
+            lines += ["", f"per site, seed {run['seed']}, {name}, pooled "
+                          "(v1 -> v2; covid/pneu AUROC where a site holds both)"]
+            e = r["pooled"]
             for site, one in sorted(e["v1"]["per_site"].items(), key=lambda kv: -kv[1]["n"]):
                 two = e["v2"]["per_site"][site]
                 pair = ("" if one["covid_vs_pneumonia"] is None else
@@ -315,9 +397,9 @@ def table(results: dict) -> str:
                 lines.append(f"  {site:<40} n={one['n']:>3} {','.join(one['classes']):<16} accuracy "
                              f"{one['accuracy']:.3f} -> {two['accuracy']:.3f}{pair}")
     if results.get("curve"):
-        lines += ["", "learning curve (default recipe, first seed): v2 - v1 on the evaluation part"]
+        lines += ["", "learning curve (default recipe, first seed; reviews per fold, pooled): v2 - v1"]
         for point in results["curve"]:
-            lines.append(f"  {point['order']:<12} {point['reviews']:>4} reviews ({point['flagged']:>3} flagged): "
+            lines.append(f"  {point['order']:<12} {str(point['reviews']):>10} reviews ({point['flagged']:>3} flagged): "
                          f"balanced acc {_ci(point['difference']['balanced_accuracy'], True)}  covid/pneu AUROC "
                          f"{_ci(point['difference'][PAIR], True)}")
     return "\n".join(lines)
@@ -347,65 +429,89 @@ def run(settings: Settings) -> dict:
         adult = quick_subset(adult, {"covid": 14, "pneumonia": 10, "normal": 1})
     truth = {str(Path(i.path).resolve()): i.label for i in adult}
     for seed in settings.seeds:
-        split = split_adult(adult, seed, settings.eval_fraction, settings.work)
-        log.info("seed %d: %d reviewed (%s), %d evaluation (%s)", seed, len(split.reviewed),
-                 dict(Counter(i.label for i in split.reviewed)), len(split.evaluation),
-                 dict(Counter(i.label for i in split.evaluation)))
-        scored = scored_database(settings, split, v1)
-        run_result: dict[str, Any] = {"seed": seed, "reviewed": dict(Counter(i.label for i in split.reviewed)),
-                                      "evaluation": dict(Counter(i.label for i in split.evaluation)),
-                                      "recipes": {}}
+        folds = adult_folds(adult, seed, settings.folds, settings.work)
+        run_result: dict[str, Any] = {
+            "seed": seed, "folds": [{"reviewed": dict(Counter(i.label for i in f.reviewed)),
+                                     "evaluation": dict(Counter(i.label for i in f.evaluation))} for f in folds],
+            "evaluation": dict(Counter(i.label for f in folds for i in f.evaluation)), "recipes": {}}
+        for fold in folds:
+            log.info("%s: %d reviewed %s, %d evaluated %s", fold.name, len(fold.reviewed),
+                     dict(Counter(i.label for i in fold.reviewed)), len(fold.evaluation),
+                     dict(Counter(i.label for i in fold.evaluation)))
         results["runs"].append(run_result)  # saved as it fills, so a cut-short run keeps what it measured
+        scored = {fold.index: scored_database(settings, fold, v1) for fold in folds}
         for recipe in settings.recipes:
-            db_path = settings.work / f"seed{seed}" / f"{recipe}.db"
-            copy_database(scored, db_path)
-            reviews = record_reviews(db_path, truth, limit=None, order="uncertainty", seed=seed)
-            t0 = time.perf_counter()
-            v2 = train_v2(settings, db_path, split, recipe, settings.work / f"seed{seed}" / f"v2-{recipe}")
-            seconds = time.perf_counter() - t0
-            result = {"reviews": reviews, "train_seconds": round(seconds, 1),
-                      "evaluation": _brief(compare(settings, v1, v2, split.evaluation_csv)),
-                      "dev_validation": dev_validation(settings, v1, v2)}
-            run_result["recipes"][recipe] = result
-            log.info("seed %d, %s: balanced accuracy v2-v1 %s, covid/pneumonia AUROC v2-v1 %s (%.0f s)", seed,
-                     recipe, _ci(result["evaluation"]["difference"]["balanced_accuracy"], True),
-                     _ci(result["evaluation"]["difference"][PAIR], True), seconds)
+            per_fold, judged = [], []
+            for fold in folds:
+                one, v2 = retrain_fold(settings, fold, scored[fold.index], truth, v1, recipe)
+                per_fold.append(one)
+                judged.append((v2, fold.evaluation))
+            pooled = _brief(pooled_comparison(settings, v1, judged))
+            run_result["recipes"][recipe] = {"folds": per_fold, "pooled": pooled}
+            log.info("seed %d, %s, all %d folds pooled: balanced accuracy v2-v1 %s, covid/pneumonia AUROC v2-v1 %s",
+                     seed, recipe, len(folds), _ci(pooled["difference"]["balanced_accuracy"], True),
+                     _ci(pooled["difference"][PAIR], True))
             _save_partial(settings, results)
         if seed == settings.seeds[0] and settings.curve_sizes:
-            curve(settings, split, scored, truth, v1, run_result, results)
+            curve(settings, folds, scored, truth, v1, run_result, results)
         _save_partial(settings, results)
     results["machine_end"] = machine()
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
 
 
-def curve(settings: Settings, split: Split, scored: Path, truth: dict, v1: Path, run_result: dict,
-          results: dict) -> None:
-    """v2 - v1 per number of reviews, worklist order against a random order (the default recipe), appended to
-    ``results["curve"]`` point by point."""
+def retrain_fold(settings: Settings, fold: Fold, scored: Path, truth: dict, v1: Path, recipe: str,
+                 limit: int | None = None, order: str = "uncertainty") -> tuple[dict, Path]:
+    """Reviews of the fold's reviewed part (``limit`` of them, in ``order``), v2 trained with ``recipe``, and the
+    fold's own ``evaluate --compare`` and cxr-dev validation."""
+    tag = recipe if limit is None else f"curve-{order}-{limit}"
+    db_path = scored.parent / f"{tag}.db"
+    copy_database(scored, db_path)
+    reviews = record_reviews(db_path, truth, limit=limit, order=order, seed=fold.seed)
+    t0 = time.perf_counter()
+    v2 = train_v2(settings, db_path, fold, recipe, scored.parent / f"v2-{tag}")
+    seconds = time.perf_counter() - t0
+    result = {"fold": fold.index, "reviews": reviews, "train_seconds": round(seconds, 1),
+              "evaluation": _brief(compare(settings, v1, v2, fold.evaluation_csv)),
+              "dev_validation": dev_validation(settings, v1, v2)}
+    log.info("%s, %s: balanced accuracy v2-v1 %s, covid/pneumonia AUROC v2-v1 %s, cxr-dev macro-AUROC v2-v1 %s "
+             "(%.0f s)", fold.name, tag, _ci(result["evaluation"]["difference"]["balanced_accuracy"], True),
+             _ci(result["evaluation"]["difference"][PAIR], True),
+             _ci(result["dev_validation"].get("difference", {}).get("macro_auroc"), True), seconds)
+    return result, v2
+
+
+def curve(settings: Settings, folds: list[Fold], scored: dict[int, Path], truth: dict, v1: Path,
+          run_result: dict, results: dict) -> None:
+    """v2 - v1 per number of reviews in each fold, worklist order against a random order (the default recipe),
+    pooled over the folds like the main figures, appended to ``results["curve"]`` point by point."""
     points = results["curve"]
+    smallest = min(len(fold.reviewed) for fold in folds)
     for order in ("uncertainty", "random"):
         for size in settings.curve_sizes:
-            if size >= len(split.reviewed):
+            if size >= smallest:
                 continue
-            db_path = settings.work / f"seed{split.seed}" / f"curve-{order}-{size}.db"
-            copy_database(scored, db_path)
-            reviews = record_reviews(db_path, truth, limit=size, order=order, seed=split.seed)
-            v2 = train_v2(settings, db_path, split, "default",
-                          settings.work / f"seed{split.seed}" / f"v2-curve-{order}-{size}")
-            brief = _brief(compare(settings, v1, v2, split.evaluation_csv))
-            points.append({"order": order, "reviews": size, "flagged": reviews["flagged"],
-                           "labels": reviews["labels"], "difference": brief["difference"],
+            per_fold, judged = [], []
+            for fold in folds:
+                one, v2 = retrain_fold(settings, fold, scored[fold.index], truth, v1, "default", size, order)
+                per_fold.append(one)
+                judged.append((v2, fold.evaluation))
+            brief = _brief(pooled_comparison(settings, v1, judged))
+            points.append({"order": order, "reviews": size, "flagged": sum(f["reviews"]["flagged"] for f in per_fold),
+                           "labels": dict(sum((Counter(f["reviews"]["labels"]) for f in per_fold), Counter())),
+                           "difference": brief["difference"],
                            "v2": {k: brief["v2"][k] for k in ("balanced_accuracy", PAIR)}})
-            log.info("curve %s %d: covid/pneumonia AUROC v2-v1 %s", order, size,
+            log.info("curve %s %d per fold: covid/pneumonia AUROC v2-v1 %s", order, size,
                      _ci(brief["difference"][PAIR], True))
             _save_partial(settings, results)
     default = run_result["recipes"].get("default")
     if default:
-        points.append({"order": "all", "reviews": default["reviews"]["reviews"],
-                       "flagged": default["reviews"]["flagged"], "labels": default["reviews"]["labels"],
-                       "difference": default["evaluation"]["difference"],
-                       "v2": {k: default["evaluation"]["v2"][k] for k in ("balanced_accuracy", PAIR)}})
+        folds_run = default["folds"]
+        points.append({"order": "all", "reviews": [f["reviews"]["reviews"] for f in folds_run],
+                       "flagged": sum(f["reviews"]["flagged"] for f in folds_run),
+                       "labels": dict(sum((Counter(f["reviews"]["labels"]) for f in folds_run), Counter())),
+                       "difference": default["pooled"]["difference"],
+                       "v2": {k: default["pooled"]["v2"][k] for k in ("balanced_accuracy", PAIR)}})
 
 
 def _save_partial(settings: Settings, results: dict) -> None:
@@ -422,7 +528,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
     parser.add_argument("--adult", type=Path, default=SHARED / "cxr-adult")
     parser.add_argument("--work", type=Path, help="working folder (default: a temporary one, removed)")
     parser.add_argument("--seeds", type=int, nargs="+", help="split seeds (default: 0 1 2; quick: 0)")
-    parser.add_argument("--eval-fraction", type=float, default=0.5, help="share of patients held for evaluation")
+    parser.add_argument("--folds", type=int, default=2,
+                        help="cross-fitting folds per split seed (default: 2, halves reviewed in turn)")
     parser.add_argument("--img-size", type=int, help="(default: 224; quick: 32)")
     parser.add_argument("--epochs-v1", type=int, help="(default: 20; quick: 1)")
     parser.add_argument("--epochs-v2", type=int, help="(default: 6; quick: 1)")
@@ -433,6 +540,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
                         help="learning-curve sizes (default: 25 50 100; quick: 6; none: no curve)")
     parser.add_argument("--resamples", type=int, help="bootstrap resamples (default: 1000; quick: 100)")
     args = parser.parse_args(argv)
+    if args.folds < 2:
+        parser.error(f"--folds must be at least 2 (one part evaluated, the others reviewed), got {args.folds}")
     quick = args.quick
 
     def pick(value, full, small):
@@ -441,7 +550,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
     work = args.work or Path(tempfile.mkdtemp(prefix="cxr-closed-loop-"))
     settings = Settings(
         dev=args.dev, adult=args.adult, work=work, v1=args.v1, seeds=tuple(pick(args.seeds, [0, 1, 2], [0])),
-        eval_fraction=args.eval_fraction, img_size=pick(args.img_size, 224, 32),
+        folds=args.folds, img_size=pick(args.img_size, 224, 32),
         epochs_v1=pick(args.epochs_v1, 20, 1), epochs_v2=pick(args.epochs_v2, 6, 1),
         batch_size=pick(None if args.batch_size == 32 else args.batch_size, 32, 8), lr_v2=args.lr_v2,
         recipes=tuple(pick(args.recipes, ["default", "from-v1"], ["default"])),

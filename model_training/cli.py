@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="add reviewed cases from the database with the reviewers' labels")
     recipe = train.add_argument_group(
         "retraining recipe", "each defaults to the retraining recipe with --include-reviews (start from the active "
-        "version, half of each epoch's draws from reviewed cases, stem and layer1 frozen, border-band masking up to "
-        "10 % of the side), else off")
+        "version, 80 % of each epoch's draws from reviewed cases, stem and layer1..layer3 frozen so only layer4 and "
+        "the head learn, border-band masking up to 10 % of the side), else off")
     recipe.add_argument("--from-active", action=argparse.BooleanOptionalAction, default=DEFAULTS["from_active"],
                         help="start from the active version's weights (unless --pretrained names others)")
     recipe.add_argument("--review-share", type=float, default=DEFAULTS["review_share"], metavar="F",

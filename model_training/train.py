@@ -113,9 +113,11 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Recipe:
-    """How a version is trained beyond the optimiser settings. ``RETRAIN_RECIPE`` was ahead of "v1's weights
-    alone" in ``benchmarks/closed_loop.py`` on both of the issue's primary figures, with overlapping intervals
-    (one seed; see the README's figures): a weak preference, not a proven gain."""
+    """How a version is trained beyond the optimiser settings. ``RETRAIN_RECIPE`` was chosen with
+    ``benchmarks/closed_loop.py`` (cross-fitted on cxr-adult; the README has the figures): with a hundred-odd
+    reviews, freezing the network up to ``layer3`` and drawing most of each epoch from reviewed cases gave the
+    largest balanced-accuracy gain on unseen adult patients, at no measurable cost on cxr-dev. The features up
+    to ``layer3`` stay the active version's, so a ranking those features cannot make is not learned either."""
 
     from_active: bool      # start from the active version's weights (unless --pretrained names others)
     review_share: float    # share of each epoch's draws that are reviewed cases, class-balanced; 0: no resampling
@@ -132,7 +134,7 @@ class Recipe:
 
 
 PLAIN_RECIPE = Recipe(from_active=False, review_share=0.0, freeze_blocks=0, border_mask=0.0)
-RETRAIN_RECIPE = Recipe(from_active=True, review_share=0.5, freeze_blocks=1, border_mask=0.1)
+RETRAIN_RECIPE = Recipe(from_active=True, review_share=0.8, freeze_blocks=3, border_mask=0.1)
 
 
 def resolve_recipe(config: TrainConfig) -> Recipe:

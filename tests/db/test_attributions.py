@@ -7,9 +7,9 @@ import datetime as dt
 from sqlalchemy import select
 
 from db import attributions, migrate
-from db.worklist import WorklistFilter, worklist_page
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, ModelVersion, Prediction
+from db.worklist import WorklistFilter, worklist_page
 
 
 def _setup(db_url):

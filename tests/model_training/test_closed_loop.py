@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,22 +31,32 @@ def test_quick_closed_loop_writes_every_figure(tmp_path, cxr_dev, cxr_adult):
     assert done.returncode == 0, done.stderr[-3000:]
     results = json.loads(out.read_text())
     run = results["runs"][0]
-    assert run["evaluation"].get("normal") is None and run["reviewed"]["normal"] == 1  # the normal is reviewed
+    assert len(run["folds"]) == 2
+    for fold in run["folds"]:  # the normal is reviewed in every fold, never evaluated
+        assert fold["reviewed"]["normal"] == 1 and "normal" not in fold["evaluation"]
+    assert run["evaluation"] == dict(Counter(run["folds"][0]["evaluation"]) + Counter(run["folds"][1]["evaluation"]))
     default = run["recipes"]["default"]
-    assert default["reviews"]["reviews"] == sum(run["reviewed"].values())
-    assert 0 < default["reviews"]["flagged"] <= default["reviews"]["reviews"]
-    evaluation = default["evaluation"]
+    for fold, result in zip(run["folds"], default["folds"], strict=True):
+        assert result["reviews"]["reviews"] == sum(fold["reviewed"].values())
+        assert 0 < result["reviews"]["flagged"] <= result["reviews"]["reviews"]
+        assert sum(site["n"] for site in result["evaluation"]["v1"]["per_site"].values()) == sum(
+            fold["evaluation"].values())
+    pooled = default["pooled"]
     for side in ("v1", "v2"):
-        interval = evaluation[side]["auroc_covid_vs_pneumonia"]
+        interval = pooled[side]["auroc_covid_vs_pneumonia"]
         assert interval["low"] <= interval["estimate"] <= interval["high"]
-        assert evaluation[side]["auroc_normal"]["estimate"] is None  # no normal to rank in the evaluation part
-        assert sum(site["n"] for site in evaluation[side]["per_site"].values()) == sum(run["evaluation"].values())
-    difference = evaluation["difference"]["balanced_accuracy"]
-    assert difference["estimate"] == pytest.approx(evaluation["v2"]["balanced_accuracy"]["estimate"]
-                                                   - evaluation["v1"]["balanced_accuracy"]["estimate"])
-    assert {(p["order"], p["reviews"]) for p in results["curve"]} == {("uncertainty", 6), ("random", 6),
-                                                                     ("all", sum(run["reviewed"].values()))}
-    card = json.loads((tmp_path / "work" / "seed0" / "v2-default" / "model_card.json").read_text())
+        assert pooled[side]["auroc_normal"]["estimate"] is None  # no normal to rank in the evaluation parts
+        assert pooled[side]["n"] == sum(run["evaluation"].values())  # every evaluated film, once
+    difference = pooled["difference"]["balanced_accuracy"]
+    assert difference["estimate"] == pytest.approx(pooled["v2"]["balanced_accuracy"]["estimate"]
+                                                   - pooled["v1"]["balanced_accuracy"]["estimate"])
+    # v1 is the same model in every fold: pooled, its figure is its figure on all evaluated films
+    assert pooled["v1"]["accuracy"]["estimate"] == pytest.approx(sum(
+        f["evaluation"]["v1"]["accuracy"]["estimate"] * sum(fold["evaluation"].values())
+        for f, fold in zip(default["folds"], run["folds"], strict=True)) / sum(run["evaluation"].values()))
+    assert {(p["order"], str(p["reviews"])) for p in results["curve"]} == {
+        ("uncertainty", "6"), ("random", "6"), ("all", str([f["reviews"]["reviews"] for f in default["folds"]]))}
+    card = json.loads((tmp_path / "work" / "seed0" / "fold0" / "v2-default" / "model_card.json").read_text())
     assert card["config"]["recipe"]["from_active"] is True and "v1" in card["config"]["recipe"]["initial_weights"]
     printed = done.stdout
-    assert "covid/pneu AUROC" in printed and "learning curve" in printed
+    assert "covid/pneu AUROC" in printed and "learning curve" in printed and "fold 1" in printed
