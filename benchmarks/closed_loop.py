@@ -405,10 +405,6 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def _num(found: dict | None) -> str:
-    return "n/a" if not found or found.get("estimate") is None else f"{found['estimate']:.3f}"
-
-
 def machine() -> dict:
     uptime = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
@@ -441,12 +437,7 @@ def run(settings: Settings) -> dict:
         results["runs"].append(run_result)  # saved as it fills, so a cut-short run keeps what it measured
         scored = {fold.index: scored_database(settings, fold, v1) for fold in folds}
         for recipe in settings.recipes:
-            per_fold, judged = [], []
-            for fold in folds:
-                one, v2 = retrain_fold(settings, fold, scored[fold.index], truth, v1, recipe)
-                per_fold.append(one)
-                judged.append((v2, fold.evaluation))
-            pooled = _brief(pooled_comparison(settings, v1, judged))
+            per_fold, pooled = retrain_folds(settings, folds, scored, truth, v1, recipe)
             run_result["recipes"][recipe] = {"folds": per_fold, "pooled": pooled}
             log.info("seed %d, %s, all %d folds pooled: balanced accuracy v2-v1 %s, covid/pneumonia AUROC v2-v1 %s",
                      seed, recipe, len(folds), _ci(pooled["difference"]["balanced_accuracy"], True),
@@ -458,6 +449,17 @@ def run(settings: Settings) -> dict:
     results["machine_end"] = machine()
     results["seconds"] = round(time.perf_counter() - started, 1)
     return results
+
+
+def retrain_folds(settings: Settings, folds: list[Fold], scored: dict[int, Path], truth: dict, v1: Path,
+                  recipe: str, limit: int | None = None, order: str = "uncertainty") -> tuple[list[dict], dict]:
+    """:func:`retrain_fold` for every fold: each fold's own figures, and the figures pooled over the folds."""
+    per_fold, judged = [], []
+    for fold in folds:
+        one, v2 = retrain_fold(settings, fold, scored[fold.index], truth, v1, recipe, limit, order)
+        per_fold.append(one)
+        judged.append((v2, fold.evaluation))
+    return per_fold, _brief(pooled_comparison(settings, v1, judged))
 
 
 def retrain_fold(settings: Settings, fold: Fold, scored: Path, truth: dict, v1: Path, recipe: str,
@@ -491,12 +493,7 @@ def curve(settings: Settings, folds: list[Fold], scored: dict[int, Path], truth:
         for size in settings.curve_sizes:
             if size >= smallest:
                 continue
-            per_fold, judged = [], []
-            for fold in folds:
-                one, v2 = retrain_fold(settings, fold, scored[fold.index], truth, v1, "default", size, order)
-                per_fold.append(one)
-                judged.append((v2, fold.evaluation))
-            brief = _brief(pooled_comparison(settings, v1, judged))
+            per_fold, brief = retrain_folds(settings, folds, scored, truth, v1, "default", size, order)
             points.append({"order": order, "reviews": size, "flagged": sum(f["reviews"]["flagged"] for f in per_fold),
                            "labels": dict(sum((Counter(f["reviews"]["labels"]) for f in per_fold), Counter())),
                            "difference": brief["difference"],
