@@ -43,6 +43,14 @@ def cxr_dev(shared_data: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def cxr_adult(shared_data: Path) -> Path:
+    folder = shared_data / "cxr-adult"
+    if not (folder / "labels.csv").is_file():
+        _missing(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
 def dicom_dir(shared_data: Path) -> Path:
     folder = shared_data / "dicom"
     if not folder.is_dir():

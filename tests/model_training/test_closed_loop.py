@@ -1,5 +1,6 @@
 """``benchmarks/closed_loop.py --quick``: the whole loop (train v1, score, simulated reviews through the
-dashboard's db function, retrain with --include-reviews, evaluate --compare, learning curve) on tiny sizes."""
+dashboard's db function, retrain with --include-reviews, evaluate --compare, learning curve) on tiny sizes, then
+``benchmarks/review_calibration.py`` on its working folder."""
 
 from __future__ import annotations
 
@@ -12,14 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-
-@pytest.fixture
-def cxr_adult(shared_data: Path) -> Path:
-    folder = shared_data / "cxr-adult"
-    if not (folder / "labels.csv").is_file():
-        pytest.skip(f"{folder} not found")
-    return folder
 
 
 @pytest.mark.slow
@@ -60,3 +53,16 @@ def test_quick_closed_loop_writes_every_figure(tmp_path, cxr_dev, cxr_adult):
     assert card["config"]["recipe"]["from_active"] is True and "v1" in card["config"]["recipe"]["initial_weights"]
     printed = done.stdout
     assert "covid/pneu AUROC" in printed and "learning curve" in printed and "fold 1" in printed
+
+    # review_calibration.py reads the loop's working folder; it exits non-zero unless the validation split it
+    # recomputes gives back each v2's own temperature
+    calibration = tmp_path / "calibration.json"
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "benchmarks" / "review_calibration.py"), "--work",
+                           str(tmp_path / "work"), "--out", str(calibration)], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    figures = json.loads(calibration.read_text())["folds"]
+    assert [Path(f["fold"]).name for f in figures] == ["fold0", "fold1"]
+    for fold in figures:
+        assert fold["reviewed_in_validation"] > 0
+        assert all(0 <= ece <= 1 for ece in fold["evaluation_ece"].values())
