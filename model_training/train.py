@@ -338,6 +338,16 @@ def calibrated_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str
     return metrics
 
 
+def split_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float,
+                  patients: list[str | None]) -> dict:
+    """Calibrated metrics of one split, with balanced accuracy and bootstrap intervals (by patient)."""
+    metrics = calibrated_metrics(logits, labels, classes, temperature)
+    probabilities = softmax(logits, temperature)
+    metrics["balanced_accuracy"] = balanced_accuracy(labels, probabilities)
+    metrics["intervals"] = bootstrap_summary(labels, probabilities, classes, patients)
+    return metrics
+
+
 def save_training_state(path: Path, state: dict[str, Any]) -> None:
     try:
         with atomic_write(path) as handle:
@@ -520,7 +530,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     logits, labels, _ = evaluate(model, val_loader, device)
     temperature = fit_temperature(logits, labels)
     before = calibrated_metrics(logits, labels, classes, 1.0)
-    after = calibrated_metrics(logits, labels, classes, temperature)
+    after = split_metrics(logits, labels, classes, temperature, [i.patient_id for i in val_items])
     reliability = {"before": reliability_bins(softmax(logits, 1.0), labels),
                    "after": reliability_bins(softmax(logits, temperature), labels),
                    "temperature": temperature, "split": "validation"}
@@ -528,13 +538,17 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                    "nll_before": temperature_nll(logits, labels, 1.0),
                    "nll_after": temperature_nll(logits, labels, temperature),
                    "fit_on": "validation", "evaluated_on": "validation", "n_bins": reliability["after"]["n_bins"]}
-    after["balanced_accuracy"] = balanced_accuracy(labels, softmax(logits, temperature))
-    after["intervals"] = bootstrap_summary(labels, softmax(logits, temperature), classes,
-                                           [i.patient_id for i in val_items])
     metrics = {"best_epoch": best["epoch"], "temperature": temperature, "validation": after,
                "calibration": calibration,
                "per_source": {"validation": accuracy_by_group([i.source for i in val_items], labels,
                                                               softmax(logits, temperature), classes)}}
+    # the validation split is mostly dataset images; its reviewed cases alone show how the version (and its
+    # temperature) does on the site's own films
+    reviewed = np.array([item.review_id is not None for item in val_items])
+    if reviewed.any():
+        metrics["validation_reviewed_cases"] = split_metrics(
+            logits[reviewed], labels[reviewed], classes, temperature,
+            [item.patient_id for item in val_items if item.review_id is not None])
     log.info("temperature %.3f: validation ECE %.4f -> %.4f", temperature, before["ece"], after["ece"])
     if eval_items is not None:
         readable_eval, _ = data.readable(eval_items)

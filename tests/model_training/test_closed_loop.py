@@ -66,3 +66,8 @@ def test_quick_closed_loop_writes_every_figure(tmp_path, cxr_dev, cxr_adult):
     for fold in figures:
         assert fold["reviewed_in_validation"] > 0
         assert all(0 <= ece <= 1 for ece in fold["evaluation_ece"].values())
+        # the model card shows the version on the reviewed cases of its validation split on their own
+        v2 = Path(fold["fold"]) / "v2-default"
+        reviewed = json.loads((v2 / "model_card.json").read_text())["metrics"]["validation_reviewed_cases"]
+        assert reviewed["n"] == fold["reviewed_in_validation"] and 0 <= reviewed["ece"] <= 1
+        assert "| validation_reviewed_cases |" in (v2 / "model_card.md").read_text()
