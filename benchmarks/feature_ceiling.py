@@ -53,7 +53,8 @@ def pooled_features(net: torch.nn.Module, inputs: torch.Tensor) -> tuple[dict[st
         lambda _m, _i, out, block=block: found[block].append(torch.cat([out.mean((2, 3)), out.amax((2, 3))],
                                                                        1).numpy()))
         for block in BLOCKS]
-    logits = [net.eval()(inputs[start:start + 16]).numpy() for start in range(0, len(inputs), 16)]
+    net.eval()
+    logits = [net(inputs[start:start + 16]).numpy() for start in range(0, len(inputs), 16)]
     for hook in hooks:
         hook.remove()
     return {block: np.concatenate(parts) for block, parts in found.items()}, np.concatenate(logits)
