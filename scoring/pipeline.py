@@ -12,10 +12,12 @@ hashed and looked up by content. Only content this model version has not handled
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -265,7 +267,7 @@ def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions
         collate_fn=collate_decoded,
         pin_memory=on_cuda,
         prefetch_factor=4 if options.workers > 0 else None,
-        worker_init_fn=functools.partial(_start_worker_reader, codec_threads(options.workers)),
+        worker_init_fn=functools.partial(_start_worker_reader, codec_threads(options.workers), os.getpid()),
     )
 
 
@@ -275,13 +277,28 @@ def codec_threads(workers: int) -> int:
     return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
-def _start_worker_reader(threads: int, _worker_id: int) -> None:
+def _start_worker_reader(threads: int, scorer_pid: int, _worker_id: int) -> None:
     """Each worker starts its isolated decoder at once, so the first batch doesn't wait for it.
 
     Every OpenJPEG build here (Pillow's, pylibjpeg-openjpeg's, GDCM's) reads OPJ_NUM_THREADS when it creates a
     decoder; the isolated decoder inherits it. A value the user set is kept."""
+    exit_with_parent(scorer_pid)
     os.environ.setdefault("OPJ_NUM_THREADS", str(threads))
     imaging.start_reader_process()
+
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """A decode worker must not outlive a scorer killed with SIGKILL (by cron's timeout or the OOM killer).
+    PyTorch's worker watchdog reads the parent's pid only after the worker_init_fn, so a scorer killed while its
+    workers start leaves them waiting for work forever (seen: two orphans of 565 MB each after the kill -9
+    test). On Linux the kernel kills this process when its parent dies; a worker already orphaned leaves now."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # after prctl: a parent that dies from here on is covered by it
+        os._exit(0)
 
 
 # --- the model ------------------------------------------------------------------------------------------
