@@ -26,6 +26,28 @@ def _missing(what: str) -> None:
     pytest.skip(message)
 
 
+def process_alive(pid: int | str) -> bool:
+    """Whether the process exists and has not exited (a zombie has; only its parent's reaping is left)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state != "Z"
+
+
+def live_processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text`` (Linux: read from /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            named = text.encode() in (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if named and process_alive(entry.name):
+            found.append(int(entry.name))
+    return found
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     root = Path(os.environ.get("CXR_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))

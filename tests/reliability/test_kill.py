@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from scoring.model import load_checkpoint
+from tests.conftest import live_processes_naming
 from tests.reliability.conftest import scale
 
 N_GOOD = scale(120, 400)
@@ -49,6 +50,16 @@ def check_invariants(db_path: Path, *, complete: bool) -> None:
             assert db.execute("SELECT count(*) FROM predictions").fetchone()[0] == N_GOOD
             assert db.execute("SELECT count(*) FROM scoring_failures").fetchone()[0] == N_BROKEN
             assert db.execute("SELECT count(*) FROM scoring_runs WHERE status = 'running'").fetchone()[0] == 0
+
+
+def assert_nothing_left_of(db_path: Path) -> None:
+    """No decode worker (its command line is its scorer's) outlives a killed scorer."""
+    if not Path("/proc/self").exists():
+        return
+    deadline = time.monotonic() + 15
+    while (left := live_processes_naming(str(db_path))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes {left} outlived the scorer of {db_path}"
 
 
 def _wait_for_database(process: subprocess.Popen, db_path) -> None:
@@ -84,6 +95,7 @@ def test_kill_minus_nine_at_random_moments_then_rerun(tmp_path, tiny_checkpoint,
         if killed:
             os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+        assert_nothing_left_of(db_path)
         if db_path.exists() and db_path.stat().st_size:
             check_invariants(db_path, complete=False)
             killed_with_work_done += killed

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from scoring.pipeline import exit_with_parent
+from tests.conftest import process_alive
 
 FORK = multiprocessing.get_context("fork")
 
@@ -40,14 +41,6 @@ def _scorer_with_a_worker(pid_file: Path) -> None:
     time.sleep(120)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"  # a zombie has exited; only its parent's reaping is left
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
 def test_a_worker_dies_with_a_scorer_killed_by_sigkill(tmp_path):
     pid_file = tmp_path / "worker.pid"
@@ -58,10 +51,10 @@ def test_a_worker_dies_with_a_scorer_killed_by_sigkill(tmp_path):
         assert time.monotonic() < deadline, "the worker never started"
         time.sleep(0.05)
     worker = int(pid_file.read_text())
-    assert _alive(worker)
+    assert process_alive(worker)
     os.kill(scorer.pid, signal.SIGKILL)
     scorer.join(30)
     deadline = time.monotonic() + 10
-    while _alive(worker):
+    while process_alive(worker):
         assert time.monotonic() < deadline, f"worker {worker} outlived its killed scorer"
         time.sleep(0.05)
