@@ -257,16 +257,21 @@ def child_main() -> None:
     logging.getLogger("pydicom").addHandler(logging.NullHandler())
     logging.getLogger("pydicom").propagate = False
     _warm_up()
-    conn.send(("ready", os.getpid()))
-    while True:
-        try:
-            path, min_side = conn.recv()
-        except (EOFError, OSError):
-            return
-        delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
-        if delay > 0:
-            time.sleep(delay)
-        _answer(conn, sock, path, min_side)
+    try:
+        conn.send(("ready", os.getpid()))
+        while True:
+            try:
+                path, min_side = conn.recv()
+            except (EOFError, OSError):
+                return
+            delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
+            if delay > 0:
+                time.sleep(delay)
+            _answer(conn, sock, path, min_side)
+    except ConnectionError:
+        # The caller is gone (a scorer or worker killed mid-read): there is no one to answer, and a traceback on
+        # the stderr it shared with us would only reach the cron mail of a run that has already ended.
+        return
 
 
 def _answer(conn: Connection, sock: socket.socket, path: bytes, min_side: int | None) -> None:

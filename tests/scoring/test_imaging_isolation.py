@@ -13,6 +13,7 @@ import pytest
 
 from scoring import imaging
 from scoring.imaging import XRayReadError, read_xray
+from tests.conftest import process_alive
 from tests.scoring.imaging_checks import check_image
 
 # --------------------------------------------------------------------------------------------
@@ -125,6 +126,31 @@ def test_child_exits_with_its_parent_and_is_reaped(source_png, tmp_path) -> None
     # A zombie would still answer signal 0: the parent's atexit handler must have waited for it.
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+@pytest.mark.timeout(60)
+def test_child_whose_caller_is_killed_mid_read_exits_without_a_traceback(source_png) -> None:
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, threading, time; from scoring.imaging import read_xray, reader_process_pid, "
+        "start_reader_process; start_reader_process(); print(reader_process_pid(), flush=True); "
+        "threading.Thread(target=read_xray, args=(sys.argv[1],), daemon=True).start(); time.sleep(60)"
+    )
+    caller = subprocess.Popen(
+        [sys.executable, "-c", script, str(source_png)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env={**os.environ, imaging.TEST_DELAY_ENV: "1"},  # the child answers a second late
+    )
+    child = int(caller.stdout.readline())
+    time.sleep(0.3)  # the request is on its way; the child is waiting out the delay
+    caller.kill()
+    caller.wait(10)
+    deadline = time.monotonic() + 20
+    while process_alive(child):
+        assert time.monotonic() < deadline, "the child outlived its killed caller"
+        time.sleep(0.05)
+    assert "Traceback" not in caller.stderr.read()  # the child shared the caller's stderr
 
 
 def test_timeout_must_be_positive(source_png) -> None:
