@@ -61,6 +61,7 @@ from scoring.model import (
     resolve_device,
     save_checkpoint,
 )
+from scoring.pipeline import exits_with_this_process
 
 log = logging.getLogger("cxr.train")
 
@@ -248,7 +249,8 @@ def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int,
         sampler = WeightedRandomSampler(sample_weights.double(), len(dataset), replacement=True, generator=generator)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None and sampler is None,
                       sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                      generator=generator if sampler is None else None)
+                      generator=generator if sampler is None else None,
+                      worker_init_fn=exits_with_this_process() if workers > 0 else None)
 
 
 def review_sample_weights(items: list[data.LabelledImage], review_share: float) -> torch.Tensor | None:

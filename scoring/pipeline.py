@@ -301,6 +301,15 @@ def exit_with_parent(parent_pid: int) -> None:
         os._exit(0)
 
 
+def exits_with_this_process() -> Callable[[int], None]:
+    """A DataLoader ``worker_init_fn`` that ties each worker's life to the process creating the loader."""
+    return functools.partial(_worker_exits_with_parent, os.getpid())
+
+
+def _worker_exits_with_parent(parent_pid: int, _worker_id: int) -> None:
+    exit_with_parent(parent_pid)
+
+
 # --- the model ------------------------------------------------------------------------------------------
 
 class Scorer:

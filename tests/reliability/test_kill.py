@@ -52,14 +52,14 @@ def check_invariants(db_path: Path, *, complete: bool) -> None:
             assert db.execute("SELECT count(*) FROM scoring_runs WHERE status = 'running'").fetchone()[0] == 0
 
 
-def assert_nothing_left_of(db_path: Path) -> None:
-    """No decode worker (its command line is its scorer's) outlives a killed scorer."""
+def assert_nothing_left_of(path: Path) -> None:
+    """No DataLoader worker (its command line is its parent's, which names ``path``) outlives a killed run."""
     if not Path("/proc/self").exists():
         return
     deadline = time.monotonic() + 15
-    while (left := live_processes_naming(str(db_path))) and time.monotonic() < deadline:
+    while (left := live_processes_naming(str(path))) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not left, f"processes {left} outlived the scorer of {db_path}"
+    assert not left, f"processes {left} outlived the killed run of {path}"
 
 
 def _wait_for_database(process: subprocess.Popen, db_path) -> None:
@@ -170,6 +170,7 @@ def test_kill_minus_nine_during_training_then_resume(tmp_path, cxr_dev, sqlite_u
             process = train(out)
             continue
         delivered += 1
+        assert_nothing_left_of(out)  # its DataLoader workers share its command line
         if db_path.exists():
             with sqlite3.connect(db_path, timeout=30) as db:
                 assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
