@@ -66,7 +66,7 @@ from model_training import cli as train_cli
 from model_training import data
 from model_training.evaluation import compare_checkpoints, interval_text, predict_checkpoint
 from model_training.metrics import paired_bootstrap_summary
-from model_training.train import Predictions, TrainConfig, prediction_metrics, prepare_data
+from model_training.train import Predictions, TrainConfig, prediction_metrics, validation_items
 from scoring import cli as score_cli
 from scoring.model import checkpoint_sha256, load_checkpoint
 
@@ -293,11 +293,7 @@ def dev_validation(settings: Settings, v1: Path, v2: Path) -> dict:
     its recorded configuration, as ``train`` made it; with v1's seed these are all of v1's validation images)."""
     val = []
     for path in (v1, v2):
-        recorded = load_checkpoint(path).training["config"]
-        config = TrainConfig(**{f.name: recorded.get(f.name) for f in dataclasses.fields(TrainConfig)
-                                if f.name in recorded})
-        items, _, _ = prepare_data(config)
-        _, held_out = data.split_keeping_dataset_split(items, config.val_fraction, config.seed)
+        held_out = validation_items(TrainConfig.from_recorded(load_checkpoint(path).training["config"]))
         val.append({i.sha256: i for i in held_out if i.review_id is None})
     common = [item for sha, item in val[0].items() if sha in val[1]]
     if len({item.label for item in common}) < 2:

@@ -12,14 +12,13 @@ maps at or above the worklist filter's threshold.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from db.attributions import OUTSIDE_LUNGS_THRESHOLD
 from model_training import data
-from model_training.train import TrainConfig, prepare_data
+from model_training.train import TrainConfig, validation_items
 from scoring.attribution.engine import prepared_model
 from scoring.attribution.report import outside_share_summary
 
@@ -35,14 +34,6 @@ def print_summary(title: str, summary: dict[str, Any]) -> None:
                 continue
             print(f"    {name:<42} {group['n']:>4} {group['median']:>7.3f} "
                   f"{group['q1']:>5.3f}-{group['q3']:<6.3f} {group['above_threshold']:>7.1%}")
-
-
-def validation_items(run: Path) -> list[data.LabelledImage]:
-    """The run's validation split, made again the way training made it (same data, fraction and seed)."""
-    recorded = json.loads((run / "config.json").read_text())
-    config = TrainConfig(**{f.name: recorded[f.name] for f in dataclasses.fields(TrainConfig) if f.name in recorded})
-    items, _, _ = prepare_data(config)
-    return data.split_keeping_dataset_split(items, config.val_fraction, config.seed)[1]
 
 
 def summarise(model, items: list[data.LabelledImage], split: str) -> dict[str, Any]:
@@ -64,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         print_summary(f"{args.run}: validation split, from the model card", recorded)
     else:
         print_summary(f"{args.run}: validation split, rebuilt from config.json",
-                      summarise(model, validation_items(args.run), "validation"))
+                      summarise(model, validation_items(TrainConfig.load(args.run)), "validation"))
     for folder in args.data:
         print_summary(str(folder), summarise(model, data.load_labelled(folder), str(folder)))
     print(f"\nThe worklist filter flags maps with share ≥ {OUTSIDE_LUNGS_THRESHOLD}.")

@@ -29,15 +29,7 @@ from model_training import data
 from model_training.calibration import fit_temperature, softmax
 from model_training.evaluation import predict_checkpoint
 from model_training.metrics import expected_calibration_error
-from model_training.train import TrainConfig, prepare_data
-
-
-def validation_split(config_path: Path) -> list[data.LabelledImage]:
-    """The validation images of the run whose ``config.json`` this is, recomputed as training did."""
-    recorded = json.loads(config_path.read_text())
-    config = TrainConfig(**{k: v for k, v in recorded.items() if k in TrainConfig.__dataclass_fields__})
-    items, _, _ = prepare_data(config)
-    return data.split_keeping_dataset_split(items, config.val_fraction, config.seed)[1]
+from model_training.train import TrainConfig, validation_items
 
 
 def ece_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -46,7 +38,7 @@ def ece_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
 
 def fold_figures(fold: Path, recipe: str) -> dict:
     run = fold / f"v2-{recipe}"
-    validation = validation_split(run / "config.json")
+    validation = validation_items(TrainConfig.load(run))
     reviewed = [item for item in validation if item.review_id is not None]
     on_validation, _ = predict_checkpoint(run / "model.pt", validation, device="cpu")
     on_reviewed, _ = predict_checkpoint(run / "model.pt", reviewed, device="cpu")

@@ -111,6 +111,16 @@ class TrainConfig:
     def save(self, folder: Path) -> None:
         (folder / CONFIG_NAME).write_text(json.dumps(self.recorded(), indent=2) + "\n")
 
+    @classmethod
+    def load(cls, folder: Path) -> TrainConfig:
+        """The configuration a run saved in its output folder."""
+        return cls.from_recorded(json.loads((folder / CONFIG_NAME).read_text()))
+
+    @classmethod
+    def from_recorded(cls, recorded: dict[str, Any]) -> TrainConfig:
+        """The configuration a run recorded (its config.json, or its checkpoint's ``training["config"]``)."""
+        return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if f.name in recorded})
+
 
 @dataclass(frozen=True)
 class Recipe:
@@ -390,6 +400,13 @@ def prepare_data(config: TrainConfig) -> tuple[list[data.LabelledImage], list[da
     for path, reason in rejected:
         log.warning("left out of training (%s): %s", reason, Path(path).name)
     return items, eval_items, {"rejected": len(rejected)}
+
+
+def validation_items(config: TrainConfig) -> list[data.LabelledImage]:
+    """The validation split of a run with this configuration, made again as :func:`train` makes it (same data,
+    reviews, fraction and seed)."""
+    items, _, _ = prepare_data(config)
+    return data.split_keeping_dataset_split(items, config.val_fraction, config.seed)[1]
 
 
 def active_checkpoint(config: TrainConfig) -> str | None:

@@ -88,9 +88,7 @@ def test_include_reviews_starts_from_the_active_version_and_records_the_recipe(t
     assert "### 95 % confidence intervals" in (tmp_path / "v2" / "model_card.md").read_text()
     assert result.metrics["validation"]["intervals"]["accuracy"]["resamples"] == 1000
     config = tiny_config(small_set, tmp_path / "v2", sqlite_url, include_reviews=True)
-    items, _, _ = train.prepare_data(config)
-    _, validation = data.split_keeping_dataset_split(items, config.val_fraction, config.seed)
-    reviewed_in_validation = sum(item.review_id is not None for item in validation)
+    reviewed_in_validation = sum(item.review_id is not None for item in train.validation_items(config))
     if reviewed_in_validation:
         assert result.metrics["validation_reviewed_cases"]["n"] == reviewed_in_validation
     else:
