@@ -61,7 +61,7 @@ from scoring.model import (
     resolve_device,
     save_checkpoint,
 )
-from scoring.pipeline import exits_with_this_process
+from scoring.workers import exits_with_this_process
 
 log = logging.getLogger("cxr.train")
 

@@ -12,12 +12,10 @@ hashed and looked up by content. Only content this model version has not handled
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import functools
 import logging
 import os
 import queue
-import signal
 import sys
 import threading
 import time
@@ -39,6 +37,7 @@ from db.hashing import file_sha256
 from db.results import FileStat, KnownFile
 from scoring import imaging
 from scoring.model import Checkpoint, autocast, autocast_dtype, calibrated_probabilities, normalised_entropy
+from scoring.workers import exit_with_parent
 
 log = logging.getLogger("cxr.score")
 
@@ -285,29 +284,6 @@ def _start_worker_reader(threads: int, scorer_pid: int, _worker_id: int) -> None
     exit_with_parent(scorer_pid)
     os.environ.setdefault("OPJ_NUM_THREADS", str(threads))
     imaging.start_reader_process()
-
-
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def exit_with_parent(parent_pid: int) -> None:
-    """A decode worker must not outlive a scorer killed with SIGKILL (by cron's timeout or the OOM killer).
-    PyTorch's worker watchdog reads the parent's pid only after the worker_init_fn, so a scorer killed while its
-    workers start leaves them waiting for work forever (seen: two orphans of 565 MB each after the kill -9
-    test). On Linux the kernel kills this process when its parent dies; a worker already orphaned leaves now."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-    if os.getppid() != parent_pid:  # after prctl: a parent that dies from here on is covered by it
-        os._exit(0)
-
-
-def exits_with_this_process() -> Callable[[int], None]:
-    """A DataLoader ``worker_init_fn`` that ties each worker's life to the process creating the loader."""
-    return functools.partial(_worker_exits_with_parent, os.getpid())
-
-
-def _worker_exits_with_parent(parent_pid: int, _worker_id: int) -> None:
-    exit_with_parent(parent_pid)
 
 
 # --- the model ------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""A decode worker never outlives its scorer: scoring.pipeline.exit_with_parent, run at each worker's start."""
+"""A DataLoader worker never outlives the scorer or training run that started it: scoring.workers."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from scoring.pipeline import exit_with_parent
+from scoring.workers import exit_with_parent
 from tests.conftest import process_alive
 
 FORK = multiprocessing.get_context("fork")
