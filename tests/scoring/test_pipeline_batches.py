@@ -208,10 +208,18 @@ def test_threads_the_user_chose_are_never_changed(two_threads, tiny_checkpoint):
         assert torch.get_num_threads() == 2
 
 
-def test_a_small_model_is_timed_alone_on_one_thread(two_threads, tiny_checkpoint):
+def test_a_small_model_is_timed_alone_on_one_thread(two_threads, tiny_checkpoint, monkeypatch):
+    # what counts as small is the monkeypatched bound, not this machine's speed: a loaded machine must not fail it
+    monkeypatch.setattr(ModelThreads, "SMALL_BATCH_S", 60.0)
+    scorer = pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu"))
+    threads_while_timed = []
+    run_model = scorer.probabilities
+    monkeypatch.setattr(scorer, "probabilities",
+                        lambda batch: threads_while_timed.append(torch.get_num_threads()) or run_model(batch))
     with ModelThreads(enabled=True, workers=2) as threads:
-        threads.measure(pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu")))
-        assert 0 < threads.model_seconds_per_image * ModelThreads.BATCH < ModelThreads.SMALL_BATCH_S
+        threads.measure(scorer)
+        assert threads_while_timed == [1, 1]  # one image, then a batch, both on one thread
+        assert 0 < threads.model_seconds_per_image < 60.0 / ModelThreads.BATCH
         assert torch.get_num_threads() == 2 and threads.enabled
 
 
