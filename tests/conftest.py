@@ -7,6 +7,7 @@ checkout). Under CI (``CI=true``) a missing folder fails the tests that need it;
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def process_alive(pid: int | str) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return state != "Z"
+
+
+def wait_for_exit(pid: int, seconds: float, what: str) -> None:
+    """Fail unless the process has exited within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while process_alive(pid):
+        assert time.monotonic() < deadline, f"{what} (pid {pid}) is still running after {seconds:g} s"
+        time.sleep(0.05)
 
 
 def live_processes_naming(text: str) -> list[int]:

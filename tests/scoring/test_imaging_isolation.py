@@ -13,7 +13,7 @@ import pytest
 
 from scoring import imaging
 from scoring.imaging import XRayReadError, read_xray
-from tests.conftest import process_alive
+from tests.conftest import wait_for_exit
 from tests.scoring.imaging_checks import check_image
 
 # --------------------------------------------------------------------------------------------
@@ -146,10 +146,7 @@ def test_child_whose_caller_is_killed_mid_read_exits_without_a_traceback(source_
     time.sleep(0.3)  # the request is on its way; the child is waiting out the delay
     caller.kill()
     caller.wait(10)
-    deadline = time.monotonic() + 20
-    while process_alive(child):
-        assert time.monotonic() < deadline, "the child outlived its killed caller"
-        time.sleep(0.05)
+    wait_for_exit(child, 20, "the decoder child of a killed caller")
     assert "Traceback" not in caller.stderr.read()  # the child shared the caller's stderr
 
 

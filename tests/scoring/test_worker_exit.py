@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from scoring.workers import exit_with_parent
-from tests.conftest import process_alive
+from tests.conftest import process_alive, wait_for_exit
 
 FORK = multiprocessing.get_context("fork")
 
@@ -54,7 +54,4 @@ def test_a_worker_dies_with_a_scorer_killed_by_sigkill(tmp_path):
     assert process_alive(worker)
     os.kill(scorer.pid, signal.SIGKILL)
     scorer.join(30)
-    deadline = time.monotonic() + 10
-    while process_alive(worker):
-        assert time.monotonic() < deadline, f"worker {worker} outlived its killed scorer"
-        time.sleep(0.05)
+    wait_for_exit(worker, 10, "the worker of a killed scorer")
