@@ -490,8 +490,7 @@ def curve(settings: Settings, folds: list[Fold], scored: dict[int, Path], truth:
             if size >= smallest:
                 continue
             per_fold, brief = retrain_folds(settings, folds, scored, truth, v1, "default", size, order)
-            points.append({"order": order, "reviews": size, "flagged": sum(f["reviews"]["flagged"] for f in per_fold),
-                           "labels": dict(sum((Counter(f["reviews"]["labels"]) for f in per_fold), Counter())),
+            points.append({"order": order, "reviews": size, **review_totals(per_fold),
                            "difference": brief["difference"],
                            "v2": {k: brief["v2"][k] for k in ("balanced_accuracy", PAIR)}})
             log.info("curve %s %d per fold: covid/pneumonia AUROC v2-v1 %s", order, size,
@@ -499,12 +498,15 @@ def curve(settings: Settings, folds: list[Fold], scored: dict[int, Path], truth:
             _save_partial(settings, results)
     default = run_result["recipes"].get("default")
     if default:
-        folds_run = default["folds"]
-        points.append({"order": "all", "reviews": [f["reviews"]["reviews"] for f in folds_run],
-                       "flagged": sum(f["reviews"]["flagged"] for f in folds_run),
-                       "labels": dict(sum((Counter(f["reviews"]["labels"]) for f in folds_run), Counter())),
-                       "difference": default["pooled"]["difference"],
+        points.append({"order": "all", "reviews": [f["reviews"]["reviews"] for f in default["folds"]],
+                       **review_totals(default["folds"]), "difference": default["pooled"]["difference"],
                        "v2": {k: default["pooled"]["v2"][k] for k in ("balanced_accuracy", PAIR)}})
+
+
+def review_totals(per_fold: list[dict]) -> dict:
+    """Flagged reviews and reviewed labels, summed over the folds."""
+    return {"flagged": sum(f["reviews"]["flagged"] for f in per_fold),
+            "labels": dict(sum((Counter(f["reviews"]["labels"]) for f in per_fold), Counter()))}
 
 
 def _save_partial(settings: Settings, results: dict) -> None:
