@@ -153,12 +153,7 @@ def quick_subset(items: list[data.LabelledImage], per_class: dict[str, int]) -> 
 def patient_folds(items: list[data.LabelledImage], folds: int, seed: int) -> list[list[data.LabelledImage]]:
     """``folds`` parts by patient (no patient in two), stratified by each patient's main label: the patients of
     each label, shuffled, are dealt to the part that holds the fewest images of that label so far."""
-    groups: dict[str, list[data.LabelledImage]] = {}
-    for item in items:
-        groups.setdefault(item.group, []).append(item)
-    by_label: dict[str, list[str]] = {}
-    for name, members in sorted(groups.items()):
-        by_label.setdefault(Counter(m.label for m in members).most_common(1)[0][0], []).append(name)
+    groups, by_label = data.patients_by_main_label(items)
     rng = random.Random(seed)
     parts: list[list[data.LabelledImage]] = [[] for _ in range(folds)]
     for label in sorted(by_label):

@@ -154,16 +154,24 @@ def without(items: list[LabelledImage], excluded: Iterable[LabelledImage]) -> li
 
 # --- splitting ------------------------------------------------------------------------------------------
 
-def patient_split(items: list[LabelledImage], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Train/validation split by patient (no patient in both), stratified by each patient's main label."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+def patients_by_main_label(items: list[LabelledImage]) -> tuple[dict[str, list[LabelledImage]],
+                                                                dict[str, list[str]]]:
+    """Each patient's images (in ``items`` order), and the patients of each main label (the label most of a
+    patient's images carry), in sorted order: what splits by patient stratify on."""
     groups: dict[str, list[LabelledImage]] = defaultdict(list)
     for item in items:
         groups[item.group].append(item)
     by_label: dict[str, list[str]] = defaultdict(list)
     for name, members in sorted(groups.items()):
         by_label[Counter(m.label for m in members).most_common(1)[0][0]].append(name)
+    return groups, by_label
+
+
+def patient_split(items: list[LabelledImage], val_fraction: float, seed: int) -> tuple[list, list]:
+    """Train/validation split by patient (no patient in both), stratified by each patient's main label."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
+    groups, by_label = patients_by_main_label(items)
     rng = random.Random(seed)
     val_groups: set[str] = set()
     for label in sorted(by_label):
