@@ -237,6 +237,8 @@ class Reviewer(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     is_active: Mapped[bool] = mapped_column(default=True, server_default=true())
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0",
+                                               doc="raised to end every signed-in session of the account")
 
     reviews: Mapped[list[Review]] = relationship(back_populates="reviewer")
 
@@ -260,6 +262,8 @@ class Review(Base):
                                       doc="standard, or read_first: the model's output hidden until labelled")
     overlay_shown: Mapped[bool] = mapped_column(default=False, server_default=false())
     seconds_spent: Mapped[float | None] = mapped_column(Float, doc="time on the case before saving")
+    second_reading: Mapped[bool] = mapped_column(default=False, server_default=false(),
+                                                 doc="read deliberately while another reviewer held the case")
 
     image: Mapped[Image] = relationship(back_populates="reviews")
     reviewer: Mapped[Reviewer] = relationship(back_populates="reviews")
@@ -317,13 +321,15 @@ class Event(Base):
     """
 
     __tablename__ = "events"
-    __table_args__ = (Index("ix_events_username_kind_created", "username", "kind", "created_at"),)
+    __table_args__ = (Index("ix_events_username_kind_created", "username", "kind", "created_at"),
+                      Index("ix_events_client_kind_created", "client", "kind", "created_at"))
 
     id: Mapped[int] = mapped_column(primary_key=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     reviewer_id: Mapped[int | None] = mapped_column(ForeignKey("reviewers.id"), doc="who acted, if known")
     username: Mapped[str | None] = mapped_column(String(64))
+    client: Mapped[str | None] = mapped_column(String(64), doc="the network address the request came from")
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
