@@ -1,6 +1,8 @@
 """Every write the dashboard makes, in one place: each is one transaction, re-checks the signed-in account (and
 its role where it matters) in the database, records an audit event where one is due, and clears the caches it
-affects. A page that calls an admin action for a reviewer gets ``PermissionError``, whatever its UI showed.
+affects. A page that calls an admin action for a reviewer gets ``PermissionError``, whatever its UI showed; an
+account that was deactivated, or whose sessions were ended (sign-out elsewhere, a new password), gets
+``SignedOut`` and writes nothing.
 """
 
 from __future__ import annotations
@@ -18,9 +20,13 @@ from db.reviews import add_review, flagged_cases
 log = logging.getLogger("cxr.dashboard")
 
 
-def sign_in(username: str, password: str) -> signin.SignInResult:
+class SignedOut(PermissionError):
+    """The account is deactivated or this browser session was ended: the page signs it out."""
+
+
+def sign_in(username: str, password: str, client: str | None) -> signin.SignInResult:
     with write_session(data.engine()) as session:
-        return signin.sign_in(session, username, password)
+        return signin.sign_in(session, username, password, client=client)
 
 
 def sign_in_with_identity(email: str | None, issuer: str, email_verified: bool | None) -> signin.SignInResult:
@@ -28,49 +34,58 @@ def sign_in_with_identity(email: str | None, issuer: str, email_verified: bool |
         return signin.sign_in_with_identity(session, email, issuer=issuer, email_verified=email_verified)
 
 
-def sign_out(account_id: int, username: str) -> None:
+def sign_out(me: signin.Account) -> None:
+    """Ends every session of the account (other tabs and browsers at their next interaction) and gives back the
+    cases it held."""
     with write_session(data.engine()) as session:
-        events.record(session, events.SIGN_OUT, username=username, reviewer_id=account_id)
+        signin.end_sessions(session, me.id)
+        claims.release_all(session, me.id)
+        events.record(session, events.SIGN_OUT, username=me.username, reviewer_id=me.id)
 
 
-def claim(account_id: int, image_id: int, *, second_reading: bool = False) -> claims.ClaimResult:
+def claim(me: signin.Account, image_id: int, *, second_reading: bool = False) -> claims.ClaimResult:
     with write_session(data.engine()) as session:
-        _account(session, account_id)
-        return claims.claim(session, image_id, account_id, second_reading=second_reading)
+        _account(session, me)
+        return claims.claim(session, image_id, me.id, second_reading=second_reading)
 
 
-def save_review(account_id: int, *, image_id: int, prediction_id: int | None, label: str, flagged: bool,
-                comment: str, mode: str, overlay_shown: bool, seconds_spent: float) -> int:
+def release_claim(me: signin.Account, image_id: int) -> None:
+    """A case left without saving (N, P, the worklist) is free for others at once."""
     with write_session(data.engine()) as session:
-        _account(session, account_id)
-        review = add_review(session, image_id=image_id, reviewer_id=account_id, label=label,
+        claims.release(session, image_id, me.id)
+
+
+def save_review(me: signin.Account, *, image_id: int, prediction_id: int | None, label: str, flagged: bool,
+                comment: str, mode: str, overlay_shown: bool, seconds_spent: float,
+                second_reading: bool = False) -> int:
+    with write_session(data.engine()) as session:
+        _account(session, me)
+        review = add_review(session, image_id=image_id, reviewer_id=me.id, label=label,
                             prediction_id=prediction_id, flagged_for_retraining=flagged, comment=comment.strip(),
-                            mode=mode, overlay_shown=overlay_shown, seconds_spent=round(seconds_spent, 1))
-        claims.release(session, image_id, account_id)
+                            mode=mode, overlay_shown=overlay_shown, seconds_spent=round(seconds_spent, 1),
+                            second_reading=second_reading)
+        claims.release(session, image_id, me.id)
         review_id = review.id
     data.clear_after_review(image_id)
     return review_id
 
 
-def flagged_export(account_id: int, *, include_paths: bool) -> str:
-    """The CSV ``cxr-export-flagged`` writes (the same function); paths only for admins."""
+def export_flagged(me: signin.Account, *, include_paths: bool) -> str:
+    """The CSV ``cxr-export-flagged`` writes (the same function), built when asked for and recorded in the audit
+    trail in the same transaction; paths only for admins."""
     with write_session(data.engine()) as session:
-        account = _account(session, account_id)
+        account = _account(session, me)
         if include_paths and not account.is_admin:
             raise PermissionError("only admins export file-system paths")
-        return flagged_csv(flagged_cases(session), include_paths=include_paths)
-
-
-def record_export(account_id: int, include_paths: bool, rows: int) -> None:
-    with write_session(data.engine()) as session:
-        account = _account(session, account_id)
+        cases = flagged_cases(session)
         events.record(session, events.EXPORT_FLAGGED, username=account.username, reviewer_id=account.id,
-                      details={"rows": rows, "include_paths": include_paths, "from": "dashboard"})
+                      details={"rows": len(cases), "include_paths": include_paths, "from": "dashboard"})
+        return flagged_csv(cases, include_paths=include_paths)
 
 
-def promote(account_id: int, version_id: int) -> str:
+def promote(me: signin.Account, version_id: int) -> str:
     with write_session(data.engine()) as session:
-        account = _admin(session, account_id)
+        account = _admin(session, me)
         version, previous = model_versions.promote(session, str(version_id))
         events.record(session, events.PROMOTE, username=account.username, reviewer_id=account.id,
                       details={"version": version.id, "previous": previous.id if previous else None})
@@ -80,18 +95,18 @@ def promote(account_id: int, version_id: int) -> str:
     return shown
 
 
-def create_account(account_id: int, username: str, password: str, role: str, display_name: str | None) -> None:
+def create_account(me: signin.Account, username: str, password: str, role: str, display_name: str | None) -> None:
     with write_session(data.engine()) as session:
-        admin = _admin(session, account_id)
+        admin = _admin(session, me)
         created = reviewers.add_reviewer(session, username, password, role=role, display_name=display_name or None)
         events.record(session, events.ACCOUNT_CREATED, username=admin.username, reviewer_id=admin.id,
                       details={"account": created.username, "role": role})
     data.clear_after_account_change()
 
 
-def set_active(account_id: int, username: str, active: bool) -> None:
+def set_active(me: signin.Account, username: str, active: bool) -> None:
     with write_session(data.engine()) as session:
-        admin = _admin(session, account_id)
+        admin = _admin(session, me)
         if username == admin.username and not active:
             raise reviewers.ReviewerError("you cannot deactivate your own account")
         reviewers.set_active(session, username, active)
@@ -100,24 +115,32 @@ def set_active(account_id: int, username: str, active: bool) -> None:
     data.clear_after_account_change()
 
 
-def reset_password(account_id: int, username: str, password: str) -> None:
+def reset_password(me: signin.Account, username: str, password: str) -> None:
     with write_session(data.engine()) as session:
-        admin = _admin(session, account_id)
+        admin = _admin(session, me)
         reviewers.set_password(session, username, password)
         events.record(session, events.PASSWORD_RESET, username=admin.username, reviewer_id=admin.id,
                       details={"account": username})
     data.clear_after_account_change()
 
 
-def _account(session: Session, account_id: int) -> signin.Account:
-    account = signin.current_account(session, account_id)
+def unlock(me: signin.Account, username: str) -> None:
+    """Lifts the sign-in delays of an account (its failed attempts so far no longer count)."""
+    with write_session(data.engine()) as session:
+        admin = _admin(session, me)
+        signin.unlock(session, username, by=admin.username)
+    data.clear_after_account_change()
+
+
+def _account(session: Session, me: signin.Account) -> signin.Account:
+    account = signin.current_account(session, me.id, me.session_epoch)
     if account is None:
-        raise PermissionError("this account is signed out or deactivated")
+        raise SignedOut("this account was deactivated or signed out")
     return account
 
 
-def _admin(session: Session, account_id: int) -> signin.Account:
-    account = _account(session, account_id)
+def _admin(session: Session, me: signin.Account) -> signin.Account:
+    account = _account(session, me)
     if not account.is_admin:
         raise PermissionError("only admins may do this")
     return account

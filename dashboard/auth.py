@@ -1,5 +1,7 @@
 """Who is signed in to this browser session. The account is read from the database at every rerun, so a
-deactivated account is signed out at its next interaction, not only at its next sign-in.
+deactivated account is signed out at its next interaction, not only at its next sign-in. A session remembers the
+account's session epoch from its sign-in: signing out (in any window), a deactivation or a new password raises
+the epoch, which ends every other session of that account at its next interaction too.
 
 Besides the password form, single sign-on through Streamlit's ``st.login`` (OpenID Connect) is offered when an
 ``[auth]`` section is configured in ``.streamlit/secrets.toml``: the provider's verified e-mail address opens the
@@ -14,6 +16,7 @@ from db import signin
 from db.engine import read_session
 
 ACCOUNT_KEY = "account_id"
+EPOCH_KEY = "session_epoch"
 NOTICE_KEY = "signin_notice"
 IDENTITY_TRIED_KEY = "identity_tried"
 
@@ -33,16 +36,37 @@ def identity() -> tuple[str | None, str, bool | None] | None:
     return st.user.get("email"), str(st.user.get("iss") or "oidc"), None if verified is None else bool(verified)
 
 
+def client_address() -> str | None:
+    """The browser's network address, for throttling failed sign-ins per client. A connection from this machine is
+    the reverse proxy's (the app listens on loopback only), which overwrites ``X-Real-IP`` with the address it
+    saw; a header from anywhere else is not trusted."""
+    direct = st.context.ip_address  # None for a connection from this machine
+    if isinstance(direct, str):
+        return direct
+    forwarded = st.context.headers.get("X-Real-IP")
+    return forwarded.strip()[:64] or "localhost" if isinstance(forwarded, str) else "localhost"
+
+
 def current_account() -> signin.Account | None:
     account_id = st.session_state.get(ACCOUNT_KEY)
     if account_id is None:
         return _account_from_identity()
     with read_session(data.engine()) as session:
-        account = signin.current_account(session, account_id)
+        account = signin.current_account(session, account_id, st.session_state.get(EPOCH_KEY))
     if account is None:
-        _forget()
-        st.session_state[NOTICE_KEY] = "This account is no longer active. Ask an admin."
+        forget_session()
     return account
+
+
+def forget_session() -> None:
+    """This browser is signed out because the account was deactivated or its sessions were ended elsewhere."""
+    account_id = st.session_state.get(ACCOUNT_KEY)
+    with read_session(data.engine()) as session:
+        still_active = account_id is not None and signin.current_account(session, account_id) is not None
+    _forget()
+    st.session_state[NOTICE_KEY] = (
+        "You were signed out: this account signed out in another window, or its password was changed."
+        if still_active else "Your account was deactivated. Ask an admin.")
 
 
 def _account_from_identity() -> signin.Account | None:
@@ -66,10 +90,12 @@ def _account_from_identity() -> signin.Account | None:
 
 def remember(account: signin.Account) -> None:
     st.session_state[ACCOUNT_KEY] = account.id
+    st.session_state[EPOCH_KEY] = account.session_epoch
 
 
 def sign_out(account: signin.Account) -> None:
-    actions.sign_out(account.id, account.username)
+    """Signs out every session of the account, this one at once."""
+    actions.sign_out(account)
     through_provider = identity() is not None
     _forget()
     st.query_params.clear()

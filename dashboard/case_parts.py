@@ -7,8 +7,9 @@ import time
 
 import streamlit as st
 
-from dashboard import actions, data, viewer
-from dashboard.layout import plain
+from dashboard import actions, data, reading, viewer
+from dashboard.case_session import CaseDraft
+from dashboard.layout import guarded, plain
 from db.cases import CaseDetail
 from db.signin import Account
 from db.worklist import WorklistFilter
@@ -18,10 +19,20 @@ from scoring.imaging.viewing import Window
 CUSTOM = "custom (sliders)"
 
 
-# --- claims --------------------------------------------------------------------------------------------
+# --- the header and claims -----------------------------------------------------------------------------
 
-def claim_banner(me: Account, image_id: int, state: dict) -> None:
-    claim = state["claim"]
+def case_caption(container, detail: CaseDetail, me: Account, notice: str | None) -> None:
+    """Under the case number: the last action's notice, the study's attributes, and the file name for admins only
+    (file names can carry patient names and record numbers; reviewers see the case number)."""
+    image = detail.image
+    parts = [notice, image.modality, image.view_position,
+             f"study {image.study_date.isoformat()}" if image.study_date else None,
+             image.file_name if me.is_admin else None]
+    container.caption(plain(" · ".join(part for part in parts if part)) or "\u00a0")
+
+
+def claim_banner(me: Account, image_id: int, draft: CaseDraft) -> None:
+    claim = draft.claim
     if claim.claimed:
         if claim.holder is not None:
             st.info(f"Second reading: {plain(claim.holder.username)} is reading this case too.")
@@ -29,9 +40,8 @@ def claim_banner(me: Account, image_id: int, state: dict) -> None:
     until = claim.holder.expires_at.strftime("%H:%M UTC")
     st.warning(f"{plain(claim.holder.username)} opened this case and holds it until {until}, so that it is not "
                "read twice by accident.", icon=":material/lock:")
-    if st.button("Read it anyway (second reading)", key="second_reading_button"):
-        state["claim"] = actions.claim(me.id, image_id, second_reading=True)
-        st.rerun()
+    st.button("Read it anyway (second reading)", key="second_reading_button",
+              on_click=guarded(reading.read_anyway), args=(me, draft))
 
 
 # --- the image -----------------------------------------------------------------------------------------
@@ -187,6 +197,8 @@ def history(detail: CaseDetail) -> None:
     for r in reversed(detail.reviews):
         flag = " · flagged for retraining" if r.flagged else ""
         how = f"{r.mode.replace('_', ' ')}, overlay {'shown' if r.overlay_shown else 'not shown'}"
+        if r.second_reading:
+            how += ", second reading"
         if r.seconds_spent is not None:
             how += f", {r.seconds_spent:.0f} s"
         st.markdown(f"**{plain(r.label)}** by {plain(r.reviewer)} · {r.created_at:%Y-%m-%d %H:%M} UTC{flag} ({how})")
@@ -202,48 +214,70 @@ def metadata(detail: CaseDetail) -> None:
 
 # --- the review form -----------------------------------------------------------------------------------
 
-def _choose(label: str, predicted: str | None) -> None:
-    st.session_state["review_label"] = label
-    st.session_state["review_flag"] = predicted is not None and label != predicted
+def comment_key(image_id: int) -> str:
+    return f"review_comment_{image_id}"
 
 
-def review_form(me: Account, detail: CaseDetail, state: dict, *, read_first: bool, after_save) -> None:
-    """The form. Saving runs as the button's callback, before the next rerun, which then shows the next case
-    (``after_save``) at once."""
+def flag_key(image_id: int) -> str:
+    return f"review_flag_{image_id}"
+
+
+def _choose(draft: CaseDraft, label: str, predicted: str | None) -> None:
+    draft.choose(label, predicted)
+    st.session_state[flag_key(draft.image_id)] = draft.flagged
+
+
+def _keep_flag(draft: CaseDraft) -> None:
+    draft.flagged = bool(st.session_state.get(flag_key(draft.image_id)))
+
+
+def _keep_comment(draft: CaseDraft) -> None:
+    draft.comment = st.session_state.get(comment_key(draft.image_id)) or ""
+
+
+def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first: bool, after_save) -> None:
+    """The form. Its widgets are keyed by the case, so that the browser never carries a value from one case to the
+    next; a case opened again shows its own unsaved draft. Saving runs as the button's callback, before the next
+    rerun, which then shows the next case (``after_save``) at once."""
     st.subheader("Your reading")
-    if not state["claim"].claimed:
+    if not draft.claim.claimed:
         st.caption("Held by another reviewer: choose a second reading above to record yours.")
         return
     predicted = detail.prediction.predicted_class if detail.prediction else None
     labels = detail.labels
-    chosen = st.session_state.get("review_label")
     for start in range(0, len(labels), 3):
         cols = st.columns(3)
         for offset, (col, label) in enumerate(zip(cols, labels[start:start + 3], strict=False)):
             n = start + offset + 1
             col.button(label, key=f"label_key_{n}", shortcut=str(n) if n <= 9 else None,
-                       on_click=_choose, args=(label, predicted), width="stretch",
-                       type="primary" if chosen == label else "secondary")
-    st.caption(f"Label: **{plain(chosen)}**" if chosen else "Choose a label (number keys).")
-    st.checkbox("Flag for retraining", key="review_flag",
+                       on_click=_choose, args=(draft, label, predicted), width="stretch",
+                       type="primary" if draft.label == label else "secondary")
+    st.caption(f"Label: **{plain(draft.label)}**" if draft.label else "Choose a label (number keys).")
+    # a key absent from the session state (a new case, or one whose widgets were not on the last page) starts
+    # from the case's own draft
+    st.session_state.setdefault(flag_key(draft.image_id), draft.flagged)
+    st.session_state.setdefault(comment_key(draft.image_id), draft.comment)
+    st.checkbox("Flag for retraining", key=flag_key(draft.image_id), on_change=_keep_flag, args=(draft,),
                 help="Ticked for you when your label differs from the model's prediction.")
-    st.text_area("Comment", key="review_comment", height=80, max_chars=2000,
-                 help="Taken when you leave the box (Tab or a click) or press Ctrl+Enter. Inside the box the "
-                      "keys type text; Tab out of it, then S saves.")
-    st.button("Save and next", key="save_review", type="primary", shortcut="S", disabled=not chosen,
-              icon=":material/save:", on_click=_save, args=(me, detail, state, read_first, after_save))
+    st.text_area("Comment", key=comment_key(draft.image_id), height=80, max_chars=2000, on_change=_keep_comment,
+                 args=(draft,), help="Taken when you leave the box (Tab, Escape or a click) or press Ctrl+Enter. "
+                                     "Inside the box the keys type text; leave it, then S saves.")
+    st.button("Save and next", key="save_review", type="primary", shortcut="S", disabled=not draft.label,
+              icon=":material/save:", on_click=guarded(_save), args=(me, detail, draft, read_first, after_save))
 
 
-def _save(me: Account, detail: CaseDetail, state: dict, read_first: bool, after_save) -> None:
-    label = st.session_state.get("review_label")
-    if not label:
+def _save(me: Account, detail: CaseDetail, draft: CaseDraft, read_first: bool, after_save) -> None:
+    if not draft.label:
         return
+    _keep_flag(draft)
+    _keep_comment(draft)
     actions.save_review(
-        me.id, image_id=detail.image.id, prediction_id=detail.prediction.id if detail.prediction else None,
-        label=label, flagged=bool(st.session_state.get("review_flag")),
-        comment=st.session_state.get("review_comment") or "", mode="read_first" if read_first else "standard",
-        overlay_shown=bool(state.get("overlay_seen")), seconds_spent=time.monotonic() - state["opened"])
-    st.session_state["case_notice"] = f"Saved: {label}."
+        me, image_id=detail.image.id, prediction_id=detail.prediction.id if detail.prediction else None,
+        label=draft.label, flagged=draft.flagged, comment=draft.comment,
+        mode="read_first" if read_first else "standard", overlay_shown=draft.overlay_seen,
+        seconds_spent=draft.seconds_spent(time.monotonic()), second_reading=draft.second_reading)
+    reading.saved(detail.image.id)
+    st.session_state["case_notice"] = f"Saved case {detail.image.id}: {draft.label}."
     after_save()
 
 
@@ -253,7 +287,7 @@ def shortcuts_help(detail: CaseDetail) -> None:
                         f"{numbers}  \n"
                         "S save and next · N next · P previous (without saving)  \n"
                         "O overlay · I invert · Z reset zoom  \n"
-                        "In the comment box keys type text: Tab out, then S.")
+                        "In the comment box keys type text: Tab or Escape out, then S.")
 
 
 def prefetch(flt: WorklistFilter, image_id: int, reviewer_id: int) -> int | None:

@@ -3,11 +3,12 @@ account of this rerun, and the URL query as lists."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import streamlit as st
 
-from dashboard import auth, data
+from dashboard import actions, auth, data, keyboard, urlstate
 from db.signin import Account
 from db.worklist import DEFAULT_MAX_WAIT_DAYS
 
@@ -41,6 +42,27 @@ def sidebar(account: Account) -> None:
         active = data.version(data.default_version_id())
         if active and active["is_synthetic"]:
             st.warning(SYNTHETIC_NOTICE, icon=":material/science:")
+        keyboard.keep_shortcuts_working()
+
+
+def guarded(callback):
+    """A callback that writes: when the account was deactivated or its sessions were ended meanwhile, this browser
+    is signed out with a plain notice instead of a traceback, and nothing is written."""
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except actions.SignedOut:
+            auth.forget_session()
+    return run
+
+
+def url_problems(query: dict[str, list[str]]) -> None:
+    """A plain message for a link whose values were not valid (they were ignored)."""
+    invalid = urlstate.invalid_keys(query)
+    if invalid:
+        st.warning(f"This link has values that are not valid ({', '.join(invalid)}); they were ignored.",
+                   icon=":material/link_off:")
 
 
 def account() -> Account:

@@ -38,13 +38,17 @@ def render() -> None:
 
 
 def _attempt(username: str, password: str) -> None:
-    result = actions.sign_in(username, password)
+    result = actions.sign_in(username, password, auth.client_address())
     if result.account is not None:
         auth.remember(result.account)
         data.has_accounts.clear()
         st.rerun()
     elif result.outcome == "rate_limited":
-        minutes = max(1, round(result.retry_after.total_seconds() / 60)) if result.retry_after else 15
-        st.error(f"Too many failed attempts for this account. Try again in about {minutes} minutes.")
+        st.error(f"Too many failed attempts. Try again in {_wait(result.retry_after)}.")
     else:
         st.error("Unknown user name or wrong password.")
+
+
+def _wait(delay) -> str:
+    seconds = max(1, round(delay.total_seconds())) if delay else 60
+    return f"{seconds} seconds" if seconds < 90 else f"about {round(seconds / 60)} minutes"

@@ -6,7 +6,7 @@ page (a bookmarked case included). Signed in, the pages are chosen by role at ev
 
 import streamlit as st
 
-from dashboard import auth, data, layout, signin
+from dashboard import auth, data, layout, reading, signin
 
 st.set_page_config(page_title="CXR Review", page_icon=":material/radiology:", layout="wide")
 
@@ -27,6 +27,8 @@ else:
     # never runs for a reviewer)
     admins_only = st.Page(layout.admins_only, title="Accounts", url_path="accounts", visibility="hidden")
     navigation = st.navigation([page if page is not ACCOUNTS or account.is_admin else admins_only for page in ALL])
+    if navigation.url_path != CASE.url_path:
+        reading.leave_case(account)  # its clock stops and it is free for others
     layout.sidebar(account)
 st.session_state["pages"] = {"worklist": WORKLIST, "case": CASE, "flagged": FLAGGED}
 navigation.run()

@@ -1,5 +1,8 @@
 """The worklist's filter, order and page in the URL query, so that they survive opening a case, coming back,
-a reload and a shared link. Pure functions over the query's strings (invalid values fall back to defaults)."""
+a reload and a shared link. Pure functions over the query's strings: every value is checked against bounds (an
+id the database can hold, a date a reader could mean), an invalid one falls back to its default, and
+``invalid_keys`` names them so that the page can say so plainly. The folder filter (a path prefix) is for admins
+only: for reviewers it is ignored, so that it cannot tell them whether a folder exists."""
 
 from __future__ import annotations
 
@@ -15,27 +18,40 @@ KEYS = {"v": "model_version_id", "cls": "classes", "cmin": "confidence_min", "cm
         "view": "view", "folder": "folder", "outside": "outside_lungs", "sort": "sort"}
 PAGE = "page"
 IMAGE = "image"
+MAX_ID = 2**31 - 1  # ids are PostgreSQL integers
+MAX_PAGE = 1_000_000
+MAX_TEXT = 200  # longer modality, view or folder values are not real ones
+EARLIEST_DATE = dt.date(1900, 1, 1)
 
 
 def filter_from_query(query: Mapping[str, str | list[str]], default_version: int, max_wait_days: int,
-                      default_status: str = "unreviewed") -> WorklistFilter:
+                      default_status: str = "unreviewed", *, allow_folder: bool = False) -> WorklistFilter:
     def one(key: str) -> str | None:
-        value = query.get(key)
-        if isinstance(value, list):
-            value = value[-1] if value else None
-        return value or None
+        return _one(query, key)
 
     classes = query.get("cls") or ()
     classes = tuple(sorted({classes} if isinstance(classes, str) else set(classes)))
     status = one("status")
     return WorklistFilter(
-        model_version_id=_int(one("v"), default_version), classes=tuple(c for c in classes if c),
+        model_version_id=_id(one("v"), default_version), classes=tuple(c for c in classes if c and len(c) <= MAX_TEXT),
         confidence_min=_fraction(one("cmin"), 0.0), confidence_max=_fraction(one("cmax"), 1.0),
         status=status if status in STATUSES else default_status,
         date_field=one("datefield") if one("datefield") in DATE_FIELDS else "scored",
-        date_from=_date(one("from")), date_to=_date(one("to")), modality=one("mod"), view=one("view"),
-        folder=one("folder"), outside_lungs=one("outside") == "1",
+        date_from=_date(one("from")), date_to=_date(one("to")), modality=_text(one("mod")), view=_text(one("view")),
+        folder=_text(one("folder")) if allow_folder else None, outside_lungs=one("outside") == "1",
         sort=one("sort") if one("sort") in SORTS else "uncertainty", max_wait_days=max_wait_days)
+
+
+def invalid_keys(query: Mapping[str, str | list[str]]) -> list[str]:
+    """The query's keys whose values were not valid and were ignored (for a plain message)."""
+    checks = {"v": lambda v: _id(v, None) is not None, IMAGE: lambda v: _id(v, None) is not None,
+              PAGE: lambda v: _bounded_int(v, 1, MAX_PAGE) is not None,
+              "cmin": lambda v: _fraction(v, None) is not None, "cmax": lambda v: _fraction(v, None) is not None,
+              "status": lambda v: v in STATUSES, "datefield": lambda v: v in DATE_FIELDS,
+              "from": lambda v: _date(v) is not None, "to": lambda v: _date(v) is not None,
+              "sort": lambda v: v in SORTS, "mod": lambda v: _text(v) is not None,
+              "view": lambda v: _text(v) is not None, "folder": lambda v: _text(v) is not None}
+    return [key for key, valid in checks.items() if _one(query, key) is not None and not valid(_one(query, key))]
 
 
 def filter_to_query(flt: WorklistFilter, default_status: str = "unreviewed") -> dict[str, str | list[str]]:
@@ -62,6 +78,11 @@ def filter_to_query(flt: WorklistFilter, default_status: str = "unreviewed") -> 
     if flt.sort != "uncertainty":
         query["sort"] = flt.sort
     return query
+
+
+def cleared(flt: WorklistFilter, default_status: str = "unreviewed") -> WorklistFilter:
+    """What "Clear filters" leaves: the same model version, every filter and the order at their defaults."""
+    return WorklistFilter(flt.model_version_id, status=default_status, max_wait_days=flt.max_wait_days)
 
 
 def describe_filters(flt: WorklistFilter) -> list[str]:
@@ -95,33 +116,50 @@ def widget_values(flt: WorklistFilter, version_id: int, version_classes: list[st
 
 
 def page_from_query(query: Mapping[str, str | list[str]]) -> int:
-    value = query.get(PAGE)
-    return max(1, _int(value[-1] if isinstance(value, list) and value else value, 1))
+    return _bounded_int(_one(query, PAGE), 1, MAX_PAGE) or 1
 
 
 def image_from_query(query: Mapping[str, str | list[str]]) -> int | None:
-    value = query.get(IMAGE)
-    value = value[-1] if isinstance(value, list) and value else value
-    return _int(value, None)
+    return _id(_one(query, IMAGE), None)
 
 
-def _int(value, default):
-    try:
-        return int(value) if value is not None else default
-    except (TypeError, ValueError):
-        return default
+def _one(query: Mapping[str, str | list[str]], key: str) -> str | None:
+    value = query.get(key)
+    if isinstance(value, list):
+        value = value[-1] if value else None
+    return value or None
 
 
-def _fraction(value: str | None, default: float) -> float:
+def _bounded_int(value: str | None, low: int, high: int) -> int | None:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > len(str(high)):
+        return None  # also keeps int() away from 4300-digit strings
+    number = int(value)
+    return number if low <= number <= high else None
+
+
+def _id(value: str | None, default: int | None) -> int | None:
+    found = _bounded_int(value, 1, MAX_ID)
+    return default if found is None else found
+
+
+def _fraction(value: str | None, default: float | None) -> float | None:
     try:
         number = float(value) if value is not None else default
-    except ValueError:
+    except (ValueError, OverflowError):
         return default
-    return min(1.0, max(0.0, number)) if number == number else default
+    if number is None or number != number:  # NaN
+        return default
+    return min(1.0, max(0.0, number))
 
 
 def _date(value: str | None) -> dt.date | None:
+    """A date a reader could mean: from 1900 up to tomorrow (a date range's end may be today, in any time zone)."""
     try:
-        return dt.date.fromisoformat(value) if value else None
+        day = dt.date.fromisoformat(value) if value and len(value) <= 10 else None
     except ValueError:
         return None
+    return day if day is not None and EARLIEST_DATE <= day <= dt.date.today() + dt.timedelta(days=1) else None
+
+
+def _text(value: str | None) -> str | None:
+    return value if value is not None and len(value) <= MAX_TEXT and value.isprintable() else None

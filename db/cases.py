@@ -86,6 +86,7 @@ class CaseReview:
     mode: str
     overlay_shown: bool
     seconds_spent: float | None
+    second_reading: bool
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,8 @@ def case_reviews(session: Session, image_id: int) -> list[CaseReview]:
     rows = session.execute(select(Review, Reviewer.username).join(Reviewer, Reviewer.id == Review.reviewer_id)
                            .where(Review.image_id == image_id).order_by(Review.created_at, Review.id))
     return [CaseReview(r.id, username, r.created_at, r.label, r.flagged_for_retraining, r.comment,
-                       r.agrees_with_model, r.mode, r.overlay_shown, r.seconds_spent) for r, username in rows]
+                       r.agrees_with_model, r.mode, r.overlay_shown, r.seconds_spent, r.second_reading)
+            for r, username in rows]
 
 
 def image_path(session: Session, image_id: int) -> str | None:

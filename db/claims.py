@@ -1,6 +1,6 @@
 """Case claims: an opened case is held for a few minutes, so that two reviewers do not read it at once by
-accident. A second reading is a deliberate choice (``second_reading=True``). Saving a review releases the
-claim; an abandoned one simply expires. Functions take a Session and never commit.
+accident. A second reading is a deliberate choice (``second_reading=True``). Saving a review, leaving the case
+and signing out release the claim; an abandoned one (a closed browser) simply expires. Functions take a Session and never commit.
 """
 
 from __future__ import annotations
@@ -51,6 +51,12 @@ def claim(session: Session, image_id: int, reviewer_id: int, *, second_reading: 
 
 def release(session: Session, image_id: int, reviewer_id: int) -> None:
     session.execute(delete(CaseClaim).where(CaseClaim.image_id == image_id, CaseClaim.reviewer_id == reviewer_id))
+
+
+def release_all(session: Session, reviewer_id: int) -> int:
+    """Every case the reviewer holds (at sign-out); returns how many."""
+    result = session.execute(delete(CaseClaim).where(CaseClaim.reviewer_id == reviewer_id))
+    return result.rowcount or 0
 
 
 def holders(session: Session, image_ids: Iterable[int], reviewer_id: int | None,

@@ -16,12 +16,12 @@ from db.models import REVIEW_MODES, Image, ModelVersion, Prediction, Review, Rev
 def add_review(session: Session, *, image_id: int, reviewer_id: int, label: str,
                prediction_id: int | None = None, flagged_for_retraining: bool = False,
                comment: str | None = None, mode: str = "standard", overlay_shown: bool = False,
-               seconds_spent: float | None = None) -> Review:
+               seconds_spent: float | None = None, second_reading: bool = False) -> Review:
     """Record a reading. Agreement with the model is derived from the prediction reviewed, if any.
 
     ``mode`` is how the case was read ("standard", or "read_first": the model's output hidden until the label
     was recorded), ``overlay_shown`` whether an attribution overlay was on screen, ``seconds_spent`` the time
-    on the case."""
+    on the case, ``second_reading`` whether the reviewer chose to read it while another reviewer held it."""
     if mode not in REVIEW_MODES:
         raise ValueError(f"unknown review mode {mode!r}: choose one of {', '.join(REVIEW_MODES)}")
     agrees = None
@@ -32,7 +32,8 @@ def add_review(session: Session, *, image_id: int, reviewer_id: int, label: str,
         agrees = predicted == label
     review = Review(image_id=image_id, reviewer_id=reviewer_id, label=label, prediction_id=prediction_id,
                     agrees_with_model=agrees, flagged_for_retraining=flagged_for_retraining,
-                    comment=comment or None, mode=mode, overlay_shown=overlay_shown, seconds_spent=seconds_spent)
+                    comment=comment or None, mode=mode, overlay_shown=overlay_shown, seconds_spent=seconds_spent,
+                    second_reading=second_reading)
     session.add(review)
     session.flush()
     return review

@@ -24,7 +24,7 @@ st.dataframe([{"user": a["username"], "name": a["display_name"] or "", "role": a
 
 def run(action, *args, done: str) -> None:
     try:
-        action(me.id, *args)
+        action(me, *args)
     except (ReviewerError, PasswordPolicyError) as exc:
         st.error(str(exc))
         return

@@ -1,12 +1,12 @@
 """Case viewer: the image as the model read it, window/level, overlays, the model's output, history and the
-review form. Keyboard first; the worklist's filter stays in the URL, so previous/next follow it."""
-
-import time
+review form. Keyboard first; the worklist's filter stays in the URL, so previous/next follow it. What the reader
+enters belongs to this case alone (``dashboard.case_session``)."""
 
 import streamlit as st
 
-from dashboard import actions, data, layout, urlstate
+from dashboard import data, layout, reading, urlstate
 from dashboard.case_parts import (
+    case_caption,
     claim_banner,
     history,
     image_panel,
@@ -22,23 +22,18 @@ MAX_WAIT_DAYS = layout.max_wait_days()
 me = layout.account()
 query = layout.query()
 image_id = urlstate.image_from_query(query)
-default_version = data.default_version_id()
-flt = urlstate.filter_from_query(query, default_version or 0, MAX_WAIT_DAYS)
+flt = urlstate.filter_from_query(query, data.default_version_id() or 0, MAX_WAIT_DAYS, allow_folder=me.is_admin)
 detail = data.case_detail(image_id, flt.model_version_id) if image_id is not None else None
 if detail is None:
+    reading.leave_case(me)
+    layout.url_problems(query)
     st.warning("No such case. Open one from the worklist.")
     st.page_link(layout.page("worklist"), label="Back to the worklist", query_params=urlstate.filter_to_query(flt)
-                 if default_version else None)
+                 if data.default_version_id() else None)
     st.stop()
 
-state = st.session_state.setdefault("case_state", {})
-if state.get("image_id") != image_id:  # a new case: start its clock, reset the form
-    state.clear()
-    state.update(image_id=image_id, opened=time.monotonic(), overlay_seen=False)
-    for key in ("review_label", "review_flag", "review_comment", "second_reading"):
-        st.session_state.pop(key, None)
-    claim = actions.claim(me.id, image_id)
-    state["claim"] = claim
+draft = reading.open_case(me, image_id)
+
 
 def go(step: int) -> None:
     preloaded = st.session_state.get("next_case")
@@ -56,32 +51,27 @@ def go(step: int) -> None:
 head = st.columns([4, 1.3, 1.3, 1.7], vertical_alignment="center")
 heading = head[0].empty()  # its place in the list is counted after the image is on screen
 heading.markdown(f"### Case {image_id} · …")
-head[0].caption(layout.plain(detail.image.file_name))
+case_caption(head[0], detail, me, st.session_state.pop("case_notice", None))
 head[1].button("Previous", key="prev", on_click=go, args=(-1,), shortcut="P", icon=":material/arrow_back:")
 head[2].button("Next", key="next", on_click=go, args=(1,), shortcut="N", icon=":material/arrow_forward:")
 back = {k: v for k, v in query.items() if k != urlstate.IMAGE}
 head[3].page_link(layout.page("worklist"), label="Back to worklist", icon=":material/list:", query_params=back)
-notice = st.session_state.pop("case_notice", None)
-if notice:
-    st.toast(notice)
-if detail.is_synthetic:
-    st.warning(layout.SYNTHETIC_NOTICE, icon=":material/science:")
-claim_banner(me, image_id, state)
+layout.url_problems(query)
+claim_banner(me, image_id, draft)
 
 read_first = st.sidebar.toggle("Read first", key="read_first_mode",
                                help="Hide the model's output and the overlays until you have chosen a label.")
-hidden = read_first and not st.session_state.get("review_label")
+hidden = read_first and not draft.label
 left, right = st.columns([3, 2], gap="medium")
 with left:
-    shown = image_panel(detail, hidden=hidden)
-    state["overlay_seen"] = state["overlay_seen"] or shown
+    draft.overlay_seen = image_panel(detail, hidden=hidden) or draft.overlay_seen
 with right:
     model_output(detail, hidden=hidden)
-    review_form(me, detail, state, read_first=read_first, after_save=lambda: go(1))
+    review_form(me, detail, draft, read_first=read_first, after_save=lambda: go(1))
     history(detail)
     metadata(detail)
 shortcuts_help(detail)
-position, total = data.position(flt, image_id) if default_version else (None, 0)
+position, total = data.position(flt, image_id) if data.default_version_id() else (None, 0)
 where = f"{position} of {total}" if position else f"not in the current list ({total} cases)"
 heading.markdown(f"### Case {image_id} · {where}")
 st.session_state["next_case"] = (image_id, flt, prefetch(flt, image_id, me.id))

@@ -1,8 +1,10 @@
-"""Flagged: cases whose latest review is flagged for retraining, and exactly the CSV of cxr-export-flagged."""
+"""Flagged: cases whose latest review is flagged for retraining, and exactly the CSV of cxr-export-flagged (the one
+way out for this data: built on request, audited, delivered to the signed-in browser only)."""
 
 import streamlit as st
 
-from dashboard import actions, data, layout, urlstate
+from dashboard import actions, data, download, layout, urlstate
+from db.signin import Account
 
 me = layout.account()
 st.title("Flagged for retraining")
@@ -18,11 +20,18 @@ picked = st.dataframe(
       "comment": c.comment or ""} | ({"path": c.path} if me.is_admin else {}) for c in cases],
     hide_index=True, on_select="rerun", selection_mode="single-row", key="flagged_table")
 
+
+def export(account: Account, include_paths: bool) -> None:
+    csv_text = actions.export_flagged(account, include_paths=include_paths)
+    download.offer("flagged.csv", csv_text, "text/csv")
+
+
 include_paths = me.is_admin and st.checkbox("Include file paths in the CSV (admins only)", key="export_paths")
-csv_text = actions.flagged_export(me.id, include_paths=include_paths)
-st.download_button("Download CSV", csv_text, file_name="flagged.csv", mime="text/csv", icon=":material/download:",
-                   on_click=actions.record_export, args=(me.id, include_paths, len(cases)), key="download_flagged")
-st.caption("The same file as `cxr-export-flagged`" + (" --include-paths" if include_paths else "") + ".")
+st.button("Download CSV", icon=":material/download:", key="download_flagged",
+          on_click=layout.guarded(export), args=(me, include_paths))
+download.deliver_pending()
+st.caption("The same file as `cxr-export-flagged`" + (" --include-paths" if include_paths else "")
+           + "; each download is recorded in the audit trail.")
 
 if picked and picked.selection.rows:
     case = cases[picked.selection.rows[0]]

@@ -37,7 +37,7 @@ def confirmation(version: dict) -> None:
                "its next run. The current version stays registered: promoting it again is the rollback.")
     yes, no = st.columns([1, 6])
     if yes.button("Promote", type="primary", key="confirm_promote"):
-        shown = actions.promote(me.id, version["id"])
+        shown = actions.promote(me, version["id"])
         st.session_state.pop("promote_asked", None)
         st.session_state["models_notice"] = f"{shown} is now active."
         st.rerun()
@@ -99,5 +99,6 @@ with training_tab:
     total, used = data.training_cases(version["id"])
     st.caption(f"{total} reviewed cases went into this version's training.")
     if used:
-        st.dataframe([{"case": u.image_id, "file": u.file_name, "label": u.label, "reviewer": u.reviewer,
-                       "reviewed": u.review_time.strftime("%Y-%m-%d")} for u in used], hide_index=True)
+        st.dataframe([{"case": u.image_id} | ({"file": u.file_name} if me.is_admin else {})  # names can identify
+                      | {"label": u.label, "reviewer": u.reviewer, "reviewed": u.review_time.strftime("%Y-%m-%d")}
+                      for u in used], hide_index=True)

@@ -22,20 +22,25 @@ if default_version is None:
     st.stop()
 
 query = layout.query()
-flt = urlstate.filter_from_query(query, default_version, MAX_WAIT_DAYS)
+flt = urlstate.filter_from_query(query, default_version, MAX_WAIT_DAYS, allow_folder=me.is_admin)
 version = data.version(flt.model_version_id) or data.version(default_version)
 options = data.image_attribute_values()
+layout.url_problems(query)
 
 
 # The filter widgets are keyed, so a widget keeps its state while its value changes, and a change is applied in
 # the same run (no st.rerun): an unkeyed widget is rebuilt each time its value from the URL changes, and a rerun
 # can drop a value the browser sent meanwhile, so keys pressed in a row on the slider were lost. In a run that no
 # filter widget started, the URL is the truth (a link, Back, paging, Clear filters) and the widgets follow it.
+# Widgets get their values only through the session state (never also a default), which Streamlit warns about.
 shown = urlstate.widget_values(flt, version["id"], version["classes"], options["modality"], options["view"])
-if not st.session_state.pop("worklist_widget_changed", False):
-    for key, value in shown.items():
-        if key in st.session_state and st.session_state[key] != value:
-            st.session_state[key] = value
+follow_url = not st.session_state.pop("worklist_widget_changed", False)
+if st.session_state.pop("worklist_clear", False):  # Clear filters wins over a value sent in the same click
+    flt, follow_url = urlstate.cleared(flt), True
+    shown = urlstate.widget_values(flt, version["id"], version["classes"], options["modality"], options["view"])
+for key, value in shown.items():
+    if key not in st.session_state or (follow_url and st.session_state[key] != value):
+        st.session_state[key] = value
 
 
 def widget_changed() -> None:
@@ -43,44 +48,45 @@ def widget_changed() -> None:
 
 
 def clear_filters() -> None:
-    st.query_params.from_dict({"v": str(flt.model_version_id)})
+    st.query_params.from_dict(urlstate.filter_to_query(urlstate.cleared(flt)))
+    st.session_state["worklist_clear"] = True
 
 
 with st.expander("Filters and order", expanded=True):
     row1 = st.columns([2, 2, 2, 2])
     labels = {v["id"]: v["label"] + (" (active)" if v["is_active"] else "") for v in data.versions()}
-    chosen = row1[0].selectbox("Model version", list(labels), index=list(labels).index(shown["wl_version"]),
-                               format_func=labels.get, key="wl_version", on_change=widget_changed)
-    classes = row1[1].multiselect("Predicted class", version["classes"], default=shown["wl_classes"],
-                                  key="wl_classes", on_change=widget_changed)
-    status = row1[2].selectbox("Review status", STATUSES, index=STATUSES.index(shown["wl_status"]),
-                               format_func=STATUS_LABELS.get, key="wl_status", on_change=widget_changed)
-    sort = row1[3].selectbox("Order", list(SORT_LABELS), index=list(SORT_LABELS).index(shown["wl_sort"]),
-                             format_func=SORT_LABELS.get, key="wl_sort", on_change=widget_changed)
+    chosen = row1[0].selectbox("Model version", list(labels), format_func=labels.get, key="wl_version",
+                               on_change=widget_changed)
+    classes = row1[1].multiselect("Predicted class", version["classes"], key="wl_classes", on_change=widget_changed)
+    status = row1[2].selectbox("Review status", STATUSES, format_func=STATUS_LABELS.get, key="wl_status",
+                               on_change=widget_changed)
+    sort = row1[3].selectbox("Order", list(SORT_LABELS), format_func=SORT_LABELS.get, key="wl_sort",
+                             on_change=widget_changed)
     row2 = st.columns([2, 2, 2, 2])
-    confidence = row2[0].slider("Confidence", 0.0, 1.0, shown["wl_confidence"], 0.05, key="wl_confidence",
-                                on_change=widget_changed)
-    date_field = row2[1].radio("Date", list(DATE_FIELDS), index=DATE_FIELDS.index(shown["wl_date_field"]),
-                               horizontal=True, key="wl_date_field", on_change=widget_changed)
-    dates = row2[1].date_input("Date range", value=shown["wl_dates"], max_value=dt.date.today() + dt.timedelta(days=1),
-                               label_visibility="collapsed", key="wl_dates", on_change=widget_changed)
+    confidence = row2[0].slider("Confidence", 0.0, 1.0, step=0.05, key="wl_confidence", on_change=widget_changed)
+    date_field = row2[1].radio("Date", list(DATE_FIELDS), horizontal=True, key="wl_date_field",
+                               on_change=widget_changed)
+    dates = row2[1].date_input("Date range", min_value=urlstate.EARLIEST_DATE,
+                               max_value=dt.date.today() + dt.timedelta(days=1), label_visibility="collapsed",
+                               key="wl_dates", on_change=widget_changed)
     modalities = [None, *options["modality"]]
-    modality = row2[2].selectbox("Modality", modalities, index=modalities.index(shown["wl_modality"]),
-                                 format_func=lambda m: m or "any", key="wl_modality", on_change=widget_changed)
+    modality = row2[2].selectbox("Modality", modalities, format_func=lambda m: m or "any", key="wl_modality",
+                                 on_change=widget_changed)
     views = [None, *options["view"]]
-    view = row2[3].selectbox("View", views, index=views.index(shown["wl_view"]), format_func=lambda v: v or "any",
-                             key="wl_view", on_change=widget_changed)
+    view = row2[3].selectbox("View", views, format_func=lambda v: v or "any", key="wl_view",
+                             on_change=widget_changed)
     row3 = st.columns([4, 2, 2])
-    folder = row3[0].text_input("Folder (path prefix)", value=shown["wl_folder"], key="wl_folder",
-                                on_change=widget_changed)
-    outside = row3[1].checkbox("Model looks outside the lungs", value=shown["wl_outside"], on_change=widget_changed,
+    folder = None
+    if me.is_admin:  # paths can name patients; reviewers must not even learn whether a folder exists
+        folder = row3[0].text_input("Folder (path prefix)", key="wl_folder", on_change=widget_changed)
+    outside = row3[1].checkbox("Model looks outside the lungs", on_change=widget_changed,
                                help="Only cases with a stored attribution map whose positive attribution lies mostly "
                                     "outside the central chest region.", key="wl_outside")
     date_from, date_to = (dates + (None, None))[:2] if isinstance(dates, tuple) else (None, None)
     wanted = dict(model_version_id=chosen, classes=tuple(sorted(classes)), status=status, sort=sort,
                   confidence_min=confidence[0], confidence_max=confidence[1], date_field=date_field,
-                  date_from=date_from, date_to=date_to, modality=modality, view=view, folder=folder.strip() or None,
-                  outside_lungs=outside)
+                  date_from=date_from, date_to=date_to, modality=modality, view=view,
+                  folder=(folder or "").strip() or None, outside_lungs=outside)
     page_number = urlstate.page_from_query(query)
     if any(getattr(flt, key) != value for key, value in wanted.items()):
         version_changed = wanted["model_version_id"] != version["id"]
@@ -111,7 +117,7 @@ def waited(delta: dt.timedelta) -> str:
     return f"{delta.days} d" if delta.days else f"{delta.seconds // 3600} h"
 
 
-table = [{"case": r.image_id, "file": r.file_name, "predicted": r.predicted_class,
+table = [{"case": r.image_id} | ({"file": r.file_name} if me.is_admin else {}) | {"predicted": r.predicted_class,
           "confidence": round(r.confidence, 3), "uncertainty": round(r.entropy, 3),
           "waiting": ("⚠ " if r.overdue else "") + waited(r.waited),
           "study date": str(r.study_date) if r.study_date else "—",  # PNG/JPEG carry none of these

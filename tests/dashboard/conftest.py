@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
 
-from db import migrate, synthetic
-from db.engine import get_engine, write_session
+from db import migrate, signin, synthetic
+from db.engine import get_engine, read_session, write_session
 from db.models import Image
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py")
@@ -56,6 +56,12 @@ def filled(cxr_dev) -> Filled:
     return Filled(fill.model_version_id, fill.image_ids, fill.reviewer_ids[0], fill.reviewer_ids[1])
 
 
+def account(account_id: int) -> signin.Account:
+    """The account as the dashboard holds it after signing in (for calling ``dashboard.actions`` directly)."""
+    with read_session(get_engine()) as session:
+        return signin.current_account(session, account_id)
+
+
 @pytest.fixture
 def app():
     """Run the app: ``app(account_id, page=..., query=...)``, signed in as ``account_id`` (None: signed out)."""
@@ -73,6 +79,7 @@ def run_app(account_id: int | None = None, *, page: str | None = None, query: di
     at = AppTest.from_file(APP, default_timeout=60)
     if account_id is not None:
         at.session_state["account_id"] = account_id
+        at.session_state["session_epoch"] = account(account_id).session_epoch
     for key, value in (query or {}).items():
         at.query_params[key] = value
     at.run()

@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from dashboard import actions, data
 from dashboard.layout import plain
+from tests.dashboard.conftest import account
 from db import model_versions
 from db.engine import get_engine, read_session, write_session
 from db.export import flagged_csv
@@ -90,11 +91,13 @@ def test_single_sign_on_opens_the_account_of_that_name_only(filled, monkeypatch,
 def test_a_reviewer_cannot_promote_or_manage_accounts_even_directly(filled, app):
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         app(filled.reviewer_id, page="views/accounts.py")  # not in a reviewer's navigation at all
-    for attempt in (lambda: actions.promote(filled.reviewer_id, filled.version_id),
-                    lambda: actions.create_account(filled.reviewer_id, "mallory", filled.password, "admin", None),
-                    lambda: actions.set_active(filled.reviewer_id, "synthetic0", False),
-                    lambda: actions.reset_password(filled.reviewer_id, "synthetic0", filled.password),
-                    lambda: actions.flagged_export(filled.reviewer_id, include_paths=True)):
+    reviewer = account(filled.reviewer_id)
+    for attempt in (lambda: actions.promote(reviewer, filled.version_id),
+                    lambda: actions.create_account(reviewer, "mallory", filled.password, "admin", None),
+                    lambda: actions.set_active(reviewer, "synthetic0", False),
+                    lambda: actions.reset_password(reviewer, "synthetic0", filled.password),
+                    lambda: actions.unlock(reviewer, "synthetic0"),
+                    lambda: actions.export_flagged(reviewer, include_paths=True)):
         with pytest.raises(PermissionError):
             attempt()
 
@@ -105,8 +108,8 @@ def test_admin_manages_accounts_and_every_change_is_audited(filled, app, texts):
     at.text_input[2].input("a-long-password")
     next(b for b in at.button if b.label == "Create account").click().run()
     assert "Created newrad" in texts(at)
-    actions.reset_password(filled.admin_id, "newrad", "another-password")
-    actions.set_active(filled.admin_id, "newrad", False)
+    actions.reset_password(account(filled.admin_id), "newrad", "another-password")
+    actions.set_active(account(filled.admin_id), "newrad", False)
     with write_session(get_engine()) as session:
         newer = model_versions.register(session, sha256="f" * 64, path="/synthetic/v2.pt", architecture="resnet18",
                                         classes=["covid", "normal", "pneumonia"], input_size=64,
@@ -127,30 +130,41 @@ def test_admin_manages_accounts_and_every_change_is_audited(filled, app, texts):
     assert "newrad" in texts(at)
 
 
-def test_sign_in_rate_limit_and_deactivation_at_the_next_rerun(filled, app, texts):
-    at = app(None)
-    for _ in range(5):
-        at.text_input[0].input("synthetic1")
-        at.text_input[1].input("wrong password")
-        at.button[0].click().run()
-    assert "Unknown user name or wrong password" in at.error[0].value
-    at.text_input[0].input("synthetic1")
-    at.text_input[1].input(filled.password)
+def _try_password(at, username: str, password: str) -> None:
+    at.text_input[0].input(username)
+    at.text_input[1].input(password)
     at.button[0].click().run()
-    assert "Too many failed attempts" in at.error[0].value  # even with the right password
-    with read_session(get_engine()) as session:
-        assert session.scalars(select(Event.kind)).all() == ["sign_in_failed"] * 5 + ["sign_in_refused"]
 
+
+def test_failed_sign_ins_slow_the_guessing_client_not_the_owner(filled, monkeypatch, app, texts):
+    from dashboard import auth
+
+    monkeypatch.setattr(auth, "client_address", lambda: "203.0.113.9")
     at = app(None)
-    at.text_input[0].input("synthetic0")
-    at.text_input[1].input(filled.password)
-    at.button[0].click().run()
+    for _ in range(6):
+        _try_password(at, "synthetic0", "wrong password")
+    assert "Unknown user name or wrong password" in at.error[0].value
+    _try_password(at, "synthetic0", filled.password)
+    assert "Too many failed attempts. Try again in" in at.error[0].value  # even with the right password
+    with read_session(get_engine()) as session:
+        rows = session.execute(select(Event.kind, Event.client)).all()
+    assert rows == [("sign_in_failed", "203.0.113.9")] * 6 + [("sign_in_refused", "203.0.113.9")]
+
+    monkeypatch.setattr(auth, "client_address", lambda: "198.51.100.7")  # the admin, at their own desk
+    owner = app(None)
+    _try_password(owner, "synthetic0", filled.password)
+    assert "Signed in as" in texts(owner)
+
+
+def test_a_deactivated_account_is_signed_out_at_its_next_rerun(filled, app, texts):
+    at = app(None)
+    _try_password(at, "synthetic0", filled.password)
     assert "Signed in as" in texts(at)
     with write_session(get_engine()) as session:
         set_active(session, "synthetic0", False)
     at.run()
     _signed_out(at, texts)
-    assert "no longer active" in at.warning[0].value
+    assert "Your account was deactivated" in at.warning[0].value
 
 
 def _fake_map(monkeypatch, calls):
@@ -182,8 +196,8 @@ def test_case_viewer_overlay_review_and_next(filled, monkeypatch, app, texts):
     caption = plain(f"Grad-CAM (layer4) for class '{calls[0][2]}', model version")
     assert caption in shown and shown.count(plain("Grad-CAM")) == 1  # method, settings, class, version: once
     at.button(key="label_key_4").click().run()  # "other": differs from any prediction
-    assert at.checkbox(key="review_flag").value is True
-    at.text_area(key="review_comment").input(EVIL).run()
+    assert at.checkbox(key=f"review_flag_{first}").value is True
+    at.text_area(key=f"review_comment_{first}").input(EVIL).run()
     at.button(key="save_review").click().run()
     assert not at.exception
     assert at.query_params["image"] != [str(first)]
@@ -214,7 +228,7 @@ def test_read_first_hides_the_model_until_a_label_is_chosen(filled, monkeypatch,
 
 def test_a_case_held_by_another_reviewer_needs_a_second_reading(filled, app):
     image = filled.image_ids[-3]
-    actions.claim(filled.admin_id, image)
+    actions.claim(account(filled.admin_id), image)
     at = app(filled.reviewer_id, page="views/case.py", query={"image": str(image)})
     assert any("synthetic0 opened this case" in w.value.replace("\\", "") for w in at.warning)
     assert not [b for b in at.button if b.key == "save_review"]
@@ -231,6 +245,6 @@ def test_flagged_page_and_its_csv_are_the_exports(filled, app):
     assert "path" not in at.dataframe[0].value.columns  # paths only for admins
     with read_session(get_engine()) as session:
         expected = flagged_csv(flagged_cases(session))
-    assert actions.flagged_export(filled.reviewer_id, include_paths=False) == expected
+    assert actions.export_flagged(account(filled.reviewer_id), include_paths=False) == expected
     admin = app(filled.admin_id, page="views/flagged.py")
     assert "path" in admin.dataframe[0].value.columns

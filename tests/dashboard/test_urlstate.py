@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import numpy as np
+import pytest
 
 from dashboard import urlstate, viewer
 from db.worklist import WorklistFilter
@@ -17,7 +18,35 @@ def test_a_filter_survives_the_round_trip_through_the_url():
                          max_wait_days=5)
     query = urlstate.filter_to_query(flt)
     as_lists = {key: value if isinstance(value, list) else [value] for key, value in query.items()}
-    assert urlstate.filter_from_query(as_lists, default_version=1, max_wait_days=5) == flt
+    assert urlstate.filter_from_query(as_lists, default_version=1, max_wait_days=5, allow_folder=True) == flt
+
+
+def test_the_folder_filter_is_for_admins_only():
+    query = {"folder": ["/archive/DOE^JOHN_MRN1234567"]}
+    assert urlstate.filter_from_query(query, 1, 7).folder is None  # a reviewer learns nothing about folders
+    assert urlstate.filter_from_query(query, 1, 7, allow_folder=True).folder == "/archive/DOE^JOHN_MRN1234567"
+
+
+# Values a hostile or broken link carries: each is ignored (its default used) and named, never raised.
+HOSTILE = [("image", "99999999999999999999"), ("image", "0"), ("image", "-1"), ("image", "1e3"), ("image", "٣"),
+           ("v", "99999999999999999999"), ("page", "9" * 5000), ("page", "0"), ("from", "0001-01-01"),
+           ("to", "9999-12-31"), ("from", "2024-02-30"), ("cmin", "nan"), ("status", "<b>x</b>"),
+           ("mod", "x" * 500), ("view", "PA\x00")]
+
+
+@pytest.mark.parametrize(("key", "value"), HOSTILE)
+def test_hostile_url_values_are_ignored_and_named(key, value):
+    query = {key: [value]}
+    assert urlstate.filter_from_query(query, 1, 7, allow_folder=True) == WorklistFilter(1, status="unreviewed")
+    assert urlstate.image_from_query(query) is None and urlstate.page_from_query(query) == 1
+    assert urlstate.invalid_keys(query) == [key]
+
+
+def test_valid_values_are_not_named_invalid():
+    query = {"image": ["12"], "v": ["3"], "page": ["2"], "from": ["2024-01-02"], "to": [dt.date.today().isoformat()],
+             "cmin": ["0.2"], "status": ["all"], "mod": ["CR"], "folder": ["/data/a"]}
+    assert urlstate.invalid_keys(query) == []
+    assert urlstate.image_from_query(query) == 12 and urlstate.page_from_query(query) == 2
 
 
 def test_defaults_keep_links_short_and_bad_values_fall_back():

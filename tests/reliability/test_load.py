@@ -39,6 +39,7 @@ url, username, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
 os.environ["CXR_DB_URL"] = url
 from sqlalchemy import func, select
 from dashboard import actions, data
+from db import signin
 from db.engine import read_session
 from db.models import Prediction, Reviewer
 
@@ -47,7 +48,7 @@ rng = random.Random(username)
 attempted, written, claimed_by_others, errors = 0, 0, 0, []
 deadline = time.monotonic() + seconds
 with read_session(engine) as session:
-    reviewer_id = session.scalar(select(Reviewer.id).where(Reviewer.username == username))
+    me = signin.current_account(session, session.scalar(select(Reviewer.id).where(Reviewer.username == username)))
 while time.monotonic() < deadline:
     try:
         with read_session(engine) as session:
@@ -57,12 +58,12 @@ while time.monotonic() < deadline:
         if case is None:
             time.sleep(0.05)
             continue
-        if not actions.claim(reviewer_id, case.image_id).claimed:
+        if not actions.claim(me, case.image_id).claimed:
             claimed_by_others += 1  # the page would offer a second reading; this reviewer takes another case
             continue
         label = rng.choice(["covid", "normal", "pneumonia"])
         attempted += 1
-        actions.save_review(reviewer_id, image_id=case.image_id, prediction_id=case.id, label=label,
+        actions.save_review(me, image_id=case.image_id, prediction_id=case.id, label=label,
                             flagged=label != case.predicted_class, comment=f"load test {written}",
                             mode="standard", overlay_shown=False, seconds_spent=rng.uniform(2.0, 30.0))
         written += 1
