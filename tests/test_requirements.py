@@ -1,0 +1,81 @@
+"""requirements.txt names every third-party distribution the product imports.
+
+A module that reaches the test environment only through requirements-dev.txt (scipy through scikit-learn, once)
+passes every test and still breaks ``pip install -r requirements.txt && cxr-demo`` on a fresh machine.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+import tomllib
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def product_packages() -> list[str]:
+    """The top-level packages pyproject ships (``include = ["db*", ...]``)."""
+    pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    patterns = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
+    return sorted({pattern.rstrip("*").split(".")[0] for pattern in patterns})
+
+
+def imported_top_level_modules(path: Path) -> set[str]:
+    """Top-level names of the absolute imports in one file (relative imports stay inside the repository)."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_bytes(), str(path))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def third_party_imports(packages: list[str]) -> dict[str, list[str]]:
+    """Third-party top-level module -> the product files that import it."""
+    found: dict[str, list[str]] = {}
+    for package in packages:
+        for path in sorted((REPO_ROOT / package).rglob("*.py")):
+            for module in imported_top_level_modules(path):
+                if module in sys.stdlib_module_names or module in packages or module == "__future__":
+                    continue
+                found.setdefault(module, []).append(str(path.relative_to(REPO_ROOT)))
+    return found
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def listed_distributions(requirements: Path) -> set[str]:
+    """Distribution names of requirements.txt's requirement lines (options such as ``-e .`` are not names)."""
+    names = set()
+    for line in requirements.read_text(encoding="utf-8").splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            names.add(canonical(re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line).group(0)))
+    return names
+
+
+def test_every_third_party_module_of_the_product_is_in_requirements_txt():
+    listed = listed_distributions(REPO_ROOT / "requirements.txt")
+    distributions = packages_distributions()
+    missing = {}
+    for module, files in third_party_imports(product_packages()).items():
+        providers = {canonical(name) for name in distributions.get(module, [])}
+        if not providers & listed:
+            missing[module] = (sorted(providers) or ["not installed here"], files[:3])
+    assert not missing, f"imported by the product but not named in requirements.txt: {missing}"
+
+
+def test_the_check_sees_the_product_and_the_pins():
+    # guards against a check that passes because it reads nothing
+    packages = product_packages()
+    assert packages == ["dashboard", "db", "model_training", "scoring"]
+    modules = third_party_imports(packages)
+    assert {"torch", "sqlalchemy", "streamlit", "pydicom"} <= modules.keys()
+    assert "json" not in modules and "db" not in modules
+    assert {"torch", "sqlalchemy", "psycopg"} <= listed_distributions(REPO_ROOT / "requirements.txt")
