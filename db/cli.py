@@ -1,4 +1,5 @@
-"""``cxr-db``: create or migrate the database, back it up, and manage reviewer accounts."""
+"""``cxr-db``: create or migrate the database, back it up, and manage reviewer accounts (also lifting an account's
+sign-in delays)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import logging
 import sys
 from pathlib import Path
 
-from db import attributions, config, migrate, results, reviewers
+from db import attributions, config, migrate, results, reviewers, signin
 from db.backup import backup_database
 from db.clitools import add_db_option, add_verbose_option, run_cli
 from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
 from db.models import utcnow
-from db.passwords import MIN_PASSWORD_LENGTH, PasswordPolicyError
+from db.passwords import MIN_ADMIN_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordPolicyError, min_password_length
 
 log = logging.getLogger("cxr.db")
 
@@ -48,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     for verb in ("deactivate", "activate"):
         commands.add_parser(verb, help=f"{verb} a reviewer account (its reviews stay)").add_argument("name")
+    commands.add_parser("unlock", help="lift the sign-in delays of an account after failed attempts (they count "
+                                       "from zero again)").add_argument("name")
     return parser
 
 
@@ -129,7 +132,7 @@ def _prune_attributions(engine, days: float, dry_run: bool) -> int:
 def _change_reviewer(engine, args) -> int:
     password = None
     if args.command in ("add-reviewer", "set-password"):
-        password = _read_password(args.password_stdin)
+        password = _read_password(args.password_stdin, getattr(args, "role", None))
         if password is None:
             return 1
     try:
@@ -140,7 +143,10 @@ def _change_reviewer(engine, args) -> int:
                 log.info("added %s %r", reviewer.role, reviewer.username)
             elif args.command == "set-password":
                 reviewers.set_password(session, args.name, password)
-                log.info("password of %r changed", args.name)
+                log.info("password of %r changed; its signed-in sessions end", args.name)
+            elif args.command == "unlock":
+                signin.unlock(session, args.name)
+                log.info("sign-in delays of %r lifted: its failed attempts count from zero again", args.name)
             else:
                 reviewers.set_active(session, args.name, args.command == "activate")
                 log.info("%s %r", f"{args.command}d", args.name)
@@ -150,14 +156,21 @@ def _change_reviewer(engine, args) -> int:
     return 0
 
 
-def _read_password(from_stdin: bool) -> str | None:
+def _read_password(from_stdin: bool, role: str | None) -> str | None:
     if from_stdin:
         return sys.stdin.readline().rstrip("\r\n")
-    password = getpass.getpass(f"Password (at least {MIN_PASSWORD_LENGTH} characters): ")
+    password = getpass.getpass(f"Password ({_password_rule(role)}): ")
     if getpass.getpass("Repeat password: ") != password:
         log.error("the passwords differ; nothing was changed")
         return None
     return password
+
+
+def _password_rule(role: str | None) -> str:
+    """What the policy asks for (``role`` is None when setting the password of an existing account)."""
+    length = (f"at least {MIN_PASSWORD_LENGTH} characters, {MIN_ADMIN_PASSWORD_LENGTH} for an admin" if role is None
+              else f"at least {min_password_length(role)} characters")
+    return f"{length}, not a common one, not built on the user name; a few unrelated words make a good one"
 
 
 if __name__ == "__main__":

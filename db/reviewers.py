@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import ROLES, Reviewer
-from db.passwords import hash_password, needs_rehash, verify_password
+from db.passwords import check_password, hash_password, needs_rehash, verify_password
 
 USERNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{1,63}$")
 
@@ -27,6 +27,7 @@ def add_reviewer(session: Session, username: str, password: str, *, role: str = 
         raise ReviewerError(f"invalid role {role!r}: choose one of {', '.join(ROLES)}")
     if find_reviewer(session, username) is not None:
         raise ReviewerError(f"reviewer {username!r} already exists")
+    check_password(password, role=role, username=username)
     reviewer = Reviewer(username=username, role=role, display_name=display_name,
                         password_hash=hash_password(password))
     session.add(reviewer)
@@ -55,16 +56,31 @@ def list_reviewers(session: Session) -> list[Reviewer]:
 
 
 def set_password(session: Session, username: str, password: str) -> Reviewer:
+    """A new password (the policy for the account's role) ends every signed-in session of the account."""
     reviewer = _existing(session, username)
+    check_password(password, role=reviewer.role, username=reviewer.username)
     reviewer.password_hash = hash_password(password)
+    end_sessions(session, reviewer)
     return reviewer
 
 
 def set_active(session: Session, username: str, active: bool) -> Reviewer:
-    """Deactivate (or reactivate) an account; its reviews stay, attributed to it."""
+    """Deactivate (or reactivate) an account; its reviews stay, attributed to it. Deactivating ends every
+    signed-in session of the account."""
     reviewer = _existing(session, username)
     reviewer.is_active = active
+    if not active:
+        end_sessions(session, reviewer)
     return reviewer
+
+
+def end_sessions(session: Session, reviewer: Reviewer) -> int:
+    """Raise the account's session epoch, so that every browser session signed in with an older one ends at its
+    next interaction; the new epoch. Incremented in SQL, so that two at once both count."""
+    reviewer.session_epoch = Reviewer.session_epoch + 1
+    session.flush()
+    session.refresh(reviewer, ["session_epoch"])
+    return reviewer.session_epoch
 
 
 def _existing(session: Session, username: str) -> Reviewer:

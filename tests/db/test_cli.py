@@ -1,14 +1,17 @@
 from __future__ import annotations
 
+import datetime as dt
+import getpass
 import io
+import logging
 import subprocess
 import sys
 
 from sqlalchemy import select
 
-from db import cli, migrate
-from db.engine import create_database_engine, read_session
-from db.models import Reviewer
+from db import cli, events, migrate, signin
+from db.engine import create_database_engine, read_session, write_session
+from db.models import Reviewer, utcnow
 from db.reviewers import authenticate
 
 
@@ -43,6 +46,21 @@ def test_add_reviewer_refuses_duplicates_and_short_passwords(monkeypatch, db_url
                    stdin="long enough\n") == 1
     assert run_cli(monkeypatch, "--db", db_url, "add-reviewer", "carol", "--password-stdin", stdin="short\n") == 1
     assert "already exists" in caplog.text and "too short" in caplog.text
+    assert run_cli(monkeypatch, "--db", db_url, "add-reviewer", "carol", "--password-stdin",
+                   stdin="12345678\n") == 1
+    assert run_cli(monkeypatch, "--db", db_url, "add-reviewer", "dave", "--role", "admin", "--password-stdin",
+                   stdin="long enough\n") == 1  # 11 characters: enough for a reviewer, not for an admin
+    assert "commonly used" in caplog.text and "need at least 12" in caplog.text
+
+
+def test_the_password_prompt_says_the_rule(monkeypatch, db_url):
+    run_cli(monkeypatch, "--db", db_url, "upgrade")
+    prompts = []
+    monkeypatch.setattr(getpass, "getpass", lambda prompt: prompts.append(prompt) or "mauve otter lanterns")
+    assert run_cli(monkeypatch, "--db", db_url, "add-reviewer", "alice", "--role", "admin") == 0
+    assert run_cli(monkeypatch, "--db", db_url, "set-password", "alice") == 0
+    assert "at least 12 characters" in prompts[0] and "not a common one" in prompts[0]
+    assert "at least 8 characters, 12 for an admin" in prompts[2]
 
 
 def test_commands_refuse_an_unmigrated_database(monkeypatch, db_url, caplog):
@@ -83,3 +101,30 @@ def test_password_change_deactivation_and_listing(monkeypatch, db_url, capsys, c
     assert run_cli(monkeypatch, "--db", db_url, "set-password", "nobody", "--password-stdin",
                    stdin="whatever pass\n") == 1
     assert "no reviewer 'nobody'" in caplog.text
+    with read_session(engine) as session:
+        assert session.scalars(select(Reviewer.session_epoch)).one() == 2  # the new password, the deactivation
+
+
+def test_unlock_lifts_the_sign_in_delays_of_an_account(monkeypatch, db_url, caplog):
+    run_cli(monkeypatch, "--db", db_url, "upgrade")
+    run_cli(monkeypatch, "--db", db_url, "add-reviewer", "alice", "--password-stdin", stdin="first password\n")
+    engine = create_database_engine(db_url)
+    attempt = utcnow() - dt.timedelta(minutes=20)
+    for _ in range(signin.PAIR_ALLOWANCE + 10):  # each as soon as allowed: the last delay is the 15-minute cap
+        with write_session(engine) as session:
+            attempt += signin.wait_before_attempt(session, "alice", client="198.51.100.7", now=attempt) or \
+                dt.timedelta(0)
+            assert signin.sign_in(session, "alice", "guess", client="198.51.100.7", now=attempt).account is None
+    with read_session(engine) as session:
+        assert signin.wait_before_attempt(session, "alice", client="198.51.100.7") > dt.timedelta(minutes=10)
+    caplog.clear()
+    assert run_cli(monkeypatch, "--db", db_url, "unlock", "alice") == 0
+    assert "sign-in delays of 'alice' lifted" in caplog.text
+    with read_session(engine) as session:
+        assert signin.wait_before_attempt(session, "alice", client="198.51.100.7") is None
+        unlocked = events.recent_events(session, kinds=[events.ACCOUNT_UNLOCKED])
+    assert [(e.username, e.details) for e in unlocked] == [(None, {"account": "alice"})]
+    caplog.clear()
+    assert run_cli(monkeypatch, "--db", db_url, "unlock", "nobody") == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["no reviewer 'nobody'"]

@@ -14,7 +14,7 @@ from db import cli as db_cli
 from db import export, reviewers
 from db.clitools import run_command
 from db.errors import CannotRun
-from db.passwords import PasswordPolicyError, hash_password
+from db.passwords import PasswordPolicyError, check_password
 from model_training import cli as train_cli
 from model_training import demo
 from scoring import cli as score_cli
@@ -81,7 +81,7 @@ def test_an_unreachable_database_is_one_line_without_its_password(caplog):
 
 def test_the_password_policy_has_its_own_error(monkeypatch, db_url, caplog):
     with pytest.raises(PasswordPolicyError, match="too short"):
-        hash_password("short")
+        check_password("short", role="reviewer", username="alice")
     assert db_cli.main(["--db", db_url, "upgrade"]) == 0
     monkeypatch.setattr(sys, "stdin", io.StringIO("short\n"))
     assert db_cli.main(["--db", db_url, "add-reviewer", "alice", "--password-stdin"]) == 1
