@@ -63,6 +63,28 @@ def account(account_id: int) -> signin.Account:
 
 
 @pytest.fixture
+def fake_maps(monkeypatch) -> list[tuple[int, str, str]]:
+    """Attribution maps without a model (a bright square); the list records each (image, method, class) asked."""
+    import numpy as np
+
+    import scoring.attribution as attribution
+    from scoring.attribution import AttributionMap
+
+    calls = []
+
+    def load_or_compute(engine, image_id, version_id, method, target, **params):
+        calls.append((image_id, method, target))
+        values = np.zeros((8, 8), dtype=np.float32)
+        values[2:5, 2:5] = 1.0
+        return AttributionMap(values=values, method=method, target_class=target, params={"layer": "layer4"},
+                              value_min=0.0, value_max=1.0, outside_share=0.1, caption="test map", sanity_ok=True)
+
+    monkeypatch.setattr(attribution, "load_or_compute", load_or_compute)
+    monkeypatch.setattr(attribution, "is_cached", lambda *args, **kwargs: True)
+    return calls
+
+
+@pytest.fixture
 def app():
     """Run the app: ``app(account_id, page=..., query=...)``, signed in as ``account_id`` (None: signed out)."""
     return run_app

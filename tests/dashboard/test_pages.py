@@ -3,7 +3,6 @@ admin; admin actions refused to a reviewer whatever the page shows."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -167,24 +166,8 @@ def test_a_deactivated_account_is_signed_out_at_its_next_rerun(filled, app, text
     assert "Your account was deactivated" in at.warning[0].value
 
 
-def _fake_map(monkeypatch, calls):
-    import scoring.attribution as attribution
-    from scoring.attribution import AttributionMap
-
-    def load_or_compute(engine, image_id, version_id, method, target, **params):
-        calls.append((image_id, method, target))
-        values = np.zeros((8, 8), dtype=np.float32)
-        values[2:5, 2:5] = 1.0
-        return AttributionMap(values=values, method=method, target_class=target, params={"layer": "layer4"},
-                              value_min=0.0, value_max=1.0, outside_share=0.1, caption="test map", sanity_ok=True)
-
-    monkeypatch.setattr(attribution, "load_or_compute", load_or_compute)
-    monkeypatch.setattr(attribution, "is_cached", lambda *args, **kwargs: True)
-
-
-def test_case_viewer_overlay_review_and_next(filled, monkeypatch, app, texts):
-    calls = []
-    _fake_map(monkeypatch, calls)
+def test_case_viewer_overlay_review_and_next(filled, fake_maps, app, texts):
+    calls = fake_maps
     first = filled.image_ids[-1]  # unreviewed
     at = app(filled.reviewer_id, page="views/case.py", query={"image": str(first), "status": "all"})
     assert not at.exception
@@ -212,8 +195,7 @@ def test_case_viewer_overlay_review_and_next(filled, monkeypatch, app, texts):
     assert not any("<script>" in m.value for m in at.markdown)
 
 
-def test_read_first_hides_the_model_until_a_label_is_chosen(filled, monkeypatch, app, texts):
-    _fake_map(monkeypatch, [])
+def test_read_first_hides_the_model_until_a_label_is_chosen(filled, fake_maps, app, texts):
     image = filled.image_ids[-2]
     at = app(filled.reviewer_id, page="views/case.py", query={"image": str(image)})
     at.sidebar.toggle(key="read_first_mode").set_value(True).run()

@@ -1,0 +1,235 @@
+"""Issue 18 through Streamlit's AppTest: what a reader enters belongs to one case, claims follow the reader,
+sessions end everywhere at sign-out, hostile links and deactivated accounts meet plain messages, reviewers never
+see file names, and the worklist's filters behave. The browser-only defects are in test_browser.py."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from types import SimpleNamespace
+
+import pytest
+from sqlalchemy import select, update
+
+from dashboard import actions
+from db.engine import get_engine, read_session, write_session
+from db.models import CaseClaim, Event, Image, Review
+from db.reviewers import set_active, set_password
+from tests.dashboard.conftest import account
+
+PHI_NAME = "DOE_JOHN_DOB1970-01-01_ACC998877.png"
+PHI_FOLDER = "DOE^JOHN_MRN1234567"
+
+
+class Clock:
+    """time.monotonic for the case clock, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    from dashboard import case_parts, reading
+
+    fake = Clock()
+    monkeypatch.setattr(reading, "time", fake)
+    monkeypatch.setattr(case_parts, "time", fake)
+    return fake
+
+
+def _case(at) -> int:
+    value = at.query_params["image"]
+    return int(value if isinstance(value, str) else value[-1])
+
+
+def _open(app, account_id: int, image_id: int):
+    return app(account_id, page="views/case.py", query={"image": str(image_id), "status": "all"})
+
+
+def _claims() -> list[tuple[int, int]]:
+    with read_session(get_engine()) as session:
+        return sorted(session.execute(select(CaseClaim.image_id, CaseClaim.reviewer_id)).tuples())
+
+
+def _review_of(image_id: int) -> Review:
+    with read_session(get_engine()) as session:
+        return session.scalars(select(Review).where(Review.image_id == image_id)).one()
+
+
+def test_next_then_previous_keeps_the_cases_clock_overlay_and_draft(filled, clock, fake_maps, app):
+    first = filled.image_ids[-1]
+    at = _open(app, filled.reviewer_id, first)
+    at.button(key="overlay_button").click().run()  # the overlay is seen on this case ...
+    at.button(key="overlay_button").click().run()  # ... and switched off again
+    at.text_area(key=f"review_comment_{first}").input("left basal opacity").run()
+    clock.now += 30
+    at.button(key="next").click().run()
+    second = _case(at)
+    assert second != first
+    assert at.text_area(key=f"review_comment_{second}").value == ""  # a new case starts clean
+    clock.now += 70  # on the second case: not the first's time
+    at.button(key="prev").click().run()
+    assert _case(at) == first
+    assert at.text_area(key=f"review_comment_{first}").value == "left basal opacity"  # its own draft
+    clock.now += 10
+    at.button(key="label_key_2").click().run()
+    at.button(key="save_review").click().run()
+    review = _review_of(first)
+    assert (review.seconds_spent, review.overlay_shown, review.comment) == (40.0, True, "left basal opacity")
+
+
+def test_a_case_left_without_saving_is_free_at_once_and_sign_out_frees_the_rest(filled, app):
+    first = filled.image_ids[-1]
+    at = _open(app, filled.reviewer_id, first)
+    assert _claims() == [(first, filled.reviewer_id)]
+    at.button(key="next").click().run()
+    assert _claims() == [(_case(at), filled.reviewer_id)]  # skipping gave the first case back
+    at.switch_page("views/worklist.py").run()
+    assert _claims() == []  # so did going back to the worklist
+    _open(app, filled.reviewer_id, first).sidebar.button(key="sign_out").click().run()
+    assert _claims() == []
+
+
+def test_a_deliberate_second_reading_is_recorded_as_one(filled, app, texts):
+    image = filled.image_ids[-3]
+    actions.claim(account(filled.admin_id), image)
+    at = _open(app, filled.reviewer_id, image)
+    at.button(key="second_reading_button").click().run()
+    at.button(key="label_key_1").click().run()
+    at.button(key="save_review").click().run()
+    assert _review_of(image).second_reading
+    at = _open(app, filled.admin_id, image)
+    assert "second reading" in texts(at)
+
+
+def test_signing_out_ends_every_session_of_the_account(filled, app, texts):
+    other_tab = _open(app, filled.reviewer_id, filled.image_ids[-1])
+    this_tab = app(filled.reviewer_id)
+    this_tab.sidebar.button(key="sign_out").click().run()
+    assert [b.label for b in this_tab.button] == ["Sign in"]
+    other_tab.button(key="label_key_1").click().run()  # its next interaction
+    assert [b.label for b in other_tab.button] == ["Sign in"]
+    assert "signed out in another window" in other_tab.warning[0].value
+
+
+def test_a_new_password_ends_the_accounts_sessions(filled, app):
+    at = app(filled.reviewer_id)
+    with write_session(get_engine()) as session:
+        set_password(session, "synthetic1", "a completely new passphrase")
+    at.run()
+    assert [b.label for b in at.button] == ["Sign in"]
+
+
+def test_a_deactivated_reader_pressing_save_is_signed_out_plainly(filled, app):
+    image = filled.image_ids[-1]
+    at = _open(app, filled.reviewer_id, image)
+    at.button(key="label_key_1").click().run()
+    with write_session(get_engine()) as session:
+        set_active(session, "synthetic1", False)
+    at.button(key="save_review").click().run()
+    assert not at.exception
+    assert "Your account was deactivated" in at.warning[0].value
+    assert [b.label for b in at.button] == ["Sign in"]
+    with read_session(get_engine()) as session:
+        assert session.scalar(select(Review.id).where(Review.image_id == image)) is None
+
+
+@pytest.mark.parametrize("query", [{"image": "99999999999999999999"}, {"image": "1", "v": "99999999999999999999"},
+                                   {"image": "-5"}])
+def test_a_crafted_case_link_gets_a_plain_message(filled, app, query):
+    at = app(filled.reviewer_id, page="views/case.py", query=query)
+    assert not at.exception
+    assert any("not valid" in w.value for w in at.warning)
+
+
+@pytest.mark.parametrize("query", [{"from": "0001-01-01", "to": "9999-12-31"}, {"page": "9" * 40},
+                                   {"v": "99999999999999999999"}, {"cls": "x" * 300, "mod": "\x00"}])
+def test_a_crafted_worklist_link_gets_a_plain_message(filled, app, texts, query):
+    at = app(filled.reviewer_id, query=query)
+    assert not at.exception
+    assert "of 20" in texts(at)  # the list as without the crafted values
+
+
+@pytest.fixture
+def phi_named(filled, cxr_dev, tmp_path) -> int:
+    """One image stored under a file name and folder that carry a patient's name, record number and birth date."""
+    folder = tmp_path / PHI_FOLDER
+    folder.mkdir()
+    path = folder / PHI_NAME
+    shutil.copy(sorted(cxr_dev.glob("*/*.png"))[0], path)
+    image = filled.image_ids[-1]
+    with write_session(get_engine()) as session:
+        session.execute(update(Image).where(Image.id == image).values(path=str(path)))
+    return image
+
+
+@pytest.mark.parametrize(("role", "sees_names"), [("reviewer", False), ("admin", True)])
+def test_file_names_and_the_folder_filter_are_for_admins_only(filled, phi_named, app, texts, role, sees_names):
+    who = filled.admin_id if role == "admin" else filled.reviewer_id
+    worklist = app(who)
+    case = app(who, page="views/case.py", query={"image": str(phi_named)})
+    shown = texts(worklist) + texts(case)
+    assert ("DOE" in shown) == sees_names
+    assert ("file" in worklist.dataframe[0].value.columns) == sees_names
+    assert any(t.label.startswith("Folder") for t in worklist.text_input) == sees_names
+
+
+def test_clear_filters_wins_over_a_date_sent_in_the_same_click(filled, app):
+    import datetime as dt
+
+    at = app(filled.reviewer_id, query={"status": "all", "cmax": "0.8"})
+    today = dt.date.today()
+    at.date_input(key="wl_dates").set_value((today - dt.timedelta(days=3), today))
+    next(b for b in at.button if b.label == "Clear filters").click().run()
+    assert not at.exception
+    assert "from" not in at.query_params and "to" not in at.query_params and "cmax" not in at.query_params
+    assert at.date_input(key="wl_dates").value == ()
+
+
+def test_the_class_filter_logs_no_session_state_warning(filled, app, monkeypatch):
+    from streamlit.elements.lib import policies
+
+    # The warning is only logged under a running server and once per process: make both hold here.
+    monkeypatch.setattr(policies, "runtime", SimpleNamespace(exists=lambda: True))
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger(policies.__name__).addHandler(handler)
+    try:
+        at = app(filled.reviewer_id, query={"status": "all"})
+        at.multiselect(key="wl_classes").select("covid").run()
+        assert at.query_params["cls"] in ("covid", ["covid"])
+        next(b for b in at.button if b.label == "Clear filters").click().run()  # the URL moves the widget
+    finally:
+        logging.getLogger(policies.__name__).removeHandler(handler)
+    assert not at.exception
+    assert "cls" not in at.query_params and at.multiselect(key="wl_classes").value == []
+    assert [r.getMessage() for r in records] == []
+
+
+def test_the_synthetic_notice_shows_once_on_the_case_page(filled, app):
+    at = _open(app, filled.reviewer_id, filled.image_ids[-1])
+    assert sum("Synthetic demo data" in w.value for w in at.warning) == 1  # the sidebar's, on every page
+
+
+def test_the_flagged_csv_is_built_only_when_asked_and_audited(filled, app):
+    with write_session(get_engine()) as session:
+        session.add(Review(image_id=filled.image_ids[-1], reviewer_id=filled.reviewer_id, label="other",
+                           flagged_for_retraining=True, comment="=HYPERLINK(\"http://x\")"))
+    at = app(filled.reviewer_id, page="views/flagged.py")
+    assert not at.exception
+    assert not at.get("download_button")  # no file built at render time, so none at a /media URL
+    with read_session(get_engine()) as session:
+        assert session.scalars(select(Event.kind)).all() == []
+    at.button(key="download_flagged").click().run()
+    delivered = [c for c in at.get("bidi_component") if "cxr_deliver" in str(c.proto)]
+    assert len(delivered) == 1 and "'=HYPERLINK" in str(delivered[0].proto)  # neutralised
+    with read_session(get_engine()) as session:
+        assert session.scalars(select(Event.kind)).all() == ["export_flagged"]
+    at.run()
+    assert not [c for c in at.get("bidi_component") if "cxr_deliver" in str(c.proto)]  # delivered once
