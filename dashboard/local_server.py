@@ -1,5 +1,5 @@
-"""The dashboard served by ``streamlit run`` on a free localhost port, for the browser test, the benchmark and
-the screenshots: ``with serve(env) as base: ...`` (``base`` is ``http://127.0.0.1:PORT``)."""
+"""The dashboard served by ``streamlit run`` on a free localhost port, for the browser and proxy tests, the
+benchmark and the screenshots: ``with serve(env) as base: ...`` (``base`` is ``http://127.0.0.1:PORT``)."""
 
 from __future__ import annotations
 
@@ -16,16 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @contextmanager
-def serve(env: Mapping[str, str], *, start_seconds: float = 120) -> Iterator[str]:
-    """Starts the app with ``env`` (CXR_HOME, CXR_DB_URL), waits until it answers, stops it afterwards."""
+def serve(env: Mapping[str, str], *, start_seconds: float = 120, app: str = "dashboard/streamlit_app.py",
+          address: str | None = "127.0.0.1") -> Iterator[str]:
+    """Starts ``app`` (a path from the repository root, or an absolute one) with ``env`` (CXR_HOME, CXR_DB_URL),
+    waits until it answers, stops it afterwards. ``address=None`` leaves the listening address to
+    .streamlit/config.toml, as the README's ``streamlit run dashboard`` does."""
     port = free_port()
+    bind = ["--server.address", address] if address is not None else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "dashboard/streamlit_app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        [sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port), *bind, "--server.headless", "true"],
         cwd=REPO, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(f"{base}/_stcore/health", start_seconds)
+        _wait_for(f"{base}/_stcore/health", start_seconds, server)
         yield base
     finally:
         server.terminate()
@@ -38,9 +41,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _wait_for(url: str, seconds: float) -> None:
+def _wait_for(url: str, seconds: float, server: subprocess.Popen) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the dashboard exited with status {server.returncode} before answering at {url}")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
