@@ -84,18 +84,12 @@ def tally(session: Session, kind: str, since: dt.datetime, *, username: str | No
     if client is not None:
         query = query.where(Event.client == client[:CLIENT_LENGTH])
     count, latest = session.execute(query).one()
-    return Tally(count, _utc(latest))
+    return Tally(count, latest)
 
 
 def latest_about(session: Session, kind: str, account: str, since: dt.datetime) -> dt.datetime | None:
     """When the latest event of ``kind`` at or after ``since`` concerned ``account`` (``details["account"]``,
     as in the events of an admin's change to an account), or None."""
-    return _utc(session.scalar(select(func.max(Event.created_at)).where(
-        Event.kind == kind, Event.created_at >= since, Event.details["account"].as_string() == account)))
+    return session.scalar(select(func.max(Event.created_at)).where(
+        Event.kind == kind, Event.created_at >= since, Event.details["account"].as_string() == account))
 
-
-def _utc(value: dt.datetime | None) -> dt.datetime | None:
-    """An aggregate's timestamp comes back without the column's type (naive on SQLite)."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=dt.UTC)

@@ -2,10 +2,10 @@
 policy of NIST SP 800-63B.
 
 The policy (:func:`check_password`): at least 8 characters for reviewers and 12 for admins, counted as Unicode
-code points after NFKC normalisation, and at most 1024; not a commonly used or breached password (the 30,000 of
-the ``zxcvbn`` package's list, compared case-insensitively, also with digits or symbols added at either end); not
-made of the user name or the service's name plus too little else; not repetitive or sequential ("aaaaaaaa",
-"12345678", "qwertyuiop12"). There are no composition rules: no digit, capital or symbol is demanded.
+code points after NFKC normalisation, and at most 1024; not a commonly used or breached password (one of the
+30,000 of the ``zxcvbn`` package's list, compared case-insensitively, also with digits or symbols added at
+either end); not made of the user name or the service's name plus too little else; not repetitive or sequential
+("aaaaaaaa", "12345678", "qwertyuiop12"). There are no composition rules: no digit, capital or symbol is demanded.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 _hasher = PasswordHasher()
-MIN_PASSWORD_LENGTH = 8  # reviewers; NIST SP 800-63B's minimum for a password that is the only factor
+MIN_PASSWORD_LENGTH = 8  # reviewers; NIST SP 800-63B's least for any password (rev. 4: 15 if it is the only factor)
 MIN_ADMIN_PASSWORD_LENGTH = 12  # an admin can change accounts and promote models: more is at stake
 MAX_PASSWORD_LENGTH = 1024  # long passphrases are welcome; only absurd lengths are refused, to bound hashing work
 SERVICE_NAMES = ("cxr review", "cxrreview", "cxr-review", "cxr_review")

@@ -60,7 +60,7 @@ def set_password(session: Session, username: str, password: str) -> Reviewer:
     reviewer = _existing(session, username)
     check_password(password, role=reviewer.role, username=reviewer.username)
     reviewer.password_hash = hash_password(password)
-    end_sessions(session, reviewer)
+    raise_session_epoch(session, reviewer)
     return reviewer
 
 
@@ -70,11 +70,11 @@ def set_active(session: Session, username: str, active: bool) -> Reviewer:
     reviewer = _existing(session, username)
     reviewer.is_active = active
     if not active:
-        end_sessions(session, reviewer)
+        raise_session_epoch(session, reviewer)
     return reviewer
 
 
-def end_sessions(session: Session, reviewer: Reviewer) -> int:
+def raise_session_epoch(session: Session, reviewer: Reviewer) -> int:
     """Raise the account's session epoch, so that every browser session signed in with an older one ends at its
     next interaction; the new epoch. Incremented in SQL, so that two at once both count."""
     reviewer.session_epoch = Reviewer.session_epoch + 1

@@ -25,8 +25,7 @@ from sqlalchemy.orm import Session
 from db import events
 from db.models import Reviewer, utcnow
 from db.passwords import hash_password, verify_password
-from db.reviewers import ReviewerError, authenticate, find_reviewer
-from db.reviewers import end_sessions as _end_sessions
+from db.reviewers import ReviewerError, authenticate, find_reviewer, raise_session_epoch
 
 log = logging.getLogger("cxr.signin")
 
@@ -181,7 +180,7 @@ def end_sessions(session: Session, reviewer_id: int) -> int:
     reviewer = session.get(Reviewer, reviewer_id)
     if reviewer is None:
         raise ReviewerError(f"no reviewer with id {reviewer_id}")
-    return _end_sessions(session, reviewer)
+    return raise_session_epoch(session, reviewer)
 
 
 def _check_credentials(session: Session, username: str, password: str) -> Reviewer | None:
