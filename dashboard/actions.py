@@ -29,9 +29,11 @@ def sign_in(username: str, password: str, client: str | None) -> signin.SignInRe
         return signin.sign_in(session, username, password, client=client)
 
 
-def sign_in_with_identity(email: str | None, issuer: str, email_verified: bool | None) -> signin.SignInResult:
+def sign_in_with_identity(email: str | None, issuer: str, email_verified: bool | None,
+                          client: str | None) -> signin.SignInResult:
     with write_session(data.engine()) as session:
-        return signin.sign_in_with_identity(session, email, issuer=issuer, email_verified=email_verified)
+        return signin.sign_in_with_identity(session, email, issuer=issuer, email_verified=email_verified,
+                                            client=client)
 
 
 def sign_out(me: signin.Account) -> None:

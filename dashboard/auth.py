@@ -78,7 +78,7 @@ def _account_from_identity() -> signin.Account | None:
         return None
     st.session_state[IDENTITY_TRIED_KEY] = True
     email, issuer, verified = found
-    result = actions.sign_in_with_identity(email, issuer, verified)
+    result = actions.sign_in_with_identity(email, issuer, verified, client_address())
     if result.account is None:
         st.session_state[NOTICE_KEY] = (f"No active CXR Review account has the user name {email or '(no e-mail)'}"
                                         + (" (the provider has not verified it)" if verified is False else "")

@@ -4,7 +4,7 @@ import streamlit as st
 
 from dashboard import actions, data, layout
 from db.models import ROLES
-from db.passwords import PasswordPolicyError
+from db.passwords import MIN_ADMIN_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordPolicyError
 from db.reviewers import ReviewerError
 
 me = layout.account()
@@ -32,12 +32,14 @@ def run(action, *args, done: str) -> None:
     st.rerun()
 
 
+PASSWORD_RULE = (f"At least {MIN_PASSWORD_LENGTH} characters ({MIN_ADMIN_PASSWORD_LENGTH} for admins); a passphrase "
+                 "is best. Common, repetitive or sequential passwords and ones made of the user name are refused.")
 create, change, audit = st.tabs(["Create", "Deactivate or reset", "Audit trail"])
 with create, st.form("create_account", clear_on_submit=True):
     username = st.text_input("User name")
     display_name = st.text_input("Display name (optional)")
     role = st.selectbox("Role", ROLES)
-    password = st.text_input("Initial password (at least 8 characters)", type="password")
+    password = st.text_input("Initial password", type="password", help=PASSWORD_RULE)
     if st.form_submit_button("Create account", type="primary"):
         run(actions.create_account, username.strip(), password, role, display_name.strip(),
             done=f"Created {username.strip()}.")
@@ -50,11 +52,14 @@ with change:
             run(actions.set_active, who, False, done=f"Deactivated {who}; signed out at their next click.")
     elif st.button("Reactivate", key="reactivate"):
         run(actions.set_active, who, True, done=f"Reactivated {who}.")
+    if st.button("Lift sign-in delays", key="unlock", help="Failed sign-ins so far no longer slow this account "
+                 "down (the same as `cxr-db unlock NAME`)."):
+        run(actions.unlock, who, done=f"Sign-in delays of {who} lifted.")
     with st.form("reset_password", clear_on_submit=True):
-        new_password = st.text_input("New password", type="password")
+        new_password = st.text_input("New password", type="password", help=PASSWORD_RULE)
         if st.form_submit_button("Reset password"):
             run(actions.reset_password, who, new_password, done=f"Password of {who} reset.")
 with audit:
     st.dataframe([{"when": e.created_at.strftime("%Y-%m-%d %H:%M:%S"), "event": e.kind, "user": e.username or "",
-                   "details": ", ".join(f"{k}={v}" for k, v in e.details.items())} for e in data.audit_events()],
-                 hide_index=True)
+                   "client": e.client or "", "details": ", ".join(f"{k}={v}" for k, v in e.details.items())}
+                  for e in data.audit_events()], hide_index=True)

@@ -18,7 +18,7 @@ import pytest
 from dashboard.local_server import serve
 from db import migrate, model_versions
 from db.engine import create_database_engine, read_session, write_session
-from db.models import Prediction
+from db.models import Prediction, Review, Reviewer
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 
@@ -74,6 +74,7 @@ def site(tmp_path_factory, cxr_dev):
         version = model_versions.list_versions(session)[0]
         model_versions.promote(session, str(version.id))
         reviewer = add_reviewer(session, "reader", PASSWORD)
+        add_reviewer(session, "second-reader", PASSWORD)
         add_reviewer(session, "chief", PASSWORD, role="admin")
         evil = session.query(Prediction).join(Prediction.image).filter_by(path=str(images / EVIL_NAME)).one()
         add_review(session, image_id=evil.image_id, reviewer_id=reviewer.id, label="normal",
@@ -212,3 +213,111 @@ def test_stored_html_shows_as_text(browser, site):
     assert page.locator("img[src='x']").count() == 0
     assert page.locator("script", has_text="alert").count() == 0
     assert dialogs == []
+
+
+COMMENT_ONE = "Right apical pneumothorax, call ward"
+COMMENT_THREE = "Old rib fracture left, no acute finding"
+LABELS = ["covid", "normal", "pneumonia"]
+
+
+def _predicted(site, image_id: int) -> str:
+    with read_session(site["engine"]) as session:
+        return session.query(Prediction.predicted_class).filter_by(image_id=image_id).scalar()
+
+
+def _next_case(page, after: int) -> int:
+    page.wait_for_function(f"new URLSearchParams(location.search).get('image') !== '{after}'")
+    page.get_by_role("heading", name=CASE_HEADING).wait_for()
+    _idle(page)
+    return _image_in_url(page)
+
+
+def _boxes_overlap(a: dict, b: dict) -> bool:
+    return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
+                or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
+
+
+def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser, site):
+    """Three cases read with keys and the mouse mixed, comments on the first and third only: the database and the
+    flagged CSV hold exactly what was entered, on the right cases."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900}, accept_downloads=True)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(site["base"])
+    _sign_in(page, "second-reader")
+    page.get_by_role("button", name="Start reading").click()
+    page.get_by_role("heading", name=CASE_HEADING).wait_for()
+    _idle(page)
+    comment = page.get_by_role("textbox", name="Comment")
+
+    # case 1: a label by key, a comment, Tab out of the box and S (the sequence that carried the comment onwards)
+    first = _image_in_url(page)
+    label_one = next(name for name in LABELS if name != _predicted(site, first))  # flagged: it disagrees
+    page.get_by_role("heading", name=CASE_HEADING).click()
+    page.keyboard.press(str(LABELS.index(label_one) + 1))
+    page.get_by_text(f"Label: {label_one}").wait_for()
+    _idle(page)
+    comment.click()
+    page.keyboard.type(COMMENT_ONE)
+    page.keyboard.press("Tab")
+    _idle(page)
+    page.keyboard.press("s")
+    second = _next_case(page, first)
+    notice = page.get_by_text(f"Saved case {first}: {label_one}.")
+    notice.wait_for()
+    for button in ("Previous", "Next", "Back to worklist"):
+        control = page.get_by_role("button", name=button).or_(page.get_by_role("link", name=button)).first
+        assert not _boxes_overlap(notice.bounding_box(), control.bounding_box()), button
+
+    # case 2: its comment box is empty; a window preset chosen with the mouse, then 2 chooses "normal"
+    assert comment.input_value() == ""
+    window = page.get_by_role("combobox", name="Window")
+    window.click()
+    preset = page.get_by_role("option").nth(1)
+    preset_name = preset.inner_text()
+    preset.click()
+    _idle(page)
+    page.keyboard.press("2")
+    page.get_by_text("Label: normal").wait_for()
+    assert window.input_value() == preset_name  # the key chose a label; it did not type into the Window box
+    _idle(page)
+    page.keyboard.press("s")
+    third = _next_case(page, second)
+
+    # case 3: the label with the mouse, a comment left with Escape, then S
+    assert comment.input_value() == ""
+    label_three = next(name for name in LABELS if name != _predicted(site, third))
+    page.locator(f".st-key-label_key_{LABELS.index(label_three) + 1} button").click()
+    page.get_by_text(f"Label: {label_three}").wait_for()
+    _idle(page)
+    comment.click()
+    page.keyboard.type(COMMENT_THREE)
+    page.keyboard.press("Escape")
+    _idle(page)
+    page.keyboard.press("s")
+    fourth = _next_case(page, third)
+    assert comment.input_value() == ""
+
+    with read_session(site["engine"]) as session:
+        stored = {r.image_id: (r.label, r.comment, r.flagged_for_retraining) for r in session.query(Review)
+                  .join(Review.reviewer).filter(Reviewer.username == "second-reader")}
+    assert stored == {first: (label_one, COMMENT_ONE, True),
+                      second: ("normal", None, _predicted(site, second) != "normal"),
+                      third: (label_three, COMMENT_THREE, True)}
+    assert fourth not in stored
+
+    # the flagged CSV: the two comments on their own cases, nowhere else; the table has no download of its own
+    page.get_by_role("link", name="Flagged").click()
+    table = page.locator("[data-testid=stDataFrame]")
+    table.wait_for()
+    _idle(page)
+    table.hover()
+    page.wait_for_timeout(500)
+    assert page.get_by_role("button", name=re.compile("download", re.I)).count() == 1  # ours, not the toolbar's
+    with page.expect_download() as download:
+        page.get_by_role("button", name="Download CSV").click()
+    rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    comments = {row["case_id"]: row["comment"] for row in rows if row["reviewer"] == "second-reader"}
+    assert comments[str(first)] == COMMENT_ONE and comments[str(third)] == COMMENT_THREE
+    assert comments.get(str(second), "") == ""
+    assert [row["case_id"] for row in rows if row["comment"] in (COMMENT_ONE, COMMENT_THREE)] == [
+        str(first), str(third)]

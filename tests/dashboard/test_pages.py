@@ -136,8 +136,13 @@ def _try_password(at, username: str, password: str) -> None:
 
 
 def test_failed_sign_ins_slow_the_guessing_client_not_the_owner(filled, monkeypatch, app, texts):
-    from dashboard import auth
+    import datetime as dt
 
+    from dashboard import auth
+    from db import signin
+
+    instant = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(signin, "utcnow", lambda: instant)  # every attempt at one moment: no delay runs out
     monkeypatch.setattr(auth, "client_address", lambda: "203.0.113.9")
     at = app(None)
     for _ in range(6):

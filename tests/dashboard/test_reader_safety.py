@@ -233,3 +233,29 @@ def test_the_flagged_csv_is_built_only_when_asked_and_audited(filled, app):
         assert session.scalars(select(Event.kind)).all() == ["export_flagged"]
     at.run()
     assert not [c for c in at.get("bidi_component") if "cxr_deliver" in str(c.proto)]  # delivered once
+
+
+def test_an_admin_lifts_the_sign_in_delays_of_an_account(filled, app, monkeypatch):
+    import datetime as dt
+
+    from dashboard import auth
+    from db import signin
+
+    instant = dt.datetime.now(dt.UTC)
+    monkeypatch.setattr(signin, "utcnow", lambda: instant)
+    monkeypatch.setattr(auth, "client_address", lambda: "203.0.113.9")
+    at = app(None)
+    for _ in range(6):
+        at.text_input[0].input("synthetic1")
+        at.text_input[1].input("wrong password")
+        at.button[0].click().run()
+    admin = app(filled.admin_id, page="views/accounts.py")
+    admin.selectbox(key="account_choice").select("synthetic1").run()
+    admin.button(key="unlock").click().run()
+    assert not admin.exception
+    at.text_input[0].input("synthetic1")
+    at.text_input[1].input(filled.password)
+    at.button[0].click().run()
+    assert "Signed in as" in " ".join(c.value for c in at.sidebar.caption)
+    with read_session(get_engine()) as session:
+        assert "account_unlocked" in session.scalars(select(Event.kind)).all()
