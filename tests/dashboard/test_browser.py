@@ -226,10 +226,12 @@ def _predicted(site, image_id: int) -> str:
 
 
 def _next_case(page, after: int) -> int:
+    """Waits until the next case is on screen (its own heading, not the last case's still being replaced)."""
     page.wait_for_function(f"new URLSearchParams(location.search).get('image') !== '{after}'")
-    page.get_by_role("heading", name=CASE_HEADING).wait_for()
+    shown = _image_in_url(page)
+    page.get_by_role("heading", name=f"Case {shown} ·").wait_for()
     _idle(page)
-    return _image_in_url(page)
+    return shown
 
 
 def _boxes_overlap(a: dict, b: dict) -> bool:

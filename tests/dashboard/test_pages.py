@@ -8,13 +8,13 @@ from sqlalchemy import select
 
 from dashboard import actions, data
 from dashboard.layout import plain
-from tests.dashboard.conftest import account
 from db import model_versions
 from db.engine import get_engine, read_session, write_session
 from db.export import flagged_csv
 from db.models import Event, Review
 from db.reviewers import set_active
 from db.reviews import add_review, flagged_cases
+from tests.dashboard.conftest import account
 
 PAGES = ["views/worklist.py", "views/case.py", "views/flagged.py", "views/models.py", "views/overview.py"]
 EVIL = "<script>alert(1)</script>"
