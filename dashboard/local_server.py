@@ -17,15 +17,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 @contextmanager
 def serve(env: Mapping[str, str], *, start_seconds: float = 120, app: str = "dashboard/streamlit_app.py",
-          address: str | None = "127.0.0.1") -> Iterator[str]:
-    """Starts ``app`` (a path from the repository root, or an absolute one) with ``env`` (CXR_HOME, CXR_DB_URL),
-    waits until it answers, stops it afterwards. ``address=None`` leaves the listening address to
-    .streamlit/config.toml, as the README's ``streamlit run dashboard`` does."""
+          address: str | None = "127.0.0.1", cwd: Path = REPO) -> Iterator[str]:
+    """Starts ``app`` (a path from ``cwd``, by default the repository root, or an absolute one) with ``env``
+    (CXR_HOME, CXR_DB_URL), waits until it answers, stops it afterwards. ``address=None`` leaves the listening
+    address to dashboard/.streamlit/config.toml, as the README's ``streamlit run dashboard`` does."""
     port = free_port()
     bind = ["--server.address", address] if address is not None else []
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", app, "--server.port", str(port), *bind, "--server.headless", "true"],
-        cwd=REPO, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cwd=cwd, env=dict(env), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/_stcore/health", start_seconds, server)

@@ -52,7 +52,7 @@ def _open(app, account_id: int, image_id: int):
 
 def _claims() -> list[tuple[int, int]]:
     with read_session(get_engine()) as session:
-        return sorted(session.execute(select(CaseClaim.image_id, CaseClaim.reviewer_id)).tuples())
+        return sorted(tuple(row) for row in session.execute(select(CaseClaim.image_id, CaseClaim.reviewer_id)))
 
 
 def _review_of(image_id: int) -> Review:

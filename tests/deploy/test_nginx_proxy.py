@@ -11,6 +11,7 @@ import re
 import socket
 import ssl
 import threading
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from dashboard.local_server import serve
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "deploy" / "nginx" / "cxr-review.conf"
-STREAMLIT_CONFIG = REPO / ".streamlit" / "config.toml"
+STREAMLIT_CONFIG = REPO / "dashboard" / ".streamlit" / "config.toml"
 HOST = "cxr.example.org"  # not loopback: Streamlit lets any loopback page open its websocket
 FORGED = "203.0.113.66"  # an address from the documentation range, as a hostile client would claim it
 TIMEOUT_MS = 60_000
@@ -251,11 +252,18 @@ def test_streamlits_components_charts_and_tables_work_under_the_proxys_policy(pr
                                                                              tmp_path):
     app = tmp_path / "probe.py"
     app.write_text(PROBE_APP, encoding="utf-8")
+    (tmp_path / ".streamlit").mkdir()  # the dashboard's settings beside the probe, as beside the dashboard's script
+    (tmp_path / ".streamlit" / "config.toml").write_bytes(STREAMLIT_CONFIG.read_bytes())
     with serve(dashboard_env, app=str(app)) as base, proxy_to(int(base.rsplit(":", 1)[1])) as proxy:
         page = new_page(browser)
         page.goto(f"{proxy.origin}/")
         page.get_by_text("probe ready").wait_for()
-        page.wait_for_function("window.__probeRan === true")  # a component's code, loaded from a blob: URL
+        # a component's code, loaded from a blob: URL (polled from outside the page: wait_for_function would
+        # evaluate a string inside it, which the policy rightly forbids)
+        deadline = time.monotonic() + 30
+        while not page.evaluate("window.__probeRan === true"):
+            assert time.monotonic() < deadline, "the component's code never ran under the policy"
+            page.wait_for_timeout(100)
         page.locator(".js-plotly-plot").wait_for()
         page.locator("[data-testid='stDataFrame'] canvas").first.wait_for()
         page.wait_for_timeout(1000)

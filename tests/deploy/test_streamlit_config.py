@@ -1,5 +1,5 @@
-"""The Streamlit settings in .streamlit/config.toml, and the README's ``streamlit run dashboard`` keeping to them:
-the dashboard listens on this machine only, and the proxy (deploy/nginx) is the way in for everyone else."""
+"""The Streamlit settings in dashboard/.streamlit/config.toml, and the README's ``streamlit run dashboard`` keeping
+to them: the dashboard listens on this machine only, and the proxy (deploy/nginx) is the way in for everyone else."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from dashboard.local_server import serve
 
 REPO = Path(__file__).resolve().parents[2]
-CONFIG = REPO / ".streamlit" / "config.toml"
+CONFIG = REPO / "dashboard" / ".streamlit" / "config.toml"
 LISTEN = "0A"  # a socket's state in /proc/net/tcp
 
 
@@ -67,9 +67,11 @@ def kernel_address(hex_address: str) -> bytes:
 
 
 @pytest.mark.slow
-def test_streamlit_run_dashboard_listens_on_this_machine_only(dashboard_env):
+@pytest.mark.parametrize("from_elsewhere", [False, True], ids=["from the repository root", "from another folder"])
+def test_streamlit_run_dashboard_listens_on_this_machine_only(dashboard_env, tmp_path, from_elsewhere):
     if not Path("/proc/net/tcp").exists():
         pytest.skip("no /proc/net/tcp to read the listening socket from (not Linux)")
     env = {name: value for name, value in dashboard_env.items() if not name.startswith("STREAMLIT_")}
-    with serve(env, app="dashboard", address=None) as base:  # the README's way: no --server.address
+    where = dict(app=str(REPO / "dashboard"), cwd=tmp_path) if from_elsewhere else dict(app="dashboard")
+    with serve(env, address=None, **where) as base:  # the README's way: no --server.address
         assert listening_addresses(int(base.rsplit(":", 1)[1])) == {"127.0.0.1"}

@@ -28,6 +28,6 @@ def test_the_unit_runs_the_readme_command_on_the_proxys_upstream():
     assert command[0].endswith("/streamlit") and command[1:3] == ["run", "dashboard"]
     upstream = re.search(r"^\s*server (\S+):(\d+);", SITE.read_text(encoding="utf-8"), re.M)
     assert (option(command, "--server.address"), option(command, "--server.port")) == upstream.groups()
-    # .streamlit/config.toml is read from the working directory only
+    # `run dashboard` is relative to the working directory
     assert service()["WorkingDirectory"] and service()["Environment"].startswith("CXR_HOME=")
     assert service()["User"] != "root"
