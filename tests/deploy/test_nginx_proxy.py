@@ -33,7 +33,6 @@ TIMEOUT_MS = 60_000
 TOLERATED_VIOLATIONS = (
     ("script-src-elem", "inline"),  # Streamlit's window.prerenderReady, for search-engine prerendering
     ("script-src", "wasm-eval"),  # protobuf's long.js probes WebAssembly, then uses plain JavaScript
-    ("img-src", "https://fonts.gstatic.com/"),  # a Material page icon Streamlit would fetch from Google
 )
 RECORD_VIOLATIONS = """document.addEventListener('securitypolicyviolation', (event) => {
   (window.__cspViolations = window.__cspViolations || []).push([event.effectiveDirective, event.blockedURI]);
