@@ -4,8 +4,8 @@ account's session epoch from its sign-in: signing out (in any window), a deactiv
 the epoch, which ends every other session of that account at its next interaction too.
 
 Besides the password form, single sign-on through Streamlit's ``st.login`` (OpenID Connect) is offered when an
-``[auth]`` section is configured in ``.streamlit/secrets.toml``: the provider's verified e-mail address opens the
-active account of that user name (see :func:`db.signin.sign_in_with_identity`)."""
+``[auth]`` section is configured in ``dashboard/.streamlit/secrets.toml``: the provider's verified e-mail address
+opens the active account of that user name (see :func:`db.signin.sign_in_with_identity`)."""
 
 from __future__ import annotations
 
