@@ -18,6 +18,7 @@ from db import migrate
 from db.engine import create_database_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _missing(what: str) -> None:
@@ -25,6 +26,13 @@ def _missing(what: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def missing_tool(what: str) -> None:
+    """A tool .ci/run installs (chromium, nginx, ...): its absence fails under CI and skips elsewhere."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{what} is not installed (.ci/run installs it)")
+    pytest.skip(f"{what} is not installed")
 
 
 def process_alive(pid: int | str) -> bool:
@@ -209,3 +217,18 @@ def engine(db_url):
     migrate.upgrade(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's chromium driven by Playwright (it cannot download browsers here)."""
+    if not Path(CHROMIUM).exists():
+        missing_tool("chromium")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        missing_tool("playwright")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield browser
+        browser.close()

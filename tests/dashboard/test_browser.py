@@ -22,7 +22,6 @@ from db.models import Prediction, Review, Reviewer
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 
-CHROMIUM = "/usr/bin/chromium"
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "browser-test-password"
 EVIL_NAME = "<img src=x onerror=alert(1)>.png"
@@ -33,24 +32,6 @@ CASE_HEADING = re.compile(r"^Case \d+ ·")
 pytestmark = pytest.mark.slow
 
 
-def _missing(what: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} is not installed (.ci/run installs it)")
-    pytest.skip(f"{what} is not installed")
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        _missing("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _missing("playwright")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +215,18 @@ def _next_case(page, after: int) -> int:
     return shown
 
 
+def _comment_then_save(page, comment, text: str, *, leave_with: str) -> int:
+    """Types a comment, leaves the box with a key, presses S; returns the next case."""
+    shown = _image_in_url(page)
+    _idle(page)
+    comment.click()
+    page.keyboard.type(text)
+    page.keyboard.press(leave_with)
+    _idle(page)
+    page.keyboard.press("s")
+    return _next_case(page, shown)
+
+
 def _boxes_overlap(a: dict, b: dict) -> bool:
     return not (a["x"] + a["width"] <= b["x"] or b["x"] + b["width"] <= a["x"]
                 or a["y"] + a["height"] <= b["y"] or b["y"] + b["height"] <= a["y"])
@@ -257,13 +250,7 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     page.get_by_role("heading", name=CASE_HEADING).click()
     page.keyboard.press(str(LABELS.index(label_one) + 1))
     page.get_by_text(f"Label: {label_one}").wait_for()
-    _idle(page)
-    comment.click()
-    page.keyboard.type(COMMENT_ONE)
-    page.keyboard.press("Tab")
-    _idle(page)
-    page.keyboard.press("s")
-    second = _next_case(page, first)
+    second = _comment_then_save(page, comment, COMMENT_ONE, leave_with="Tab")
     notice = page.get_by_text(f"Saved case {first}: {label_one}.")
     notice.wait_for()
     for button in ("Previous", "Next", "Back to worklist"):
@@ -290,13 +277,7 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     label_three = next(name for name in LABELS if name != _predicted(site, third))
     page.locator(f".st-key-label_key_{LABELS.index(label_three) + 1} button").click()
     page.get_by_text(f"Label: {label_three}").wait_for()
-    _idle(page)
-    comment.click()
-    page.keyboard.type(COMMENT_THREE)
-    page.keyboard.press("Escape")
-    _idle(page)
-    page.keyboard.press("s")
-    fourth = _next_case(page, third)
+    fourth = _comment_then_save(page, comment, COMMENT_THREE, leave_with="Escape")
     assert comment.input_value() == ""
 
     with read_session(site["engine"]) as session:

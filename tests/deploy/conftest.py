@@ -21,18 +21,12 @@ import pytest
 from dashboard.local_server import free_port, serve
 from db import migrate
 from db.engine import create_database_engine
+from tests.conftest import missing_tool
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "deploy" / "nginx" / "cxr-review.conf"
 MIME_TYPES = Path("/etc/nginx/mime.types")
 UPSTREAM = "server 127.0.0.1:8501;"
-CHROMIUM = "/usr/bin/chromium"
-
-
-def missing(what: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{what} is not installed (.ci/run installs it)")
-    pytest.skip(f"{what} is not installed")
 
 
 @dataclass(frozen=True)
@@ -57,7 +51,7 @@ class Proxy:
 def nginx() -> str:
     found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin")
     if found is None:
-        missing("nginx (Debian package nginx)")
+        missing_tool("nginx (Debian package nginx)")
     return found
 
 
@@ -70,7 +64,7 @@ def certificate(tmp_path_factory) -> Certificate:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
     except ImportError:
-        missing("cryptography (installed with Authlib from requirements.txt)")
+        missing_tool("cryptography (installed with Authlib from requirements.txt)")
 
     folder = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
@@ -212,16 +206,3 @@ def ipv6_loopback() -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def browser():
-    """Debian's chromium driven by Playwright (as in tests/dashboard/test_browser.py)."""
-    if not Path(CHROMIUM).exists():
-        missing("chromium")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        missing("playwright")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield browser
-        browser.close()
