@@ -36,7 +36,7 @@ def identity() -> tuple[str | None, str, bool | None] | None:
     return st.user.get("email"), str(st.user.get("iss") or "oidc"), None if verified is None else bool(verified)
 
 
-def client_address() -> str | None:
+def client_address() -> str:
     """The browser's network address, for throttling failed sign-ins per client. A connection from this machine is
     the reverse proxy's (the app listens on loopback only), which overwrites ``X-Real-IP`` with the address it
     saw; a header from anywhere else is not trusted."""
@@ -44,7 +44,9 @@ def client_address() -> str | None:
     if isinstance(direct, str):
         return direct
     forwarded = st.context.headers.get("X-Real-IP")
-    return forwarded.strip()[:64] or "localhost" if isinstance(forwarded, str) else "localhost"
+    if isinstance(forwarded, str) and forwarded.strip():
+        return forwarded.strip()[:64]
+    return "localhost"
 
 
 def current_account() -> signin.Account | None:

@@ -31,7 +31,7 @@ def case_caption(container, detail: CaseDetail, me: Account, notice: str | None)
     container.caption(plain(" · ".join(part for part in parts if part)) or "\u00a0")
 
 
-def claim_banner(me: Account, image_id: int, draft: CaseDraft) -> None:
+def claim_banner(me: Account, draft: CaseDraft) -> None:
     claim = draft.claim
     if claim.claimed:
         if claim.holder is not None:
@@ -228,11 +228,13 @@ def _choose(draft: CaseDraft, label: str, predicted: str | None) -> None:
 
 
 def _keep_flag(draft: CaseDraft) -> None:
-    draft.flagged = bool(st.session_state.get(flag_key(draft.image_id)))
+    if flag_key(draft.image_id) in st.session_state:
+        draft.flagged = bool(st.session_state[flag_key(draft.image_id)])
 
 
 def _keep_comment(draft: CaseDraft) -> None:
-    draft.comment = st.session_state.get(comment_key(draft.image_id)) or ""
+    if comment_key(draft.image_id) in st.session_state:
+        draft.comment = st.session_state[comment_key(draft.image_id)] or ""
 
 
 def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first: bool, after_save) -> None:

@@ -57,7 +57,7 @@ head[2].button("Next", key="next", on_click=go, args=(1,), shortcut="N", icon=":
 back = {k: v for k, v in query.items() if k != urlstate.IMAGE}
 head[3].page_link(layout.page("worklist"), label="Back to worklist", icon=":material/list:", query_params=back)
 layout.url_problems(query)
-claim_banner(me, image_id, draft)
+claim_banner(me, draft)
 
 read_first = st.sidebar.toggle("Read first", key="read_first_mode",
                                help="Hide the model's output and the overlays until you have chosen a label.")
