@@ -7,6 +7,7 @@ passes every test and still breaks ``pip install -r requirements.txt && cxr-demo
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import sys
 import tomllib
@@ -79,3 +80,14 @@ def test_the_check_sees_the_product_and_the_pins():
     assert {"torch", "sqlalchemy", "streamlit", "pydicom"} <= modules.keys()
     assert "json" not in modules and "db" not in modules
     assert {"torch", "sqlalchemy", "psycopg"} <= listed_distributions(REPO_ROOT / "requirements.txt")
+
+
+def test_ci_finds_the_readme_commands_it_runs():
+    # .ci/run and .ci/readme_first_command.sh run these as README.md writes them
+    spec = importlib.util.spec_from_file_location("readme_command", REPO_ROOT / ".ci" / "readme_command.py")
+    readme_command = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(readme_command)
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    first = readme_command.command_after(readme, "Run it")
+    assert first.startswith("pip install -r requirements.txt && ") and " && streamlit run " in first
+    assert readme_command.command_after(readme, "Test it").startswith("pip install -r requirements-dev.txt && ")
