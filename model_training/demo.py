@@ -24,7 +24,7 @@ log = logging.getLogger("cxr.demo")
 
 DEMO_MODEL_NAME = "demo-synthetic"
 DEMO_ACCOUNT = "demo"
-DEMO_TRAINING = {"img_size": 64, "epochs": 12, "batch_size": 32, "patience": 4}
+DEMO_TRAINING = {"img_size": 64, "epochs": 8, "batch_size": 32, "patience": 4}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +94,7 @@ def ensure_active_model(engine, images: Path, out: Path, db_url: str | None) -> 
                    if v.name == DEMO_MODEL_NAME and v.is_synthetic]
     if trained:
         version_id = trained[-1].id
+        log.info("no active model: the synthetic demo model was trained before (version %d)", version_id)
     else:
         log.info("no active model: training the synthetic demo model (%s px, at most %d epochs)",
                  DEMO_TRAINING["img_size"], DEMO_TRAINING["epochs"])
@@ -102,8 +103,9 @@ def ensure_active_model(engine, images: Path, out: Path, db_url: str | None) -> 
         version_id = result.model_version_id
     with write_session(engine) as session:
         model_versions.promote(session, str(version_id))
-    log.warning("the active model is the synthetic demo model (version %d): its predictions mean nothing "
-                "clinically", version_id)
+    # training registers every version inactive; the demo alone promotes without asking
+    log.warning("promoted model version %d, the synthetic demo model, so that the scorer uses it: its predictions "
+                "mean nothing clinically", version_id)
 
 
 if __name__ == "__main__":
