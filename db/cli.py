@@ -12,7 +12,7 @@ from pathlib import Path
 
 from db import attributions, config, migrate, results, reviewers, signin
 from db.backup import backup_database
-from db.clitools import add_db_option, add_verbose_option, run_cli
+from db.clitools import ESCAPES_HELP, add_db_option, add_verbose_option, printable, run_cli
 from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
 from db.models import utcnow
@@ -22,13 +22,16 @@ log = logging.getLogger("cxr.db")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxr-db", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cxr-db", description=__doc__, epilog=f"Output: {ESCAPES_HELP}.")
     add_db_option(parser)
     add_verbose_option(parser)
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("upgrade", help="create the database or migrate it to the newest schema")
     commands.add_parser("current", help="print the schema revision of the database and of this software")
-    failures = commands.add_parser("failures", help="list the files a scoring run could not score")
+    failures = commands.add_parser("failures", help="list the files a scoring run could not score: run, reason, "
+                                                    "path, message, tab-separated, one line each",
+                                   description=f"The files a scoring run could not score, one tab-separated line "
+                                               f"each: run, reason, path, message. The {ESCAPES_HELP}.")
     failures.add_argument("--run", type=int, metavar="ID", help="the run (default: the latest with failures)")
     add = commands.add_parser("add-reviewer", help="create a reviewer account")
     add.add_argument("name", help="login name")
@@ -39,10 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     for command in (add, password):
         command.add_argument("--password-stdin", action="store_true",
                              help="read the password from the first line of standard input instead of a prompt")
-    commands.add_parser("reviewers", help="list reviewer accounts")
+    commands.add_parser("reviewers", help="list reviewer accounts",
+                        description=f"Reviewer accounts: name, role, state, display name. The {ESCAPES_HELP}.")
     backup = commands.add_parser("backup", help="a consistent copy of a live SQLite database (safe while the "
                                                 "scorer and reviewers write)")
-    backup.add_argument("destination", type=Path, metavar="DEST", help="a file, or a folder for a dated copy")
+    backup.add_argument("destination", type=Path, metavar="DEST",
+                        help="a file (replaced whole), or a folder for a new dated copy (never over another one); "
+                             "refused: the database itself or its -wal, -shm or -journal files (also through a "
+                             "link), and anything that is not a regular file or a folder")
     prune = commands.add_parser("prune-attributions", help="delete cached attribution maps of model versions that "
                                                            "are not active, older than DAYS")
     prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
@@ -61,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "backup":
         made = backup_database(config.database_url(args.db), args.destination)
-        print(f"{made.path}\t{made.size_bytes} bytes\t{made.seconds} s\tintegrity {made.integrity}")
+        print(f"{printable(made.path)}\t{made.size_bytes} bytes\t{made.seconds} s\tintegrity {made.integrity}")
         return 0
     engine = get_engine(args.db)
     if args.command == "upgrade":
         return _upgrade(engine)
     if args.command == "current":
-        print(f"database: {migrate.current_revision(engine) or 'empty'}; software: {migrate.head_revision()}")
+        print(f"database: {printable(migrate.current_revision(engine) or 'empty')}; "
+              f"software: {migrate.head_revision()}")
         return 0
     migrate.require_current(engine)
     if args.command == "failures":
@@ -80,19 +88,19 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _upgrade(engine) -> int:
-    before = migrate.current_revision(engine)
-    migrate.upgrade(engine)
-    after = migrate.current_revision(engine)
+    done = migrate.upgrade(engine)
     log.info("database %s: %s", shown_url(engine.url.render_as_string(hide_password=False)),
-             f"migrated {before or 'empty'} -> {after}" if before != after else f"already at {after}")
+             f"migrated {done.before or 'empty'} -> {done.after}" if done.changed else f"already at {done.after}")
     return 0
 
 
 def _list_failures(engine, run_id: int | None) -> int:
-    """Tab-separated: run, reason, path, message. Paths may identify patients: this goes to stdout, not a log."""
+    """Tab-separated: run, reason, path, message, each escaped by :func:`printable` (a name holding a tab or a
+    newline must not break its record). Paths may identify patients: this goes to stdout, not a log."""
     with read_session(engine) as session:
         for failure in results.run_failures(session, run_id):
-            print(f"{failure.run_id}\t{failure.reason}\t{failure.path}\t{failure.message}")
+            print("\t".join(printable(value) for value in (failure.run_id, failure.reason, failure.path,
+                                                             failure.message)))
     return 0
 
 
@@ -100,7 +108,7 @@ def _list_reviewers(engine) -> int:
     with read_session(engine) as session:
         for r in reviewers.list_reviewers(session):
             state = "active" if r.is_active else "deactivated"
-            print(f"{r.username:<24} {r.role:<9} {state:<12} {r.display_name or ''}")
+            print(f"{printable(r.username):<24} {printable(r.role):<9} {state:<12} {printable(r.display_name or '')}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from alembic import command
@@ -39,14 +40,29 @@ def current_revision(engine: Engine) -> str | None:
 MIGRATION_LOCK_KEY = 0x43585244  # "CXRD": PostgreSQL advisory lock serialising migrations
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Migrate to ``revision``. Concurrent callers are serialised: the second finds the work done."""
+@dataclass(frozen=True)
+class Upgraded:
+    """What one :func:`upgrade` did: the revisions before and after, both read under its lock."""
+
+    before: str | None
+    after: str | None
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+def upgrade(engine: Engine, revision: str = "head") -> Upgraded:
+    """Migrate to ``revision``. Concurrent callers are serialised: the second finds the work done, and says so
+    (the revision before is read inside the lock, not before it)."""
     cfg = _alembic_config()
     with writer(engine).begin() as connection:  # SQLite: BEGIN IMMEDIATE takes the write lock first
         if engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        before = MigrationContext.configure(connection).get_current_revision()
         cfg.attributes["connection"] = connection
         command.upgrade(cfg, revision)
+        return Upgraded(before, MigrationContext.configure(connection).get_current_revision())
 
 
 def require_current(engine: Engine) -> None:
