@@ -14,6 +14,7 @@ from db.cases import CaseDetail
 from db.signin import Account
 from db.worklist import WorklistFilter
 from scoring.imaging import AS_READ, XRayReadError, apply_window
+from scoring.imaging.verified import NoVerifiedCopy
 from scoring.imaging.viewing import Window
 
 CUSTOM = "custom (sliders)"
@@ -55,8 +56,8 @@ def _reset_zoom() -> None:
 
 
 @st.cache_data(ttl=600, max_entries=64, show_spinner=False)
-def grey_png(path: str, preset: str, custom: tuple[float, float] | None, invert: bool) -> bytes:
-    image = data.viewing_image(path)
+def grey_png(image_id: int, preset: str, custom: tuple[float, float] | None, invert: bool) -> bytes:
+    image = data.viewing_image(image_id)
     window = Window(CUSTOM, *custom, "LINEAR_EXACT") if custom else image.window(preset)
     return viewer.grey_png(apply_window(image, window), invert=invert)
 
@@ -69,9 +70,9 @@ def attribution(image_id: int, version_id: int, method: str, target: str):
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def overlay_png(path: str, image_id: int, version_id: int, method: str, target: str, opacity: float,
+def overlay_png(image_id: int, version_id: int, method: str, target: str, opacity: float,
                 preset: str, custom: tuple[float, float] | None, invert: bool) -> bytes:
-    image = data.viewing_image(path)
+    image = data.viewing_image(image_id)
     window = Window(CUSTOM, *custom, "LINEAR_EXACT") if custom else image.window(preset)
     amap = attribution(image_id, version_id, method, target)
     heat = viewer.normalised_attribution(amap.values, amap.value_max)
@@ -81,9 +82,13 @@ def overlay_png(path: str, image_id: int, version_id: int, method: str, target: 
 def image_panel(detail: CaseDetail, *, hidden: bool) -> bool:
     """The image (and the overlay, if on and allowed); returns whether an overlay was shown."""
     try:
-        image = data.viewing_image(detail.image.path)
+        image = data.viewing_image(detail.image.id)
+    except NoVerifiedCopy as exc:
+        st.error(f"This case's film cannot be shown: {exc}. It was changed, moved or deleted after it was scored; "
+                 "scoring the folder that now holds it records its new place.", icon=":material/image_not_supported:")
+        return False
     except XRayReadError as exc:
-        st.error(f"The image cannot be read now ({exc.reason}). Was the file moved?")
+        st.error(f"The image cannot be read now ({exc.reason}).")
         return False
     controls = st.columns([2.4, 1.2, 1.3, 1.6], vertical_alignment="bottom")
     preset = controls[0].selectbox("Window", [*image.presets, CUSTOM], key="window_preset",
@@ -97,7 +102,7 @@ def image_panel(detail: CaseDetail, *, hidden: bool) -> bool:
     invert = st.session_state.get("invert", False)
     overlay_on = st.session_state.get("overlay_on", False) and not hidden and detail.prediction is not None
     pictures = [("image" + (" (inverted)" if invert else ""),
-                 grey_png(detail.image.path, preset if preset != CUSTOM else AS_READ, custom, invert))]
+                 grey_png(detail.image.id, preset if preset != CUSTOM else AS_READ, custom, invert))]
     shape = image.pixels.shape
     if overlay_on:
         overlay = _overlay(detail, preset if preset != CUSTOM else AS_READ, custom, invert)
@@ -135,13 +140,12 @@ def _overlay(detail: CaseDetail, preset: str, custom, invert: bool) -> tuple[str
     target = cols[1].selectbox("Class", classes, index=classes.index(prediction.predicted_class),
                                key=f"overlay_class_{detail.image.id}")
     opacity = cols[2].slider("Opacity", 0.1, 1.0, 0.6, 0.05, key="overlay_opacity")
-    args = (detail.image.path, detail.image.id, prediction.model_version_id, method, target, opacity, preset, custom,
-            invert)
+    args = (detail.image.id, prediction.model_version_id, method, target, opacity, preset, custom, invert)
     try:
         # Streamlit shows a spinner only after half a second: a stored map appears without one.
         with st.spinner(f"Computing {METHOD_INFO[method].label} for {target}…"):
             png = overlay_png(*args)
-    except (AttributionError, XRayReadError) as exc:
+    except (AttributionError, XRayReadError, NoVerifiedCopy) as exc:
         st.error(f"No attribution map: {exc}")
         return None
     return (f"{METHOD_INFO[method].label} · {target}", png)
@@ -302,12 +306,12 @@ def prefetch(flt: WorklistFilter, image_id: int, reviewer_id: int) -> int | None
     invert = st.session_state.get("invert", False)
     try:
         preset = st.session_state.get("window_preset") or AS_READ
-        if preset == CUSTOM or preset not in data.viewing_image(detail.image.path).presets:
+        if preset == CUSTOM or preset not in data.viewing_image(detail.image.id).presets:
             preset = AS_READ
-        grey_png(detail.image.path, preset, None, invert)
+        grey_png(detail.image.id, preset, None, invert)
         if st.session_state.get("overlay_on") and detail.prediction is not None:
             _prefetch_overlay(detail, preset, invert)
-    except XRayReadError:
+    except (XRayReadError, NoVerifiedCopy):
         pass  # the next case will say so itself
     return target
 
@@ -321,7 +325,7 @@ def _prefetch_overlay(detail: CaseDetail, preset: str, invert: bool) -> None:
     if method is None or not is_cached(data.engine(), detail.image.id, version_id, method, target):
         return  # maps are computed when a reviewer asks for one, not ahead
     try:
-        overlay_png(detail.image.path, detail.image.id, version_id, method, target,
+        overlay_png(detail.image.id, version_id, method, target,
                     st.session_state.get("overlay_opacity", 0.6), preset, None, invert)
     except AttributionError:
         pass

@@ -11,11 +11,14 @@ import datetime as dt
 import streamlit as st
 from sqlalchemy import Engine
 
-from db import agreement, cases, events, migrate, model_versions, overview, reviewers, worklist
+from db import agreement, attributions, cases, events, migrate, model_versions, overview, reviewers, worklist
+from db.config import private_tmp
 from db.engine import get_engine, read_session
+from db.paths import to_fs
 from db.reviews import FlaggedCase, flagged_cases
 from db.summary import Summary, database_summary
 from scoring.imaging import ViewingImage, read_for_viewing
+from scoring.imaging.verified import read_verified
 
 
 @st.cache_resource
@@ -106,9 +109,13 @@ def case_detail(image_id: int, version_id: int | None) -> cases.CaseDetail | Non
 
 
 @st.cache_resource(ttl=600, max_entries=12, show_spinner=False)
-def viewing_image(path: str) -> ViewingImage:
-    """The decoded image (kept as it is, not copied: large arrays)."""
-    return read_for_viewing(path)
+def viewing_image(image_id: int) -> ViewingImage:
+    """The decoded image, read only from bytes whose hash is the image's (its first known path that still holds
+    them; raises ``NoVerifiedCopy`` when none does). Kept as it is, not copied: large arrays."""
+    with read_session(engine()) as session:
+        source = attributions.image_source(session, image_id)
+    paths = [to_fs(path) for path in source.paths] if source else []
+    return read_verified(paths, source.sha256 if source else "", read_for_viewing, workdir=private_tmp())
 
 
 @st.cache_data(ttl=30, show_spinner=False)

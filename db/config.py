@@ -26,6 +26,13 @@ def ensure_home() -> Path:
     return home
 
 
+def private_tmp() -> Path:
+    """``$CXR_HOME/tmp``, readable by this user only: short-lived copies of patient files (verified reads)."""
+    folder = ensure_home() / "tmp"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return folder
+
+
 def database_url(override: str | None = None) -> str:
     if override:
         return override

@@ -11,6 +11,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import migrate, signin, synthetic
 from db.engine import get_engine, read_session, write_session
+from db.hashing import file_sha256
 from db.models import Image
 
 APP = str(Path(__file__).resolve().parents[2] / "dashboard" / "streamlit_app.py")
@@ -51,8 +52,9 @@ def filled(cxr_dev) -> Filled:
     pngs = sorted(cxr_dev.glob("*/*.png"))[:30]
     with write_session(engine) as session:
         fill = synthetic.fill(session, images=30, reviews=10, reviewers=2, password=PASSWORD)
-        for image_id, png in zip(fill.image_ids, pngs, strict=True):
-            session.execute(update(Image).where(Image.id == image_id).values(path=str(png), format="png"))
+        for image_id, png in zip(fill.image_ids, pngs, strict=True):  # the case viewer checks the content
+            session.execute(update(Image).where(Image.id == image_id).values(path=str(png), format="png",
+                                                                             sha256=file_sha256(png)))
     return Filled(fill.model_version_id, fill.image_ids, fill.reviewer_ids[0], fill.reviewer_ids[1])
 
 
