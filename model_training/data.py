@@ -22,11 +22,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from torch.utils.data import Dataset
 
+from db import attributions
 from db.errors import CannotRun
 from db.hashing import file_sha256
 from db.models import Image, Review
+from db.paths import to_fs
 from db.reviews import latest_reviews
 from scoring import imaging
+from scoring.imaging.verified import first_holding
 from scoring.model import Preprocessing
 
 log = logging.getLogger("cxr.train")
@@ -105,16 +108,29 @@ def with_hashes(items: Iterable[LabelledImage]) -> list[LabelledImage]:
 # --- reviewers' corrections -----------------------------------------------------------------------------
 
 def reviewed_cases(session: Session) -> list[LabelledImage]:
-    """The latest review of every reviewed image, with the reviewer's label (ungradable/other left out)."""
+    """The latest review of every reviewed image, with the reviewer's label (ungradable/other left out), at the
+    first of the image's known places that still holds its content: a label is never learnt from another film
+    saved under the reviewed one's name. A case with no copy left is left out, and counted in the log."""
     latest = latest_reviews()
     rows = session.execute(
-        select(Review.id, Review.label, Image.sha256, Image.path, Image.patient_pseudonym)
+        select(Review.id, Review.label, Image.id, Image.sha256, Image.patient_pseudonym)
         .join(latest, latest.c.review_id == Review.id)
         .join(Image, Image.id == Review.image_id)
         .order_by(Review.id))
-    return [LabelledImage(path, label, pseudonym, "review", sha, review_id)
-            for review_id, label, sha, path, pseudonym in rows
-            if label.strip().lower() not in NON_TRAINING_LABELS]
+    items, lost = [], 0
+    for review_id, label, image_id, sha, pseudonym in rows:
+        if label.strip().lower() in NON_TRAINING_LABELS:
+            continue
+        source = attributions.image_source(session, image_id)
+        path = first_holding([to_fs(p) for p in source.paths], sha)
+        if path is None:
+            lost += 1
+            continue
+        items.append(LabelledImage(path, label, pseudonym, "review", sha, review_id))
+    if lost:
+        log.warning("reviews: %d reviewed cases left out: no copy of their image is left (changed, moved or "
+                    "deleted since scoring; score the folder that holds them now)", lost)
+    return items
 
 
 def merge_reviews(items: list[LabelledImage], reviews: list[LabelledImage]) -> list[LabelledImage]:

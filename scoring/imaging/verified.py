@@ -55,18 +55,35 @@ def read_verified(paths: Sequence[str | bytes], sha256: str, read: Callable[[str
     raise NoVerifiedCopy(len(paths), missing, changed)
 
 
+def first_holding(paths: Sequence[str | bytes], sha256: str) -> str | bytes | None:
+    """The first of ``paths`` that is a regular file whose bytes hash to ``sha256`` now, or None. For readers
+    that read a file many times (training): they check once, not at every read."""
+    for path in paths:
+        try:
+            if _hash_blocks(path, lambda block: None) == sha256:
+                return path
+        except OSError:
+            continue
+    return None
+
+
 def _copy_hashing(path: str | bytes, copy: Path) -> str:
-    """Copies a regular file (never a FIFO or a device: opened without blocking, checked before reading) and
-    returns the sha256 of exactly the bytes copied."""
+    """Copies the file and returns the sha256 of exactly the bytes copied."""
+    with os.fdopen(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as target:
+        return _hash_blocks(path, target.write)
+
+
+def _hash_blocks(path: str | bytes, each: Callable[[bytes], object]) -> str:
+    """The sha256 of a regular file, handing each block to ``each`` on the way. Never a FIFO or a device: opened
+    without blocking and checked before anything is read."""
     source = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(source).st_mode):
             raise IsADirectoryError(f"not a regular file: {path!r}")
         digest = hashlib.sha256()
-        with os.fdopen(os.open(copy, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as target:
-            while block := os.read(source, _BLOCK):
-                digest.update(block)
-                target.write(block)
+        while block := os.read(source, _BLOCK):
+            digest.update(block)
+            each(block)
         return digest.hexdigest()
     finally:
         os.close(source)
