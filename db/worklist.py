@@ -231,7 +231,7 @@ def _scored_conditions(flt: WorklistFilter) -> list[ColumnElement[bool]]:
     out = []
     if flt.date_from:
         out.append(Prediction.scored_at >= dt.datetime.combine(flt.date_from, dt.time(), dt.UTC))
-    if flt.date_to:
+    if flt.date_to and flt.date_to < dt.date.max:  # the last representable day has no day after it: no bound
         out.append(Prediction.scored_at < dt.datetime.combine(flt.date_to + dt.timedelta(days=1), dt.time(), dt.UTC))
     return out
 

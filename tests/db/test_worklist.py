@@ -99,6 +99,12 @@ def test_scored_date_range(engine, fill):
     assert rows and all(r.scored_at.date() == day for r in rows)
 
 
+def test_the_widest_date_range_is_every_case(engine, fill):
+    flt = WorklistFilter(fill.model_version_id, date_from=dt.date.min, date_to=dt.date.max)  # no OverflowError
+    with read_session(engine) as session:
+        assert len(_all(session, flt)) == 120
+
+
 def test_the_worklist_reads_only_indexes_on_sqlite(sqlite_url):
     from db import migrate
     from db.engine import create_database_engine
