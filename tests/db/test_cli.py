@@ -7,11 +7,13 @@ import logging
 import subprocess
 import sys
 
+import pytest
 from sqlalchemy import select
 
 from db import cli, events, migrate, signin
+from db.clitools import printable
 from db.engine import create_database_engine, read_session, write_session
-from db.models import Reviewer, utcnow
+from db.models import Reviewer, ScoringFailure, ScoringRun, utcnow
 from db.reviewers import authenticate
 
 
@@ -128,3 +130,74 @@ def test_unlock_lifts_the_sign_in_delays_of_an_account(monkeypatch, db_url, capl
     assert run_cli(monkeypatch, "--db", db_url, "unlock", "nobody") == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert errors == ["no reviewer 'nobody'"]
+
+
+# --- what cxr-db prints: one record per line, nothing that drives the terminal ---------------------------------
+
+@pytest.mark.parametrize("text, shown", [
+    ("plain name.png", "plain name.png"),
+    ("two\nlines", "two\\x0alines"),
+    ("tab\there", "tab\\x09here"),
+    ("\x1b[2J\x1b]0;owned\x07", "\\x1b[2J\\x1b]0;owned\\x07"),
+    ("carriage\rreturn", "carriage\\x0dreturn"),
+    ("del\x7f", "del\\x7f"),
+    ("c1 csi\x9b31m", "c1 csi\\u009b31m"),
+    ("line\u2028separator", "line\\u2028separator"),
+    ("bidi \u202eevil", "bidi \\u202eevil"),
+    ("undecodable \udcff byte", "undecodable \\xff byte"),
+    ("a literal \\x1b", "a literal \\\\x1b"),
+    ("Zoë 日本 ÿ", "Zoë 日本 ÿ"),
+    (None, "None"),
+    (42, "42"),
+])
+def test_printable(text, shown):
+    assert printable(text) == shown
+
+
+def test_printable_is_unambiguous():
+    tricky = ["\n", "\\x0a", "\\\n", "\\\\x0a", "\udcff", "\\xff", "ÿ", "\x85", "\\u0085", "\u2028", "\\u2028"]
+    shown = [printable(text) for text in tricky]
+    assert len(set(shown)) == len(tricky)
+    assert all(char.isprintable() and char not in "\u2028\u2029" for text in shown for char in text)
+
+
+def _failing_run(db_url, paths_and_messages) -> None:
+    engine = create_database_engine(db_url)
+    with write_session(engine) as session:
+        run = ScoringRun(host="test", arguments={})
+        session.add(run)
+        session.flush()
+        session.add_all([ScoringFailure(run_id=run.id, path=path, reason="corrupt", message=message)
+                         for path, message in paths_and_messages])
+    engine.dispose()
+
+
+def test_failures_are_one_escaped_record_per_line(monkeypatch, db_url, capsys):
+    run_cli(monkeypatch, "--db", db_url, "upgrade")
+    failures = [("/data/two\nlines.png", "cut at byte 12"), ("/data/\x1b]0;owned\x07\x1b[2J.png", "tab\tin it"),
+                ("/data/back\\slash.png", "line\u2028separator"), ("/data/plain.png", "ok")]
+    _failing_run(db_url, failures)
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "--db", db_url, "failures") == 0
+    out = capsys.readouterr().out
+    records = out.split("\n")[:-1]
+    assert [record.split("\t") for record in records] == [["1", "corrupt", printable(path), printable(message)]
+                                                          for path, message in failures]
+    assert "\x1b" not in out and "\\x1b]0;owned\\x07\\x1b[2J" in records[1] and "back\\\\slash" in records[2]
+
+
+def test_reviewers_show_escaped_display_names(monkeypatch, db_url, capsys):
+    run_cli(monkeypatch, "--db", db_url, "upgrade")
+    assert run_cli(monkeypatch, "--db", db_url, "add-reviewer", "alice", "--display-name",
+                   "Dr A\x1b[8m hidden\nsecond line", "--password-stdin", stdin="long enough\n") == 0
+    capsys.readouterr()
+    assert run_cli(monkeypatch, "--db", db_url, "reviewers") == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and "\x1b" not in out and "Dr A\\x1b[8m hidden\\x0asecond line" in out
+
+
+def test_the_help_says_how_text_is_escaped():
+    for argv in (["failures", "--help"], ["reviewers", "--help"], ["--help"]):
+        result = subprocess.run([sys.executable, "-m", "db", *argv], capture_output=True, text=True)
+        shown = " ".join(result.stdout.split())
+        assert result.returncode == 0 and "backslash escapes" in shown and "\\x1b ESC" in shown

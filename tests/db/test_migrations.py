@@ -112,3 +112,42 @@ def test_upgrading_a_database_at_0001_keeps_its_data(db_url):
     migrate.require_current(engine)
     with engine.connect() as connection:
         assert connection.execute(text("SELECT username FROM reviewers")).scalar() == "rad"
+
+
+def test_upgrade_says_what_it_did(db_url):
+    engine = create_database_engine(db_url)
+    head = migrate.head_revision()
+    assert migrate.upgrade(engine, "0001") == migrate.Upgraded(None, "0001")
+    assert migrate.upgrade(engine) == migrate.Upgraded("0001", head)
+    assert migrate.upgrade(engine) == migrate.Upgraded(head, head) and not migrate.upgrade(engine).changed
+    engine.dispose()
+
+
+STARTER = """
+import sys, time
+from pathlib import Path
+from db import cli
+go = Path(sys.argv[1])
+while not go.exists():
+    time.sleep(0.001)
+raise SystemExit(cli.main(["--db", sys.argv[2], "upgrade"]))
+"""
+
+
+def test_concurrent_upgrades_each_log_what_they_did(db_url, tmp_path):
+    """Three ``cxr-db upgrade`` at once on an empty database: one migrates, the others find it done, and each
+    log line says which (the revision before is read under the migration's lock)."""
+    import subprocess
+    import sys
+    import time
+
+    go = tmp_path / "go"
+    processes = [subprocess.Popen([sys.executable, "-c", STARTER, str(go), db_url], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    time.sleep(3)  # all imported and waiting, so they start together
+    go.touch()
+    results = [(p.wait(timeout=120), p.stderr.read()) for p in processes]
+    assert [code for code, _ in results] == [0, 0, 0], results
+    said = sorted(err.strip().rsplit(": ", 1)[-1] for _, err in results)
+    head = migrate.head_revision()
+    assert said == [f"already at {head}", f"already at {head}", f"migrated empty -> {head}"], results
