@@ -28,6 +28,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import make_url
 
+from db.clitools import printable  # paths go into one log line
 from db.errors import CannotRun
 
 # A database's files: the database, its write-ahead log, its WAL index and its rollback journal.
@@ -56,7 +57,7 @@ def backup_database(url: str, destination: Path) -> Backup:
     try:
         staging = Path(tempfile.mkdtemp(prefix=".cxr-backup-", dir=folder))
     except OSError as exc:
-        raise BackupError(f"cannot write in {folder}: {exc.strerror or exc}") from None
+        raise BackupError(f"cannot write in {printable(folder)}: {exc.strerror or exc}") from None
     try:
         partial = staging / "copy.db"
         integrity = _copy_and_check(source, partial, destination)
@@ -76,7 +77,7 @@ def sqlite_path(url: str) -> Path:
         raise BackupError("an in-memory database has nothing to back up")
     path = Path(parsed.database).expanduser()
     if not path.is_file():
-        raise BackupError(f"database {path} does not exist")
+        raise BackupError(f"database {printable(path)} does not exist")
     return path
 
 
@@ -86,14 +87,14 @@ def _checked_destination(destination: Path, source: Path) -> Path:
     if mode is not None and stat.S_ISDIR(mode):
         return destination
     if mode is not None and not stat.S_ISREG(mode):
-        raise BackupError(f"backup destination {destination} is not a regular file or a folder (a device, a FIFO "
-                          "or a socket); give a file or a folder")
+        raise BackupError(f"backup destination {printable(destination)} is not a regular file or a folder (a "
+                          "device, a FIFO or a socket); give a file or a folder")
     if is_live_file(destination, source):
-        raise BackupError(f"backup destination {destination} is the database {source} itself or one of its "
-                          "-wal, -shm or -journal files; writing there would destroy it, give another file or a "
-                          "folder")
+        raise BackupError(f"backup destination {printable(destination)} is the database {printable(source)} itself "
+                          "or one of its -wal, -shm or -journal files; writing there would destroy it, give another "
+                          "file or a folder")
     if not destination.parent.is_dir():
-        raise BackupError(f"folder {destination.parent} does not exist")
+        raise BackupError(f"folder {printable(destination.parent)} does not exist")
     return destination.parent
 
 
@@ -104,7 +105,7 @@ def _mode(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise BackupError(f"cannot use backup destination {path}: {exc.strerror or exc}") from None
+        raise BackupError(f"cannot use backup destination {printable(path)}: {exc.strerror or exc}") from None
 
 
 def is_live_file(path: Path, source: Path) -> bool:
@@ -136,13 +137,13 @@ def _copy_and_check(source: Path, partial: Path, destination: Path) -> str:
         _copy(source, partial)
         integrity = _check(partial)
     except sqlite3.Error as exc:
-        raise BackupError(f"cannot back up {source} to {destination}: {_sqlite_problem(exc)}; "
+        raise BackupError(f"cannot back up {printable(source)} to {printable(destination)}: {_sqlite_problem(exc)}; "
                           "nothing was written there") from None
     except OSError as exc:
-        raise BackupError(f"cannot back up {source} to {destination}: {exc.strerror or exc}; "
+        raise BackupError(f"cannot back up {printable(source)} to {printable(destination)}: {exc.strerror or exc}; "
                           "nothing was written there") from None
     if integrity != "ok":
-        raise BackupError(f"the copy of {source} failed its integrity check: {integrity}")
+        raise BackupError(f"the copy of {printable(source)} failed its integrity check: {integrity}")
     return integrity
 
 
@@ -183,7 +184,7 @@ def _place(partial: Path, destination: Path) -> Path:
         target = destination / (f"cxr-{stamp}.db" if number == 1 else f"cxr-{stamp}-{number}.db")
         if _put_new(partial, target):
             return target
-    raise BackupError(f"{destination} already holds 999 copies dated {stamp}")
+    raise BackupError(f"{printable(destination)} already holds 999 copies dated {stamp}")
 
 
 def _put_new(partial: Path, target: Path) -> bool:
