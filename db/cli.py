@@ -17,6 +17,7 @@ from db.diagnose import shown_url
 from db.engine import get_engine, read_session, write_session
 from db.models import utcnow
 from db.passwords import MIN_ADMIN_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH, PasswordPolicyError, min_password_length
+from db.paths import to_fs
 
 log = logging.getLogger("cxr.db")
 
@@ -96,10 +97,11 @@ def _upgrade(engine) -> int:
 
 def _list_failures(engine, run_id: int | None) -> int:
     """Tab-separated: run, reason, path, message, each escaped by :func:`printable` (a name holding a tab or a
-    newline must not break its record). Paths may identify patients: this goes to stdout, not a log."""
+    newline must not break its record). A path prints as it is stored (read back first: a path stored before
+    paths were escaped is escaped here). Paths may identify patients: this goes to stdout, not a log."""
     with read_session(engine) as session:
         for failure in results.run_failures(session, run_id):
-            print("\t".join(printable(value) for value in (failure.run_id, failure.reason, failure.path,
+            print("\t".join(printable(value) for value in (failure.run_id, failure.reason, to_fs(failure.path),
                                                              failure.message)))
     return 0
 

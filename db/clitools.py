@@ -16,6 +16,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from db import config
 from db.diagnose import database_problem
 from db.errors import EXIT_CANNOT_RUN, CannotRun
+from db.paths import to_stored
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -122,32 +123,18 @@ def os_error_in(exc: BaseException) -> OSError | None:
     return None
 
 
-# Shown as \uNNNN besides the controls: line and paragraph separators (a line break to many readers) and the bidi
-# controls, which reorder what follows them on the line.
-_SHOWN_ESCAPED = frozenset("\u2028\u2029\u200e\u200f\u061c\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-ESCAPES_HELP = ("text from the database is printed with control characters as backslash escapes (\\x0a a newline, "
-                "\\x09 a tab, \\x1b ESC, \\u0085 a C1 control, \\u2028 a line separator, \\u202e a bidi "
-                "control, \\xff a byte that is not UTF-8) and a backslash doubled (\\\\), so each record is one "
-                "line and nothing in it can drive the terminal")
+ESCAPES_HELP = ("text from the database is printed with the escapes of stored file paths: a control character as "
+                "\\xNN (\\x0a a newline, \\x09 a tab, \\x1b ESC), any other character that is not printable as "
+                "\\uNNNN (\\u0085 a C1 control, \\u2028 a line separator, \\u202e a bidi override, \\u200b a "
+                "zero-width space), a byte that is not UTF-8 as \\xNN (\\xff), and a backslash doubled (\\\\); "
+                "so each record is one line, nothing in it can drive the terminal, and a path shows as it is stored")
 
 
 def printable(value: object) -> str:
-    """``value`` as text that is one line and cannot drive a terminal, unambiguously: a backslash is doubled and
-    control characters become backslash escapes, so every printed text stands for exactly one original."""
-    out = []
-    for char in str(value):
-        code = ord(char)
-        if char == "\\":
-            out.append("\\\\")
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of a file name, as surrogateescape carries it
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or code == 0x7F:
-            out.append(f"\\x{code:02x}")
-        elif 0x80 <= code <= 0x9F or 0xD800 <= code <= 0xDFFF or char in _SHOWN_ESCAPED:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(char)
-    return "".join(out)
+    """``value`` as one line that cannot drive a terminal, unambiguously: the escapes stored file paths use
+    (:func:`db.paths.to_stored`), so every printed text stands for exactly one original and a path read back
+    with :func:`db.paths.to_fs` prints as it is stored."""
+    return to_stored(str(value))
 
 
 def one_line(exc: BaseException) -> str:

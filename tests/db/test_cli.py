@@ -10,7 +10,7 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from db import cli, events, migrate, signin
+from db import cli, events, migrate, results, signin
 from db.clitools import printable
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Reviewer, ScoringFailure, ScoringRun, utcnow
@@ -147,6 +147,9 @@ def test_unlock_lifts_the_sign_in_delays_of_an_account(monkeypatch, db_url, capl
     ("undecodable \udcff byte", "undecodable \\xff byte"),
     ("a literal \\x1b", "a literal \\\\x1b"),
     ("Zoë 日本 ÿ", "Zoë 日本 ÿ"),
+    ("no-break\u00a0space", "no-break\\u00a0space"),
+    ("zero\u200bwidth", "zero\\u200bwidth"),
+    ("tag \U000e0001", "tag \\U000e0001"),
     (None, "None"),
     (42, "42"),
 ])
@@ -161,29 +164,36 @@ def test_printable_is_unambiguous():
     assert all(char.isprintable() and char not in "\u2028\u2029" for text in shown for char in text)
 
 
-def _failing_run(db_url, paths_and_messages) -> None:
+def _failing_run(db_url, stored_paths_and_messages) -> None:
     engine = create_database_engine(db_url)
     with write_session(engine) as session:
         run = ScoringRun(host="test", arguments={})
         session.add(run)
         session.flush()
         session.add_all([ScoringFailure(run_id=run.id, path=path, reason="corrupt", message=message)
-                         for path, message in paths_and_messages])
+                         for path, message in stored_paths_and_messages])
     engine.dispose()
 
 
 def test_failures_are_one_escaped_record_per_line(monkeypatch, db_url, capsys):
+    """Paths stored as the scorer stores them print as they are stored (escaped once, not twice); a path stored
+    raw, before paths were escaped, is escaped when printed."""
     run_cli(monkeypatch, "--db", db_url, "upgrade")
-    failures = [("/data/two\nlines.png", "cut at byte 12"), ("/data/\x1b]0;owned\x07\x1b[2J.png", "tab\tin it"),
-                ("/data/back\\slash.png", "line\u2028separator"), ("/data/plain.png", "ok")]
-    _failing_run(db_url, failures)
+    names = ["/data/two\nlines.png", "/data/\x1b]0;owned\x07\x1b[2J.png", "/data/back\\slash.png", "/data/plain.png",
+             "/data/undecodable-\udcff.png"]
+    messages = ["cut at byte 12", "tab\tin it", "line\u2028separator", "ok", "\x1b[31mred"]
+    stored = [(results.storable_path(name), message) for name, message in zip(names, messages, strict=True)]
+    legacy = ("/data/old\nname\t\x1b[2J.png", "stored raw")
+    _failing_run(db_url, [*stored, legacy])
     capsys.readouterr()
     assert run_cli(monkeypatch, "--db", db_url, "failures") == 0
     out = capsys.readouterr().out
-    records = out.split("\n")[:-1]
-    assert [record.split("\t") for record in records] == [["1", "corrupt", printable(path), printable(message)]
-                                                          for path, message in failures]
-    assert "\x1b" not in out and "\\x1b]0;owned\\x07\\x1b[2J" in records[1] and "back\\\\slash" in records[2]
+    records = [record.split("\t") for record in out.split("\n")[:-1]]
+    assert records == [["1", "corrupt", path, printable(message)] for path, message in stored] + \
+        [["1", "corrupt", "/data/old\\x0aname\\x09\\x1b[2J.png", "stored raw"]]
+    assert [record[2] for record in records[:3]] == ["/data/two\\x0alines.png",
+                                                     "/data/\\x1b]0;owned\\x07\\x1b[2J.png", "/data/back\\\\slash.png"]
+    assert records[4][2] == "/data/undecodable-\\xff.png" and "\x1b" not in out
 
 
 def test_reviewers_show_escaped_display_names(monkeypatch, db_url, capsys):
@@ -200,4 +210,4 @@ def test_the_help_says_how_text_is_escaped():
     for argv in (["failures", "--help"], ["reviewers", "--help"], ["--help"]):
         result = subprocess.run([sys.executable, "-m", "db", *argv], capture_output=True, text=True)
         shown = " ".join(result.stdout.split())
-        assert result.returncode == 0 and "backslash escapes" in shown and "\\x1b ESC" in shown
+        assert result.returncode == 0 and "escapes of stored file paths" in shown and "\\x1b ESC" in shown
