@@ -2,14 +2,19 @@
 with, and the share of their positive attribution outside the central chest region.
 
 Functions take a Session and never commit. The worklist's "model looks outside the lungs" filter is
-:func:`looks_outside_lungs`: an EXISTS on this table for the image and model version.
+:func:`looks_outside_lungs`: an EXISTS on this table for the image and model version. :func:`remove_stray_files`
+deletes the files under the cache folder that no record will ever read.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, delete, exists, select
@@ -25,6 +30,12 @@ from db.results import _insert
 # letters) 38 % of covid and 24 % of pneumonia films. It does not catch the paediatric shortcut: a child's chest
 # fills the centre of the film, so those maps stay inside the region (median 0.27).
 OUTSIDE_LUNGS_THRESHOLD = 0.5
+
+CACHE_FOLDER = "attributions"  # under $CXR_HOME (scoring.attribution.cache writes the maps there)
+# A map's file is written (to a temporary name, then renamed) before its record is committed, so a young file
+# without a record, or a young temporary file, may be a write in progress in another process: left alone.
+STRAY_MIN_AGE_S = 3600.0
+_UNFINISHED = re.compile(r"\..+\.npz\..+\.tmp")  # scoring.model.atomic_write's temporary name for a map
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,25 @@ def record_map(session: Session, *, image_id: int, model_version_id: int, method
         index_elements=["image_id", "model_version_id", "method", "target_class", "params_key"],
         set_={name: statement.excluded[name] for name in
               ("params", "storage_path", "value_min", "value_max", "outside_share", "seconds", "created_at")}))
+
+
+def maps_of_method(session: Session, model_version_id: int, method: str,
+                   params_key: str) -> dict[tuple[int, str], CachedMap]:
+    """The model version's maps of this method and parameters, by (image id, target class)."""
+    entries = session.scalars(select(AttributionCacheEntry).where(
+        AttributionCacheEntry.model_version_id == model_version_id, AttributionCacheEntry.method == method,
+        AttributionCacheEntry.params_key == params_key))
+    return {(entry.image_id, entry.target_class): _cached(entry) for entry in entries}
+
+
+def image_sizes(session: Session, image_ids: Iterable[int]) -> dict[int, tuple[int | None, int | None]]:
+    """(rows, cols) of each image as stored (None where unknown): no map of an image may be larger."""
+    sizes: dict[int, tuple[int | None, int | None]] = {}
+    ids = list(set(image_ids))
+    for start in range(0, len(ids), 500):
+        rows = session.execute(select(Image.id, Image.rows, Image.cols).where(Image.id.in_(ids[start:start + 500])))
+        sizes.update({image_id: (rows_, cols) for image_id, rows_, cols in rows})
+    return sizes
 
 
 def cached_image_ids(session: Session, model_version_id: int, method: str, params_key: str) -> set[int]:
@@ -161,3 +191,41 @@ def looks_outside_lungs(image_id: Any, model_version_id: Any,
     return exists().where(and_(AttributionCacheEntry.image_id == image_id,
                                AttributionCacheEntry.model_version_id == model_version_id,
                                AttributionCacheEntry.outside_share >= threshold))
+
+
+@dataclass
+class StrayFiles:
+    unfinished: int = 0  # temporary files of map writes that were killed before their rename
+    orphaned: int = 0  # .npz files no record points to (records dropped by migration 0003 or deleted by hand)
+    bytes: int = 0
+
+    def describe(self, dry_run: bool = False) -> str:
+        return (f"{'would delete' if dry_run else 'deleted'} {self.unfinished} unfinished attribution map writes and "
+                f"{self.orphaned} map files no record points to ({self.bytes / 1e6:.1f} MB)")
+
+
+def remove_stray_files(session: Session, home: Path, *, min_age_s: float = STRAY_MIN_AGE_S,
+                       dry_run: bool = False) -> StrayFiles:
+    """Delete (or with ``dry_run`` only count) the files under ``home``'s cache folder that no record will read:
+    unfinished writes and orphaned maps, older than ``min_age_s``. Anything else there is left alone."""
+    referenced = set(session.scalars(select(AttributionCacheEntry.storage_path)))
+    stray = StrayFiles()
+    oldest_ns = time.time_ns() - int(min_age_s * 1e9)
+    for folder, _, names in os.walk(home / CACHE_FOLDER):
+        for name in names:
+            path = Path(folder, name)
+            unfinished = _UNFINISHED.fullmatch(name) is not None
+            if not unfinished and not (name.endswith(".npz") and path.relative_to(home).as_posix() not in referenced):
+                continue
+            try:
+                st = path.lstat()
+                if st.st_mtime_ns > oldest_ns:
+                    continue
+                if not dry_run:
+                    path.unlink()
+            except FileNotFoundError:
+                continue
+            stray.bytes += st.st_size
+            stray.unfinished += unfinished
+            stray.orphaned += not unfinished
+    return stray

@@ -136,6 +136,8 @@ def _prune_attributions(engine, days: float, dry_run: bool) -> int:
             continue
     log.info("%s %d attribution maps (%.1f MB) of inactive model versions older than %g days",
              "would delete" if dry_run else "deleted", len(maps), freed / 1e6, days)
+    with read_session(engine) as session:  # files no record will read: killed writes, maps of dropped records
+        log.info("%s", attributions.remove_stray_files(session, home, dry_run=dry_run).describe(dry_run))
     return 0
 
 

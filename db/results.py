@@ -9,6 +9,7 @@ statement construction alone, more than the scoring of the image.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -269,14 +270,28 @@ def storable_path(path: str) -> str:
 
 
 def parse_dicom_date(value: Any) -> dt.date | None:
-    """A DICOM DA value (YYYYMMDD) or a date; None when absent or malformed."""
+    """A DICOM DA value (YYYYMMDD, or the ACR-NEMA YYYY.MM.DD that PS3.5 asks readers to accept) that is a real
+    date, or a date; None for anything else. Never lenient: strptime read "2026120" as 2026-01-20, and a wrong
+    study date misleads a reader more than a missing one."""
     if value is None or isinstance(value, dt.date):
         return value
-    text = str(value).strip()
-    try:
-        return dt.datetime.strptime(text[:8], "%Y%m%d").date()
-    except ValueError:
+    match = _DICOM_DATE.fullmatch(str(value).strip("\x00 "))
+    if match is None:
         return None
+    try:
+        return dt.date(int(match["year"]), int(match["month"]), int(match["day"]))
+    except ValueError:  # not a calendar date: 20240230, 20241341, 00000000
+        return None
+
+
+_DICOM_DATE = re.compile(r"(?P<year>[0-9]{4})(?P<dot>\.?)(?P<month>[0-9]{2})(?P=dot)(?P<day>[0-9]{2})")
+
+
+def refused_study_date(meta: dict[str, Any]) -> bool:
+    """Whether the header has a StudyDate that :func:`parse_dicom_date` refused (stored as NULL; the scorer counts
+    them, never showing the value)."""
+    value = meta.get("study_date")
+    return value is not None and str(value).strip("\x00 ") != "" and parse_dicom_date(value) is None
 
 
 def _fit_column(name: str, value: Any) -> Any:

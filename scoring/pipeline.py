@@ -57,16 +57,23 @@ DATABASE_ERRORS = (OperationalError, InterfaceError, OSError, MemoryError)
 
 @dataclass
 class Counts:
-    scanned: int = 0  # files looked at (all of the categories below)
+    scanned: int = 0  # files looked at: scored + skipped + out_of_scope + failed + known_failures
     scored: int = 0  # scored by the model in this run
     skipped: int = 0  # content already scored by this model version (at this or another path)
     out_of_scope: int = 0  # not a frontal chest radiograph (recorded with its reason, not scored)
     failed: int = 0  # could not be read or scored in this run (recorded with reason)
     known_failures: int = 0  # failed in an earlier run and unchanged since: not retried
     deferred: int = 0  # modified moments ago, probably still being written: left for the next run
+    # Notes on files counted above, not categories of their own (the runs table has no columns for them):
+    future_mtime: int = 0  # dated later than this machine's clock: scored or deferred by their change time
+    invalid_study_date: int = 0  # images stored without a study date: their StudyDate is not a valid DICOM date
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+    def run_columns(self) -> dict[str, int]:
+        """The counts the runs table keeps."""
+        return {name: value for name, value in asdict(self).items() if name not in NOTES}
 
     def plus(self, other: Counts) -> Counts:
         return Counts(**{f.name: getattr(self, f.name) + getattr(other, f.name) for f in fields(self)})
@@ -74,6 +81,9 @@ class Counts:
     def add(self, other: Counts) -> None:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+
+NOTES = ("future_mtime", "invalid_study_date")
 
 
 @dataclass
@@ -164,7 +174,7 @@ class Triage:
                     self._count_settled(by_sha[sha])
                 else:
                     self._queue(stat, sha)
-            results.update_run(session, self.run_id, **self.counts.as_dict())
+            results.update_run(session, self.run_id, **self.counts.run_columns())
 
     def _count_settled(self, entry: KnownFile) -> None:
         if entry.scored:
@@ -185,8 +195,8 @@ class Triage:
 
 # What a worker sends for one file, plain values only so that unpickling a batch in the scoring process is
 # cheap: (index into the jobs, (reason, message) or None, the images table's values or None, (in_scope, why)
-# or None).
-DecodedItem = tuple[int, tuple[str, str] | None, dict[str, Any] | None, tuple[bool, str] | None]
+# or None, whether its StudyDate was refused as not a valid DICOM date).
+DecodedItem = tuple[int, tuple[str, str] | None, dict[str, Any] | None, tuple[bool, str] | None, bool]
 
 
 class DecodedBatch(NamedTuple):
@@ -227,16 +237,17 @@ class DecodeDataset(Dataset):
         try:
             image = imaging.read_xray(self.paths[index], timeout=self.read_timeout, min_side=self.min_side)
         except imaging.XRayReadError as exc:
-            return None, (index, (exc.reason, str(exc)), None, None)
+            return None, (index, (exc.reason, str(exc)), None, None, False)
         scope = imaging.in_scope(image.meta)
         values = results.image_values(image.meta)  # here, in the worker, not in the scoring process
+        bad_date = results.refused_study_date(image.meta)
         if not scope[0]:
-            return None, (index, None, values, scope)
+            return None, (index, None, values, scope, bad_date)
         try:
             tensor = self.preprocess(image.pixels, image.stored_shape)
         except (ValueError, RuntimeError) as exc:
-            return None, (index, (PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"), None, None)
-        return tensor, (index, None, values, scope)
+            return None, (index, (PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"), None, None, False)
+        return tensor, (index, None, values, scope, bad_date)
 
 
 def collate_decoded(samples: list[tuple[torch.Tensor | None, DecodedItem]]) -> DecodedBatch:
@@ -316,12 +327,14 @@ class BatchResults:
 
     images: list[results.ImageResult]
     failures: list[results.FileFailure]
+    bad_dates: frozenset[str] = frozenset()  # sha256 of the images whose StudyDate was refused
 
     def counts(self) -> Counts:
         scored = [image for image in self.images if image.score is not None]
         return Counts(scored=len(scored), skipped=sum(len(image.stats) - 1 for image in scored),
                       out_of_scope=sum(len(image.stats) for image in self.images if image.score is None),
-                      failed=len(self.failures))
+                      failed=len(self.failures),
+                      invalid_study_date=sum(image.sha256 in self.bad_dates for image in self.images))
 
 
 class ScoringPass:
@@ -378,7 +391,8 @@ class ScoringPass:
         scores = iter(zip(summarise(probabilities, self.scorer.checkpoint.classes), raised, strict=True))
         images: list[results.ImageResult] = []
         failures: list[results.FileFailure] = []
-        for index, error, values, scope in items:
+        bad_dates: set[str] = set()
+        for index, error, values, scope, bad_date in items:
             job = jobs[index]
             score = None
             if error is None and scope[0]:
@@ -392,7 +406,9 @@ class ScoringPass:
                 failures.extend(results.FileFailure(stat, *error) for stat in job.stats)
             else:
                 images.append(results.ImageResult(job.sha256, job.stats, values, *scope, score=score))
-        return BatchResults(images, failures)
+                if bad_date:
+                    bad_dates.add(job.sha256)
+        return BatchResults(images, failures, frozenset(bad_dates))
 
     def _store(self, batch: BatchResults) -> None:
         """One transaction per batch. Its writes go in one savepoint; if any of them fails, the batch is written
@@ -411,7 +427,7 @@ class ScoringPass:
                             len(batch.images) + len(batch.failures), type(exc).__name__)
                 batch = self._store_one_by_one(session, batch)
             added = batch.counts()
-            results.update_run(session, self.run_id, **self.counts.plus(added).as_dict())
+            results.update_run(session, self.run_id, **self.counts.plus(added).run_columns())
         self.counts.add(added)
 
     def _store_one_by_one(self, session: Session, batch: BatchResults) -> BatchResults:
@@ -429,7 +445,7 @@ class ScoringPass:
                 failures.append(failure)
             else:
                 failures.extend(self._record_write_failed(session, (failure.stat,), refused))
-        return BatchResults(images, failures)
+        return BatchResults(images, failures, batch.bad_dates)
 
     def _store_alone(self, session: Session, images: list[results.ImageResult],
                      failures: list[results.FileFailure]) -> str | None:

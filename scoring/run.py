@@ -27,7 +27,7 @@ from db.clitools import one_line, run_command
 from db.engine import get_engine, write_session
 from db.errors import EXIT_CANNOT_RUN, CannotRun
 from scoring import imaging, pipeline
-from scoring.discovery import discover
+from scoring.discovery import Discovery, discover
 from scoring.lock import RunLock, RunLockHeld
 from scoring.model import Checkpoint, autocast_dtype, checkpoint_sha256, load_checkpoint, resolve_device
 
@@ -139,7 +139,8 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         log.info("run %d: model version %d (%s), device %s, %d workers, %d files found, %d still being written",
                  run_id, model_version_id, checkpoint.arch, options.device, options.workers, len(found.files),
                  found.deferred)
-        counts = pipeline.Counts(deferred=found.deferred)
+        log_future_files(found)
+        counts = pipeline.Counts(deferred=found.deferred, future_mtime=found.future)
         with interrupted_run_marker(engine, run_id):
             timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
                                           counts))
@@ -147,12 +148,22 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
                 progress.attributions = precompute_attributions(engine, request, model_version_id)
                 timings["attributions"] = progress.attributions["seconds"]
         with write_session(engine) as session:
-            results.update_run(session, run_id, status="finished", finished=True, **counts.as_dict())
+            results.update_run(session, run_id, status="finished", finished=True, **counts.run_columns())
     progress.counts, progress.phase_seconds = counts.as_dict(), timings
     log.info("run %d finished: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
+    if counts.invalid_study_date:
+        log.warning("%d images have a StudyDate that is not a valid DICOM date (YYYYMMDD): stored without a study "
+                    "date", counts.invalid_study_date)
     if counts.failed:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
     return EXIT_FAILURES if counts.failed else EXIT_OK
+
+
+def log_future_files(found: Discovery) -> None:
+    if found.future:
+        log.warning("%d files are dated in the future (the clock of the share or modality is ahead of this "
+                    "machine's): judged by when they last changed instead, %d of them left for the next run",
+                    found.future, found.future_deferred)
 
 
 def precompute_attributions(engine: Engine, request: ScoringRequest, model_version_id: int) -> dict[str, Any]:

@@ -2,9 +2,10 @@
 
 A map is stored at the model's resolution, cropped to the image (a compressed ``.npz``, written to a temporary
 file, fsynced and renamed into place), and brought to the original geometry on loading, so a cached map is a
-small file read and a resize. A file that is missing, unreadable or does not hold the key its record names is
-recomputed, never shown broken. Concurrent requests for the same map compute it once per process; across
-processes the rename and the upsert keep the file and the record whole.
+small file read and a resize. A stored map is used only when it is sound (:func:`check_stored`): a file that is
+missing, unreadable or does not hold the key its record names, a placement that does not fit the image, or values
+other than the range its record states are recomputed, never shown broken. Concurrent requests for the same map
+compute it once per process; across processes the rename and the upsert keep the file and the record whole.
 """
 
 from __future__ import annotations
@@ -44,7 +45,14 @@ from scoring.model import CheckpointError, atomic_write
 
 log = logging.getLogger("cxr.attribution")
 
-CACHE_FOLDER = "attributions"
+CACHE_FOLDER = attributions.CACHE_FOLDER
+
+# Why a stored map is not used (log reason codes): it is computed again.
+MISSING_OR_CORRUPT = "missing_or_corrupt"
+PLACEMENT_OUTSIDE_IMAGE = "placement_outside_image"  # its resize would allocate more than the image
+VALUES_UNLIKE_RECORD = "values_unlike_record"  # not the value range recorded when it was computed
+_MAX_MEMBER_BYTES = 16 * 2**20  # a crop is at most the model input (4 MiB at 1024 px): larger is not a map
+_RANGE_TOLERANCE = 1e-4  # of the recorded range's magnitude: the resize is deterministic, allow for other builds
 
 
 class AttributionUnavailable(AttributionError):
@@ -73,15 +81,47 @@ def read_map_file(path: Path, key: str) -> tuple[np.ndarray, Placement] | None:
     """The stored crop and placement; None when the file is missing, corrupt or holds another map."""
     try:
         with np.load(path, allow_pickle=False) as stored:
+            if any(member.file_size > _MAX_MEMBER_BYTES for member in stored.zip.infolist()):
+                return None
             if str(stored["key"]) != key:
                 return None
             crop, placement = stored["crop"], Placement(*(int(v) for v in stored["placement"]))
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, TypeError, AttributeError):
         return None
     if crop.dtype != np.float32 or crop.shape != (placement.new_rows, placement.new_cols) \
             or not np.isfinite(crop).all():
         return None
     return crop, placement
+
+
+def placement_fits(placement: Placement, image_size: tuple[int | None, int | None], input_size: int) -> bool:
+    """Whether a stored placement is the one the model's input size gives for a size that fits the image (its
+    stored rows and columns, either way round: an EXIF orientation turns the pixels; where they are unknown,
+    the reader's limit): so loading the map never allocates more than the image itself."""
+    if min(placement.rows, placement.cols) < 1 or Placement.of(placement.rows, placement.cols, input_size) != placement:
+        return False
+    if None in image_size:
+        return placement.rows * placement.cols <= imaging.MAX_PIXELS
+    sides, image_sides = sorted((placement.rows, placement.cols)), sorted(image_size)
+    return sides[0] <= image_sides[0] and sides[1] <= image_sides[1]
+
+
+def check_stored(row: attributions.CachedMap, image_size: tuple[int | None, int | None], input_size: int,
+                 params: dict[str, Any]) -> tuple[AttributionMap | None, str | None]:
+    """The stored map of a record (made with ``params``) in the image's geometry, or None and why it is not
+    sound."""
+    stored = read_map_file(cxr_home() / row.storage_path, row.params_key)
+    if stored is None:
+        return None, MISSING_OR_CORRUPT
+    crop, placement = stored
+    if not placement_fits(placement, image_size, input_size):
+        return None, PLACEMENT_OUTSIDE_IMAGE
+    made = finish(CropMap(crop, placement, row.method, row.target_class, params, row.seconds),
+                  model_label(row.model_version_id))
+    scale = _RANGE_TOLERANCE * max(abs(row.value_min), abs(row.value_max), 1e-12)
+    if abs(made.value_min - row.value_min) > scale or abs(made.value_max - row.value_max) > scale:
+        return None, VALUES_UNLIKE_RECORD
+    return made, None
 
 
 _verified: dict[tuple, str] = {}  # (path, size, mtime_ns) -> sha256 of a checkpoint file already hashed
@@ -149,18 +189,17 @@ def _request(engine: Engine, model_version_id: int, method: str,
     return version, defining, params_key(method, defining)
 
 
-def _from_cache(engine: Engine, image_id: int, model_version_id: int, method: str, target_class: str,
+def _from_cache(engine: Engine, image_id: int, version: attributions.VersionFile, method: str, target_class: str,
                 defining: dict[str, Any], key: str) -> AttributionMap | None:
     with read_session(engine) as session:
-        row = attributions.find_map(session, image_id, model_version_id, method, target_class, key)
+        row = attributions.find_map(session, image_id, version.model_version_id, method, target_class, key)
+        size = attributions.image_sizes(session, [image_id]).get(image_id, (None, None))
     if row is None:
         return None
-    stored = read_map_file(cxr_home() / row.storage_path, key)
-    if stored is None:
-        log.warning("attribution map %d (%s) is missing or corrupt; computing it again", row.id, method)
-        return None
-    crop, placement = stored
-    return finish(CropMap(crop, placement, method, target_class, defining, row.seconds), model_label(model_version_id))
+    made, problem = check_stored(row, size, version.input_size, defining)
+    if problem is not None:
+        log.warning("attribution map %d (%s) is not sound (%s); computing it again", row.id, method, problem)
+    return made
 
 
 def store(engine: Engine, image_id: int, model_version_id: int, crop: CropMap, made: AttributionMap) -> None:
@@ -182,11 +221,11 @@ def load_or_compute(engine: Engine, image_id: int, model_version_id: int, method
     """The cache's front door: the stored map when there is a sound one; otherwise the image is read from its
     recorded file, the map computed, stored atomically, recorded, and returned. Thread-safe."""
     version, defining, key = _request(engine, model_version_id, method, params)
-    cached = _from_cache(engine, image_id, model_version_id, method, target_class, defining, key)
+    cached = _from_cache(engine, image_id, version, method, target_class, defining, key)
     if cached is not None:
         return cached
     with _key_lock((str(engine.url), image_id, model_version_id, method, target_class, key)):
-        cached = _from_cache(engine, image_id, model_version_id, method, target_class, defining, key)
+        cached = _from_cache(engine, image_id, version, method, target_class, defining, key)
         if cached is not None:
             return cached
         prepared = model_for_version(version)
@@ -201,8 +240,9 @@ def load_or_compute(engine: Engine, image_id: int, model_version_id: int, method
 
 def is_cached(engine: Engine, image_id: int, model_version_id: int, method: str, target_class: str,
               **params: Any) -> bool:
-    """Whether a sound stored map exists for this key (its record and a readable file holding it)."""
-    _, _, key = _request(engine, model_version_id, method, params)
+    """Whether a sound stored map exists for this key (its record, and a file that :func:`check_stored` passes)."""
+    version, defining, key = _request(engine, model_version_id, method, params)
     with read_session(engine) as session:
         row = attributions.find_map(session, image_id, model_version_id, method, target_class, key)
-    return row is not None and read_map_file(cxr_home() / row.storage_path, key) is not None
+        size = attributions.image_sizes(session, [image_id]).get(image_id, (None, None))
+    return row is not None and check_stored(row, size, version.input_size, defining)[0] is not None

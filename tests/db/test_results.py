@@ -141,10 +141,24 @@ def test_undecodable_file_names_are_stored_as_escapes(engine, run):
 
 
 @pytest.mark.parametrize("value, expected", [
-    ("20240131", dt.date(2024, 1, 31)), ("20240131120000", dt.date(2024, 1, 31)),
-    (dt.date(2020, 2, 29), dt.date(2020, 2, 29)), ("2024", None), ("", None), (None, None), ("20241341", None)])
+    ("20240131", dt.date(2024, 1, 31)), ("20240131 ", dt.date(2024, 1, 31)), ("20240131\x00", dt.date(2024, 1, 31)),
+    ("2024.01.31", dt.date(2024, 1, 31)),  # ACR-NEMA, which PS3.5 asks readers to accept
+    (dt.date(2020, 2, 29), dt.date(2020, 2, 29)), ("", None), (None, None),
+    ("2026120", None),  # seven digits: strptime read it as 2026-01-20
+    ("20240131120000", None),  # a DT value, not a DA (the old parser kept its first eight characters)
+    ("2024", None), ("20241341", None), ("20240230", None), ("00000101", None), ("2024.0131", None),
+    ("2024-01-31", None), ("+2024131", None),
+    ("\u0662\u0660\u0662\u0664\u0660\u0661\u0663\u0661", None),  # Arabic-Indic digits: int() takes them, DA does not
+])
 def test_parse_dicom_date(value, expected):
     assert results.parse_dicom_date(value) == expected
+
+
+@pytest.mark.parametrize("study_date, refused", [
+    ("20240131", False), (None, False), ("", False), (" ", False), ("2026120", True), ("20240230", True)])
+def test_a_refused_study_date_is_told_from_an_absent_one(study_date, refused):
+    assert results.refused_study_date({"study_date": study_date}) is refused
+    assert results.image_values({"study_date": study_date})["study_date"] == results.parse_dicom_date(study_date)
 
 
 def test_store_results_writes_a_batch_with_one_statement_per_table(engine, run):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from db.errors import CannotRun
+from scoring import discovery
 from scoring.discovery import CannotScan, discover, is_ignored_name
 
 OLD = time.time() - 3600
@@ -53,6 +55,38 @@ def test_fresh_files_are_deferred(tmp_path):
     found = discover([tmp_path], settle_seconds=60)
     assert (names(found), found.deferred) == (["old.png"], 1)
     assert names(discover([tmp_path], settle_seconds=0)) == ["new.png", "old.png"]
+
+
+YEARS_AHEAD = 70 * 365 * 86400.0  # about 2099: a modality with a wrong clock, or a preserved timestamp
+
+
+@pytest.mark.parametrize("case, ahead, settle, wait, listed, deferred", [
+    # dated 2099 and untouched since (its ctime is past the settle time): scored, not deferred every night forever
+    ("2099, settled", YEARS_AHEAD, 0.2, 0.4, True, False),
+    # dated 2099 by a copy that kept the timestamp just now (its ctime is recent): deferred this once
+    ("2099, just copied", YEARS_AHEAD, 60, 0, False, True),
+    # a few seconds ahead (a clock a little fast, a write in progress): deferred like any recent write
+    ("seconds ahead", 5.0, 60, 0, False, True),
+])
+def test_files_dated_in_the_future_are_judged_by_when_they_last_changed(tmp_path, case, ahead, settle, wait,
+                                                                         listed, deferred):
+    write(tmp_path / "old.png")
+    write(tmp_path / "future.png", mtime=time.time() + ahead)
+    time.sleep(wait)
+    found = discover([tmp_path], settle_seconds=settle)
+    assert names(found) == (["future.png", "old.png"] if listed else ["old.png"])
+    assert (found.deferred, found.future, found.future_deferred) == (int(deferred), 1, int(deferred))
+
+
+def test_a_file_system_whose_clock_is_ahead_does_not_defer_its_files_forever(tmp_path, monkeypatch):
+    """Both times of the file in the future (this machine's clock two hours behind the share's): nothing tells
+    the file's age, so it is scored rather than left for a next run that would find the same."""
+    write(tmp_path / "a.png", mtime=time.time())
+    behind = time.time_ns() - 7200 * 10**9
+    monkeypatch.setattr(discovery, "time", SimpleNamespace(time_ns=lambda: behind))
+    found = discover([tmp_path], settle_seconds=30)
+    assert (names(found), found.deferred) == (["a.png"], 0)
+    assert found.future == 1
 
 
 def test_link_loops_end_and_each_file_is_listed_once(tmp_path):

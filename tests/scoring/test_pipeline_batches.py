@@ -55,7 +55,7 @@ def batch(indices: range, values: dict | None = None) -> pipeline.DecodedBatch:
     """In-scope images whose first pixel is their index."""
     pixels = torch.zeros(len(indices), 1, 8, 8)
     pixels[:, 0, 0, 0] = torch.tensor(list(indices), dtype=torch.float32)
-    return pipeline.DecodedBatch(pixels, tuple((i, None, dict(values or VALUES), (True, "no_metadata"))
+    return pipeline.DecodedBatch(pixels, tuple((i, None, dict(values or VALUES), (True, "no_metadata"), False)
                                                for i in indices))
 
 
@@ -73,8 +73,10 @@ def stored_run(engine, run_id: int) -> tuple[int, int, int]:
 
 def test_a_batch_crosses_as_one_tensor_and_plain_values():
     tensors = [torch.full((1, 8, 8), float(i)) for i in range(3)]
-    samples = [(tensors[0], (0, None, VALUES, (True, "ok"))), (None, (1, ("truncated", "/in/b: cut"), None, None)),
-               (None, (2, None, VALUES, (False, "modality:MR"))), (tensors[2], (3, None, VALUES, (True, "ok")))]
+    samples = [(tensors[0], (0, None, VALUES, (True, "ok"), False)),
+               (None, (1, ("truncated", "/in/b: cut"), None, None, False)),
+               (None, (2, None, VALUES, (False, "modality:MR"), False)),
+               (tensors[2], (3, None, VALUES, (True, "ok"), False))]
     collated = pipeline.collate_decoded(samples)
     assert collated.pixels.shape == (2, 1, 8, 8) and collated.pixels.is_contiguous()
     assert collated.pixels[1, 0, 0, 0] == 2.0
@@ -95,8 +97,8 @@ def test_batches_are_stored_with_their_predictions_locations_and_failures(engine
     todo = jobs(10)
     todo[3].same_content.append(FileStat("/in/copy-of-3.png", 103, 3))
     mixed = batch(range(4, 10))
-    mixed = mixed._replace(items=mixed.items[:4] + ((8, ("truncated", "/in/0008.png: cut"), None, None),
-                                                    (9, None, VALUES, (False, "modality:MR"))),
+    mixed = mixed._replace(items=mixed.items[:4] + ((8, ("truncated", "/in/0008.png: cut"), None, None, False),
+                                                    (9, None, VALUES, (False, "modality:MR"), False)),
                            pixels=mixed.pixels[:4])
     scoring_pass.run_batches(todo, [batch(range(4)), mixed])
 
@@ -114,7 +116,7 @@ def test_batches_are_stored_with_their_predictions_locations_and_failures(engine
 def test_one_row_the_database_refuses_becomes_that_image_s_write_failure(engine, scoring_pass):
     refused = dict(VALUES, rows=2**70)  # beyond any integer column on both databases
     bad = batch(range(4))
-    bad = bad._replace(items=bad.items[:2] + ((2, None, refused, (True, "ok")),) + bad.items[3:])
+    bad = bad._replace(items=bad.items[:2] + ((2, None, refused, (True, "ok"), False),) + bad.items[3:])
     scoring_pass.run_batches(jobs(4), [bad])
 
     assert table_counts(engine) == {"images": 3, "image_files": 3, "predictions": 3, "scoring_failures": 1}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -146,6 +147,53 @@ def test_fresh_files_are_left_for_the_next_run(capsys, sqlite_url, tiny_checkpoi
     code, summary = score(capsys, sqlite_url, tiny_checkpoint, corpus / "png",
                           extra=["--settle-seconds", "3600"])
     assert (code, summary["deferred"], summary["scanned"], summary["scored"]) == (0, 1, N_PNGS, N_PNGS)
+
+
+def test_files_dated_in_the_future_are_scored_once_settled_and_counted(capsys, sqlite_url, tiny_checkpoint,
+                                                                        tmp_path, cxr_dev, caplog):
+    """A file dated 2099 was deferred every night, exit 0, forever. Now: one untouched since it got that date is
+    scored; one that got it just now (a copy that kept the timestamp) waits one run; both are counted and logged."""
+    folder = tmp_path / "incoming"
+    folder.mkdir()
+    pngs = sorted(cxr_dev.glob("*/*.png"))[:3]
+    for png in pngs:
+        shutil.copy2(png, folder / png.name)  # old mtimes
+    year_2099 = 4070908800
+    os.utime(folder / pngs[1].name, (year_2099, year_2099))
+    time.sleep(1.5)  # past the settle time below
+    os.utime(folder / pngs[2].name, (year_2099, year_2099))  # just now
+    code, first = score(capsys, sqlite_url, tiny_checkpoint, folder, extra=["--settle-seconds", "1"])
+    assert (code, first["scanned"], first["scored"], first["deferred"]) == (0, 2, 2, 1)
+    assert first["future_mtime"] == 2
+    assert "2 files are dated in the future" in caplog.text and "1 of them left for the next run" in caplog.text
+    assert pngs[1].name not in caplog.text and str(folder) not in caplog.text
+    time.sleep(1.5)
+    code, second = score(capsys, sqlite_url, tiny_checkpoint, folder, extra=["--settle-seconds", "1"])
+    assert (code, second["scanned"], second["scored"], second["skipped"], second["deferred"]) == (0, 3, 1, 2, 0)
+    assert second["future_mtime"] == 2  # a note on files counted above: scanned stays the sum the README gives
+    assert second["scanned"] == sum(counts(second).values()) - second["scanned"]
+
+
+@pytest.mark.parametrize("study_date, stored", [
+    ("20240131", dt.date(2024, 1, 31)),
+    ("2024.01.31", dt.date(2024, 1, 31)),  # ACR-NEMA's form, which PS3.5 asks readers to accept
+    ("2026120", None),  # seven digits: strptime made it 2026-01-20
+    ("20240230", None),  # no such day
+    ("20240131120000", None),  # a DT value, not a DA
+    ("", None),  # absent: stored as NULL, but not counted as refused
+])
+def test_study_dates_are_stored_only_when_they_are_valid_dicom_dates(capsys, sqlite_url, tiny_checkpoint, tmp_path,
+                                                                     dicom_factory, source_pixels, caplog,
+                                                                     study_date, stored):
+    dicom_factory("study.dcm", source_pixels, StudyDate=study_date)
+    code, summary = score(capsys, sqlite_url, tiny_checkpoint, tmp_path / "study.dcm")
+    refused = study_date != "" and stored is None
+    with read_session(create_database_engine(sqlite_url)) as session:
+        assert session.scalar(select(Image.study_date)) == stored
+    assert (code, summary["scored"], summary["invalid_study_date"]) == (0, 1, int(refused))
+    ours = "\n".join(record.getMessage() for record in caplog.records if record.name.startswith("cxr"))
+    assert ("1 images have a StudyDate that is not a valid DICOM date" in ours) == refused
+    assert not study_date or study_date not in ours  # (pydicom's warning as this test writes the file quotes it)
 
 
 def test_a_single_file_path_works(capsys, sqlite_url, tiny_checkpoint, corpus):
