@@ -223,12 +223,12 @@ write_map_file(Path(sys.argv[1]), CropMap(crop, Placement(3000, 3000, 0, 0, 3000
 
 
 def _kill_a_map_write(target: Path) -> Path:
-    """Starts the cache's own writer on a large map over ``target`` and kills it (SIGKILL) as soon as its temporary
-    file exists; returns the file the killed writer left."""
+    """Starts the cache's own writer on a large map over ``target`` and kills it (SIGKILL) once its temporary file
+    holds some of the map; returns the file the killed writer left."""
     writer = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target)], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
-        while not (left := list(target.parent.glob(f".{target.name}.*.tmp"))):
+        while not (left := [f for f in target.parent.glob(f".{target.name}.*.tmp") if f.stat().st_size > 0]):
             assert writer.poll() is None, writer.stderr.read().decode()[-2000:]
             assert time.monotonic() < deadline, "the writer never started writing"
             time.sleep(0.002)
