@@ -117,7 +117,7 @@ def image_sizes(session: Session, image_ids: Iterable[int]) -> dict[int, tuple[i
     ids = list(set(image_ids))
     for start in range(0, len(ids), 500):
         rows = session.execute(select(Image.id, Image.rows, Image.cols).where(Image.id.in_(ids[start:start + 500])))
-        sizes.update({image_id: (rows_, cols) for image_id, rows_, cols in rows})
+        sizes.update({image_id: (n_rows, n_cols) for image_id, n_rows, n_cols in rows})
     return sizes
 
 
