@@ -10,10 +10,11 @@ import sys
 import pytest
 from sqlalchemy import select
 
-from db import cli, events, migrate, results, signin
+from db import cli, events, migrate, signin
 from db.clitools import printable
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Reviewer, ScoringFailure, ScoringRun, utcnow
+from db.paths import to_stored
 from db.reviewers import authenticate
 
 
@@ -176,13 +177,13 @@ def _failing_run(db_url, stored_paths_and_messages) -> None:
 
 
 def test_failures_are_one_escaped_record_per_line(monkeypatch, db_url, capsys):
-    """Paths stored as the scorer stores them print as they are stored (escaped once, not twice); a path stored
-    raw, before paths were escaped, is escaped when printed."""
+    """Paths stored as the scorer stores them (:func:`db.paths.to_stored`) print as they are stored (escaped once,
+    not twice); a path stored raw, before paths were escaped, is escaped when printed."""
     run_cli(monkeypatch, "--db", db_url, "upgrade")
     names = ["/data/two\nlines.png", "/data/\x1b]0;owned\x07\x1b[2J.png", "/data/back\\slash.png", "/data/plain.png",
              "/data/undecodable-\udcff.png"]
     messages = ["cut at byte 12", "tab\tin it", "line\u2028separator", "ok", "\x1b[31mred"]
-    stored = [(results.storable_path(name), message) for name, message in zip(names, messages, strict=True)]
+    stored = [(to_stored(name), message) for name, message in zip(names, messages, strict=True)]
     legacy = ("/data/old\nname\t\x1b[2J.png", "stored raw")
     _failing_run(db_url, [*stored, legacy])
     capsys.readouterr()
