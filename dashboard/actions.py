@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from dashboard import data
 from db import claims, events, model_versions, reviewers, signin
 from db.engine import write_session
-from db.export import flagged_csv
+from db.export import export_classes, flagged_csv
 from db.reviews import add_review, flagged_cases
 
 log = logging.getLogger("cxr.dashboard")
@@ -82,7 +82,7 @@ def export_flagged(me: signin.Account, *, include_paths: bool) -> str:
         cases = flagged_cases(session)
         events.record(session, events.EXPORT_FLAGGED, username=account.username, reviewer_id=account.id,
                       details={"rows": len(cases), "include_paths": include_paths, "from": "dashboard"})
-        return flagged_csv(cases, include_paths=include_paths)
+        return flagged_csv(cases, include_paths=include_paths, classes=export_classes(session))
 
 
 def promote(me: signin.Account, version_id: int) -> str:

@@ -10,7 +10,7 @@ from dashboard import actions, data
 from dashboard.layout import plain
 from db import model_versions
 from db.engine import get_engine, read_session, write_session
-from db.export import flagged_csv
+from db.export import export_classes, flagged_csv
 from db.models import Event, Review
 from db.reviewers import set_active
 from db.reviews import add_review, flagged_cases
@@ -231,7 +231,7 @@ def test_flagged_page_and_its_csv_are_the_exports(filled, app):
     assert not at.exception
     assert "path" not in at.dataframe[0].value.columns  # paths only for admins
     with read_session(get_engine()) as session:
-        expected = flagged_csv(flagged_cases(session))
+        expected = flagged_csv(flagged_cases(session), classes=export_classes(session))
     assert actions.export_flagged(account(filled.reviewer_id), include_paths=False) == expected
     admin = app(filled.admin_id, page="views/flagged.py")
     assert "path" in admin.dataframe[0].value.columns
