@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun, utcnow
+from db.paths import to_stored
 
 IMAGE_META_COLUMNS = (
     "format", "rows", "cols", "modality", "body_part", "view_position", "study_uid", "series_uid", "sop_uid",
@@ -265,8 +266,8 @@ def run_failures(session: Session, run_id: int | None = None) -> list[ScoringFai
 # --- helpers --------------------------------------------------------------------------------------------
 
 def storable_path(path: str) -> str:
-    """A path as text the database accepts: undecodable bytes of a file name become backslash escapes."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    """A path as the database stores it: lossless text, one line, no collisions (:mod:`db.paths`)."""
+    return to_stored(path)
 
 
 def parse_dicom_date(value: Any) -> dt.date | None:

@@ -25,9 +25,10 @@ import numpy as np
 from sqlalchemy import Engine
 
 from db import attributions
-from db.config import cxr_home
+from db.config import cxr_home, private_tmp
 from db.engine import read_session, write_session
 from db.hashing import file_sha256
+from db.paths import to_fs
 from scoring import imaging
 from scoring.attribution.engine import (
     AttributionError,
@@ -41,6 +42,7 @@ from scoring.attribution.engine import (
     prepared_model,
     resolve_params,
 )
+from scoring.imaging.verified import NoVerifiedCopy, read_verified
 from scoring.model import CheckpointError, atomic_write
 
 log = logging.getLogger("cxr.attribution")
@@ -161,20 +163,18 @@ def model_label(model_version_id: int) -> str:
 
 
 def read_image(engine: Engine, image_id: int) -> np.ndarray:
-    """The image's pixels, from the first recorded path that still holds the same content."""
+    """The image's pixels, read from a verified copy of the first recorded path that still holds its content."""
     with read_session(engine) as session:
         source = attributions.image_source(session, image_id)
     if source is None:
         raise AttributionUnavailable(f"no image {image_id}")
-    for path in source.paths:
-        try:
-            if file_sha256(path) != source.sha256:
-                continue
-            return imaging.read_xray(path).pixels
-        except (OSError, imaging.XRayReadError):
-            continue
-    raise AttributionUnavailable(f"image {image_id}: none of its {len(source.paths)} recorded files still holds "
-                                 "its content")
+    try:
+        return read_verified([to_fs(path) for path in source.paths], source.sha256,
+                             lambda copy: imaging.read_xray(copy).pixels, workdir=private_tmp())
+    except NoVerifiedCopy as exc:
+        raise AttributionUnavailable(f"image {image_id}: {exc}") from None
+    except imaging.XRayReadError as exc:
+        raise AttributionUnavailable(f"image {image_id}: {exc}") from None
 
 
 def _key_lock(key: tuple) -> threading.Lock:

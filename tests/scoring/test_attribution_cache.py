@@ -330,7 +330,7 @@ def test_an_image_whose_files_are_gone_is_reported_not_drawn(scored, tmp_path):
     with read_session(engine) as session:
         image_id = session.scalars(select(Prediction.image_id)).first()
     shutil.rmtree(tmp_path / "incoming")
-    with pytest.raises(AttributionUnavailable, match="still holds its content"):
+    with pytest.raises(AttributionUnavailable, match="no copy of this image is left"):
         load_or_compute(engine, image_id, version, "occlusion", "covid")
 
 
