@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "refused: the database itself or its -wal, -shm or -journal files (also through a "
                              "link), and anything that is not a regular file or a folder")
     prune = commands.add_parser("prune-attributions", help="delete cached attribution maps of model versions that "
-                                                           "are not active, older than DAYS")
+                                                           "are not active, older than DAYS, and map files left by "
+                                                           "killed writes or without a record (an hour old)")
     prune.add_argument("--older-than", type=float, required=True, metavar="DAYS")
     prune.add_argument("--dry-run", action="store_true", help="only count what would be deleted")
     for verb in ("deactivate", "activate"):
