@@ -7,7 +7,9 @@ DataLoader worker) starts its own. The child is stopped and reaped at interprete
 itself when its parent disappears. Cheap checks (stat, open, magic bytes) run in the caller first.
 The limit covers decoding and the transfer of the pixels; on expiry the child is killed and
 ``timeout`` raised; if it dies (a segfault in a C codec, a panic) the read fails with
-``decode_failed``; either way the next call starts a new child. Reads from several threads are
+``decode_failed``; either way the next call starts a new child. The child's address space is limited
+(``CHILD_ADDRESS_SPACE_BYTES``), so a file that makes a codec ask for more memory than any film needs fails at
+once instead of taking the machine's. Reads from several threads are
 serialised. The child's warnings and pydicom log records are kept from its stderr as in any decode
 (see ``decode``); what it sends back is pixels, value-free metadata and scrubbed messages.
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -37,6 +40,11 @@ from .results import Decoded
 DEFAULT_TIMEOUT_S = 30.0
 CHILD_START_TIMEOUT_S = 60.0
 TEST_DELAY_ENV = "CXR_READER_TEST_DELAY_S"
+# The child's address space: room for the largest file the reader takes (MAX_FILE_BYTES) and several copies of
+# the largest frame (MAX_PIXELS values) at 8 bytes, beside the codecs. A 3 KB JPEG 2000 codestream whose
+# header asks for a huge image made OpenJPEG take all 24 GiB of a machine until the kernel killed a process;
+# with the limit, its allocation fails at once and the file is a read error.
+CHILD_ADDRESS_SPACE_BYTES = 6 * 1024**3
 
 
 def read_isolated(path: bytes, timeout: float, min_side: int | None = None) -> Decoded:
@@ -256,6 +264,7 @@ def child_main() -> None:
     # outside a decode (where decode_file silences them anyway).
     logging.getLogger("pydicom").addHandler(logging.NullHandler())
     logging.getLogger("pydicom").propagate = False
+    _limit_address_space(CHILD_ADDRESS_SPACE_BYTES)
     _warm_up()
     try:
         conn.send(("ready", os.getpid()))
@@ -283,6 +292,14 @@ def _answer(conn: Connection, sock: socket.socket, path: bytes, min_side: int | 
     pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
     conn.send(("ok", decoded.meta, decoded.patient_id, pixels.shape))
     sock.sendall(memoryview(pixels).cast("B"))
+
+
+def _limit_address_space(limit: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    if soft == resource.RLIM_INFINITY or soft > limit:
+        resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
 
 
 def _warm_up() -> None:

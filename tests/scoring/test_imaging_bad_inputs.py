@@ -355,3 +355,18 @@ def test_non_utf8_file_names(tmp_path, source_png) -> None:
         assert caught.value.reason == "not_an_image"
         assert "\\xfe\\xff-bad.png" in message
         message.encode("utf-8")  # printable anywhere: no lone surrogates
+
+
+def test_a_codestream_asking_for_all_memory_fails_at_once(pydicom_data, tmp_path) -> None:
+    """Four bits of pydicom-data's JPEG2000.dcm flipped (found by the fuzz test): its codestream then asks for a
+    4-gigapixel image, and OpenJPEG took all 24 GiB of the machine until the kernel killed a process. The isolated
+    decoder's address-space limit turns that into a read error."""
+    data = bytearray(pydicom_data("JPEG2000.dcm").read_bytes())
+    for offset, value in ((59, 0x80), (979, 0x30), (3062, 0x01), (3307, 0x80)):
+        data[offset] = value
+    path = tmp_path / "hungry.dcm"
+    path.write_bytes(bytes(data))
+    with pytest.raises(XRayReadError) as caught:
+        read_xray(path, timeout=60)
+    assert caught.value.reason in ("decode_failed", "too_large")  # not a timeout, not a crash
+    assert "crashed" not in str(caught.value)
