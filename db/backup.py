@@ -30,6 +30,7 @@ from sqlalchemy.engine import make_url
 
 from db.clitools import printable  # paths go into one log line
 from db.errors import CannotRun
+from db.files import fsync_folder
 
 # A database's files: the database, its write-ahead log, its WAL index and its rollback journal.
 SIDE_SUFFIXES = ("", "-wal", "-shm", "-journal")
@@ -64,7 +65,7 @@ def backup_database(url: str, destination: Path) -> Backup:
         target = _place(partial, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)
     return Backup(target, target.stat().st_size, round(time.perf_counter() - started, 3), integrity)
 
 
@@ -206,9 +207,3 @@ def _put_new(partial: Path, target: Path) -> bool:
     return True
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -31,6 +31,7 @@ from db import migrate
 from db.clitools import add_db_option, add_verbose_option, printable, run_cli
 from db.engine import get_engine, read_session
 from db.errors import CannotRun
+from db.files import fsync_folder
 from db.models import ModelVersion
 from db.reviews import FlaggedCase, flagged_cases
 
@@ -218,7 +219,7 @@ def write_replacing(path: Path, write: Callable[[TextIO], Any]) -> None:
     except BaseException:
         Path(partial).unlink(missing_ok=True)
         raise
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)
 
 
 def _permissions(path: Path) -> int:
@@ -230,12 +231,6 @@ def _permissions(path: Path) -> int:
         return 0o666 & ~umask  # what open(path, "w") would have made
 
 
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 if __name__ == "__main__":

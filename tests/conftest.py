@@ -6,7 +6,9 @@ checkout). Under CI (``CI=true``) a missing folder fails the tests that need it;
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +35,28 @@ def missing_tool(what: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"{what} is not installed (.ci/run installs it)")
     pytest.skip(f"{what} is not installed")
+
+
+@contextlib.contextmanager
+def tmpfs(folder: Path, size: str):
+    """A size-limited file system at ``folder`` (needs mount rights: root with CAP_SYS_ADMIN, as in CI); skips the
+    test where it cannot be mounted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MiB file system (a full disk is easy to reach on it)."""
+    with tmpfs(tmp_path / "disk", "2m") as folder:
+        yield folder
 
 
 def process_alive(pid: int | str) -> bool:

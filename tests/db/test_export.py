@@ -226,20 +226,6 @@ def _one_error_line(result, *needles: str) -> None:
         assert needle in lines[0]
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}); the file-size limit case covers it")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
-
 @pytest.mark.parametrize("fault", ["full disk", "file-size limit"])
 def test_a_failed_export_leaves_the_previous_file_whole(flagged_db, sqlite_url, tmp_path, request, fault):
     _, add = flagged_db

@@ -30,6 +30,7 @@ from db import migrate
 from db.engine import create_database_engine
 from model_training import cli as train_cli
 from scoring import cli as score_cli
+from tests.conftest import tmpfs
 from tests.reliability.conftest import sqlite_value
 
 N_GOOD = 60
@@ -56,20 +57,6 @@ def batches_whole(db_path: Path) -> None:
             assert db.execute("SELECT count(*) FROM predictions WHERE run_id = ?", (run_id,)).fetchone()[0] == scored
             assert db.execute("SELECT count(*) FROM scoring_failures WHERE run_id = ?",
                               (run_id,)).fetchone()[0] == failed
-
-
-@contextlib.contextmanager
-def tmpfs(folder: Path, size: str):
-    """A size-limited file system at ``folder`` (needs mount rights: root with CAP_SYS_ADMIN, as in CI)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
 
 
 def remount(folder: Path, options: str) -> None:
