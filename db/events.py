@@ -23,13 +23,15 @@ SIGN_IN_REFUSED = "sign_in_refused"  # refused by the rate limit; the password w
 SIGN_OUT = "sign_out"
 EXPORT_FLAGGED = "export_flagged"
 PROMOTE = "promote"
+PROMOTE_OVERRIDE = "promote_override"  # a challenger promoted although the gate refused it, with the reason
+CHALLENGE = "challenge"  # a version started (or stopped) being scored in the shadow
 ACCOUNT_CREATED = "account_created"
 ACCOUNT_DEACTIVATED = "account_deactivated"
 ACCOUNT_ACTIVATED = "account_activated"
 PASSWORD_RESET = "password_reset"
 ACCOUNT_UNLOCKED = "account_unlocked"  # an admin lifted the sign-in delays of an account
-KINDS = (SIGN_IN, SIGN_IN_FAILED, SIGN_IN_REFUSED, SIGN_OUT, EXPORT_FLAGGED, PROMOTE, ACCOUNT_CREATED,
-         ACCOUNT_DEACTIVATED, ACCOUNT_ACTIVATED, PASSWORD_RESET, ACCOUNT_UNLOCKED)
+KINDS = (SIGN_IN, SIGN_IN_FAILED, SIGN_IN_REFUSED, SIGN_OUT, EXPORT_FLAGGED, PROMOTE, PROMOTE_OVERRIDE, CHALLENGE,
+         ACCOUNT_CREATED, ACCOUNT_DEACTIVATED, ACCOUNT_ACTIVATED, PASSWORD_RESET, ACCOUNT_UNLOCKED)
 USERNAME_LENGTH = 64
 CLIENT_LENGTH = 64
 

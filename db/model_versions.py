@@ -7,14 +7,15 @@ promoting it again. Functions take a Session and never commit; the caller owns t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.errors import CannotRun
-from db.models import ModelVersion, Prediction
+from db.models import ModelTrainingImage, ModelVersion, Prediction, utcnow
 
 if TYPE_CHECKING:
     from scoring.model import Checkpoint
@@ -94,13 +95,49 @@ def find_by_ref(session: Session, ref: str) -> ModelVersion:
 
 
 def promote(session: Session, ref: str) -> tuple[ModelVersion, ModelVersion | None]:
-    """Make ``ref`` the active version; returns it and the one it replaced (None if none was active)."""
+    """Make ``ref`` the active version; returns it and the one it replaced (None if none was active). A promoted
+    challenger stops being one. Whether the promotion is allowed is the caller's question (:mod:`db.gate`)."""
     version = find_by_ref(session, ref)
     previous = active_version(session)
     # Deactivate first: at most one row may be active at any moment (a partial unique index).
     session.execute(update(ModelVersion).where(ModelVersion.is_active).values(is_active=False))
-    session.execute(update(ModelVersion).where(ModelVersion.id == version.id).values(is_active=True))
+    session.execute(update(ModelVersion).where(ModelVersion.id == version.id).values(
+        is_active=True, is_challenger=False, first_active_at=func.coalesce(ModelVersion.first_active_at, utcnow())))
     session.expire_all()
     if previous is not None:
         session.refresh(previous)  # loaded now, so the caller can still read it after the transaction
     return session.get(ModelVersion, version.id), previous
+
+
+class NotAChallenger(CannotRun, ValueError):
+    """A version that cannot be a challenger (the active one)."""
+
+
+def set_challenger(session: Session, ref: str, challenger: bool) -> ModelVersion:
+    """Start (or stop) scoring ``ref`` in the shadow of the active version."""
+    version = find_by_ref(session, ref)
+    if challenger and version.is_active:
+        raise NotAChallenger(f"model version {label(version)} is the active version: it cannot challenge itself")
+    version.is_challenger = challenger
+    session.flush()
+    return version
+
+
+def challengers(session: Session) -> list[ModelVersion]:
+    """The versions scored in the shadow of the active one, oldest first."""
+    return list(session.scalars(select(ModelVersion).where(ModelVersion.is_challenger).order_by(ModelVersion.id)))
+
+
+def record_training_images(session: Session, model_version_id: int, sha256s: Iterable[str]) -> int:
+    """Remember the content of every image ``model_version_id`` was trained or validated on; returns how many."""
+    known = training_image_shas(session, model_version_id)
+    new = sorted(set(sha256s) - known)
+    if new:
+        session.execute(insert(ModelTrainingImage), [{"model_version_id": model_version_id, "sha256": sha}
+                                                     for sha in new])
+    return len(new)
+
+
+def training_image_shas(session: Session, model_version_id: int) -> set[str]:
+    return set(session.scalars(select(ModelTrainingImage.sha256)
+                               .where(ModelTrainingImage.model_version_id == model_version_id)))

@@ -158,8 +158,22 @@ class ModelVersion(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     is_active: Mapped[bool] = mapped_column(default=False, server_default=false())
     is_synthetic: Mapped[bool] = mapped_column(default=False, server_default=false())
+    # scored in the shadow of the active version; never shown to readers
+    is_challenger: Mapped[bool] = mapped_column(default=False, server_default=false())
+    first_active_at: Mapped[dt.datetime | None] = mapped_column(doc="when it was first made active (None: never)")
 
     predictions: Mapped[list[Prediction]] = relationship(back_populates="model_version")
+
+
+class ModelTrainingImage(Base):
+    """The content of an image a version was trained or validated on: never counted as its evidence."""
+
+    __tablename__ = "model_training_images"
+    __table_args__ = (UniqueConstraint("model_version_id", "sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    sha256: Mapped[str] = mapped_column(String(64))
 
 
 class ScoringRun(Base):
