@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import getpass
 import json
 import logging
 import sys
 from pathlib import Path
 
-from db import migrate, model_versions
+from db import events, migrate, model_versions
 from db.clitools import (
     add_db_option,
     add_device_option,
@@ -18,12 +19,15 @@ from db.clitools import (
     run_cli,
 )
 from db.engine import get_engine, read_session, write_session
-from model_training import data
+from db.models import ModelVersion
+from model_training import data, gate
 from model_training.evaluation import interval_text
 from model_training.train import TrainConfig
 from scoring.model import ARCHITECTURES
 
 log = logging.getLogger("cxr.train")
+
+EXIT_GATE_REFUSED = 3  # `promote`: the promotion gate refused (the comparison is printed)
 
 DEFAULTS = field_defaults(TrainConfig)  # the one source of `cxr-train train`'s defaults
 
@@ -88,21 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="the registered model versions")
     add_db_option(listing)
-    promote = commands.add_parser("promote", help="make a version the one the scorer uses")
+    promote = commands.add_parser("promote", help="make a version the one the scorer uses, if the promotion gate "
+                                                  "allows it (exit 3 and the comparison when it does not)")
     promote.add_argument("version", help="id, name, or checkpoint sha256 prefix")
+    promote.add_argument("--override-reason", metavar="TEXT",
+                         help="promote although the gate refuses; the reason goes to the audit trail")
+    promote.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples of the comparison")
     add_db_option(promote)
+    challenge = commands.add_parser("challenge", help="score a version in the shadow of the active one (never "
+                                                      "shown to readers), so that the gate can judge it")
+    challenge.add_argument("version", help="id, name, or checkpoint sha256 prefix")
+    challenge.add_argument("--stop", action="store_true", help="stop scoring it in the shadow")
+    add_db_option(challenge)
 
     demo = commands.add_parser("demo-data", help="write a synthetic demo cohort (phantoms, not patients)")
     demo.add_argument("dir", type=Path)
     demo.add_argument("--n", type=int, default=240, help="number of labelled phantoms (default: 240)")
     demo.add_argument("--seed", type=int, default=0)
-    for command in (train, evaluate, listing, promote, demo):
+    for command in (train, evaluate, listing, promote, challenge, demo):
         add_verbose_option(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "promote": _promote,
+    handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "promote": _promote, "challenge": _challenge,
                 "demo-data": _demo_data}
     return run_cli(build_parser(), argv, log, lambda args: handlers[args.command](args))
 
@@ -186,7 +199,8 @@ def _list(args: argparse.Namespace) -> int:
     with read_session(_engine(args)) as session:
         for v in model_versions.list_versions(session):
             auroc = (v.metrics or {}).get("validation", {}).get("macro_auroc")
-            flags = " ".join(f for f, on in (("ACTIVE", v.is_active), ("synthetic", v.is_synthetic)) if on)
+            flags = " ".join(f for f, on in (("ACTIVE", v.is_active), ("challenger", v.is_challenger),
+                                             ("synthetic", v.is_synthetic)) if on)
             print(f"{v.id:>4}  {v.name or '-':<24} {v.architecture:<9} {v.input_size:>4}px  "
                   f"val macro-AUROC {_num(auroc)}  {v.created_at:%Y-%m-%d %H:%M}  {v.sha256[:12]}  {flags}")
     return 0
@@ -194,12 +208,40 @@ def _list(args: argparse.Namespace) -> int:
 
 def _promote(args: argparse.Namespace) -> int:
     with write_session(_engine(args)) as session:
-        version, previous = model_versions.promote(session, args.version)
-        log.info("model version %d (%s) is now active%s", version.id, version.name or version.sha256[:12],
-                 f"; it replaces version {previous.id}" if previous and previous.id != version.id else "")
+        result = gate.promote(session, args.version, by=_operator(), override_reason=args.override_reason,
+                              via="cxr-train", resamples=args.resamples)
+        comparison = result.decision.comparison
+        if comparison is not None:
+            print(gate.comparison_text(comparison), flush=True)
+        if not result.promoted:
+            log.error("not promoted: %s. `--override-reason TEXT` promotes anyway (audited)", result.decision.reason)
+            return EXIT_GATE_REFUSED
+        version = session.get(ModelVersion, result.version_id)
+        log.info("model version %d (%s) is now active%s (%s)", version.id, version.name or version.sha256[:12],
+                 f"; it replaces version {result.previous_id}" if result.previous_id not in (None, version.id) else "",
+                 "overriding the gate: " + result.decision.reason if result.overridden else result.decision.reason)
         if version.is_synthetic:
             log.warning("version %d was trained on synthetic demo data: its predictions mean nothing clinically",
                         version.id)
+    return 0
+
+
+def _operator() -> str:
+    """Who ran the command, for the audit trail (a container may have no user name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _challenge(args: argparse.Namespace) -> int:
+    with write_session(_engine(args)) as session:
+        version = model_versions.set_challenger(session, args.version, not args.stop)
+        events.record(session, events.CHALLENGE, username=_operator(),
+                      details={"version": version.id, "challenger": not args.stop, "from": "cxr-train"})
+        log.info("model version %d %s", version.id,
+                 "is no longer scored in the shadow" if args.stop else
+                 "is scored in the shadow of the active version from the next `cxr-score` run")
     return 0
 
 
