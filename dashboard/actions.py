@@ -16,6 +16,7 @@ from db import claims, events, model_versions, reviewers, signin
 from db.engine import write_session
 from db.export import export_classes, flagged_csv
 from db.reviews import add_review, flagged_cases
+from model_training import gate
 
 log = logging.getLogger("cxr.dashboard")
 
@@ -85,16 +86,27 @@ def export_flagged(me: signin.Account, *, include_paths: bool) -> str:
         return flagged_csv(cases, include_paths=include_paths, classes=export_classes(session))
 
 
-def promote(me: signin.Account, version_id: int) -> str:
+def promote(me: signin.Account, version_id: int, *, override_reason: str | None = None) -> gate.Promotion:
+    """Through the promotion gate (:mod:`model_training.gate`): refused, nothing changes; with
+    ``override_reason``, promoted anyway and audited."""
     with write_session(data.engine()) as session:
         account = _admin(session, me)
-        version, previous = model_versions.promote(session, str(version_id))
-        events.record(session, events.PROMOTE, username=account.username, reviewer_id=account.id,
-                      details={"version": version.id, "previous": previous.id if previous else None})
-        shown = version.name or f"version {version.id}"
-    log.info("%s promoted model version %d", account.username, version_id)
+        result = gate.promote(session, str(version_id), by=account.username, reviewer_id=account.id,
+                              override_reason=override_reason, via="dashboard")
+    if result.promoted:
+        log.info("%s promoted model version %d%s", me.username, version_id,
+                 " overriding the gate" if result.overridden else "")
+        data.clear_after_promotion()
+    return result
+
+
+def set_challenger(me: signin.Account, version_id: int, challenger: bool) -> None:
+    with write_session(data.engine()) as session:
+        account = _admin(session, me)
+        model_versions.set_challenger(session, str(version_id), challenger)
+        events.record(session, events.CHALLENGE, username=account.username, reviewer_id=account.id,
+                      details={"version": version_id, "challenger": challenger, "from": "dashboard"})
     data.clear_after_promotion()
-    return shown
 
 
 def create_account(me: signin.Account, username: str, password: str, role: str, display_name: str | None) -> None:

@@ -169,7 +169,7 @@ def _overlay_caption(detail: CaseDetail) -> None:
 
 # --- the model's output, history, metadata -------------------------------------------------------------
 
-def model_output(detail: CaseDetail, *, hidden: bool) -> None:
+def model_output(me: Account, detail: CaseDetail, *, hidden: bool) -> None:
     st.subheader("Model")
     if hidden:
         st.info("Read-first mode: the model's output appears once you have chosen a label.",
@@ -186,11 +186,12 @@ def model_output(detail: CaseDetail, *, hidden: bool) -> None:
     for name in p.classes:
         value = p.probabilities.get(name, 0.0)
         st.progress(min(1.0, max(0.0, value)), text=f"{name}: {value:.3f}")
-    if detail.other_predictions:
-        st.caption("Other model versions that scored this image")
-        st.dataframe([{"version": o.version_label, "predicted": o.predicted_class,
-                       "confidence": round(o.confidence, 3), "scored": o.scored_at.strftime("%Y-%m-%d")}
-                      for o in detail.other_predictions], hide_index=True)
+    if detail.other_predictions and me.is_admin:  # readers see the active version's output only
+        st.caption("Other model versions that scored this image (admins only)")
+        st.dataframe([{"version": o.version_label + (" (challenger, hidden from readers)" if o.is_challenger else ""),
+                       "predicted": o.predicted_class, "confidence": round(o.confidence, 3),
+                       "scored": o.scored_at.strftime("%Y-%m-%d")} for o in detail.other_predictions],
+                     hide_index=True)
 
 
 def history(detail: CaseDetail) -> None:

@@ -14,9 +14,11 @@ from sqlalchemy import Engine
 from db import agreement, attributions, cases, events, migrate, model_versions, overview, reviewers, worklist
 from db.config import private_tmp
 from db.engine import get_engine, read_session
+from db.models import ModelVersion
 from db.paths import to_fs
 from db.reviews import FlaggedCase, flagged_cases
 from db.summary import Summary, database_summary
+from model_training import gate
 from scoring.imaging import ViewingImage, read_for_viewing
 from scoring.imaging.verified import read_verified
 
@@ -56,7 +58,8 @@ def versions() -> list[dict]:
         return [dict(id=v.id, label=model_versions.label(v), name=v.name, architecture=v.architecture,
                      classes=list(v.classes), input_size=v.input_size, temperature=v.temperature,
                      metrics=dict(v.metrics or {}), created_at=v.created_at, is_active=v.is_active,
-                     is_synthetic=v.is_synthetic, path=v.path, sha256=v.sha256)
+                     is_synthetic=v.is_synthetic, is_challenger=v.is_challenger, first_active_at=v.first_active_at,
+                     path=v.path, sha256=v.sha256)
                 for v in model_versions.list_versions(session)]
 
 
@@ -126,6 +129,19 @@ def flagged() -> list[FlaggedCase]:
 
 # --- models and overview -------------------------------------------------------------------------------
 
+@st.cache_data(ttl=60, show_spinner="Comparing on the site's own cases…")
+def gate_decision(version_id: int) -> gate.Decision:
+    """What the promotion gate says of promoting the version now (its bootstrap takes a few seconds)."""
+    with read_session(engine()) as session:
+        return gate.decide(session, session.get(ModelVersion, version_id))
+
+
+@st.cache_data(ttl=60, show_spinner=False)
+def gate_overrides(limit: int = 20) -> list[events.EventRow]:
+    with read_session(engine()) as session:
+        return events.recent_events(session, limit=limit, kinds=[events.PROMOTE_OVERRIDE])
+
+
 @st.cache_data(ttl=30, show_spinner=False)
 def version_agreement(version_id: int) -> agreement.VersionAgreement:
     with read_session(engine()) as session:
@@ -175,7 +191,8 @@ def clear_after_review(image_id: int) -> None:
 
 
 def clear_after_promotion() -> None:
-    for cached in (versions, default_version_id, worklist_page, position, case_detail, overview_data, summary):
+    for cached in (versions, default_version_id, worklist_page, position, case_detail, overview_data, summary,
+                   gate_decision, gate_overrides):
         cached.clear()
 
 

@@ -2,7 +2,8 @@
 a reload and a shared link. Pure functions over the query's strings: every value is checked against bounds (an
 id the database can hold, a date a reader could mean), an invalid one falls back to its default, and
 ``invalid_keys`` names them so that the page can say so plainly. The folder filter (a path prefix) is for admins
-only: for reviewers it is ignored, so that it cannot tell them whether a folder exists."""
+only: for reviewers it is ignored, so that it cannot tell them whether a folder exists; so is the model version
+(reviewers see the active version's output only)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,10 @@ EARLIEST_DATE = dt.date(1900, 1, 1)
 
 
 def filter_from_query(query: Mapping[str, str | list[str]], default_version: int, max_wait_days: int,
-                      default_status: str = "unreviewed", *, allow_folder: bool = False) -> WorklistFilter:
+                      default_status: str = "unreviewed", *, allow_folder: bool = False,
+                      any_version: bool = False) -> WorklistFilter:
+    """The filter a link asks for. Readers (``any_version`` False) always get ``default_version``, the active one:
+    a challenger's output, scored in the shadow, is never theirs to see, whatever the link says."""
     def one(key: str) -> str | None:
         return _one(query, key)
 
@@ -33,7 +37,8 @@ def filter_from_query(query: Mapping[str, str | list[str]], default_version: int
     classes = tuple(sorted({classes} if isinstance(classes, str) else set(classes)))
     status = one("status")
     return WorklistFilter(
-        model_version_id=_id(one("v"), default_version), classes=tuple(c for c in classes if c and len(c) <= MAX_TEXT),
+        model_version_id=_id(one("v"), default_version) if any_version else default_version,
+        classes=tuple(c for c in classes if c and len(c) <= MAX_TEXT),
         confidence_min=_fraction(one("cmin"), 0.0), confidence_max=_fraction(one("cmax"), 1.0),
         status=status if status in STATUSES else default_status,
         date_field=one("datefield") if one("datefield") in DATE_FIELDS else "scored",

@@ -50,9 +50,12 @@ def filter_panel(flt: WorklistFilter, version: dict, options: dict, me: Account)
     flt = _sync_widgets(flt, version, options)
     with st.expander("Filters and order", expanded=True):
         row1 = st.columns([2, 2, 2, 2])
-        labels = {v["id"]: v["label"] + (" (active)" if v["is_active"] else "") for v in data.versions()}
+        shown = data.versions() if me.is_admin else [version]  # readers: the active version's output only
+        labels = {v["id"]: v["label"] + (" (active)" if v["is_active"] else " (challenger)" if v["is_challenger"]
+                                         else "") for v in shown}
         chosen = row1[0].selectbox("Model version", list(labels), format_func=labels.get, key="wl_version",
-                                   on_change=_widget_changed)
+                                   on_change=_widget_changed, disabled=not me.is_admin,
+                                   help=None if me.is_admin else "Readers see the active version's predictions.")
         classes = row1[1].multiselect("Predicted class", version["classes"], key="wl_classes",
                                       on_change=_widget_changed)
         status = row1[2].selectbox("Review status", STATUSES, format_func=STATUS_LABELS.get, key="wl_status",

@@ -72,6 +72,7 @@ class CasePrediction:
     confidence: float
     entropy: float
     scored_at: dt.datetime
+    is_challenger: bool = False  # scored in the shadow: never shown to readers
 
 
 @dataclass(frozen=True)
@@ -165,4 +166,4 @@ def _prediction(p: Prediction, version: ModelVersion) -> CasePrediction:
         id=p.id, model_version_id=version.id, version_label=model_versions.label(version), is_active=version.is_active,
         is_synthetic=version.is_synthetic, classes=tuple(version.classes),
         probabilities={k: float(v) for k, v in p.probabilities.items()}, predicted_class=p.predicted_class,
-        confidence=p.confidence, entropy=p.entropy, scored_at=p.scored_at)
+        confidence=p.confidence, entropy=p.entropy, scored_at=p.scored_at, is_challenger=version.is_challenger)

@@ -22,7 +22,8 @@ MAX_WAIT_DAYS = layout.max_wait_days()
 me = layout.account()
 query = layout.query()
 image_id = urlstate.image_from_query(query)
-flt = urlstate.filter_from_query(query, data.default_version_id() or 0, MAX_WAIT_DAYS, allow_folder=me.is_admin)
+flt = urlstate.filter_from_query(query, data.default_version_id() or 0, MAX_WAIT_DAYS, allow_folder=me.is_admin,
+                                 any_version=me.is_admin)
 detail = data.case_detail(image_id, flt.model_version_id) if image_id is not None else None
 if detail is None:
     reading.leave_case(me)
@@ -66,7 +67,7 @@ left, right = st.columns([3, 2], gap="medium")
 with left:
     draft.overlay_seen = image_panel(detail, hidden=hidden) or draft.overlay_seen
 with right:
-    model_output(detail, hidden=hidden)
+    model_output(me, detail, hidden=hidden)
     review_form(me, detail, draft, read_first=read_first, after_save=lambda: go(1))
     history(detail)
     metadata(detail)

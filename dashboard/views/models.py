@@ -1,11 +1,11 @@
 """Models: the registered versions, their training metrics and model cards, agreement with reviewers, and (for
-admins, with a confirmation) promotion and rollback."""
+admins) shadow scoring of challengers and promotion through the gate, or rollback."""
 
 from pathlib import Path
 
 import streamlit as st
 
-from dashboard import actions, charts, data, layout
+from dashboard import charts, data, layout, model_parts
 from model_training.card import CONFUSION_MATRIX_FILE, MARKDOWN_FILE, RELIABILITY_FILE, TRAINING_CURVES_FILE
 
 me = layout.account()
@@ -20,45 +20,27 @@ def validation(version: dict) -> dict:
     return found if isinstance(found, dict) else {}
 
 
-st.dataframe([{"version": v["label"], "active": v["is_active"], "architecture": v["architecture"],
+st.dataframe([{"version": v["label"], "status": model_parts.status(v), "architecture": v["architecture"],
                "classes": ", ".join(v["classes"]), "created": v["created_at"].strftime("%Y-%m-%d"),
                "synthetic": v["is_synthetic"], "validation accuracy": validation(v).get("accuracy"),
                "macro-F1": validation(v).get("macro_f1"), "macro-AUROC": validation(v).get("macro_auroc")}
               for v in versions], hide_index=True)
+model_parts.overrides()
 
-labels = {v["id"]: v["label"] + (" (active)" if v["is_active"] else "") for v in versions}
+labels = {v["id"]: f"{v['label']} ({model_parts.status(v)})" for v in versions}
 chosen_id = st.selectbox("Version", list(labels), format_func=labels.get, key="model_version_choice")
 version = data.version(chosen_id)
 
-
-def confirmation(version: dict) -> None:
-    """Promotion asks once more, naming what changes and how to undo it."""
-    st.warning(f"Make **{layout.plain(version['label'])}** the scorer's version? The nightly scorer uses it from "
-               "its next run. The current version stays registered: promoting it again is the rollback.")
-    yes, no = st.columns([1, 6])
-    if yes.button("Promote", type="primary", key="confirm_promote"):
-        shown = actions.promote(me, version["id"])
-        st.session_state.pop("promote_asked", None)
-        st.session_state["models_notice"] = f"{shown} is now active."
-        st.rerun()
-    if no.button("Cancel", key="cancel_promote"):
-        st.session_state.pop("promote_asked", None)
-        st.rerun()
-
-
-notice = st.session_state.pop("models_notice", None)
+notice = st.session_state.pop(model_parts.NOTICE, None)
 if notice:
     st.success(notice)
 if version["is_synthetic"]:
     st.warning("Trained on synthetic demo data: its metrics mean nothing clinically.", icon=":material/science:")
 if me.is_admin and not version["is_active"]:
-    if st.session_state.get("promote_asked") == version["id"]:
-        confirmation(version)
-    elif st.button("Promote (or roll back to) this version…", key="promote_button"):
-        st.session_state["promote_asked"] = version["id"]
-        st.rerun()
+    model_parts.shadow_controls(me, version)
+    model_parts.promotion(me, version)
 elif not me.is_admin:
-    st.caption("Admins promote and roll back versions.")
+    st.caption("Admins score challengers in the shadow, promote (through the gate) and roll back versions.")
 
 metrics_tab, card_tab, agreement_tab, training_tab = st.tabs(
     ["Training metrics", "Model card", "Agreement with reviewers", "Reviewed cases used"])

@@ -15,7 +15,8 @@ if default_version is None:
     st.stop()
 
 query = layout.query()
-flt = urlstate.filter_from_query(query, default_version, MAX_WAIT_DAYS, allow_folder=me.is_admin)
+flt = urlstate.filter_from_query(query, default_version, MAX_WAIT_DAYS, allow_folder=me.is_admin,
+                                 any_version=me.is_admin)
 version = data.version(flt.model_version_id) or data.version(default_version)
 layout.url_problems(query)
 wanted, changed = worklist_parts.filter_panel(flt, version, data.image_attribute_values(), me)

@@ -59,7 +59,7 @@ def test_every_page_runs_for_each_role(filled, role, app, texts):
         assert not at.exception, (page, at.exception)
         assert "Synthetic demo data" in texts(at)  # the synthetic model is marked on every page
     models = page_texts_of(app(account, page="views/models.py"), texts)
-    assert ("Admins promote and roll back versions." in models) == (role == "reviewer")
+    assert ("Admins score challengers in the shadow, promote" in models) == (role == "reviewer")
 
 
 def test_worklist_counts_and_opens_a_case(filled, app, texts):
@@ -116,12 +116,14 @@ def test_admin_manages_accounts_and_every_change_is_audited(filled, app, texts):
     data.versions.clear()  # registered by training elsewhere; the page's cache lives 30 s
     models = app(filled.admin_id, page="views/models.py")
     models.button(key="promote_button").click().run()
-    models.button(key="confirm_promote").click().run()
+    assert "The gate refuses: 0 prospective reviewed case" in texts(models)  # never scored in the shadow
+    models.text_area(key="override_reason").input("validated offline on 400 films")  # sent with the form
+    next(b for b in models.button if b.label == "Promote anyway").click().run()
     assert not models.exception
     assert "v2 is now active" in texts(models)
     with read_session(get_engine()) as session:
         kinds = session.scalars(select(Event.kind).order_by(Event.id)).all()
-    assert kinds == ["account_created", "password_reset", "account_deactivated", "promote"]
+    assert kinds == ["account_created", "password_reset", "account_deactivated", "promote", "promote_override"]
     with read_session(get_engine()) as session:
         assert model_versions.active_version(session).id == newer
     at = app(filled.admin_id, page="views/accounts.py")

@@ -259,3 +259,34 @@ def test_an_admin_lifts_the_sign_in_delays_of_an_account(filled, app, monkeypatc
     assert "Signed in as" in " ".join(c.value for c in at.sidebar.caption)
     with read_session(get_engine()) as session:
         assert "account_unlocked" in session.scalars(select(Event.kind)).all()
+
+
+@pytest.fixture
+def challenger(filled) -> int:
+    """A challenger scored in the shadow of the active version on every image, with a tell-tale confidence."""
+    from db import model_versions
+    from db.models import Prediction
+
+    with write_session(get_engine()) as session:
+        version = model_versions.register(session, sha256="c" * 64, path="/synthetic/challenger.pt",
+                                          architecture="resnet18", classes=["covid", "normal", "pneumonia"],
+                                          input_size=64, preprocessing_hash="0" * 64, temperature=1.0,
+                                          name="shadowtwo")
+        model_versions.set_challenger(session, str(version.id), True)
+        for image_id in filled.image_ids:
+            session.add(Prediction(image_id=image_id, model_version_id=version.id, predicted_class="pneumonia",
+                                   probabilities={"covid": 0.111, "normal": 0.112, "pneumonia": 0.777},
+                                   confidence=0.777, entropy=0.5))
+        return version.id
+
+
+@pytest.mark.parametrize("page", ["views/worklist.py", "views/case.py"])
+def test_a_challengers_output_never_reaches_a_reader(filled, challenger, app, texts, page):
+    query = {"v": str(challenger), "status": "all"} | ({"image": str(filled.image_ids[0])} if "case" in page else {})
+    reader = app(filled.reviewer_id, page=page, query=query)  # even through a crafted link
+    assert not reader.exception
+    shown = texts(reader) + " ".join(str(p.value) for p in reader.get("progress"))
+    assert "0.777" not in shown and "shadowtwo" not in shown
+    admin = app(filled.admin_id, page=page, query=query)
+    shown = texts(admin) + " ".join(str(p.value) for p in admin.get("progress"))
+    assert "0.777" in shown or "shadowtwo" in shown  # admins may look at it

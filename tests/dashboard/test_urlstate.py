@@ -18,7 +18,14 @@ def test_a_filter_survives_the_round_trip_through_the_url():
                          max_wait_days=5)
     query = urlstate.filter_to_query(flt)
     as_lists = {key: value if isinstance(value, list) else [value] for key, value in query.items()}
-    assert urlstate.filter_from_query(as_lists, default_version=1, max_wait_days=5, allow_folder=True) == flt
+    assert urlstate.filter_from_query(as_lists, default_version=1, max_wait_days=5, allow_folder=True,
+                                      any_version=True) == flt
+
+
+def test_readers_always_get_the_active_version():
+    query = {"v": ["7"]}  # a challenger's id in a crafted link
+    assert urlstate.filter_from_query(query, 3, 7).model_version_id == 3
+    assert urlstate.filter_from_query(query, 3, 7, any_version=True).model_version_id == 7
 
 
 def test_the_folder_filter_is_for_admins_only():
@@ -37,7 +44,8 @@ HOSTILE = [("image", "99999999999999999999"), ("image", "0"), ("image", "-1"), (
 @pytest.mark.parametrize(("key", "value"), HOSTILE)
 def test_hostile_url_values_are_ignored_and_named(key, value):
     query = {key: [value]}
-    assert urlstate.filter_from_query(query, 1, 7, allow_folder=True) == WorklistFilter(1, status="unreviewed")
+    flt = urlstate.filter_from_query(query, 1, 7, allow_folder=True, any_version=True)
+    assert flt == WorklistFilter(1, status="unreviewed")
     assert urlstate.image_from_query(query) is None and urlstate.page_from_query(query) == 1
     assert urlstate.invalid_keys(query) == [key]
 
