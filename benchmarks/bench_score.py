@@ -166,9 +166,9 @@ class ReplayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, tuple]:
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...] | None, tuple]:
         tensor, item = self.samples[index]
-        return tensor, (index, *item[1:])
+        return (tensor,) if tensor is not None else None, (index, *item[1:])
 
 
 def predecoded_samples(files: list[Path], checkpoint: Checkpoint, options: ScoringOptions,

@@ -1,11 +1,13 @@
-"""The state of an installation for the dashboard's overview: counts, the last scoring runs and the series
-behind its charts. Aggregation happens in SQL. Functions take a Session and never commit.
+"""The state of an installation for the dashboard's overview: counts, the last scoring runs (with what their
+challengers scored in the shadow: counts only) and the series behind its charts. Aggregation happens in SQL.
+Functions take a Session and never commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from sqlalchemy import Integer, cast, exists, func, select
 from sqlalchemy.orm import Session
@@ -39,6 +41,10 @@ class RunRow:
     out_of_scope: int
     failed: int
     known_failures: int
+    # Challengers of the run (scoring.run names them in its arguments): images each scored in the shadow, by
+    # model version id, and those the run left out with the reason. Counts only: readers never see their output.
+    shadow_scored: dict[int, int] = field(default_factory=dict)
+    shadow_unavailable: dict[int, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -77,10 +83,34 @@ def counts(session: Session, model_version_id: int | None) -> Counts:
 
 
 def recent_runs(session: Session, limit: int = 10) -> list[RunRow]:
-    runs = session.scalars(select(ScoringRun).order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
-                           .limit(limit))
+    runs = list(session.scalars(select(ScoringRun).order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc())
+                                .limit(limit)))
+    shadow = shadow_scored(session, runs)
     return [RunRow(r.id, r.started_at, r.finished_at, r.status, r.model_version_id, r.scanned, r.scored, r.skipped,
-                   r.out_of_scope, r.failed, r.known_failures) for r in runs]
+                   r.out_of_scope, r.failed, r.known_failures, shadow.get(r.id, {}),
+                   {int(v): str(why) for v, why in (r.arguments or {}).get("challengers_unavailable", {}).items()})
+            for r in runs]
+
+
+def shadow_scored(session: Session, runs: Sequence[ScoringRun]) -> dict[int, dict[int, int]]:
+    """Per run, the images each of its challengers scored in it (0 included), counted from their predictions.
+
+    Only the challengers' predictions since the oldest of these runs began are read (the index on model version
+    and time), so the cost follows the recent runs' volume, not the table's."""
+    challengers = {r.id: [int(v) for v in (r.arguments or {}).get("challengers", ())] for r in runs}
+    versions = {v for ids in challengers.values() for v in ids}
+    if not versions:
+        return {}
+    found = {run_id: dict.fromkeys(ids, 0) for run_id, ids in challengers.items() if ids}
+    rows = session.execute(
+        select(Prediction.run_id, Prediction.model_version_id, func.count())
+        .where(Prediction.model_version_id.in_(versions), Prediction.scored_at >= min(r.started_at for r in runs),
+               Prediction.run_id.in_(list(found)))
+        .group_by(Prediction.run_id, Prediction.model_version_id))
+    for run_id, version_id, n in rows:
+        if version_id in found[run_id]:  # a version that was the run's own (promoted since) is not its shadow
+            found[run_id][version_id] = n
+    return found
 
 
 def daily_volume(session: Session, model_version_id: int | None = None, *, days: int = 90,

@@ -71,6 +71,8 @@ class ImageResult:
     in_scope: bool
     scope_reason: str
     score: Score | None = None
+    # (model version id, score) of each challenger that scored the image in the shadow of ``score``'s version
+    shadow_scores: tuple[tuple[int, Score], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,22 @@ def images_by_sha(session: Session, shas: Iterable[str], model_version_id: int) 
     return found
 
 
+def predicted_versions(session: Session, shas: Iterable[str], model_version_ids: Iterable[int]) -> dict[str, set[int]]:
+    """For content already in the database: which of ``model_version_ids`` have a prediction for it (content
+    none of them scored is left out)."""
+    versions = list(model_version_ids)
+    found: dict[str, set[int]] = {}
+    if not versions:
+        return found
+    for chunk in _chunks(list(set(shas)), 500):
+        rows = session.execute(
+            select(Image.sha256, Prediction.model_version_id).join(Prediction, Prediction.image_id == Image.id)
+            .where(Image.sha256.in_(chunk), Prediction.model_version_id.in_(versions)))
+        for sha, version_id in rows:
+            found.setdefault(sha, set()).add(version_id)
+    return found
+
+
 def image_values(meta: dict[str, Any]) -> dict[str, Any]:
     """The images table's metadata columns from the reader's ``meta``: plain values, cut to their columns.
     Pure Python, so the scorer's decode workers compute it, not the process that writes."""
@@ -174,12 +192,19 @@ def image_values(meta: dict[str, Any]) -> dict[str, Any]:
 
 def store_results(session: Session, model_version_id: int, run_id: int, images: Sequence[ImageResult],
                   failures: Sequence[FileFailure]) -> None:
-    """A batch's images, the paths that hold them, their predictions and the batch's failures: one statement
-    per table. Raises whatever the database raises; the caller decides whether to retry row by row."""
+    """A batch's images, the paths that hold them, their predictions (the challengers' too) and the batch's
+    failures: one statement per table, and per model version for the predictions. Raises whatever the database
+    raises; the caller decides whether to retry row by row."""
     ids = store_images(session, images)
     record_files(session, [(stat, ids[image.sha256]) for image in images for stat in image.stats])
     add_predictions(session, model_version_id, run_id,
                     [(ids[image.sha256], image.score) for image in images if image.score is not None])
+    shadow: dict[int, list[tuple[int, Score]]] = {}
+    for image in images:
+        for version_id, score in image.shadow_scores:
+            shadow.setdefault(version_id, []).append((ids[image.sha256], score))
+    for version_id, scores in shadow.items():
+        add_predictions(session, version_id, run_id, scores)
     add_failures(session, run_id, failures)
 
 

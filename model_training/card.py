@@ -467,6 +467,27 @@ def _recipe_section(config: Mapping[str, Any]) -> str:
                       "", _table(["setting", "value"], rows, numeric_from=99)])
 
 
+def _recalibration_section(metrics: Mapping[str, Any]) -> str:
+    """What ``cxr-train recalibrate`` fitted (``metrics["recalibration"]``), when it made this version."""
+    found = metrics.get("recalibration")
+    if not isinstance(found, Mapping):
+        return ""
+    parent = found.get("parent") or {}
+    offsets, cases = found.get("offsets") or {}, found.get("cases_per_class") or {}
+    left_out = found.get("classes_not_fitted") or {}
+    rows = [[c, b, cases.get(c, f"{left_out.get(c, 0)} (fewer than {found.get('min_cases')}: not fitted)")]
+            for c, b in offsets.items()]
+    return "\n".join([
+        "## Recalibration", "",
+        f"The weights are those of version {parent.get('model_version_id') or '(unregistered)'} "
+        f"({parent.get('name') or '-'}, sha256 {str(parent.get('sha256'))[:12]}), unchanged. Fitted on the site's "
+        f"reviewed cases ({found.get('loss')}): a temperature T = {_fmt(found.get('temperature'))} (the parent's: "
+        f"{_fmt(parent.get('temperature'))}) and one offset per class, so probabilities are "
+        "softmax(logits / T + offset). Every pairwise ranking (e.g. covid vs pneumonia AUROC) is the parent's "
+        "exactly; the decision and the confidence change. The figures on the fitting cases below are in-sample.", "",
+        _table(["class", "offset", "reviewed cases fitted"], rows)])
+
+
 def _per_source_section(metrics: Mapping[str, Any]) -> str:
     """Accuracy per data source, when the caller measured it (``metrics["per_source"][split]``)."""
     per_source = metrics.get("per_source")
@@ -599,6 +620,7 @@ def write_model_card(out_dir: str | os.PathLike, *, name: str, config: dict, dat
         *([section] if (section := _intervals_section(metrics_j)) else []),
         *([section] if (section := _per_source_section(metrics_j)) else []),
         *([section] if (section := _recipe_section(config_j)) else []),
+        *([section] if (section := _recalibration_section(metrics_j)) else []),
         *([section] if (section := _attribution_section(metrics_j)) else []),
         _calibration_section(metrics_j, reliability_j, pictures.get("reliability_diagram")),
         _history_section(history_j, pictures.get("training_curves")),

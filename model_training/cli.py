@@ -22,6 +22,7 @@ from db.engine import get_engine, read_session, write_session
 from db.models import ModelVersion
 from model_training import data, gate
 from model_training.evaluation import interval_text
+from model_training.recalibrate import RecalibrateConfig
 from model_training.train import TrainConfig
 from scoring.model import ARCHITECTURES
 
@@ -30,6 +31,7 @@ log = logging.getLogger("cxr.train")
 EXIT_GATE_REFUSED = 3  # `promote`: the promotion gate refused (the comparison is printed)
 
 DEFAULTS = field_defaults(TrainConfig)  # the one source of `cxr-train train`'s defaults
+RECALIBRATE = field_defaults(RecalibrateConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -105,18 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     challenge.add_argument("--stop", action="store_true", help="stop scoring it in the shadow")
     add_db_option(challenge)
 
+    recalibrate = commands.add_parser(
+        "recalibrate", help="a new version with a version's weights and a temperature and per-class offsets fitted "
+        "on the reviewed cases (every pairwise ranking unchanged); registered inactive")
+    recalibrate.add_argument("--from", dest="source", required=True, metavar="VERSION|CKPT",
+                             help="id, name or sha256 prefix of a registered version, or a checkpoint file")
+    recalibrate.add_argument("--out", required=True, metavar="DIR")
+    recalibrate.add_argument("--name", help="version name (default: the --out folder's name)")
+    recalibrate.add_argument("--min-cases", type=int, default=RECALIBRATE["min_cases"], metavar="N",
+                             help="reviewed cases a class needs for its offset to be fitted (default: %(default)s)")
+    recalibrate.add_argument("--batch-size", type=int, default=RECALIBRATE["batch_size"])
+    recalibrate.add_argument("--workers", type=int, default=RECALIBRATE["workers"], metavar="N")
+    add_device_option(recalibrate, RECALIBRATE["device"])
+    add_db_option(recalibrate)
+
     demo = commands.add_parser("demo-data", help="write a synthetic demo cohort (phantoms, not patients)")
     demo.add_argument("dir", type=Path)
     demo.add_argument("--n", type=int, default=240, help="number of labelled phantoms (default: 240)")
     demo.add_argument("--seed", type=int, default=0)
-    for command in (train, evaluate, listing, promote, challenge, demo):
+    for command in (train, evaluate, listing, promote, challenge, recalibrate, demo):
         add_verbose_option(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     handlers = {"train": _train, "evaluate": _evaluate, "list": _list, "promote": _promote, "challenge": _challenge,
-                "demo-data": _demo_data}
+                "demo-data": _demo_data, "recalibrate": _recalibrate}
     return run_cli(build_parser(), argv, log, lambda args: handlers[args.command](args))
 
 
@@ -134,6 +150,18 @@ def _train(args: argparse.Namespace) -> int:
                       "validation_accuracy": validation["accuracy"], "validation_macro_f1": validation["macro_f1"],
                       "validation_macro_auroc": validation["macro_auroc"],
                       "temperature": result.metrics["temperature"]}))
+    return 0
+
+
+def _recalibrate(args: argparse.Namespace) -> int:
+    from model_training.recalibrate import recalibrate
+
+    result = recalibrate(RecalibrateConfig(**{f.name: getattr(args, f.name)
+                                              for f in dataclasses.fields(RecalibrateConfig)}))
+    fitted = result.metrics["recalibration"]
+    print(json.dumps({"checkpoint": str(result.checkpoint), "model_version_id": result.model_version_id,
+                      "temperature": fitted["temperature"], "offsets": fitted["offsets"],
+                      "cases_per_class": fitted["cases_per_class"]}))
     return 0
 
 

@@ -19,12 +19,12 @@ _ROWS = [("accuracy", "accuracy"), ("balanced acc.", "balanced_accuracy"), ("mac
 
 def predict_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], *, device: str = "auto",
                        batch_size: int = 32, workers: int = 2) -> tuple[Predictions, list[str]]:
-    """Calibrated probabilities (the checkpoint's own temperature) and the checkpoint's classes."""
+    """Calibrated probabilities (the checkpoint's own temperature and offsets) and the checkpoint's classes."""
     checkpoint = load_checkpoint(checkpoint_path)
     torch_device = resolve_device(device)
     predictions = predict_items(checkpoint.build().to(torch_device), items, checkpoint.classes,
                                 checkpoint.preprocessing, checkpoint.temperature, batch_size=batch_size,
-                                workers=workers, device=torch_device)
+                                workers=workers, device=torch_device, offsets=checkpoint.logit_offsets)
     return predictions, checkpoint.classes
 
 

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sqlalchemy import select
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 from torchvision import models
@@ -430,19 +431,35 @@ def recipe_record(recipe: Recipe, config: TrainConfig, init_note: str) -> dict[s
 
 
 def database(config: TrainConfig):
-    engine = get_engine(config.db)
+    return database_at(config.db)
+
+
+def database_at(url: str | None):
+    engine = get_engine(url)
     migrate.ensure_schema(engine)
     return engine
 
 
-def register(config: TrainConfig, checkpoint_path: Path, checkpoint: Checkpoint,
-             items: list[data.LabelledImage]) -> int:
-    """Register the checkpoint (inactive) and mark the reviews that went into it."""
-    engine = database(config)
-    with write_session(engine) as session:
+def register(db: str | None, checkpoint_path: Path, checkpoint: Checkpoint, items: list[data.LabelledImage], *,
+             parent_id: int | None = None) -> int:
+    """Register the checkpoint (inactive), mark the reviews that went into it and record the content of every
+    image it was trained or validated on, so that none of them ever counts as its evidence. ``parent_id``: the
+    version whose weights it carries unchanged (a recalibrated version), whose training data are its own too."""
+    with write_session(database_at(db)) as session:
         version = register_checkpoint(session, checkpoint_path, checkpoint, checkpoint_sha256(checkpoint_path))
-        for review_id in sorted({item.review_id for item in items if item.review_id is not None}):
+        shas = {item.sha256 for item in items}
+        reviews = {item.review_id for item in items if item.review_id is not None}
+        if parent_id is not None:
+            shas |= model_versions.training_image_shas(session, parent_id)
+            reviews |= set(session.scalars(select(ReviewTrainingUse.review_id)
+                                           .where(ReviewTrainingUse.model_version_id == parent_id)))
+        if None in shas:
+            raise ValueError("register needs hashed items (data.with_hashes)")
+        reviews -= set(session.scalars(select(ReviewTrainingUse.review_id)
+                                       .where(ReviewTrainingUse.model_version_id == version.id)))
+        for review_id in sorted(reviews):
             session.add(ReviewTrainingUse(review_id=review_id, model_version_id=version.id))
+        model_versions.record_training_images(session, version.id, shas)
         return version.id
 
 
@@ -593,7 +610,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                      config={**config.recorded(), "recipe": recipe_record(recipe, config, init_note)},
                      data_summary=data_summary,
                      metrics=_plain(metrics), history=history, reliability=reliability, synthetic=config.synthetic)
-    version_id = register(config, checkpoint_path, checkpoint, train_items + val_items)
+    version_id = register(config.db, checkpoint_path, checkpoint, train_items + val_items)
     (out / STATE_NAME).unlink(missing_ok=True)
     log.info("wrote %s; registered as model version %d (inactive: `cxr-train promote %d` makes it the scorer's)",
              checkpoint_path, version_id, version_id)
@@ -617,14 +634,16 @@ class Predictions:
 
 def predict_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
                   preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
-                  device: torch.device) -> Predictions:
+                  device: torch.device, offsets: list[float] | None = None) -> Predictions:
     known = [item for item in items if item.label in classes]
     if not known:
         raise data.DataError(f"none of the labels {sorted({i.label for i in items})} are classes {classes}")
     loader = make_loader(data.LabelledDataset(known, classes, preprocessing), batch_size=batch_size,
                          workers=workers, device=device)
     logits, labels, _ = evaluate(model, loader, device)
-    probabilities = calibrated_probabilities(torch.from_numpy(logits), temperature).double().numpy()
+    # float64: float32 probabilities round p_i / (p_i + p_j) to 1 once (z_i - z_j) / T passes about 17, which ties
+    # images whose logits do not tie (a sharp temperature does that to many), and pairwise AUROCs count ties as 1/2
+    probabilities = calibrated_probabilities(torch.from_numpy(logits).double(), temperature, offsets).numpy()
     return Predictions(known, labels, probabilities, logits, len(items) - len(known))
 
 

@@ -3,6 +3,11 @@
 Exit codes: 0 all fine; 1 finished, but some files failed (recorded in the database); 2 could not run (no
 model, database unreachable or on an old schema, a codec or device missing); 75 another run holds the lock
 on this database (EX_TEMPFAIL: try later).
+
+Challengers (`cxr-train challenge VERSION`) are scored in the shadow of the active version: each image the
+run decodes is decoded once and scored by every model; readers see only the active version's predictions.
+A challenger never changes the exit code: one whose checkpoint is missing, invalid, changed or has other
+classes is left out of the run (logged, and "unavailable" in the JSON summary's "challengers").
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="folders (walked recursively) or files")
     add_db_option(parser)
     parser.add_argument("--model", metavar="CKPT", type=Path,
-                        help="checkpoint to use (registered on first use); default: the active model version")
+                        help="checkpoint to use (registered on first use), scored alone; default: the active model "
+                             "version, with every challenger scored in its shadow")
     parser.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], metavar="N")
     parser.add_argument("--workers", type=int, default=DEFAULTS["workers"], metavar="N",
                         help="decoding processes (default: the CPU cores, one fewer on CUDA; 0 = decode in-process)")

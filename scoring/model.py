@@ -2,8 +2,8 @@
 
 A checkpoint is a plain dictionary of tensors, strings and numbers written with :func:`torch.save` and read
 with ``weights_only=True``, so loading one can never execute code. It carries everything needed to use it:
-architecture, classes, input size, preprocessing parameters (and their hash), the calibration temperature
-and training metadata.
+architecture, classes, input size, preprocessing parameters (and their hash), the calibration (a temperature
+and per-class logit offsets) and training metadata.
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ from db.hashing import file_sha256
 
 CHECKPOINT_FORMAT = "cxr-review-checkpoint"
 CHECKPOINT_VERSION = 1
+# Version 2 adds per-class logit offsets. It is written only for a checkpoint whose offsets are not all zero, so
+# software that predates offsets refuses such a file instead of scoring without its correction, and every other
+# checkpoint stays byte for byte what version 1 wrote.
+OFFSETS_VERSION = 2
+READABLE_VERSIONS = (CHECKPOINT_VERSION, OFFSETS_VERSION)
 # Bump whenever preprocess() changes what it computes: the hash then changes, and checkpoints trained with
 # the old behaviour are refused instead of being fed images they were never trained on.
 PREPROCESS_VERSION = 1
@@ -163,11 +168,19 @@ def preprocess(pixels: np.ndarray, size: int, *, mean: float = 0.5, std: float =
     return ((image[0] - mean) / std).contiguous()
 
 
-def calibrated_probabilities(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Softmax of temperature-scaled logits (temperature from the checkpoint's calibration)."""
+def calibrated_probabilities(logits: torch.Tensor, temperature: float,
+                             offsets: torch.Tensor | list[float] | None = None) -> torch.Tensor:
+    """``softmax(logits / temperature + offsets)``: the one calibration of every probability (temperature and
+    per-class offsets from the checkpoint; offsets None: zeros). In float32, or float64 for float64 logits."""
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
-    return torch.softmax(logits.float() / temperature, dim=-1)
+    scaled = (logits if logits.dtype == torch.float64 else logits.float()) / temperature
+    if offsets is not None:
+        offsets = torch.as_tensor(offsets, dtype=scaled.dtype, device=scaled.device)
+        if offsets.shape != scaled.shape[-1:]:
+            raise ValueError(f"{tuple(offsets.shape)} offsets for {scaled.shape[-1]} classes")
+        scaled = scaled + offsets
+    return torch.softmax(scaled, dim=-1)
 
 
 def normalised_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -184,10 +197,25 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     temperature: float = 1.0
     training: dict[str, Any] = field(default_factory=dict)
+    logit_offsets: list[float] | None = None  # added to the scaled logits, one per class; None: zeros
+
+    def __post_init__(self):
+        try:
+            offsets = [float(b) for b in ([0.0] * len(self.classes) if self.logit_offsets is None
+                                          else self.logit_offsets)]
+        except (TypeError, ValueError):
+            offsets = []
+        if len(offsets) != len(self.classes) or not all(math.isfinite(b) for b in offsets):
+            raise CheckpointError(f"logit offsets {self.logit_offsets} do not fit the classes {self.classes}")
+        self.logit_offsets = offsets
 
     @property
     def input_size(self) -> int:
         return self.preprocessing.size
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        """This version's calibrated probabilities of its model's logits."""
+        return calibrated_probabilities(logits, self.temperature, self.logit_offsets)
 
     def build(self) -> models.ResNet:
         """The model with these weights, in eval mode."""
@@ -200,9 +228,10 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
     """Write atomically (a killed writer leaves the old file or none, never half of one)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    offsets = any(b != 0 for b in checkpoint.logit_offsets)
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
+        "format_version": OFFSETS_VERSION if offsets else CHECKPOINT_VERSION,
         "arch": checkpoint.arch,
         "classes": list(checkpoint.classes),
         "input_size": checkpoint.input_size,
@@ -212,6 +241,8 @@ def save_checkpoint(path: str | os.PathLike, checkpoint: Checkpoint) -> Path:
         "training": checkpoint.training,
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in checkpoint.state_dict.items()},
     }
+    if offsets:
+        payload["logit_offsets"] = [float(b) for b in checkpoint.logit_offsets]
     with atomic_write(path) as handle:
         torch.save(payload, handle)
     return path
@@ -245,9 +276,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a CXR Review checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")
-    if payload.get("format_version") != CHECKPOINT_VERSION:
+    if payload.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint format version {payload.get('format_version')!r}, "
-                              f"this software reads version {CHECKPOINT_VERSION}")
+                              f"this software reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    if ("logit_offsets" in payload) != (payload["format_version"] == OFFSETS_VERSION):
+        raise CheckpointError(f"{path}: logit offsets belong to format version {OFFSETS_VERSION} and only there")
     preprocessing = Preprocessing.from_dict(payload["preprocessing"])
     if preprocessing.hash != payload.get("preprocessing_hash"):
         raise CheckpointError(f"{path}: preprocessing hash {payload.get('preprocessing_hash')!r} does not match "
@@ -265,6 +298,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         state_dict=payload["state_dict"],
         temperature=float(payload["temperature"]),
         training=payload.get("training", {}),
+        logit_offsets=payload.get("logit_offsets"),
     )
 
 

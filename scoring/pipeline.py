@@ -7,6 +7,12 @@ the scoring process's own cost per image stays far below the model's (``benchmar
 
 Triage never decodes: a path whose size and mtime are unchanged is looked up by path; any other file is
 hashed and looked up by content. Only content this model version has not handled yet is decoded.
+
+Challengers (model versions an admin marked, :func:`db.model_versions.challengers`) are scored in the shadow of
+the active version: every image the run decodes is decoded once, preprocessed once per distinct preprocessing
+among the run's models, and each challenger's predictions are committed in the same transaction as the active
+version's (readers never see them). What is decoded is decided by the active version alone (see
+:class:`Triage`), so a challenger costs one model pass per image and no decoding.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -36,7 +43,13 @@ from db.engine import read_session, write_session
 from db.hashing import file_sha256
 from db.results import FileStat, KnownFile
 from scoring import imaging
-from scoring.model import Checkpoint, autocast, autocast_dtype, calibrated_probabilities, normalised_entropy
+from scoring.model import (
+    Checkpoint,
+    Preprocessing,
+    autocast,
+    autocast_dtype,
+    normalised_entropy,
+)
 from scoring.workers import exit_with_parent
 
 log = logging.getLogger("cxr.score")
@@ -49,6 +62,8 @@ PREPROCESS_FAILED = "preprocess_failed"
 INVALID_SCORE = "invalid_score"  # the model gave NaN or infinite probabilities
 SCORE_FAILED = "score_failed"  # the model raised on this image
 WRITE_FAILED = "write_failed"  # storing the image's result raised (a constraint, a value the driver refused)
+# A challenger's image that needs no model pass: decoded for the active version, already scored by the challenger.
+ALREADY_SCORED = "already_scored"
 
 # Errors that say nothing about an image (a full disk, a read-only or unreachable database, a lost connection):
 # recording them as the images' failures would skip good files until they change, so they stop the run instead.
@@ -107,6 +122,7 @@ class Job:
     stat: FileStat
     sha256: str
     same_content: list[FileStat] = field(default_factory=list)  # other new paths holding identical bytes
+    scored_by: frozenset[int] = frozenset()  # the run's challengers that already scored this content
 
     @property
     def stats(self) -> tuple[FileStat, ...]:
@@ -129,12 +145,21 @@ def _hash_or_error(stat: FileStat) -> tuple[FileStat, str | None, tuple[str, str
 
 
 class Triage:
-    """Sorts discovered files into skipped / out of scope / known failures / to decode, recording what it can."""
+    """Sorts discovered files into skipped / out of scope / known failures / to decode, recording what it can.
+
+    Only the active version (``model_version_id``) decides what is decoded: content it has not scored. The
+    challengers score what the run decodes, and never cause a decode of their own: content the active version
+    scored before a challenger was marked (or on a night its checkpoint could not be loaded) is not decoded
+    again for it, so shadow scoring never costs more than one model pass per new image and challenger, and a
+    challenger's predictions cover the images the active version scored while it was a challenger. A kill
+    leaves no such gap: a batch commits every version's predictions at once.
+    """
 
     def __init__(self, engine: Engine, model_version_id: int, run_id: int, options: ScoringOptions,
-                 counts: Counts):
+                 counts: Counts, challenger_ids: Sequence[int] = ()):
         self.engine, self.model_version_id, self.run_id = engine, model_version_id, run_id
         self.options, self.counts = options, counts
+        self.challenger_ids = tuple(challenger_ids)
         self.jobs: list[Job] = []
         self._job_by_sha: dict[str, Job] = {}
 
@@ -142,6 +167,13 @@ class Triage:
         with ThreadPoolExecutor(HASH_THREADS) as hashers:
             for start in range(0, len(files), TRIAGE_CHUNK):
                 self._triage_chunk(files[start:start + TRIAGE_CHUNK], hashers)
+        if self.challenger_ids and self.jobs:
+            # Content the active version lacks that a challenger already has (it was the active version once,
+            # or scored it with --model): that challenger's model pass is spared, and its count says so.
+            with read_session(self.engine) as session:
+                done = results.predicted_versions(session, [job.sha256 for job in self.jobs], self.challenger_ids)
+            for job in self.jobs:
+                job.scored_by = frozenset(done.get(job.sha256, ()))
         return self.jobs
 
     def _triage_chunk(self, chunk: list[FileStat], hashers: ThreadPoolExecutor) -> None:
@@ -200,12 +232,13 @@ DecodedItem = tuple[int, tuple[str, str] | None, dict[str, Any] | None, tuple[bo
 
 
 class DecodedBatch(NamedTuple):
-    """A batch as it crosses from a worker: one contiguous tensor of the in-scope images (in item order) and
-    plain metadata."""
+    """A batch as it crosses from a worker: one contiguous tensor of the in-scope images (in item order) per
+    preprocessing, and plain metadata."""
 
-    pixels: torch.Tensor | None
+    pixels: torch.Tensor | None  # the active version's preprocessing
     items: tuple[DecodedItem, ...]
     decode_seconds: float = 0.0  # what producing the batch took its worker (ModelThreads compares the model to it)
+    other_pixels: tuple[torch.Tensor, ...] = ()  # the same images, for each further preprocessing (challengers')
 
 
 # Seconds this process spent in DecodeDataset.__getitem__ since the last collate: a DataLoader worker fetches one
@@ -214,26 +247,27 @@ _decoding = threading.local()
 
 
 class DecodeDataset(Dataset):
-    """Reads, checks scope and preprocesses one file; errors come back as data, never as exceptions."""
+    """Reads, checks scope and preprocesses one file (once per preprocessing: the active version's first); errors
+    come back as data, never as exceptions."""
 
-    def __init__(self, jobs: list[Job], preprocess: Callable[[Any], torch.Tensor], read_timeout: float,
+    def __init__(self, jobs: list[Job], preprocess: Sequence[Callable[..., torch.Tensor]], read_timeout: float,
                  min_side: int | None = None):
         self.paths = [job.stat.path for job in jobs]
-        self.preprocess = preprocess
+        self.preprocess = tuple(preprocess)
         self.read_timeout = read_timeout
         self.min_side = min_side
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, DecodedItem]:
+    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...] | None, DecodedItem]:
         started = time.perf_counter()
         try:
             return self._decode(index)
         finally:
             _decoding.seconds = getattr(_decoding, "seconds", 0.0) + time.perf_counter() - started
 
-    def _decode(self, index: int) -> tuple[torch.Tensor | None, DecodedItem]:
+    def _decode(self, index: int) -> tuple[tuple[torch.Tensor, ...] | None, DecodedItem]:
         try:
             image = imaging.read_xray(self.paths[index], timeout=self.read_timeout, min_side=self.min_side)
         except imaging.XRayReadError as exc:
@@ -244,16 +278,19 @@ class DecodeDataset(Dataset):
         if not scope[0]:
             return None, (index, None, values, scope, bad_date)
         try:
-            tensor = self.preprocess(image.pixels, image.stored_shape)
+            # preprocess refuses an image for its shape alone (not 2-D, empty), whatever its parameters: one
+            # preprocessing failing means they all do
+            tensors = tuple(preprocess(image.pixels, image.stored_shape) for preprocess in self.preprocess)
         except (ValueError, RuntimeError) as exc:
             return None, (index, (PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"), None, None, False)
-        return tensor, (index, None, values, scope, bad_date)
+        return tensors, (index, None, values, scope, bad_date)
 
 
-def collate_decoded(samples: list[tuple[torch.Tensor | None, DecodedItem]]) -> DecodedBatch:
-    tensors = [tensor for tensor, _ in samples if tensor is not None]
+def collate_decoded(samples: list[tuple[tuple[torch.Tensor, ...] | None, DecodedItem]]) -> DecodedBatch:
+    tensors = [sample for sample, _ in samples if sample is not None]
     seconds, _decoding.seconds = getattr(_decoding, "seconds", 0.0), 0.0
-    return DecodedBatch(_stack(tensors) if tensors else None, tuple(item for _, item in samples), seconds)
+    stacked = [_stack([sample[k] for sample in tensors]) for k in range(len(tensors[0]))] if tensors else [None]
+    return DecodedBatch(stacked[0], tuple(item for _, item in samples), seconds, tuple(stacked[1:]))
 
 
 def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
@@ -267,11 +304,26 @@ def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(tensors, out=out)
 
 
-def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions) -> DataLoader:
+def input_preprocessings(checkpoint: Checkpoint, challengers: Sequence[Checkpoint] = ()) -> tuple[Preprocessing, ...]:
+    """The distinct preprocessings of the run's models, the active version's first: a batch carries one tensor
+    for each (usually one: the versions of a project share input size and preprocessing)."""
+    return tuple(dict.fromkeys([checkpoint.preprocessing, *(c.preprocessing for c in challengers)]))
+
+
+def decode_side(checkpoint: Checkpoint, challengers: Sequence[Checkpoint] = ()) -> int:
+    """The reduced decode's ``min_side``: twice the active version's input side, as when it scores alone, so its
+    predictions do not depend on the challengers; raised to a challenger's input side where that is larger,
+    so that no model is fed an image enlarged from a smaller decode."""
+    return max([2 * checkpoint.input_size, *(c.input_size for c in challengers)])
+
+
+def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions,
+                challengers: Sequence[Checkpoint] = ()) -> DataLoader:
+    """Batches of ``jobs``, each file decoded once, with a tensor per :func:`input_preprocessings`."""
     on_cuda = options.device.type == "cuda"
     return DataLoader(
-        DecodeDataset(jobs, checkpoint.preprocessing, options.read_timeout,
-                      2 * checkpoint.input_size if options.reduced_decode else None),
+        DecodeDataset(jobs, input_preprocessings(checkpoint, challengers), options.read_timeout,
+                      decode_side(checkpoint, challengers) if options.reduced_decode else None),
         batch_size=options.batch_size,
         num_workers=options.workers,
         collate_fn=collate_decoded,
@@ -316,10 +368,33 @@ class Scorer:
         batch = batch.to(self.device, non_blocking=self.device.type == "cuda", memory_format=torch.channels_last)
         with autocast(self.device, self.autocast_dtype):
             logits = self.model(batch)
-        return calibrated_probabilities(logits.float(), self.checkpoint.temperature).cpu()
+        return self.checkpoint.probabilities(logits.float()).cpu()  # its temperature and offsets
 
 
 # --- the run --------------------------------------------------------------------------------------------
+
+@dataclass
+class ShadowCounts:
+    """What a challenger did in a run; counted once committed, like the run's counts."""
+
+    scored: int = 0  # images it scored, stored beside the active version's predictions
+    skipped: int = 0  # images decoded for the active version that it had scored already (ALREADY_SCORED)
+    failed: Counter[str] = field(default_factory=Counter)  # images the active version scored and it could not
+    seconds: float = 0.0  # its model's time
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"scored": self.scored, "skipped": self.skipped, "failed": sum(self.failed.values()),
+                "failure_reasons": dict(sorted(self.failed.items())), "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class Challenger:
+    """A model version scored in the shadow of the active one, on the images the run decodes."""
+
+    model_version_id: int
+    scorer: Scorer
+    counts: ShadowCounts = field(default_factory=ShadowCounts)
+
 
 @dataclass(frozen=True)
 class BatchResults:
@@ -328,6 +403,8 @@ class BatchResults:
     images: list[results.ImageResult]
     failures: list[results.FileFailure]
     bad_dates: frozenset[str] = frozenset()  # sha256 of the images whose StudyDate was refused
+    # (challenger's model version id, reason) for each stored image that challenger adds no prediction to
+    shadow_missed: tuple[tuple[int, str], ...] = ()
 
     def counts(self) -> Counts:
         scored = [image for image in self.images if image.score is not None]
@@ -337,18 +414,34 @@ class BatchResults:
                       invalid_study_date=sum(image.sha256 in self.bad_dates for image in self.images))
 
 
+# A challenger's scores of a batch's in-scope images and whether its model raised on each; None: no model pass.
+ShadowScores = tuple[list[results.Score | None], list[bool]] | None
+
+
 class ScoringPass:
-    """Decodes and scores the triaged jobs; a writer thread commits one transaction per batch meanwhile."""
+    """Decodes and scores the triaged jobs (with the active version, then each challenger on the same tensors); a
+    writer thread commits one transaction per batch meanwhile."""
 
     def __init__(self, engine: Engine, scorer: Scorer, model_version_id: int, run_id: int,
-                 options: ScoringOptions, counts: Counts):
+                 options: ScoringOptions, counts: Counts, challengers: Sequence[Challenger] = ()):
         self.engine, self.scorer = engine, scorer
         self.model_version_id, self.run_id = model_version_id, run_id
         self.options, self.counts = options, counts
+        self.challengers = list(challengers)
+        self.model_seconds = 0.0  # the active version's model time
+        self._inputs: list[int] = []  # which of a batch's tensors each challenger takes (0: the active version's)
+        if self.challengers:
+            preprocessings = input_preprocessings(scorer.checkpoint, self._challenger_checkpoints())
+            self._inputs = [preprocessings.index(c.scorer.checkpoint.preprocessing) for c in self.challengers]
+        self._by_version = {c.model_version_id: c for c in self.challengers}
+
+    def _challenger_checkpoints(self) -> list[Checkpoint]:
+        return [challenger.scorer.checkpoint for challenger in self.challengers]
 
     def run(self, jobs: list[Job]) -> None:
         if jobs:
-            self.run_batches(jobs, make_loader(jobs, self.scorer.checkpoint, self.options))
+            self.run_batches(jobs, make_loader(jobs, self.scorer.checkpoint, self.options,
+                                               self._challenger_checkpoints()))
 
     def run_batches(self, jobs: list[Job], batches: Iterable[DecodedBatch]) -> None:
         """Scores ``batches`` (from :func:`make_loader`; benchmarks feed pre-decoded ones) and stores them.
@@ -356,65 +449,106 @@ class ScoringPass:
         done = 0
         with (progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer,
               ModelThreads(self.options.adapt_threads, self.options.workers) as threads):
-            threads.measure(self.scorer)
+            threads.measure(self.scorer, *(challenger.scorer for challenger in self.challengers))
             for batch in batches:
                 threads.observe(batch.decode_seconds, len(batch.items))
-                writer.put(self._results(jobs, batch.items, *self._score(batch.pixels)))
+                started = time.perf_counter()
+                probabilities, raised = self._score(batch.pixels, self.scorer)
+                self.model_seconds += time.perf_counter() - started
+                shadows = [self._score_shadow(challenger, pixels, jobs, batch)
+                           for challenger, pixels in zip(self.challengers, self._inputs, strict=True)]
+                writer.put(self._results(jobs, batch.items, probabilities, raised, shadows))
                 done += len(batch.items)
                 advance(len(batch.items))
                 if not self.options.progress_bar and (done // self.options.log_every
                                                       != (done - len(batch.items)) // self.options.log_every):
                     log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
 
-    def _score(self, pixels: torch.Tensor | None) -> tuple[torch.Tensor, list[bool]]:
+    def _score(self, pixels: torch.Tensor | None, scorer: Scorer) -> tuple[torch.Tensor, list[bool]]:
         """Probabilities per in-scope image, and whether the model raised on it (its row is then NaN)."""
-        classes = len(self.scorer.checkpoint.classes)
+        classes = len(scorer.checkpoint.classes)
         if pixels is None:
             return torch.empty(0, classes), []
         try:
-            return self.scorer.probabilities(pixels), [False] * len(pixels)
+            return scorer.probabilities(pixels), [False] * len(pixels)
         except RuntimeError as exc:  # e.g. out of memory on the GPU: one image at a time, failing alone
             log.warning("the model failed on a batch of %d images (%s); scoring them one by one", len(pixels),
                         type(exc).__name__)
         rows, raised = [], []
         for image in pixels:
             try:
-                rows.append(self.scorer.probabilities(image[None])[0])
+                rows.append(scorer.probabilities(image[None])[0])
                 raised.append(False)
             except RuntimeError:
                 rows.append(torch.full((classes,), float("nan")))
                 raised.append(True)
         return torch.stack(rows), raised
 
+    def _score_shadow(self, challenger: Challenger, pixels: int, jobs: list[Job],
+                      batch: DecodedBatch) -> ShadowScores:
+        if batch.pixels is None or all(challenger.model_version_id in jobs[item[0]].scored_by
+                                       for item in batch.items):
+            return None
+        started = time.perf_counter()
+        probabilities, raised = self._score(batch.pixels if pixels == 0 else batch.other_pixels[pixels - 1],
+                                            challenger.scorer)
+        challenger.counts.seconds += time.perf_counter() - started
+        return summarise(probabilities, challenger.scorer.checkpoint.classes), raised
+
     def _results(self, jobs: list[Job], items: tuple[DecodedItem, ...], probabilities: torch.Tensor,
-                 raised: list[bool]) -> BatchResults:
-        scores = iter(zip(summarise(probabilities, self.scorer.checkpoint.classes), raised, strict=True))
+                 raised: list[bool], shadows: Sequence[ShadowScores] = ()) -> BatchResults:
+        scores = list(zip(summarise(probabilities, self.scorer.checkpoint.classes), raised, strict=True))
         images: list[results.ImageResult] = []
         failures: list[results.FileFailure] = []
         bad_dates: set[str] = set()
+        missed: list[tuple[int, str]] = []
+        row = 0  # the image's row in the batch's tensors
         for index, error, values, scope, bad_date in items:
             job = jobs[index]
-            score = None
+            score, shadow_scores = None, ()
             if error is None and scope[0]:
-                score, model_raised = next(scores)
+                score, model_raised = scores[row]
                 if model_raised:
                     error = (SCORE_FAILED, f"{job.stat.path}: the model failed on this image")
                 elif score is None:
                     error = (INVALID_SCORE, f"{job.stat.path}: the model gave non-finite probabilities for this "
                                             "image")
+                else:
+                    shadow_scores = self._shadow_scores(job, row, shadows, missed)
+                row += 1
             if error is not None:
                 failures.extend(results.FileFailure(stat, *error) for stat in job.stats)
             else:
-                images.append(results.ImageResult(job.sha256, job.stats, values, *scope, score=score))
+                images.append(results.ImageResult(job.sha256, job.stats, values, *scope, score=score,
+                                                  shadow_scores=shadow_scores))
                 if bad_date:
                     bad_dates.add(job.sha256)
-        return BatchResults(images, failures, frozenset(bad_dates))
+        return BatchResults(images, failures, frozenset(bad_dates), tuple(missed))
+
+    def _shadow_scores(self, job: Job, row: int, shadows: Sequence[ShadowScores],
+                       missed: list[tuple[int, str]]) -> tuple[tuple[int, results.Score], ...]:
+        """The challengers' scores of an image the active version scored; what one could not give goes to
+        ``missed`` (its failures are counted for it, never recorded as the file's: the image is fine)."""
+        found = []
+        for challenger, shadow in zip(self.challengers, shadows, strict=True):
+            version_id = challenger.model_version_id
+            if version_id in job.scored_by:
+                missed.append((version_id, ALREADY_SCORED))
+                continue
+            score, model_raised = shadow[0][row], shadow[1][row]
+            if model_raised:
+                missed.append((version_id, SCORE_FAILED))
+            elif score is None:
+                missed.append((version_id, INVALID_SCORE))
+            else:
+                found.append((version_id, score))
+        return tuple(found)
 
     def _store(self, batch: BatchResults) -> None:
-        """One transaction per batch. Its writes go in one savepoint; if any of them fails, the batch is written
-        again image by image, each in its own savepoint, so one bad row becomes that image's recorded failure
-        and never costs the rest of the batch (nor stops the run: the same file would stop every rerun). The
-        run's counts change only once the batch is committed."""
+        """One transaction per batch, every version's predictions in it. Its writes go in one savepoint; if any of
+        them fails, the batch is written again image by image, each in its own savepoint, so one bad row becomes
+        that image's recorded failure and never costs the rest of the batch (nor stops the run: the same file
+        would stop every rerun). The run's counts change only once the batch is committed."""
         with write_session(self.engine) as session:
             try:
                 with session.begin_nested():
@@ -429,12 +563,33 @@ class ScoringPass:
             added = batch.counts()
             results.update_run(session, self.run_id, **self.counts.plus(added).run_columns())
         self.counts.add(added)
+        self._count_shadows(batch)
+
+    def _count_shadows(self, batch: BatchResults) -> None:
+        for image in batch.images:
+            for version_id, _ in image.shadow_scores:
+                self._by_version[version_id].counts.scored += 1
+        for version_id, reason in batch.shadow_missed:
+            counts = self._by_version[version_id].counts
+            if reason == ALREADY_SCORED:
+                counts.skipped += 1
+            else:
+                counts.failed[reason] += 1
 
     def _store_one_by_one(self, session: Session, batch: BatchResults) -> BatchResults:
         images: list[results.ImageResult] = []
         failures: list[results.FileFailure] = []
+        missed = list(batch.shadow_missed)
         for image in batch.images:
-            refused = self._store_alone(session, [image], [])
+            refused = self._store_alone(session, [image], [], quiet=bool(image.shadow_scores))
+            if refused is not None and image.shadow_scores:
+                # a challenger's row must not cost the image the active version's: stored again without them
+                alone = replace(image, shadow_scores=())
+                if self._store_alone(session, [alone], []) is None:
+                    log.warning("could not store the challengers' predictions of one image (%s); %s for them",
+                                refused, WRITE_FAILED)
+                    missed.extend((version_id, WRITE_FAILED) for version_id, _ in image.shadow_scores)
+                    image, refused = alone, None
             if refused is None:
                 images.append(image)
             else:
@@ -445,10 +600,10 @@ class ScoringPass:
                 failures.append(failure)
             else:
                 failures.extend(self._record_write_failed(session, (failure.stat,), refused))
-        return BatchResults(images, failures, batch.bad_dates)
+        return BatchResults(images, failures, batch.bad_dates, tuple(missed))
 
     def _store_alone(self, session: Session, images: list[results.ImageResult],
-                     failures: list[results.FileFailure]) -> str | None:
+                     failures: list[results.FileFailure], quiet: bool = False) -> str | None:
         """Stores one file's results in a savepoint; the exception's type name if that failed."""
         try:
             with session.begin_nested():
@@ -458,8 +613,9 @@ class ScoringPass:
             raise
         except Exception as exc:
             # The type only: the exception's text may quote the row's values, which come from file headers.
-            log.warning("could not store the result of one file (%s); recorded as %s", type(exc).__name__,
-                        WRITE_FAILED)
+            if not quiet:
+                log.warning("could not store the result of one file (%s); recorded as %s", type(exc).__name__,
+                            WRITE_FAILED)
             return type(exc).__name__
 
     def _record_write_failed(self, session: Session, stats: tuple[FileStat, ...],
@@ -507,20 +663,24 @@ class ModelThreads:
     def __exit__(self, *exc_info: object) -> None:
         torch.set_num_threads(self._threads_before)
 
-    def measure(self, scorer: Scorer) -> None:
-        """Times the model alone on one thread, on dummy images (call it before the loader starts its workers);
-        a model that is not small is left its threads without further ado."""
+    def measure(self, *scorers: Scorer) -> None:
+        """Times the models alone on one thread, on dummy images (call it before the loader starts its workers);
+        several (the active version and its challengers, which run one after the other on every batch) count
+        as one model taking their sum. Models that are not small are left their threads without further ado."""
         if not self.enabled or self._threads_before == 1:
             return
-        sample = scorer.checkpoint.preprocessing(np.zeros((64, 64), dtype=np.float32))
         torch.set_num_threads(1)
+        small, per_image = True, 0.0
         try:
-            # one image costs several times its share of a batch (per-call costs): a loose first check, so that
-            # the batch is timed only for a model that may be small (at most 4 x SMALL_BATCH_S)
-            small = self._seconds_per_image(scorer, sample, 1) * self.BATCH < 4 * self.SMALL_BATCH_S
-            if small:
-                per_image = self._seconds_per_image(scorer, sample, self.BATCH)
-                small = per_image * self.BATCH < self.SMALL_BATCH_S
+            for scorer in scorers:
+                sample = scorer.checkpoint.preprocessing(np.zeros((64, 64), dtype=np.float32))
+                # one image costs several times its share of a batch (per-call costs): a loose first check, so
+                # that the batch is timed only for a model that may be small (at most 4 x SMALL_BATCH_S)
+                small = self._seconds_per_image(scorer, sample, 1) * self.BATCH < 4 * self.SMALL_BATCH_S
+                if not small:
+                    break
+                per_image += self._seconds_per_image(scorer, sample, self.BATCH)
+            small = small and per_image * self.BATCH < self.SMALL_BATCH_S
         finally:
             torch.set_num_threads(self._threads_before)
         if small:
@@ -629,13 +789,18 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], Any]]:
 
 
 def score(engine: Engine, checkpoint: Checkpoint, files: list[FileStat], model_version_id: int, run_id: int,
-          options: ScoringOptions, counts: Counts) -> dict[str, float]:
-    """Triage then score ``files``, updating ``counts``; returns the seconds each phase took."""
+          options: ScoringOptions, counts: Counts, challengers: Sequence[Challenger] = ()) -> dict[str, Any]:
+    """Triage then score ``files`` with the active version and, in its shadow, ``challengers``, updating
+    ``counts`` and the challengers' own; returns the seconds each phase took, and each model's (by version id)."""
     started = time.perf_counter()
-    jobs = Triage(engine, model_version_id, run_id, options, counts).run(files)
+    jobs = Triage(engine, model_version_id, run_id, options, counts,
+                  [challenger.model_version_id for challenger in challengers]).run(files)
     triaged = time.perf_counter()
     log.info("triage of %d files took %.2f s: %d to decode; %s", len(files), triaged - started, len(jobs),
              _counts_text(counts))
     scorer = Scorer(checkpoint, options.device, options.precision)
-    ScoringPass(engine, scorer, model_version_id, run_id, options, counts).run(jobs)
-    return {"triage": round(triaged - started, 3), "decode_and_score": round(time.perf_counter() - triaged, 3)}
+    scoring = ScoringPass(engine, scorer, model_version_id, run_id, options, counts, challengers)
+    scoring.run(jobs)
+    models = {model_version_id: scoring.model_seconds} | {c.model_version_id: c.counts.seconds for c in challengers}
+    return {"triage": round(triaged - started, 3), "decode_and_score": round(time.perf_counter() - triaged, 3),
+            "model": {str(version_id): round(seconds, 3) for version_id, seconds in models.items()}}

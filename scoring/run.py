@@ -5,6 +5,10 @@ finds the model, walks the paths, and scores what is new, committing batch by ba
 with a :class:`ScoringSummary` whose ``exit_code`` is the one ``cxr-score`` documents: 0 all fine; 1 finished,
 but some files failed (recorded in the database); 2 could not run (no model, database unreachable or on an old
 schema, a codec or device missing), or died; 75 another run holds the lock on this database (EX_TEMPFAIL).
+
+A run with the active version also scores every challenger in its shadow (:func:`load_challengers`); a
+challenger never changes the exit code: one that cannot be loaded is left out of the run, logged and named in
+the summary, and its failures on images are its own counts, never the files' failures.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,16 +28,31 @@ from sqlalchemy import Engine
 
 from db import migrate, model_versions, results
 from db.clitools import one_line, run_command
-from db.engine import get_engine, write_session
+from db.engine import get_engine, read_session, write_session
 from db.errors import EXIT_CANNOT_RUN, CannotRun
 from scoring import imaging, pipeline
 from scoring.discovery import Discovery, discover
 from scoring.lock import RunLock, RunLockHeld
-from scoring.model import Checkpoint, autocast_dtype, checkpoint_sha256, load_checkpoint, resolve_device
+from scoring.model import (
+    Checkpoint,
+    CheckpointError,
+    CheckpointNotFound,
+    autocast_dtype,
+    checkpoint_sha256,
+    load_checkpoint,
+    resolve_device,
+)
 
 log = logging.getLogger("cxr.score")
 
 EXIT_OK, EXIT_FAILURES, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, RunLockHeld.exit_code, 130
+
+# Why a challenger is left out of a run (the summary's "unavailable"; the run goes on without it).
+CHECKPOINT_MISSING = "checkpoint_missing"  # no file at its registered path
+CHECKPOINT_INVALID = "checkpoint_invalid"  # not a checkpoint this software reads
+CHECKPOINT_CHANGED = "checkpoint_changed"  # the file's sha256 is no longer the registered one
+CLASSES_DIFFER = "classes_differ"  # not the active version's classes: its predictions could not be compared
+MODEL_FAILED = "model_failed"  # the model could not be built from it (weights that do not fit, no memory left)
 
 
 _PIPELINE = pipeline.ScoringOptions  # its class attributes are its fields' defaults
@@ -68,17 +87,18 @@ class ScoringSummary:
     run_id: int | None = None
     model_version_id: int | None = None
     counts: dict[str, int] | None = None  # pipeline.Counts; None when the run did not finish
-    phase_seconds: dict[str, float] | None = None
+    phase_seconds: dict[str, Any] | None = None  # seconds per phase; "model": each version's model time
     attributions: dict[str, Any] | None = None  # precompute.PrecomputeSummary.as_dict(), when asked for
+    challengers: list[dict[str, Any]] | None = None  # per challenger: what it scored in the shadow, or why not
 
     def as_dict(self) -> dict[str, Any]:
-        """The JSON summary: run and model version (once a run started), counts and phase timings (once it
-        finished), the precomputed attribution maps (when asked for), seconds and exit code."""
+        """The JSON summary: run and model version (once a run started), counts, challengers and phase timings
+        (once it finished), the precomputed attribution maps (when asked for), seconds and exit code."""
         summary: dict[str, Any] = {"run_id": self.run_id}
         if self.run_id is not None:
             summary["model_version_id"] = self.model_version_id
         if self.counts is not None:
-            summary.update(self.counts, phase_seconds=self.phase_seconds)
+            summary.update(self.counts, challengers=self.challengers or [], phase_seconds=self.phase_seconds)
         if self.attributions is not None:
             summary["attributions"] = self.attributions
         summary.update(seconds=self.seconds, exit_code=self.exit_code)
@@ -92,8 +112,9 @@ class _Progress:
     run_id: int | None = None
     model_version_id: int | None = None
     counts: dict[str, int] | None = None
-    phase_seconds: dict[str, float] = field(default_factory=dict)
+    phase_seconds: dict[str, Any] = field(default_factory=dict)
     attributions: dict[str, Any] | None = None
+    challengers: list[dict[str, Any]] | None = None
 
 
 def run_scoring(request: ScoringRequest) -> ScoringSummary:
@@ -112,7 +133,8 @@ def run_scoring(request: ScoringRequest) -> ScoringSummary:
         code = EXIT_CANNOT_RUN
     return ScoringSummary(exit_code=code, seconds=round(time.perf_counter() - started, 3), run_id=progress.run_id,
                           model_version_id=progress.model_version_id, counts=progress.counts,
-                          phase_seconds=progress.phase_seconds or None, attributions=progress.attributions)
+                          phase_seconds=progress.phase_seconds or None, attributions=progress.attributions,
+                          challengers=progress.challengers)
 
 
 def _run(request: ScoringRequest, progress: _Progress) -> int:
@@ -130,27 +152,36 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
             if results.mark_interrupted_runs(session):
                 log.warning("an earlier run was killed before it finished; its committed batches are kept")
         checkpoint, model_version_id = resolve_model(engine, request.model)
+        challengers, unavailable = [], {}
+        if request.model is None:  # an explicit checkpoint is scored alone: challengers shadow the active version
+            challengers, unavailable = load_challengers(engine, checkpoint, model_version_id, options)
         discovering = time.perf_counter()
         found = discover(request.paths, settle_seconds=request.settle_seconds)
-        timings = {"discover": round(time.perf_counter() - discovering, 3)}
+        timings: dict[str, Any] = {"discover": round(time.perf_counter() - discovering, 3)}
         with write_session(engine) as session:
-            run_id = results.start_run(session, run_arguments(request, options), model_version_id, os.getpid()).id
+            run_id = results.start_run(session, run_arguments(request, options, challengers, unavailable),
+                                       model_version_id, os.getpid()).id
         progress.run_id, progress.model_version_id = run_id, model_version_id
         log.info("run %d: model version %d (%s), device %s, %d workers, %d files found, %d still being written",
                  run_id, model_version_id, checkpoint.arch, options.device, options.workers, len(found.files),
                  found.deferred)
+        if challengers:
+            log.info("also scored by challenger(s) %s in the shadow: stored, never shown to readers",
+                     ", ".join(str(c.model_version_id) for c in challengers))
         log_future_files(found)
         counts = pipeline.Counts(deferred=found.deferred, future_mtime=found.future)
         with interrupted_run_marker(engine, run_id):
             timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
-                                          counts))
+                                          counts, challengers))
             if request.attributions:  # every batch's predictions are committed by now: a kill loses none
                 progress.attributions = precompute_attributions(engine, request, model_version_id)
                 timings["attributions"] = progress.attributions["seconds"]
         with write_session(engine) as session:
             results.update_run(session, run_id, status="finished", finished=True, **counts.run_columns())
     progress.counts, progress.phase_seconds = counts.as_dict(), timings
+    progress.challengers = challenger_summary(challengers, unavailable)
     log.info("run %d finished: %s", run_id, ", ".join(f"{k} {v}" for k, v in counts.as_dict().items()))
+    log_challengers(challengers, timings["model"][str(model_version_id)])
     if counts.invalid_study_date:
         log.warning("%d images have a StudyDate that is not a valid DICOM date (YYYYMMDD): stored without a study "
                     "date", counts.invalid_study_date)
@@ -220,13 +251,67 @@ def resolve_model(engine: Engine, model_path: Path | None) -> tuple[Checkpoint, 
         return checkpoint, model_versions.register_checkpoint(session, model_path, checkpoint, sha).id
 
 
-def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions) -> dict:
-    """What the run was asked to do, for the runs table (no credentials: the database URL is left out)."""
+def load_challengers(engine: Engine, active: Checkpoint, active_id: int,
+                     options: pipeline.ScoringOptions) -> tuple[list[pipeline.Challenger], dict[int, str]]:
+    """The challengers ready to score (models built), and the reason each of the others is left out.
+
+    Nothing about a challenger stops the run: the active version's scoring is what readers wait for."""
+    with read_session(engine) as session:
+        versions = [(v.id, v.path, v.sha256) for v in model_versions.challengers(session) if v.id != active_id]
+    ready: list[pipeline.Challenger] = []
+    unavailable: dict[int, str] = {}
+    for version_id, path, sha in versions:
+        try:
+            checkpoint = load_checkpoint(path)
+            if checkpoint_sha256(path) != sha:
+                unavailable[version_id] = CHECKPOINT_CHANGED
+            elif checkpoint.classes != active.classes:
+                unavailable[version_id] = CLASSES_DIFFER
+            else:
+                ready.append(pipeline.Challenger(version_id, pipeline.Scorer(checkpoint, options.device,
+                                                                             options.precision)))
+        except CheckpointNotFound:
+            unavailable[version_id] = CHECKPOINT_MISSING
+        except CheckpointError:
+            unavailable[version_id] = CHECKPOINT_INVALID
+        except Exception as exc:  # a payload load_checkpoint let through, weights that do not fit the model, ...
+            log.debug("challenger %d could not be loaded", version_id, exc_info=True)
+            unavailable[version_id] = MODEL_FAILED if isinstance(exc, RuntimeError) else CHECKPOINT_INVALID
+    if unavailable:
+        log.warning("%d challenger(s) left out of this run, the active version scores as usual: %s",
+                    len(unavailable), ", ".join(f"version {v} ({why})" for v, why in unavailable.items()))
+    return ready, unavailable
+
+
+def challenger_summary(challengers: list[pipeline.Challenger], unavailable: dict[int, str]) -> list[dict[str, Any]]:
+    """The summary's ``challengers``: each one's shadow counts and model seconds, or why it was left out."""
+    entries = [{"model_version_id": c.model_version_id, "unavailable": None, **c.counts.as_dict()}
+               for c in challengers]
+    entries += [{"model_version_id": version_id, "unavailable": why, **pipeline.ShadowCounts().as_dict()}
+                for version_id, why in unavailable.items()]
+    return sorted(entries, key=lambda entry: entry["model_version_id"])
+
+
+def log_challengers(challengers: list[pipeline.Challenger], active_seconds: float) -> None:
+    for challenger in challengers:
+        counts = challenger.counts
+        failed = ", ".join(f"{reason} {n}" for reason, n in sorted(counts.failed.items())) or "none"
+        log.info("challenger %d scored %d images in the shadow (%d scored before, failed: %s); its model %.1f s, "
+                 "the active version's %.1f s", challenger.model_version_id, counts.scored, counts.skipped, failed,
+                 counts.seconds, active_seconds)
+
+
+def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions,
+                  challengers: Sequence[pipeline.Challenger] = (), unavailable: dict[int, str] | None = None) -> dict:
+    """What the run was asked to do, for the runs table (no credentials: the database URL is left out), and the
+    challengers it scores in the shadow (the Overview counts their predictions per run) or leaves out."""
     return {"paths": [str(p) for p in request.paths], "model": str(request.model) if request.model else None,
             "batch_size": options.batch_size, "workers": options.workers, "device": str(options.device),
             "precision": options.precision,
             "settle_seconds": request.settle_seconds, "retry_failed": request.retry_failed,
-            "attributions": list(request.attributions), "attributions_top": request.attributions_top}
+            "attributions": list(request.attributions), "attributions_top": request.attributions_top,
+            "challengers": [c.model_version_id for c in challengers],
+            "challengers_unavailable": {str(v): why for v, why in (unavailable or {}).items()}}
 
 
 @contextlib.contextmanager

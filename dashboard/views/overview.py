@@ -22,11 +22,26 @@ st.subheader("Last scoring runs")
 if not info["runs"]:
     st.info("No scoring run yet. Run `cxr-score FOLDER` (nightly from cron), or `cxr-demo` for the demo.")
 else:
+    shadowed = any(r.shadow_scored or r.shadow_unavailable for r in info["runs"])
+
+    def shadow(run) -> str:
+        def name(version_id: int) -> str:
+            return (data.version(version_id) or {}).get("label", str(version_id))
+
+        return ", ".join([f"{name(v)}: {n}" for v, n in sorted(run.shadow_scored.items())]
+                         + [f"{name(v)}: not scored ({why})" for v, why in sorted(run.shadow_unavailable.items())])
+
     st.dataframe([{"run": r.id, "started": r.started_at.strftime("%Y-%m-%d %H:%M"), "status": r.status,
                    "scanned": r.scanned, "scored": r.scored, "skipped": r.skipped, "out of scope": r.out_of_scope,
-                   "failed": r.failed, "known failures": r.known_failures} for r in info["runs"]], hide_index=True)
+                   "failed": r.failed, "known failures": r.known_failures}
+                  | ({"challengers (scored in the shadow)": shadow(r)} if shadowed else {})
+                  for r in info["runs"]], hide_index=True)
     if any(r.failed for r in info["runs"]):
         st.caption("`cxr-db failures --run ID` lists the files a run could not score.")
+    if shadowed:
+        st.caption("Challengers are model versions scored in the shadow of the active one (`cxr-train challenge`): "
+                   "the column counts the images each scored in that run. Their predictions are kept for comparing "
+                   "versions and are never shown to readers.")
 
 left, right = st.columns(2)
 if info["volume"]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from sqlalchemy import select
 
-from db import migrate
+from db import migrate, model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, ModelVersion, Prediction, Review, Reviewer, ReviewTrainingUse
 from db.reviews import add_review
@@ -209,6 +209,24 @@ def test_include_reviews_marks_the_cases_with_the_version(tmp_path, reviewed, sm
     assert result.metrics["validation"]["n"] > 0
 
 
+def test_a_version_records_every_image_it_was_trained_or_validated_on_and_no_other(tmp_path, reviewed, small_set,
+                                                                                   sqlite_url):
+    rows = small_set.read_text().splitlines()
+    eval_csv = tmp_path / "eval.csv"  # films 4-6 of each class; the reviewed ones are among films 1-3
+    eval_csv.write_text("\n".join([rows[0], *rows[4:7], *rows[4 + PER_CLASS:7 + PER_CLASS],
+                                   *rows[4 + 2 * PER_CLASS:7 + 2 * PER_CLASS]]) + "\n")
+    result = train.train(tiny_config(small_set, tmp_path / "run", sqlite_url, epochs=1, include_reviews=True,
+                                     eval_data=str(eval_csv)))
+    engine, _ = reviewed
+    with read_session(engine) as session:
+        recorded = model_versions.training_image_shas(session, result.model_version_id)
+        reviewed_shas = {image.sha256 for image in session.scalars(select(Image).join(Review))}
+    dataset = {item.sha256 for item in data.with_hashes(data.load_labelled(small_set))}
+    held_out = {item.sha256 for item in data.with_hashes(data.load_labelled(eval_csv))}
+    assert len(held_out) == 9 and reviewed_shas <= dataset - held_out
+    assert recorded == dataset - held_out  # train and validation splits, reviewed cases included
+
+
 def test_eval_data_is_never_trained_on(tmp_path, small_set, sqlite_url):
     rows = small_set.read_text().splitlines()
     eval_csv = tmp_path / "eval.csv"
@@ -232,11 +250,15 @@ def test_promote_and_roll_back(tmp_path, small_set, sqlite_url, capsys, caplog):
 
     assert cli.main(["promote", str(first.model_version_id), "--db", sqlite_url]) == 0
     assert active() == first.model_version_id
-    assert cli.main(["promote", "b", "--db", sqlite_url]) == 0  # by name
+    assert cli.main(["promote", "b", "--db", sqlite_url]) == cli.EXIT_GATE_REFUSED  # no prospective evidence yet
+    assert "prospective cases: 0" in capsys.readouterr().out  # the comparison is printed
+    assert active() == first.model_version_id
+    assert cli.main(["promote", "b", "--db", sqlite_url, "--override-reason", "test of the override"]) == 0  # by name
     assert active() == second.model_version_id
     assert cli.main(["promote", str(first.model_version_id), "--db", sqlite_url]) == 0  # rollback
     assert active() == first.model_version_id
     assert cli.main(["promote", "nope", "--db", sqlite_url]) == 2
+    capsys.readouterr()
     assert cli.main(["list", "--db", sqlite_url]) == 0
     listing = capsys.readouterr().out
     assert "ACTIVE" in listing and listing.count("\n") == 2

@@ -159,3 +159,44 @@ def test_one_autocast_dtype_for_training_and_scoring(monkeypatch, device, precis
 def test_autocast_dtype_refuses_what_cannot_run(precision):
     with pytest.raises(ValueError):
         autocast_dtype(torch.device("cpu"), precision)
+
+
+def test_calibrated_probabilities_add_offsets_to_the_scaled_logits():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.5]])
+    offsets = [0.3, -0.5, 0.2]
+    expected = torch.softmax(logits / 2.0 + torch.tensor(offsets), dim=-1)
+    assert torch.allclose(calibrated_probabilities(logits, 2.0, offsets), expected)
+    assert torch.equal(calibrated_probabilities(logits, 2.0, [0.0] * 3), calibrated_probabilities(logits, 2.0))
+    assert calibrated_probabilities(logits.double(), 2.0, offsets).dtype == torch.float64
+    with pytest.raises(ValueError, match="offsets for 3 classes"):
+        calibrated_probabilities(logits, 2.0, [0.1, 0.2])
+
+
+def test_offsets_are_saved_as_format_2_and_zero_offsets_as_before(tmp_path, checkpoint):
+    plain = save_checkpoint(tmp_path / "plain.pt", checkpoint)
+    payload = torch.load(plain, weights_only=True)
+    assert payload["format_version"] == 1 and "logit_offsets" not in payload  # what version 1 always wrote
+    assert load_checkpoint(plain).logit_offsets == [0.0, 0.0, 0.0]
+
+    checkpoint.logit_offsets = [0.25, 0.0, -0.25]
+    shifted = save_checkpoint(tmp_path / "shifted.pt", checkpoint)
+    assert torch.load(shifted, weights_only=True)["format_version"] == 2
+    loaded = load_checkpoint(shifted)
+    assert loaded.logit_offsets == [0.25, 0.0, -0.25]
+    assert loaded.preprocessing.hash == load_checkpoint(plain).preprocessing.hash
+    assert checkpoint_sha256(shifted) != checkpoint_sha256(plain)  # another version
+    logits = torch.tensor([[1.0, 2.0, 3.0]])
+    assert torch.allclose(loaded.probabilities(logits), torch.softmax(logits / 1.7 + torch.tensor([0.25, 0.0, -0.25]),
+                                                                     dim=-1))
+
+
+def test_offsets_outside_format_2_or_not_one_per_class_are_refused(tmp_path, checkpoint):
+    payload = torch.load(save_checkpoint(tmp_path / "m.pt", checkpoint), weights_only=True)
+    for version, offsets, message in ((1, [0.1, 0.0, -0.1], "only there"), (2, None, "only there"),
+                                      (2, [0.1, -0.1], "do not fit"), (2, [0.0, float("nan"), 0.0], "do not fit")):
+        tampered = {**payload, "format_version": version}
+        if offsets is not None:
+            tampered["logit_offsets"] = offsets
+        torch.save(tampered, tmp_path / "tampered.pt")
+        with pytest.raises(CheckpointError, match=message):
+            load_checkpoint(tmp_path / "tampered.pt")

@@ -73,13 +73,13 @@ def stored_run(engine, run_id: int) -> tuple[int, int, int]:
 
 def test_a_batch_crosses_as_one_tensor_and_plain_values():
     tensors = [torch.full((1, 8, 8), float(i)) for i in range(3)]
-    samples = [(tensors[0], (0, None, VALUES, (True, "ok"), False)),
+    samples = [((tensors[0],), (0, None, VALUES, (True, "ok"), False)),
                (None, (1, ("truncated", "/in/b: cut"), None, None, False)),
                (None, (2, None, VALUES, (False, "modality:MR"), False)),
-               (tensors[2], (3, None, VALUES, (True, "ok"), False))]
+               ((tensors[2],), (3, None, VALUES, (True, "ok"), False))]
     collated = pipeline.collate_decoded(samples)
     assert collated.pixels.shape == (2, 1, 8, 8) and collated.pixels.is_contiguous()
-    assert collated.pixels[1, 0, 0, 0] == 2.0
+    assert collated.pixels[1, 0, 0, 0] == 2.0 and collated.other_pixels == ()
     assert [item[0] for item in collated.items] == [0, 1, 2, 3]
     assert pickle.loads(pickle.dumps(collated.items)) == collated.items
 
@@ -225,6 +225,29 @@ def test_a_small_model_is_timed_alone_on_one_thread(two_threads, tiny_checkpoint
         assert torch.get_num_threads() == 2 and threads.enabled
 
 
+def test_the_active_model_and_its_challengers_are_timed_as_one(two_threads, tiny_checkpoint, monkeypatch):
+    """They run one after the other on every batch: decoding sets the pace only if it outlasts them all."""
+    scorers = [pipeline.Scorer(load_checkpoint(tiny_checkpoint), torch.device("cpu")) for _ in range(3)]
+    per_image = dict(zip(map(id, scorers), [0.001, 0.0006, 0.0004], strict=True))  # in a batch, on one thread
+    timed = []
+
+    def seconds_per_image(scorer, sample, images):
+        timed.append((torch.get_num_threads(), images))
+        return per_image[id(scorer)] * (3 if images == 1 else 1)
+
+    monkeypatch.setattr(ModelThreads, "_seconds_per_image", staticmethod(seconds_per_image))
+    monkeypatch.setattr(ModelThreads, "SMALL_BATCH_S", 0.1)  # together 32 x 2 ms = 64 ms a batch: small
+    with ModelThreads(enabled=True, workers=2) as threads:
+        threads.measure(*scorers)
+    assert timed == [(1, 1), (1, ModelThreads.BATCH)] * 3 and torch.get_num_threads() == 2
+    assert threads.model_seconds_per_image == pytest.approx(0.002) and threads.enabled
+
+    monkeypatch.setattr(ModelThreads, "SMALL_BATCH_S", 0.05)  # each alone is small (32 ms at most), not together
+    with ModelThreads(enabled=True, workers=2) as threads:
+        threads.measure(*scorers)
+    assert threads.model_seconds_per_image is None and not threads.enabled
+
+
 def test_a_model_that_is_not_small_keeps_its_threads_without_watching_the_decoders(two_threads, tiny_checkpoint,
                                                                                      monkeypatch):
     monkeypatch.setattr(ModelThreads, "SMALL_BATCH_S", 1e-9)
@@ -236,7 +259,7 @@ def test_a_model_that_is_not_small_keeps_its_threads_without_watching_the_decode
 
 
 def test_a_collated_batch_carries_its_decoding_seconds(tmp_path):
-    dataset = pipeline.DecodeDataset([], lambda pixels, shape: torch.zeros(1), read_timeout=5)
+    dataset = pipeline.DecodeDataset([], [lambda pixels, shape: torch.zeros(1)], read_timeout=5)
     dataset.paths = [str(tmp_path / "missing.png")] * 3
     first = pipeline.collate_decoded([dataset[i] for i in range(3)])
     sample = dataset[0]
