@@ -21,8 +21,19 @@ replaces on a new adult site?
 6. Learning curve (first seed, default recipe): v2 from the first 25, 50, 100 reviews of each fold in the
    worklist's order and in a random order, pooled like the main figures, against all of them.
 
+Nested (``--nested``): which recipe to start with, chosen without looking at the films it is judged on. Per
+``--seeds`` entry, cxr-adult's patients are cut, stratified by class, into a "choose" and a "confirm" half. On the
+choose half three recipes are cross-fitted as above (``--folds`` parts, each fold's model judged on the part it
+never saw, pooled): none (v1 as it is), recalibrate (``cxr-train recalibrate`` from v1: a temperature and
+per-class offsets fitted on the reviews, weights untouched) and fine-tune (the default ``--include-reviews``
+recipe). The largest pooled balanced-accuracy gain over v1 is picked. Then every recipe is made from all of the
+choose half's reviews and judged on the confirm half, which took no part in the choice: balanced accuracy,
+covid-vs-pneumonia AUROC and ECE, v2 - v1 with paired bootstrap intervals by patient.
+
     python benchmarks/closed_loop.py --out /tmp/closed_loop.json            # tens of minutes on 2 CPU cores
+    python benchmarks/closed_loop.py --nested --v1 CKPT --out /tmp/nested.json  # about 15 minutes a seed
     python benchmarks/closed_loop.py --quick --out /tmp/closed_loop.json    # tiny sizes, about a minute
+    python benchmarks/closed_loop.py --prospective --v1 CKPT --out /tmp/p.json  # the policy: benchmarks/prospective.py
     python benchmarks/closed_loop.py --report /tmp/closed_loop.json         # the table of a results file again
 
 Timings are this script's business only; the product never reads them.
@@ -65,7 +76,7 @@ from db.worklist import WorklistFilter, worklist_page
 from model_training import cli as train_cli
 from model_training import data
 from model_training.evaluation import compare_checkpoints, interval_text, predict_checkpoint
-from model_training.metrics import paired_bootstrap_summary
+from model_training.metrics import expected_calibration_error, paired_bootstrap_difference, paired_bootstrap_summary
 from model_training.train import Predictions, TrainConfig, prediction_metrics, validation_items
 from scoring import cli as score_cli
 from scoring.model import checkpoint_sha256, load_checkpoint
@@ -107,6 +118,8 @@ class Settings:
     curve_sizes: tuple[int, ...]
     resamples: int
     quick: bool
+    nested: bool = False
+    min_cases: int | None = None  # recalibrate's --min-cases (None: the product's default)
 
 
 @dataclass(frozen=True)
@@ -119,6 +132,7 @@ class Fold:
     evaluation: list[data.LabelledImage]
     reviewed_csv: Path
     evaluation_csv: Path
+    folder: Path
 
     @property
     def name(self) -> str:
@@ -179,10 +193,14 @@ def adult_folds(items: list[data.LabelledImage], seed: int, folds: int, work: Pa
     for index, evaluation in enumerate(parts):
         reviewed = [i for k, part in enumerate(parts) if k != index for i in part] + kept
         assert {i.group for i in reviewed}.isdisjoint({i.group for i in evaluation})
-        folder = work / f"seed{seed}" / f"fold{index}"
-        out.append(Fold(seed, index, reviewed, evaluation, write_csv(folder / "reviewed.csv", reviewed),
-                        write_csv(folder / "evaluation.csv", evaluation)))
+        out.append(make_fold(seed, index, reviewed, evaluation, work / f"seed{seed}" / f"fold{index}"))
     return out
+
+
+def make_fold(seed: int, index: int, reviewed: list[data.LabelledImage], evaluation: list[data.LabelledImage],
+              folder: Path) -> Fold:
+    return Fold(seed, index, reviewed, evaluation, write_csv(folder / "reviewed.csv", reviewed),
+                write_csv(folder / "evaluation.csv", evaluation), folder)
 
 
 # --- the product's commands, as a user runs them ------------------------------------------------------------
@@ -213,7 +231,7 @@ def train_v1(settings: Settings) -> Path:
 
 def scored_database(settings: Settings, fold: Fold, v1: Path) -> Path:
     """A fresh database holding the reviewed part scored by v1 (the active version); no reviews yet."""
-    path = settings.work / f"seed{fold.seed}" / f"fold{fold.index}" / "scored.db"
+    path = fold.folder / "scored.db"
     path.unlink(missing_ok=True)
     url = f"sqlite:///{path}"
     run_cli(score_cli.main, ["--db", url, "--model", str(v1), "--settle-seconds", "0", "--workers", "0",
@@ -312,9 +330,15 @@ def pooled_comparison(settings: Settings, v1: Path, judged: list[tuple[Path, lis
     first, second = _pooled(firsts), _pooled(seconds)
     difference = paired_bootstrap_summary(first.labels, first.probabilities, second.probabilities, classes,
                                           first.patients, n_resamples=settings.resamples)
+    difference["ece"] = paired_bootstrap_difference(_ece, first.labels, first.probabilities, second.probabilities,
+                                                    first.patients, n_resamples=settings.resamples).to_dict()
     return {"model": prediction_metrics(first, classes, n_resamples=settings.resamples),
             "compare": prediction_metrics(second, classes, n_resamples=settings.resamples),
             "difference": difference}
+
+
+def _ece(y: np.ndarray, p: np.ndarray) -> float:
+    return expected_calibration_error(p, y)
 
 
 def _pooled(parts: list[Predictions]) -> Predictions:
@@ -344,7 +368,7 @@ def _brief(comparison: dict) -> dict:
                                 "covid_vs_pneumonia": g.get("pairwise_auroc", {}).get("covid_vs_pneumonia")}
                          for site, g in m.get("per_source", {}).items()},
         }
-    out["difference"] = {k: comparison["difference"].get(k) for k in keys}
+    out["difference"] = {k: comparison["difference"].get(k) for k in [*keys, "ece"]}
     return out
 
 
@@ -394,6 +418,10 @@ def table(results: dict) -> str:
                          f"balanced acc {_ci(point['difference']['balanced_accuracy'], True)}  covid/pneu AUROC "
                          f"{_ci(point['difference'][PAIR], True)}")
     return "\n".join(lines)
+
+
+def report(results: dict) -> str:
+    return nested_table(results) if results.get("mode") == "nested" else table(results)
 
 
 def machine() -> dict:
@@ -509,6 +537,152 @@ def _save_partial(settings: Settings, results: dict) -> None:
     partial.write_text(json.dumps(results, indent=2))
 
 
+# --- nested: a recipe chosen on one half of the patients, confirmed on the other -----------------------------
+
+# What the nested mode weighs, simplest first (a tie goes to the simpler): v1 as it is; `cxr-train recalibrate`
+# from v1 (its weights, a temperature and per-class offsets fitted on the reviews); `cxr-train train
+# --include-reviews` with its default recipe.
+NESTED_RECIPES = ("none", "recalibrate", "fine-tune")
+
+
+def outer_halves(items: list[data.LabelledImage], seed: int) -> tuple[list, list]:
+    """cxr-adult cut by patient, stratified by class, into a "choose" and a "confirm" half; normal films go to the
+    choose half, where they are reviewed and never evaluated, as in the cross-fitting folds."""
+    normal_groups = {i.group for i in items if i.label == "normal"}
+    choose, confirm = patient_folds([i for i in items if i.group not in normal_groups], 2, seed)
+    return choose + [i for i in items if i.group in normal_groups], confirm
+
+
+def recalibrate_v1(settings: Settings, db_path: Path, v1: Path, out: Path) -> Path:
+    argv = ["recalibrate", "--from", checkpoint_sha256(v1)[:16], "--out", str(out), "--db", f"sqlite:///{db_path}",
+            "--workers", "0"]
+    if settings.min_cases is not None:
+        argv += ["--min-cases", str(settings.min_cases)]
+    run_cli(train_cli.main, argv, capture=True)
+    return out / "model.pt"
+
+
+def recipe_model(settings: Settings, fold: Fold, scored: Path, truth: dict, v1: Path, recipe: str
+                 ) -> tuple[Path, dict]:
+    """What ``recipe`` makes of the fold's reviewed part once the simulated reviewer has read every case: v1 itself,
+    or a new version from a copy of the scored database."""
+    if recipe == "none":
+        return v1, {"seconds": 0.0}
+    db_path = fold.folder / f"{recipe}.db"
+    copy_database(scored, db_path)
+    reviews = record_reviews(db_path, truth, limit=None, order="uncertainty", seed=fold.seed)
+    started = time.perf_counter()
+    out = fold.folder / f"v2-{recipe}"
+    model = (recalibrate_v1(settings, db_path, v1, out) if recipe == "recalibrate"
+             else train_v2(settings, db_path, fold, "default", out))
+    return model, {"reviews": reviews, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def choose_phase(settings: Settings, folds: list[Fold], truth: dict, v1: Path) -> dict:
+    """Every recipe cross-fitted on the choose half: each fold's model judged on the fold it never saw, pooled."""
+    scored = {fold.index: scored_database(settings, fold, v1) for fold in folds}
+    out = {}
+    for recipe in NESTED_RECIPES:
+        made = [recipe_model(settings, fold, scored[fold.index], truth, v1, recipe) for fold in folds]
+        judged = [(model, fold.evaluation) for (model, _), fold in zip(made, folds, strict=True)]
+        out[recipe] = {"pooled": _brief(pooled_comparison(settings, v1, judged)), "folds": [info for _, info in made]}
+        log.info("choose half, %s: balanced accuracy v2-v1 %s", recipe,
+                 _ci(out[recipe]["pooled"]["difference"]["balanced_accuracy"], True))
+    return out
+
+
+def pick(choose: dict) -> str:
+    """The recipe with the largest balanced-accuracy gain over v1 on the choose half (none's is 0), the simpler on a
+    tie: the point estimate, because the choice has to be made whatever the intervals say, and the confirm half
+    then shows what the choice was worth."""
+    gains = {r: choose[r]["pooled"]["difference"]["balanced_accuracy"]["estimate"] for r in NESTED_RECIPES}
+    return max(NESTED_RECIPES, key=lambda r: (gains[r], -NESTED_RECIPES.index(r)))
+
+
+def confirm_phase(settings: Settings, fold: Fold, truth: dict, v1: Path) -> dict:
+    """Every recipe made from all of the choose half's reviews, judged on the confirm half, and on the cxr-dev
+    validation images that neither version trained on."""
+    scored = scored_database(settings, fold, v1)
+    out = {}
+    for recipe in NESTED_RECIPES:
+        model, info = recipe_model(settings, fold, scored, truth, v1, recipe)
+        out[recipe] = {**info, "evaluation": _brief(pooled_comparison(settings, v1, [(model, fold.evaluation)])),
+                       "dev_validation": None if recipe == "none" else dev_validation(settings, v1, model)}
+        log.info("confirm half, %s: balanced accuracy v2-v1 %s, covid/pneumonia AUROC v2-v1 %s", recipe,
+                 _ci(out[recipe]["evaluation"]["difference"]["balanced_accuracy"], True),
+                 _ci(out[recipe]["evaluation"]["difference"][PAIR], True))
+    return out
+
+
+def run_nested(settings: Settings) -> dict:
+    started = time.perf_counter()
+    results: dict[str, Any] = {"mode": "nested", "recipes": list(NESTED_RECIPES),
+                               "settings": {k: str(v) if isinstance(v, Path) else v
+                                            for k, v in dataclasses.asdict(settings).items()},
+                               "machine_start": machine(), "nested": []}
+    t0 = time.perf_counter()
+    v1 = train_v1(settings)
+    results["v1"] = {"checkpoint": str(v1), "sha256": checkpoint_sha256(v1),
+                     "seconds": None if settings.v1 else round(time.perf_counter() - t0, 1)}
+    adult = data.load_labelled(settings.adult)
+    if settings.quick:
+        adult = quick_subset(adult, {"covid": 14, "pneumonia": 10, "normal": 1})
+    truth = {str(Path(i.path).resolve()): i.label for i in adult}
+    for seed in settings.seeds:
+        choose, confirm = outer_halves(adult, seed)
+        root = settings.work / "nested" / f"seed{seed}"
+        entry: dict[str, Any] = {"seed": seed, "choose": dict(Counter(i.label for i in choose)),
+                                 "confirm": dict(Counter(i.label for i in confirm))}
+        results["nested"].append(entry)
+        folds = adult_folds(choose, seed, settings.folds, root / "choose")
+        entry["choose_phase"] = choose_phase(settings, folds, truth, v1)
+        entry["picked"] = pick(entry["choose_phase"])
+        log.info("seed %d: picked %s on the choose half", seed, entry["picked"])
+        _save_partial(settings, results)
+        entry["confirm_phase"] = confirm_phase(settings, make_fold(seed, 0, choose, confirm, root / "confirm"),
+                                               truth, v1)
+        _save_partial(settings, results)
+    results["machine_end"] = machine()
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    return results
+
+
+def nested_table(results: dict) -> str:
+    lines = ["nested: recipes compared on the choose half (cross-fitted, pooled, v2 - v1), the largest "
+             "balanced-accuracy gain picked; every recipe then made from all of the choose half's reviews and judged "
+             "on the confirm half, which took no part in the choice (v2 - v1, paired 95 % intervals by patient)",
+             f"{'seed':>4} {'recipe':<12} {'choose: bal.acc':>24} {'confirm: bal.acc v2':>22} {'bal.acc v2-v1':>24} "
+             f"{'covid/pneu AUROC v2-v1':>24} {'ECE v1':>6} {'ECE v2':>6} {'ECE v2-v1':>24} "
+             f"{'dev macro-AUROC v2-v1':>24} {'seconds':>7}"]
+    for entry in results["nested"]:
+        for recipe in results["recipes"]:
+            chosen = entry["choose_phase"][recipe]["pooled"]["difference"]["balanced_accuracy"]
+            confirm = entry["confirm_phase"][recipe]
+            e, dev = confirm["evaluation"], confirm["dev_validation"] or {}
+            mark = "*" if recipe == entry["picked"] else " "
+            lines.append(
+                f"{entry['seed']:>4} {recipe + mark:<12} {_ci(chosen, True):>24} "
+                f"{_ci(e['v2']['balanced_accuracy']):>22} {_ci(e['difference']['balanced_accuracy'], True):>24} "
+                f"{_ci(e['difference'][PAIR], True):>24} "
+                f"{e['v1']['ece']:>6.3f} {e['v2']['ece']:>6.3f} {_ci(e['difference']['ece'], True):>24} "
+                f"{_ci(dev.get('difference', {}).get('macro_auroc'), True):>24} {confirm['seconds']:>7.0f}")
+    lines += ["* picked on the choose half", "",
+              "the picked recipe on the confirm half: " + "; ".join(
+                  f"seed {e['seed']}: {e['picked']}, balanced accuracy v2-v1 "
+                  f"{_ci(e['confirm_phase'][e['picked']]['evaluation']['difference']['balanced_accuracy'], True)}"
+                  for e in results["nested"])]
+    for entry in results["nested"]:
+        lines.append(f"seed {entry['seed']}: choose half {entry['choose']}, confirm half {entry['confirm']}; "
+                     "recall v1 -> v2 on the confirm half: " + ", ".join(
+                         f"{r} {_recalls(entry['confirm_phase'][r]['evaluation'])}" for r in results["recipes"]))
+    return "\n".join(lines)
+
+
+def _recalls(brief: dict) -> str:
+    return "/".join(f"{c} {brief['v1']['recall'][c]:.2f}->{brief['v2']['recall'][c]:.2f}"
+                    for c in ("covid", "pneumonia"))
+
+
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a test runs this)")
@@ -520,7 +694,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
     parser.add_argument("--seeds", type=int, nargs="+", help="split seeds (default: 0 1 2; quick: 0)")
     parser.add_argument("--folds", type=int, default=2,
                         help="cross-fitting folds per split seed (default: 2, halves reviewed in turn)")
-    parser.add_argument("--img-size", type=int, help="(default: 224; quick: 32)")
+    parser.add_argument("--img-size", type=int, help="(default: 224; quick: 32, quick nested: 64)")
     parser.add_argument("--epochs-v1", type=int, help="(default: 20; quick: 1)")
     parser.add_argument("--epochs-v2", type=int, help="(default: 6; quick: 1)")
     parser.add_argument("--lr-v2", type=float, help="learning rate of the v2 runs (default: cxr-train's)")
@@ -529,6 +703,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
     parser.add_argument("--curve", type=int, nargs="*", metavar="N",
                         help="learning-curve sizes (default: 25 50 100; quick: 6; none: no curve)")
     parser.add_argument("--resamples", type=int, help="bootstrap resamples (default: 1000; quick: 100)")
+    parser.add_argument("--nested", action="store_true",
+                        help="choose among none, recalibrate and fine-tune on half of the adult patients, confirm on "
+                             "the other half")
+    parser.add_argument("--min-cases", type=int, help="recalibrate's --min-cases (default: its own; quick: 2)")
     args = parser.parse_args(argv)
     if args.folds < 2:
         parser.error(f"--folds must be at least 2 (one part evaluated, the others reviewed), got {args.folds}")
@@ -540,20 +718,29 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
     work = args.work or Path(tempfile.mkdtemp(prefix="cxr-closed-loop-"))
     settings = Settings(
         dev=args.dev, adult=args.adult, work=work, v1=args.v1, seeds=tuple(pick(args.seeds, [0, 1, 2], [0])),
-        folds=args.folds, img_size=pick(args.img_size, 224, 32),
+        # quick nested runs 64 px: its fine-tunes can end an epoch on a batch of one film, whose layer4 maps at
+        # 32 px are 1x1, which batch norm refuses
+        folds=args.folds, img_size=pick(args.img_size, 224, 64 if args.nested else 32),
         epochs_v1=pick(args.epochs_v1, 20, 1), epochs_v2=pick(args.epochs_v2, 6, 1),
         batch_size=pick(None if args.batch_size == 32 else args.batch_size, 32, 8), lr_v2=args.lr_v2,
         recipes=tuple(pick(args.recipes, ["default", "from-v1"], ["default"])),
         curve_sizes=tuple(pick(args.curve, [25, 50, 100], [6])), resamples=pick(args.resamples, 1000, 100),
-        quick=quick)
+        quick=quick, nested=args.nested, min_cases=pick(args.min_cases, None, 2))
     return settings, (None if args.work else work), args.out
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--prospective"]:  # the whole update policy on a stream of films: benchmarks/prospective.py
+        try:
+            from benchmarks import prospective
+        except ImportError:  # run as a script from its own folder
+            import prospective
+        return prospective.main(args[1:])
     setup_logging()
     logging.getLogger("alembic").setLevel(logging.WARNING)
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--report":  # print the table of a results file
-        print(table(json.loads(Path(sys.argv[2]).read_text())))
+        print(report(json.loads(Path(sys.argv[2]).read_text())))
         return 0
     settings, temporary, out = parse_args(argv)
     for folder in (settings.dev, settings.adult):
@@ -561,11 +748,11 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s/labels.csv not found; set CXR_SHARED_DATA or pass --dev/--adult", folder)
             return 2
     try:
-        results = run(settings)
+        results = run_nested(settings) if settings.nested else run(settings)
     finally:
         if temporary is not None:
             shutil.rmtree(temporary, ignore_errors=True)
-    print(table(results))
+    print(report(results))
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=2) + "\n")
