@@ -172,8 +172,9 @@ class Site:
         engine.dispose()
         return record
 
-    def candidate(self, after_batch: int) -> Path:
-        """A new version made from the live one with the reviews so far, registered (inactive)."""
+    def candidate(self, after_batch: int) -> Path | None:
+        """A new version made from the live one with the reviews so far, registered (inactive); None where the
+        recipe cannot make one yet (recalibrate: too few reviewed cases of two classes), as a site would find."""
         out = self.folder / f"candidate-after-{after_batch}"
         engine = self.engine()
         with read_session(engine) as session:
@@ -182,8 +183,11 @@ class Site:
         engine.dispose()
         started = time.perf_counter()
         if self.settings.recipe == "recalibrate":
-            self.cli(train_cli.main, "recalibrate", "--from", str(live_id), "--out", str(out), "--db", self.url,
-                     "--workers", "0")
+            code, _ = self.cli(train_cli.main, "recalibrate", "--from", str(live_id), "--out", str(out), "--db",
+                               self.url, "--workers", "0", expect=(0, 2))
+            if code == 2:
+                self.events.append({"kind": "no_candidate", "after_batch": after_batch})
+                return None
         else:
             self.cli(train_cli.main, "train", "--data", str(self.settings.dev), "--include-reviews", "--db",
                      self.url, "--out", str(out), "--img-size", str(self.settings.img_size), "--epochs",
@@ -243,6 +247,8 @@ def run_site(settings: Settings, seed: int, policy: str, stream: list[list[data.
             continue  # the gate's last candidate would have no later batches to be judged on
         champion = site.live[-1]["live"]
         checkpoint = site.candidate(number)
+        if checkpoint is None:
+            continue
         entry = {"checkpoint": checkpoint, "sha": checkpoint_sha256(checkpoint), "champion": champion,
                  "after_batch": number}
         if policy == "always":
@@ -287,6 +293,8 @@ def judge_decisions(settings: Settings, site: dict, stream: list[list[data.Label
     by_sha[checkpoint_sha256(v1)] = v1
     judged = []
     for event in site["events"]:
+        if event["kind"] == "no_candidate":
+            continue
         later = [item for batch in stream[event["after_batch"]:] for item in batch if item.label != "normal"]
         if not later:
             continue

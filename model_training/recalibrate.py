@@ -96,18 +96,30 @@ def find_parent(db: str | None, source: str) -> Parent:
         return Parent(path, version.sha256, version.id, version.name)
 
 
-def fitting_cases(db: str | None, parent: Parent, classes: list[str]) -> list[data.LabelledImage]:
+def weights_origin(checkpoint: Checkpoint, parent: Parent) -> dict[str, Any]:
+    """The version whose training made these weights: the parent itself, or, where the parent is a recalibrated
+    version, the one it was recalibrated from (recorded in it). A recalibration replaces the parent's calibration
+    whole, so the cases the parent's calibration was fitted on may be fitted again; only what the weights learnt
+    from is left out."""
+    record = checkpoint.training.get("recalibration")
+    if not record:
+        return {"sha256": parent.sha256, "model_version_id": parent.version_id, "name": parent.name}
+    origin = record.get("weights_from") or record["parent"]
+    return {key: origin.get(key) for key in ("sha256", "model_version_id", "name")}
+
+
+def fitting_cases(db: str | None, origin_version_id: int | None, classes: list[str]) -> list[data.LabelledImage]:
     """The latest review of every reviewed image whose label is one of ``classes`` and whose file is readable,
-    one per content, except the parent's own training images: a fit on what the weights learnt from would
-    learn their over-confidence there."""
+    one per content, except the images the weights were trained or validated on (``origin_version_id``'s): a fit
+    on what the weights learnt from would learn their over-confidence there."""
     with read_session(database_at(db)) as session:
         cases = data.with_hashes(data.reviewed_cases(session))
-        trained = (model_versions.training_image_shas(session, parent.version_id)
-                   if parent.version_id is not None else set())
+        trained = (model_versions.training_image_shas(session, origin_version_id)
+                   if origin_version_id is not None else set())
     by_content = {case.sha256: case for case in cases if case.label in classes}  # reviews in order: the latest wins
     kept = [case for sha, case in by_content.items() if sha not in trained]
     if len(kept) < len(by_content):
-        log.info("recalibrate: %d reviewed cases left out: the parent was trained or validated on them",
+        log.info("recalibrate: %d reviewed cases left out: the weights were trained or validated on them",
                  len(by_content) - len(kept))
     readable, rejected = data.readable(kept)
     for path, reason in rejected:
@@ -153,7 +165,8 @@ def recalibrate(config: RecalibrateConfig) -> RecalibrationResult:
         raise RecalibrateError(f"version name too long: {len(name)} characters, at most 128")
     parent = find_parent(config.db, config.source)
     checkpoint = load_checkpoint(parent.path)
-    cases = fitting_cases(config.db, parent, checkpoint.classes)
+    origin = weights_origin(checkpoint, parent)
+    cases = fitting_cases(config.db, origin["model_version_id"], checkpoint.classes)
     chosen = fitted_classes(cases, checkpoint.classes, config.min_cases)
     used = [case for case in cases if case.label in chosen]
     logits, labels = case_logits(checkpoint, used, config)
@@ -165,6 +178,7 @@ def recalibrate(config: RecalibrateConfig) -> RecalibrationResult:
                          "temperature": checkpoint.temperature, "offsets": dict(zip(checkpoint.classes,
                                                                                     checkpoint.logit_offsets,
                                                                                     strict=True))},
+              "weights_from": origin,
               "fitted": "temperature and per-class logit offsets; weights unchanged",
               "loss": "class-balanced negative log-likelihood (each class weighs the same)",
               "temperature": fit.temperature, "offsets": dict(zip(checkpoint.classes, offsets, strict=True)),

@@ -235,3 +235,20 @@ def test_the_scorer_applies_the_recalibrated_offsets(site, recalibrated, tmp_pat
         got = np.array([stored[item.sha256][c] for c in child.classes])
         assert got == pytest.approx(want, abs=1e-3)
         assert not np.allclose(got, parent, atol=1e-3)
+
+
+def test_a_recalibrated_version_is_recalibrated_from_its_weights_origin(site, recalibrated, tmp_path):
+    """Its own fitted cases are fitted again (a recalibration replaces the calibration whole); only what the weights
+    learnt from stays out."""
+    with read_session(create_database_engine(site.url)) as session:
+        child = model_versions.find_by_sha(session, checkpoint_sha256(recalibrated / "model.pt")).id
+    out = tmp_path / "again"
+    assert cli.main(["recalibrate", "--from", str(child), "--out", str(out), "--db", site.url, "--workers", "0"]) == 0
+    first = json.loads((recalibrated / "model_card.json").read_text())["metrics"]["recalibration"]
+    again = json.loads((out / "model_card.json").read_text())["metrics"]["recalibration"]
+    assert again["cases_per_class"] == first["cases_per_class"]
+    assert again["parent"]["model_version_id"] == child
+    assert again["weights_from"] == first["weights_from"] == {
+        "sha256": checkpoint_sha256(site.v1.checkpoint), "model_version_id": site.v1.model_version_id, "name": "v1"}
+    assert load_checkpoint(out / "model.pt").logit_offsets == pytest.approx(
+        load_checkpoint(recalibrated / "model.pt").logit_offsets, abs=1e-6)  # the same cases, the same fit
