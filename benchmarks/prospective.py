@@ -52,7 +52,7 @@ from db import migrate
 from db.clitools import setup_logging
 from db.engine import create_database_engine, read_session, write_session
 from db.model_versions import active_version, find_by_sha
-from db.models import Image, Prediction
+from db.models import Image, Prediction, Review
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 from model_training import cli as train_cli
@@ -73,6 +73,9 @@ POLICIES = ("never", "always", "gate")
 RECIPES = ("finetune", "recalibrate")
 CLASSES = ["covid", "normal", "pneumonia"]
 PAIR = "auroc_covid_vs_pneumonia"
+# What the new site's films are judged on: cxr-adult's two classes. Its one normal film is read like every other film
+# (it is among the gate's evidence), but as a class of one it would weigh a third of every balanced accuracy.
+JUDGED = ("covid", "pneumonia")
 
 
 @dataclass(frozen=True)
@@ -267,8 +270,9 @@ def run_site(settings: Settings, seed: int, policy: str, stream: list[list[data.
 def prospective_figures(sites: dict[str, dict], first_batch: int, resamples: int) -> dict:
     """Each policy's live version on every film from ``first_batch`` on, as it was when the film arrived, and the
     paired difference against "never" (the same films)."""
-    def films(policy: str) -> list[dict]:
-        return [film for entry in sites[policy]["live"] if entry["batch"] >= first_batch for film in entry["films"]]
+    def films(policy: str) -> list[dict]:  # the site's question, covid or pneumonia: its one normal film is left out
+        return [film for entry in sites[policy]["live"] if entry["batch"] >= first_batch for film in entry["films"]
+                if film["label"] in JUDGED]
 
     reference = {film["sha"]: film for film in films("never")}
     out = {}
@@ -295,7 +299,7 @@ def judge_decisions(settings: Settings, site: dict, stream: list[list[data.Label
     for event in site["events"]:
         if event["kind"] == "no_candidate":
             continue
-        later = [item for batch in stream[event["after_batch"]:] for item in batch if item.label != "normal"]
+        later = [item for batch in stream[event["after_batch"]:] for item in batch if item.label in JUDGED]
         if not later:
             continue
         champion, _ = predict_checkpoint(by_sha[event["champion"]], later, device="cpu", workers=0)
@@ -313,6 +317,57 @@ def judge_decisions(settings: Settings, site: dict, stream: list[list[data.Label
                        "harmful": event["kind"] == "promoted" and worse,
                        "blocked_better": event["kind"] == "refused" and better})
     return judged
+
+
+def live_from_database(url: str, stream: list[list[data.LabelledImage]]) -> list[dict]:
+    """A site's ``live`` record read back from its database: each film's reading and the prediction shown with it."""
+    batch_of = {item.sha256: number for number, batch in enumerate(stream, start=1) for item in batch}
+    by_sha = {item.sha256: item for batch in stream for item in batch}
+    engine = create_database_engine(url)
+    with read_session(engine) as session:
+        rows = session.execute(select(Image.sha256, Prediction.probabilities)
+                               .join(Review, Review.image_id == Image.id)
+                               .join(Prediction, Prediction.id == Review.prediction_id)).all()
+    engine.dispose()
+    live = [{"batch": number, "films": []} for number in range(1, len(stream) + 1)]
+    for sha, probabilities in rows:
+        item = by_sha[sha]
+        live[batch_of[sha] - 1]["films"].append({"sha": sha, "label": item.label, "patient": item.patient_id,
+                                                 "p": [float(probabilities.get(c, 0.0)) for c in CLASSES]})
+    return live
+
+
+def refigure(results: dict, settings: Settings) -> dict:
+    """The prospective figures of a finished run computed again from its sites' databases (its ``--work`` folder),
+    with this script's judging; the decisions are judged again too."""
+    adult = data.with_hashes(data.load_labelled(settings.adult))
+    if settings.quick:
+        adult = closed_loop.quick_subset(adult, {"covid": 24, "pneumonia": 16, "normal": 1})
+    for seed, found in results["seeds"].items():
+        stream = arrival(adult, int(seed), settings.batches)
+        assert [len(batch) for batch in stream] == found["batches"], "another stream than the run's"
+        sites = {}
+        for policy in POLICIES:
+            folder = settings.work / f"seed{seed}" / policy
+            sites[policy] = {"live": live_from_database(f"sqlite:///{folder / 'cxr.db'}", stream),
+                             "events": found["gate_events"] if policy == "gate" else [],
+                             "checkpoints": {p.parent.name: str(p) for p in folder.glob("candidate-after-*/model.pt")}}
+        found["prospective"] = prospective_figures(sites, settings.every + 1, settings.resamples)
+        sites["always"]["events"] = always_events(sites["always"]["checkpoints"], Path(results["v1"]))
+        found["decisions"] = {policy: judge_decisions(settings, sites[policy], stream, Path(results["v1"]))
+                              for policy in ("always", "gate")}
+    return results
+
+
+def always_events(checkpoints: dict[str, str], v1: Path) -> list[dict]:
+    """"always"'s promotions, from its candidates' folders: each replaced the one before it, the first v1."""
+    events, champion = [], checkpoint_sha256(v1)
+    for name, path in sorted(checkpoints.items(), key=lambda entry: int(entry[0].rsplit("-", 1)[1])):
+        sha = checkpoint_sha256(Path(path))
+        events.append({"kind": "promoted", "after_batch": int(name.rsplit("-", 1)[1]), "candidate": name, "sha": sha,
+                       "champion": champion})
+        champion = sha
+    return events
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
@@ -336,6 +391,7 @@ def run(settings: Settings) -> dict:
             "decisions": {policy: judge_decisions(settings, sites[policy], stream, v1)
                           for policy in ("always", "gate")},
             "gate_events": sites["gate"]["events"],
+            "events": {policy: site["events"] for policy, site in sites.items()},
             "seconds": round(time.perf_counter() - started, 1)}
         log.info("seed %d done in %.0f s", seed, results["seeds"][str(seed)]["seconds"])
     return results
@@ -384,11 +440,14 @@ def _ci(found: dict | None, signed: bool = False) -> str:
     return f"{found['estimate']:{sign}.3f} [{found['low']:{sign}.3f}, {found['high']:{sign}.3f}]"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path | None]:
+def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Path | None, Path | None]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a test runs this)")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--report", type=Path, help="print the tables of a results file and stop")
+    parser.add_argument("--refigure", type=Path, metavar="RESULTS",
+                        help="judge a finished run again from its sites' databases (give its --work and settings), "
+                             "write the results to --out and print the tables")
     parser.add_argument("--v1", type=Path, metavar="CKPT", help="reuse this v1 instead of training one")
     parser.add_argument("--dev", type=Path, default=closed_loop.SHARED / "cxr-dev")
     parser.add_argument("--adult", type=Path, default=closed_loop.SHARED / "cxr-adult")
@@ -413,16 +472,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
                         recipe=args.recipe, img_size=pick(args.img_size, 224, 32),
                         epochs_v1=pick(args.epochs_v1, 20, 1), epochs_v2=pick(args.epochs_v2, 6, 1),
                         batch_size=args.batch_size, resamples=pick(args.resamples, 1000, 100), quick=args.quick)
-    return settings, args.out, args.report
+    return settings, args.out, args.report, args.refigure
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=False)
-    settings, out, report = parse_args(argv)
+    settings, out, report, again = parse_args(argv)
     if report is not None:
         print(table(json.loads(report.read_text())))
         return 0
-    results = run(settings)
+    results = refigure(json.loads(again.read_text()), settings) if again is not None else run(settings)
     if out is not None:
         out.write_text(json.dumps(results, indent=1, default=str))
     print(table(results))
