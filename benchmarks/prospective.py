@@ -52,7 +52,7 @@ from db import migrate
 from db.clitools import setup_logging
 from db.engine import create_database_engine, read_session, write_session
 from db.model_versions import active_version, find_by_sha
-from db.models import Image, Prediction, Review
+from db.models import Image, Prediction, Review, Reviewer
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 from model_training import cli as train_cli
@@ -221,8 +221,6 @@ class Site:
 
 
 def _reviewer(session) -> int:
-    from db.models import Reviewer
-
     found = session.scalar(select(Reviewer.id).where(Reviewer.username == "sim-reader"))
     return found if found is not None else add_reviewer(session, "sim-reader", "simulated-reviewer-pw").id
 
