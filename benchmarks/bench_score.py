@@ -65,6 +65,7 @@ from db.hashing import file_sha256
 from db.models import Image, Prediction
 from db.results import FileStat
 from scoring import imaging
+from scoring.decoding import DecodedBatch, collate_decoded
 from scoring.model import (
     Checkpoint,
     Preprocessing,
@@ -75,17 +76,9 @@ from scoring.model import (
     preprocess,
     save_checkpoint,
 )
-from scoring.pipeline import (
-    Counts,
-    DecodedBatch,
-    Job,
-    Scorer,
-    ScoringOptions,
-    ScoringPass,
-    collate_decoded,
-    make_loader,
-)
+from scoring.pipeline import Counts, Job, ScoringOptions, ScoringPass, make_loader
 from scoring.run import default_workers
+from scoring.scorer import Scorer
 
 REPO = Path(__file__).resolve().parents[1]
 

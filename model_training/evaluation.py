@@ -10,7 +10,7 @@ from pathlib import Path
 
 from model_training import data
 from model_training.metrics import DEFAULT_RESAMPLES, paired_bootstrap_summary
-from model_training.train import Predictions, predict_items, prediction_metrics
+from model_training.predictions import Predictions, predict_items, prediction_metrics
 from scoring.model import checkpoint_sha256, load_checkpoint, resolve_device
 
 # The rows of the comparison table: (label, key in the metrics, key in the intervals).

@@ -27,7 +27,9 @@ from model_training import data
 from model_training.calibration import OffsetFit, balanced_nll, fit_temperature_and_offsets, softmax
 from model_training.card import jsonable, write_model_card
 from model_training.metrics import balanced_accuracy, classification_metrics, reliability_bins
-from model_training.train import CHECKPOINT_NAME, database_at, evaluate, make_loader, register
+from model_training.predictions import evaluate, make_loader
+from model_training.registration import database_at, register
+from model_training.train import CHECKPOINT_NAME
 from scoring.model import Checkpoint, checkpoint_sha256, load_checkpoint, resolve_device, save_checkpoint
 
 log = logging.getLogger("cxr.train")

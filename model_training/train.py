@@ -23,23 +23,19 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sqlalchemy import select
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from torchvision import models
 
-from db import migrate, model_versions
+from db import model_versions
 from db.clitools import one_line, os_error_in
 from db.diagnose import shown_url
-from db.engine import get_engine, read_session, write_session
+from db.engine import read_session
 from db.errors import CannotRun
-from db.model_versions import register_checkpoint
-from db.models import ReviewTrainingUse
 from model_training import data, pretrained
 from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
 from model_training.metrics import (
-    DEFAULT_RESAMPLES,
     accuracy_by_group,
     balanced_accuracy,
     bootstrap_summary,
@@ -47,6 +43,8 @@ from model_training.metrics import (
     expected_calibration_error,
     reliability_bins,
 )
+from model_training.predictions import evaluate, evaluate_items, make_loader
+from model_training.registration import database_at, register
 from scoring.attribution.report import outside_share_summary
 from scoring.model import (
     Checkpoint,
@@ -56,13 +54,11 @@ from scoring.model import (
     autocast_dtype,
     build_model,
     calibrated_probabilities,
-    checkpoint_sha256,
     grey_conv1_from_rgb,
     load_checkpoint,
     resolve_device,
     save_checkpoint,
 )
-from scoring.workers import exits_with_this_process
 
 log = logging.getLogger("cxr.train")
 
@@ -250,20 +246,6 @@ def class_weights(items: list[data.LabelledImage], classes: list[str]) -> torch.
     return torch.tensor(counts.sum() / (len(classes) * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int, device: torch.device,
-                shuffle_seed: int | None = None, sample_weights: torch.Tensor | None = None) -> DataLoader:
-    """Batches of a dataset; with ``shuffle_seed`` in a reproducible shuffled order, or with ``sample_weights``
-    too drawn with replacement in proportion to them (as many draws as items)."""
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
-    sampler = None
-    if sample_weights is not None:
-        sampler = WeightedRandomSampler(sample_weights.double(), len(dataset), replacement=True, generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None and sampler is None,
-                      sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                      generator=generator if sampler is None else None,
-                      worker_init_fn=exits_with_this_process() if workers > 0 else None)
-
-
 def review_sample_weights(items: list[data.LabelledImage], review_share: float) -> torch.Tensor | None:
     """Draw weights that give reviewed cases ``review_share`` of each epoch, each part balanced by class (so
     fifty reviewed adult pneumonias are not drowned out by hundreds of dataset images). None: no reviewed
@@ -325,23 +307,6 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         total += float(loss.detach()) * len(labels)
         seen += len(labels)
     return total / max(seen, 1)
-
-
-@torch.inference_mode()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray, float]:
-    """Logits, true class indices and the mean (unweighted) loss over a loader."""
-    model.eval()
-    dtype = autocast_dtype(device)
-    all_logits, all_labels = [], []
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True)
-        if device.type == "cuda":
-            images = images.to(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            all_logits.append(model(images).float().cpu())
-        all_labels.append(labels)
-    logits, labels = torch.cat(all_logits), torch.cat(all_labels)
-    return logits.numpy(), labels.numpy(), float(F.cross_entropy(logits, labels))
 
 
 def calibrated_metrics(logits: np.ndarray, labels: np.ndarray, classes: list[str], temperature: float) -> dict:
@@ -433,34 +398,6 @@ def recipe_record(recipe: Recipe, config: TrainConfig, init_note: str) -> dict[s
 def database(config: TrainConfig):
     return database_at(config.db)
 
-
-def database_at(url: str | None):
-    engine = get_engine(url)
-    migrate.ensure_schema(engine)
-    return engine
-
-
-def register(db: str | None, checkpoint_path: Path, checkpoint: Checkpoint, items: list[data.LabelledImage], *,
-             parent_id: int | None = None) -> int:
-    """Register the checkpoint (inactive), mark the reviews that went into it and record the content of every
-    image it was trained or validated on, so that none of them ever counts as its evidence. ``parent_id``: the
-    version whose weights it carries unchanged (a recalibrated version), whose training data are its own too."""
-    with write_session(database_at(db)) as session:
-        version = register_checkpoint(session, checkpoint_path, checkpoint, checkpoint_sha256(checkpoint_path))
-        shas = {item.sha256 for item in items}
-        reviews = {item.review_id for item in items if item.review_id is not None}
-        if parent_id is not None:
-            shas |= model_versions.training_image_shas(session, parent_id)
-            reviews |= set(session.scalars(select(ReviewTrainingUse.review_id)
-                                           .where(ReviewTrainingUse.model_version_id == parent_id)))
-        if None in shas:
-            raise ValueError("register needs hashed items (data.with_hashes)")
-        reviews -= set(session.scalars(select(ReviewTrainingUse.review_id)
-                                       .where(ReviewTrainingUse.model_version_id == version.id)))
-        for review_id in sorted(reviews):
-            session.add(ReviewTrainingUse(review_id=review_id, model_version_id=version.id))
-        model_versions.record_training_images(session, version.id, shas)
-        return version.id
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -615,58 +552,6 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     log.info("wrote %s; registered as model version %d (inactive: `cxr-train promote %d` makes it the scorer's)",
              checkpoint_path, version_id, version_id)
     return TrainResult(checkpoint_path, version_id, metrics)
-
-
-@dataclass(frozen=True)
-class Predictions:
-    """Calibrated probabilities of a model on the (readable) items whose labels it knows, in ``items`` order."""
-
-    items: list[data.LabelledImage]
-    labels: np.ndarray
-    probabilities: np.ndarray
-    logits: np.ndarray
-    left_out_unknown_label: int
-
-    @property
-    def patients(self) -> list[str | None]:
-        return [item.patient_id for item in self.items]
-
-
-def predict_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
-                  preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
-                  device: torch.device, offsets: list[float] | None = None) -> Predictions:
-    known = [item for item in items if item.label in classes]
-    if not known:
-        raise data.DataError(f"none of the labels {sorted({i.label for i in items})} are classes {classes}")
-    loader = make_loader(data.LabelledDataset(known, classes, preprocessing), batch_size=batch_size,
-                         workers=workers, device=device)
-    logits, labels, _ = evaluate(model, loader, device)
-    # float64: float32 probabilities round p_i / (p_i + p_j) to 1 once (z_i - z_j) / T passes about 17, which ties
-    # images whose logits do not tie (a sharp temperature does that to many), and pairwise AUROCs count ties as 1/2
-    probabilities = calibrated_probabilities(torch.from_numpy(logits).double(), temperature, offsets).numpy()
-    return Predictions(known, labels, probabilities, logits, len(items) - len(known))
-
-
-def prediction_metrics(predictions: Predictions, classes: list[str], *, n_resamples: int = DEFAULT_RESAMPLES) -> dict:
-    """Calibrated metrics with bootstrap intervals (by patient), and accuracy per source."""
-    y, p = predictions.labels, predictions.probabilities
-    metrics = classification_metrics(y, p, classes)
-    metrics["ece"] = expected_calibration_error(p, y)
-    metrics["balanced_accuracy"] = balanced_accuracy(y, p)
-    metrics["intervals"] = bootstrap_summary(y, p, classes, predictions.patients, n_resamples=n_resamples)
-    sources = [item.source for item in predictions.items]
-    metrics["per_source"] = accuracy_by_group(sources, y, p, classes)
-    metrics["left_out_unknown_label"] = predictions.left_out_unknown_label
-    return metrics
-
-
-def evaluate_items(model: nn.Module, items: list[data.LabelledImage], classes: list[str],
-                   preprocessing: Preprocessing, temperature: float, *, batch_size: int, workers: int,
-                   device: torch.device) -> dict:
-    """Calibrated metrics with bootstrap intervals, and accuracy per source, of a model on the (readable)
-    items whose labels it knows."""
-    return prediction_metrics(predict_items(model, items, classes, preprocessing, temperature,
-                                            batch_size=batch_size, workers=workers, device=device), classes)
 
 
 _STATE_KEYS = ("config", "epoch", "model", "optimizer", "scheduler", "history", "best", "val_sha256")

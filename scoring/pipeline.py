@@ -29,28 +29,31 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader
 
 from db import results
 from db.engine import read_session, write_session
 from db.hashing import file_sha256
 from db.results import FileStat, KnownFile
 from scoring import imaging
-from scoring.model import (
-    Checkpoint,
-    Preprocessing,
-    autocast,
-    autocast_dtype,
-    normalised_entropy,
+from scoring.decoding import (
+    DecodeDataset,
+    DecodedBatch,
+    DecodedItem,
+    codec_threads,
+    collate_decoded,
+    decode_side,
+    input_preprocessings,
+    start_worker_reader,
 )
-from scoring.workers import exit_with_parent
+from scoring.model import Checkpoint, normalised_entropy
+from scoring.scorer import ModelThreads, Scorer
 
 log = logging.getLogger("cxr.score")
 
@@ -58,7 +61,6 @@ TRIAGE_CHUNK = 2000
 HASH_THREADS = 4
 
 # Failure reasons of the scorer itself, beside the reader's (scoring.imaging.REASONS).
-PREPROCESS_FAILED = "preprocess_failed"
 INVALID_SCORE = "invalid_score"  # the model gave NaN or infinite probabilities
 SCORE_FAILED = "score_failed"  # the model raised on this image
 WRITE_FAILED = "write_failed"  # storing the image's result raised (a constraint, a value the driver refused)
@@ -223,152 +225,23 @@ class Triage:
         self.jobs.append(job)
 
 
-# --- decoding (in DataLoader workers) -------------------------------------------------------------------
-
-# What a worker sends for one file, plain values only so that unpickling a batch in the scoring process is
-# cheap: (index into the jobs, (reason, message) or None, the images table's values or None, (in_scope, why)
-# or None, whether its StudyDate was refused as not a valid DICOM date).
-DecodedItem = tuple[int, tuple[str, str] | None, dict[str, Any] | None, tuple[bool, str] | None, bool]
-
-
-class DecodedBatch(NamedTuple):
-    """A batch as it crosses from a worker: one contiguous tensor of the in-scope images (in item order) per
-    preprocessing, and plain metadata."""
-
-    pixels: torch.Tensor | None  # the active version's preprocessing
-    items: tuple[DecodedItem, ...]
-    decode_seconds: float = 0.0  # what producing the batch took its worker (ModelThreads compares the model to it)
-    other_pixels: tuple[torch.Tensor, ...] = ()  # the same images, for each further preprocessing (challengers')
-
-
-# Seconds this process spent in DecodeDataset.__getitem__ since the last collate: a DataLoader worker fetches one
-# batch's items and then collates them, one batch at a time, so the sum belongs to the batch being collated.
-_decoding = threading.local()
-
-
-class DecodeDataset(Dataset):
-    """Reads, checks scope and preprocesses one file (once per preprocessing: the active version's first); errors
-    come back as data, never as exceptions."""
-
-    def __init__(self, jobs: list[Job], preprocess: Sequence[Callable[..., torch.Tensor]], read_timeout: float,
-                 min_side: int | None = None):
-        self.paths = [job.stat.path for job in jobs]
-        self.preprocess = tuple(preprocess)
-        self.read_timeout = read_timeout
-        self.min_side = min_side
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[tuple[torch.Tensor, ...] | None, DecodedItem]:
-        started = time.perf_counter()
-        try:
-            return self._decode(index)
-        finally:
-            _decoding.seconds = getattr(_decoding, "seconds", 0.0) + time.perf_counter() - started
-
-    def _decode(self, index: int) -> tuple[tuple[torch.Tensor, ...] | None, DecodedItem]:
-        try:
-            image = imaging.read_xray(self.paths[index], timeout=self.read_timeout, min_side=self.min_side)
-        except imaging.XRayReadError as exc:
-            return None, (index, (exc.reason, str(exc)), None, None, False)
-        scope = imaging.in_scope(image.meta)
-        values = results.image_values(image.meta)  # here, in the worker, not in the scoring process
-        bad_date = results.refused_study_date(image.meta)
-        if not scope[0]:
-            return None, (index, None, values, scope, bad_date)
-        try:
-            # preprocess refuses an image for its shape alone (not 2-D, empty), whatever its parameters: one
-            # preprocessing failing means they all do
-            tensors = tuple(preprocess(image.pixels, image.stored_shape) for preprocess in self.preprocess)
-        except (ValueError, RuntimeError) as exc:
-            return None, (index, (PREPROCESS_FAILED, f"{self.paths[index]}: {exc}"), None, None, False)
-        return tensors, (index, None, values, scope, bad_date)
-
-
-def collate_decoded(samples: list[tuple[tuple[torch.Tensor, ...] | None, DecodedItem]]) -> DecodedBatch:
-    tensors = [sample for sample, _ in samples if sample is not None]
-    seconds, _decoding.seconds = getattr(_decoding, "seconds", 0.0), 0.0
-    stacked = [_stack([sample[k] for sample in tensors]) for k in range(len(tensors[0]))] if tensors else [None]
-    return DecodedBatch(stacked[0], tuple(item for _, item in samples), seconds, tuple(stacked[1:]))
-
-
-def _stack(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """One tensor; in a worker it is stacked straight into shared memory (as torch's default_collate does), so
-    sending it to the scoring process is one storage and no further copy."""
-    out = None
-    if get_worker_info() is not None:
-        first = tensors[0]
-        storage = first._typed_storage()._new_shared(len(tensors) * first.numel(), device=first.device)
-        out = first.new(storage).resize_(len(tensors), *first.shape)
-    return torch.stack(tensors, out=out)
-
-
-def input_preprocessings(checkpoint: Checkpoint, challengers: Sequence[Checkpoint] = ()) -> tuple[Preprocessing, ...]:
-    """The distinct preprocessings of the run's models, the active version's first: a batch carries one tensor
-    for each (usually one: the versions of a project share input size and preprocessing)."""
-    return tuple(dict.fromkeys([checkpoint.preprocessing, *(c.preprocessing for c in challengers)]))
-
-
-def decode_side(checkpoint: Checkpoint, challengers: Sequence[Checkpoint] = ()) -> int:
-    """The reduced decode's ``min_side``: twice the active version's input side, as when it scores alone, so its
-    predictions do not depend on the challengers; raised to a challenger's input side where that is larger,
-    so that no model is fed an image enlarged from a smaller decode."""
-    return max([2 * checkpoint.input_size, *(c.input_size for c in challengers)])
-
+# --- decoding: scoring.decoding, in DataLoader workers ---------------------------------------------------
 
 def make_loader(jobs: list[Job], checkpoint: Checkpoint, options: ScoringOptions,
                 challengers: Sequence[Checkpoint] = ()) -> DataLoader:
     """Batches of ``jobs``, each file decoded once, with a tensor per :func:`input_preprocessings`."""
     on_cuda = options.device.type == "cuda"
     return DataLoader(
-        DecodeDataset(jobs, input_preprocessings(checkpoint, challengers), options.read_timeout,
+        DecodeDataset([job.stat.path for job in jobs], input_preprocessings(checkpoint, challengers),
+                      options.read_timeout,
                       decode_side(checkpoint, challengers) if options.reduced_decode else None),
         batch_size=options.batch_size,
         num_workers=options.workers,
         collate_fn=collate_decoded,
         pin_memory=on_cuda,
         prefetch_factor=4 if options.workers > 0 else None,
-        worker_init_fn=functools.partial(_start_worker_reader, codec_threads(options.workers), os.getpid()),
+        worker_init_fn=functools.partial(start_worker_reader, codec_threads(options.workers), os.getpid()),
     )
-
-
-def codec_threads(workers: int) -> int:
-    """Threads for each decoder that can use them (OpenJPEG): the cores the decode workers leave unused.
-    With as many workers as cores (run.default_workers on a CPU) this is 1."""
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
-
-
-def _start_worker_reader(threads: int, scorer_pid: int, _worker_id: int) -> None:
-    """Each worker starts its isolated decoder at once, so the first batch doesn't wait for it.
-
-    Every OpenJPEG build here (Pillow's, pylibjpeg-openjpeg's, GDCM's) reads OPJ_NUM_THREADS when it creates a
-    decoder; the isolated decoder inherits it. A value the user set is kept."""
-    exit_with_parent(scorer_pid)
-    os.environ.setdefault("OPJ_NUM_THREADS", str(threads))
-    imaging.start_reader_process()
-
-
-# --- the model ------------------------------------------------------------------------------------------
-
-class Scorer:
-    """The checkpoint's model on a device, returning calibrated probabilities for a batch.
-
-    channels_last everywhere (oneDNN and cuDNN convolutions are faster that way); the precision is the one
-    training uses too (:func:`scoring.model.autocast_dtype`).
-    """
-
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, precision: str = "auto"):
-        self.checkpoint, self.device = checkpoint, device
-        self.model = checkpoint.build().to(device, memory_format=torch.channels_last)
-        self.autocast_dtype = autocast_dtype(device, precision)
-
-    @torch.inference_mode()
-    def probabilities(self, batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(self.device, non_blocking=self.device.type == "cuda", memory_format=torch.channels_last)
-        with autocast(self.device, self.autocast_dtype):
-            logits = self.model(batch)
-        return self.checkpoint.probabilities(logits.float()).cpu()  # its temperature and offsets
 
 
 # --- the run --------------------------------------------------------------------------------------------
@@ -625,96 +498,6 @@ class ScoringPass:
         with session.begin_nested():
             results.add_failures(session, self.run_id, failed)
         return failed
-
-
-class ModelThreads:
-    """Gives a small model one CPU thread when decoding sets the pace.
-
-    Why: the model's intra-op threads (OpenMP) wait at every barrier for a thread the decode workers have pushed
-    off its core, and spin meanwhile on the cores those workers need. Each wait costs about a scheduler time
-    slice, so it ruins a model whose operations last microseconds and hardly touches one whose operations last
-    milliseconds. Measured on this 2-core machine: a 32 px ResNet-18 (a batch of 32 in about 30 ms on one thread,
-    half of what cxr-dev's decoding takes per image) scored 25-35 % faster on one thread, and a batch the model
-    runs in 15 ms alone took it 150-800 ms beside the workers; ResNet-18 at 224 px on the full-size archive (a batch
-    in 0.9 s on one thread, at about the same ratio to decoding) was 13 % slower on one thread. So: the model is timed
-    alone on one thread before the workers start (dummy images), and a model whose batch takes under
-    :data:`SMALL_BATCH_S` there runs on one thread when, over the first batches, it needs less than
-    :data:`KEEP_UP` of the time the workers take to decode the same images (their own seconds per image). Decided
-    once per pass and undone when the pass ends; never on a GPU, with decoding in the scoring process (no
-    workers), or when the user chose the threads (``--threads``).
-    """
-
-    WARM_UP = 1  # the first batch's decoders are still importing their codecs
-    WINDOW = 2
-    KEEP_UP = 0.8
-    SMALL_BATCH_S = 0.1
-    BATCH = 32  # probe images: the per-call cost of smaller batches would hide a small model's real speed
-
-    def __init__(self, enabled: bool, workers: int = 1):
-        self.enabled, self.workers = enabled, max(1, workers)
-        self.model_seconds_per_image: float | None = None  # on one thread
-        self._seen = self._images = 0
-        self._decoding = 0.0
-        self._threads_before = torch.get_num_threads()
-
-    def __enter__(self) -> ModelThreads:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        torch.set_num_threads(self._threads_before)
-
-    def measure(self, *scorers: Scorer) -> None:
-        """Times the models alone on one thread, on dummy images (call it before the loader starts its workers);
-        several (the active version and its challengers, which run one after the other on every batch) count
-        as one model taking their sum. Models that are not small are left their threads without further ado."""
-        if not self.enabled or self._threads_before == 1:
-            return
-        torch.set_num_threads(1)
-        small, per_image = True, 0.0
-        try:
-            for scorer in scorers:
-                sample = scorer.checkpoint.preprocessing(np.zeros((64, 64), dtype=np.float32))
-                # one image costs several times its share of a batch (per-call costs): a loose first check, so
-                # that the batch is timed only for a model that may be small (at most 4 x SMALL_BATCH_S)
-                small = self._seconds_per_image(scorer, sample, 1) * self.BATCH < 4 * self.SMALL_BATCH_S
-                if not small:
-                    break
-                per_image += self._seconds_per_image(scorer, sample, self.BATCH)
-            small = small and per_image * self.BATCH < self.SMALL_BATCH_S
-        finally:
-            torch.set_num_threads(self._threads_before)
-        if small:
-            self.model_seconds_per_image = per_image
-        else:
-            self.enabled = False
-
-    @staticmethod
-    def _seconds_per_image(scorer: Scorer, sample: torch.Tensor, images: int) -> float:
-        batch = sample.expand(images, *sample.shape).contiguous()
-        started = time.perf_counter()
-        scorer.probabilities(batch)
-        return (time.perf_counter() - started) / images
-
-    def observe(self, decode_seconds: float, images: int) -> None:
-        if not self.enabled or self.model_seconds_per_image is None:
-            return
-        self._seen += 1
-        if self._seen <= self.WARM_UP:
-            return
-        self._decoding += decode_seconds
-        self._images += images
-        if self._seen < self.WARM_UP + self.WINDOW or not self._images:
-            return
-        self.enabled = False
-        threads = torch.get_num_threads()
-        decoding = self._decoding / self._images / self.workers  # seconds per image with the workers in parallel
-        log.debug("model %.2f ms per image on one thread, decoding %.2f ms per image across %d workers",
-                  1000 * self.model_seconds_per_image, 1000 * decoding, self.workers)
-        if threads > 1 and self.model_seconds_per_image < self.KEEP_UP * decoding:
-            torch.set_num_threads(1)
-            log.info("decoding sets the pace (%.1f ms per image across %d workers; the model alone %.1f ms per image "
-                     "on one thread): the model runs on 1 thread instead of %d so the decoders keep their cores",
-                     1000 * decoding, self.workers, 1000 * self.model_seconds_per_image, threads)
 
 
 class BatchWriter:

@@ -226,7 +226,7 @@ def default_workers(device: torch.device | None = None) -> int:
     598 img/s with 8 workers to 828 with 15. On this 2-core CPU, 1 and 2 workers could not be told apart under
     the shared load of about 7 (cxr-dev, 600 files: 15.8/14.4 vs 15.4/15.7 img/s at 224 px, 103/46 vs 84/53 at
     32 px; the 48-film archive: 5.7/5.3 vs 5.2/7.4 img/s), so the rule above decides. Fewer workers than cores
-    give OpenJPEG the spare cores instead (pipeline.codec_threads).
+    give OpenJPEG the spare cores instead (decoding.codec_threads).
     """
     cores = os.cpu_count() or 1
     return max(1, cores - 1) if device is not None and device.type == "cuda" else cores

@@ -18,7 +18,7 @@ from db import model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, Prediction, Review, Reviewer, ReviewTrainingUse
 from db.reviews import add_review
-from model_training import cli, data, recalibrate, train
+from model_training import cli, data, recalibrate, registration, train
 from model_training.calibration import balanced_nll, fit_temperature_and_offsets, softmax
 from model_training.evaluation import compare_checkpoints
 from scoring import cli as scoring_cli
@@ -120,7 +120,7 @@ def parent_version(run: train.TrainResult, small_set: Path, out: Path, url: str)
     checkpoint.temperature = 1.0
     checkpoint.training["name"] = "v1"
     path = save_checkpoint(out / "model.pt", checkpoint)
-    version_id = train.register(url, path, checkpoint, data.with_hashes(data.load_labelled(small_set)))
+    version_id = registration.register(url, path, checkpoint, data.with_hashes(data.load_labelled(small_set)))
     return train.TrainResult(path, version_id, run.metrics)
 
 

@@ -18,8 +18,9 @@ from db.engine import read_session, write_session
 from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun
 from db.results import FileStat
 from scoring import pipeline
+from scoring.decoding import DecodeDataset, DecodedBatch, collate_decoded
 from scoring.model import load_checkpoint
-from scoring.pipeline import ModelThreads
+from scoring.scorer import ModelThreads
 
 CLASSES = ["covid", "normal", "pneumonia"]
 VALUES = results.image_values({"format": "png", "rows": 8, "cols": 8})
@@ -51,11 +52,11 @@ def jobs(n: int, start: int = 0) -> list[pipeline.Job]:
     return [pipeline.Job(FileStat(f"/in/{i:04d}.png", 100 + i, i), f"{i:064x}") for i in range(start, start + n)]
 
 
-def batch(indices: range, values: dict | None = None) -> pipeline.DecodedBatch:
+def batch(indices: range, values: dict | None = None) -> DecodedBatch:
     """In-scope images whose first pixel is their index."""
     pixels = torch.zeros(len(indices), 1, 8, 8)
     pixels[:, 0, 0, 0] = torch.tensor(list(indices), dtype=torch.float32)
-    return pipeline.DecodedBatch(pixels, tuple((i, None, dict(values or VALUES), (True, "no_metadata"), False)
+    return DecodedBatch(pixels, tuple((i, None, dict(values or VALUES), (True, "no_metadata"), False)
                                                for i in indices))
 
 
@@ -77,7 +78,7 @@ def test_a_batch_crosses_as_one_tensor_and_plain_values():
                (None, (1, ("truncated", "/in/b: cut"), None, None, False)),
                (None, (2, None, VALUES, (False, "modality:MR"), False)),
                ((tensors[2],), (3, None, VALUES, (True, "ok"), False))]
-    collated = pipeline.collate_decoded(samples)
+    collated = collate_decoded(samples)
     assert collated.pixels.shape == (2, 1, 8, 8) and collated.pixels.is_contiguous()
     assert collated.pixels[1, 0, 0, 0] == 2.0 and collated.other_pixels == ()
     assert [item[0] for item in collated.items] == [0, 1, 2, 3]
@@ -259,11 +260,11 @@ def test_a_model_that_is_not_small_keeps_its_threads_without_watching_the_decode
 
 
 def test_a_collated_batch_carries_its_decoding_seconds(tmp_path):
-    dataset = pipeline.DecodeDataset([], [lambda pixels, shape: torch.zeros(1)], read_timeout=5)
+    dataset = DecodeDataset([], [lambda pixels, shape: torch.zeros(1)], read_timeout=5)
     dataset.paths = [str(tmp_path / "missing.png")] * 3
-    first = pipeline.collate_decoded([dataset[i] for i in range(3)])
+    first = collate_decoded([dataset[i] for i in range(3)])
     sample = dataset[0]
-    second = pipeline.collate_decoded([sample])
-    again = pipeline.collate_decoded([sample])  # nothing decoded since the last batch
+    second = collate_decoded([sample])
+    again = collate_decoded([sample])  # nothing decoded since the last batch
     assert first.decode_seconds > 0 and second.decode_seconds > 0 and again.decode_seconds == 0
     assert [item[1][0] for item in first.items] == ["not_found"] * 3

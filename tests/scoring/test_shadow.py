@@ -24,7 +24,7 @@ from sqlalchemy import func, select
 from db import migrate, model_versions, overview, results
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, Prediction, ScoringFailure, ScoringRun
-from scoring import cli, imaging, pipeline
+from scoring import cli, decoding, imaging, pipeline
 from scoring.model import (
     Checkpoint,
     Preprocessing,
@@ -184,7 +184,7 @@ def test_the_decode_side_is_the_active_version_s_unless_a_challenger_needs_more(
     def checkpoint(size: int) -> Checkpoint:
         return Checkpoint("resnet18", CLASSES, Preprocessing(size), {})
 
-    assert pipeline.decode_side(checkpoint(active_size), [checkpoint(s) for s in challenger_sizes]) == side
+    assert decoding.decode_side(checkpoint(active_size), [checkpoint(s) for s in challenger_sizes]) == side
 
 
 def test_a_challenger_with_another_input_size_shares_the_decode(capsys, sqlite_url, tiny_checkpoint, checkpoints,
