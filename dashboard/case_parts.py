@@ -10,14 +10,15 @@ import streamlit as st
 from dashboard import actions, data, reading, viewer
 from dashboard.case_session import CaseDraft
 from dashboard.layout import guarded, plain
-from db.cases import CaseDetail
+from db.cases import CaseDetail, PriorStudy
 from db.signin import Account
 from db.worklist import WorklistFilter
-from scoring.imaging import AS_READ, XRayReadError, apply_window
+from scoring.imaging import XRayReadError
 from scoring.imaging.verified import NoVerifiedCopy
-from scoring.imaging.viewing import Window
 
-CUSTOM = "custom (sliders)"
+VIEWER_KEYS = ("Drag: window/level · right drag: pan · Ctrl+wheel: zoom · double click: reset  \n"
+               "D as read · A auto · F full range · H header windows · I invert · M magnifier · Z reset · + − zoom  \n"
+               "O overlay · B blink it · [ ] its opacity · X side by side · V the prior beside it")
 
 
 # --- the header and claims -----------------------------------------------------------------------------
@@ -26,7 +27,8 @@ def case_caption(container, detail: CaseDetail, me: Account, notice: str | None)
     """Under the case number: the last action's notice, the study's attributes, and the file name for admins only
     (file names can carry patient names and record numbers; reviewers see the case number)."""
     image = detail.image
-    parts = [notice, image.modality, image.view_position,
+    parts = [notice, "synthetic demo data, not patients" if detail.is_synthetic else None,
+             image.modality, image.view_position,
              f"study {image.study_date.isoformat()}" if image.study_date else None,
              image.file_name if me.is_admin else None]
     container.caption(plain(" · ".join(part for part in parts if part)) or "\u00a0")
@@ -47,19 +49,16 @@ def claim_banner(me: Account, draft: CaseDraft) -> None:
 
 # --- the image -----------------------------------------------------------------------------------------
 
+_viewer = st.components.v2.component("cxr_case_viewer", js=viewer.script())
+
+
 def _toggle(key: str) -> None:
     st.session_state[key] = not st.session_state.get(key, False)
 
 
-def _reset_zoom() -> None:
-    st.session_state["zoom_key"] = st.session_state.get("zoom_key", 0) + 1
-
-
-@st.cache_data(ttl=600, max_entries=64, show_spinner=False)
-def grey_png(image_id: int, preset: str, custom: tuple[float, float] | None, invert: bool) -> bytes:
-    image = data.viewing_image(image_id)
-    window = Window(CUSTOM, *custom, "LINEAR_EXACT") if custom else image.window(preset)
-    return viewer.grey_png(apply_window(image, window), invert=invert)
+@st.cache_data(ttl=600, max_entries=32, show_spinner=False)
+def film_payload(image_id: int, title: str) -> dict:
+    return viewer.film(data.viewing_image(image_id)).payload(case=image_id, title=title)
 
 
 @st.cache_resource(ttl=1800, max_entries=32, show_spinner=False)
@@ -70,19 +69,18 @@ def attribution(image_id: int, version_id: int, method: str, target: str):
 
 
 @st.cache_data(ttl=600, max_entries=32, show_spinner=False)
-def overlay_png(image_id: int, version_id: int, method: str, target: str, opacity: float,
-                preset: str, custom: tuple[float, float] | None, invert: bool) -> bytes:
-    image = data.viewing_image(image_id)
-    window = Window(CUSTOM, *custom, "LINEAR_EXACT") if custom else image.window(preset)
+def overlay_payload(image_id: int, version_id: int, method: str, target: str, title: str) -> dict:
     amap = attribution(image_id, version_id, method, target)
     heat = viewer.normalised_attribution(amap.values, amap.value_max)
-    return viewer.overlay_png(apply_window(image, window), heat, opacity=opacity, invert=invert)
+    png = viewer.heat_png(heat, data.viewing_image(image_id).values.shape)
+    return dict(png=viewer.data_url(png), title=title, stops=viewer.colour_scale_stops())
 
 
-def image_panel(detail: CaseDetail, *, hidden: bool) -> bool:
-    """The image (and the overlay, if on and allowed); returns whether an overlay was shown."""
+def image_panel(detail: CaseDetail, *, hidden: bool, prior: PriorStudy | None = None) -> bool:
+    """The film, filling the screen's height (windowed in the browser), with the overlay blended in when it is on
+    and allowed, and a prior study beside it when one is asked for; returns whether an overlay was shown."""
     try:
-        image = data.viewing_image(detail.image.id)
+        current = film_payload(detail.image.id, _film_title(detail.image.id, detail.image.study_date, "this study"))
     except NoVerifiedCopy as exc:
         st.error(f"This case's film cannot be shown: {exc}. It was changed, moved or deleted after it was scored; "
                  "scoring the folder that now holds it records its new place.", icon=":material/image_not_supported:")
@@ -90,72 +88,68 @@ def image_panel(detail: CaseDetail, *, hidden: bool) -> bool:
     except XRayReadError as exc:
         st.error(f"The image cannot be read now ({exc.reason}).")
         return False
-    controls = st.columns([2.4, 1.2, 1.3, 1.6], vertical_alignment="bottom")
-    preset = controls[0].selectbox("Window", [*image.presets, CUSTOM], key="window_preset",
-                                   help="The header's own windows, the reader's percentile window (auto) and the "
-                                        "full range of values. 'As read by the model' is what the model saw.")
-    controls[1].button("Invert", key="invert_button", shortcut="I", on_click=_toggle, args=("invert",))
-    controls[2].button("Overlay", key="overlay_button", shortcut="O", on_click=_toggle, args=("overlay_on",),
-                       disabled=hidden or detail.prediction is None)
-    controls[3].button("Reset zoom", key="zoom_button", shortcut="Z", on_click=_reset_zoom)
-    custom = _custom_window(image) if preset == CUSTOM else None
-    invert = st.session_state.get("invert", False)
+    films = [current]
+    if prior is not None:
+        try:
+            films.append(film_payload(prior.image_id, _film_title(prior.image_id, prior.study_date, "prior")))
+        except (NoVerifiedCopy, XRayReadError) as exc:
+            st.warning(f"The prior study (case {prior.image_id}) cannot be shown: {exc}.")
     overlay_on = st.session_state.get("overlay_on", False) and not hidden and detail.prediction is not None
-    pictures = [("image" + (" (inverted)" if invert else ""),
-                 grey_png(detail.image.id, preset if preset != CUSTOM else AS_READ, custom, invert))]
-    shape = image.pixels.shape
-    if overlay_on:
-        overlay = _overlay(detail, preset if preset != CUSTOM else AS_READ, custom, invert)
-        if overlay is None:
-            overlay_on = False
-        else:
-            pictures.append(overlay)
-    st.plotly_chart(viewer.figure(pictures, shape=shape, zoom_key=st.session_state.get("zoom_key", 0),
-                                  legend=overlay_on), config=viewer.PLOTLY_CONFIG, key="case_figure")
-    if overlay_on:
-        _overlay_caption(detail)
-    elif hidden:
-        st.caption("Read-first mode: overlays stay hidden until you have chosen a label.")
-    else:
-        st.caption("Overlay off (press O to show where the model looked). Scroll to zoom, drag to pan.")
-    return overlay_on
+    overlay = _overlay(detail) if overlay_on else None
+    _viewer(data=dict(films=films, overlay=overlay), key="case_viewer")
+    return overlay is not None
 
 
-def _custom_window(image) -> tuple[float, float]:
-    low, high = float(image.full.center - image.full.width / 2), float(image.full.center + image.full.width / 2)
-    step = (high - low) / 200 or 0.01
+def _film_title(image_id: int, study_date, what: str) -> str:
+    return f"{what} · case {image_id}" + (f" · {study_date.isoformat()}" if study_date else " · no study date")
+
+
+def overlay_controls(detail: CaseDetail) -> None:
+    """Which map the overlay shows (its opacity, blink and split are the viewer's own: no round trip)."""
+    from scoring.attribution import METHOD_INFO, METHODS
+
+    classes = list(detail.prediction.classes)
     cols = st.columns(2)
-    center = cols[0].slider("Level (centre)", low, high, float(image.auto.center), step, key="window_center")
-    width = cols[1].slider("Width", step, high - low + step, float(image.auto.width), step, key="window_width")
-    return center, width
+    cols[0].selectbox("Map", METHODS, key="overlay_method", format_func=lambda m: METHOD_INFO[m].label)
+    cols[1].selectbox("For class", classes, index=classes.index(detail.prediction.predicted_class),
+                      key=f"overlay_class_{detail.image.id}")
 
 
-def _overlay(detail: CaseDetail, preset: str, custom, invert: bool) -> tuple[str, bytes] | None:
-    from scoring.attribution import METHOD_INFO, METHODS, AttributionError
+def _overlay_choice(detail: CaseDetail) -> tuple[str, str]:
+    """The map the reader chose (the widgets sit in the reading panel, drawn after the viewer)."""
+    from scoring.attribution import METHODS
+
+    method = st.session_state.get("overlay_method") or METHODS[0]
+    target = st.session_state.get(f"overlay_class_{detail.image.id}") or detail.prediction.predicted_class
+    return method, target
+
+
+def _overlay_title(method: str, target: str) -> str:
+    from scoring.attribution import METHOD_INFO
+
+    return f"{METHOD_INFO[method].label} · {target}"
+
+
+def _overlay(detail: CaseDetail) -> dict | None:
+    from scoring.attribution import METHOD_INFO, AttributionError
 
     prediction = detail.prediction
-    cols = st.columns([2, 2, 2])
-    method = cols[0].selectbox("Method", METHODS, key="overlay_method", format_func=lambda m: METHOD_INFO[m].label)
-    classes = list(prediction.classes)
-    target = cols[1].selectbox("Class", classes, index=classes.index(prediction.predicted_class),
-                               key=f"overlay_class_{detail.image.id}")
-    opacity = cols[2].slider("Opacity", 0.1, 1.0, 0.6, 0.05, key="overlay_opacity")
-    args = (detail.image.id, prediction.model_version_id, method, target, opacity, preset, custom, invert)
+    method, target = _overlay_choice(detail)
     try:
         # Streamlit shows a spinner only after half a second: a stored map appears without one.
         with st.spinner(f"Computing {METHOD_INFO[method].label} for {target}…"):
-            png = overlay_png(*args)
+            return overlay_payload(detail.image.id, prediction.model_version_id, method, target,
+                                   _overlay_title(method, target))
     except (AttributionError, XRayReadError, NoVerifiedCopy) as exc:
         st.error(f"No attribution map: {exc}")
         return None
-    return (f"{METHOD_INFO[method].label} · {target}", png)
 
 
-def _overlay_caption(detail: CaseDetail) -> None:
+def overlay_caption(detail: CaseDetail) -> None:
     from scoring.attribution import METHOD_INFO, WHAT_A_MAP_SHOWS
     from scoring.attribution.engine import method_with_settings
 
-    method, target = st.session_state["overlay_method"], st.session_state[f"overlay_class_{detail.image.id}"]
+    method, target = _overlay_choice(detail)
     amap = attribution(detail.image.id, detail.prediction.model_version_id, method, target)
     settings = ", ".join(f"{k}={v}" for k, v in sorted(amap.params.items()))
     info = METHOD_INFO[method]
@@ -170,7 +164,7 @@ def _overlay_caption(detail: CaseDetail) -> None:
 # --- the model's output, history, metadata -------------------------------------------------------------
 
 def model_output(me: Account, detail: CaseDetail, *, hidden: bool) -> None:
-    st.subheader("Model")
+    st.markdown("##### Model")
     if hidden:
         st.info("Read-first mode: the model's output appears once you have chosen a label.",
                 icon=":material/visibility_off:")
@@ -179,13 +173,13 @@ def model_output(me: Account, detail: CaseDetail, *, hidden: bool) -> None:
     if p is None:
         st.info("No prediction of this model version for this image.")
         return
-    st.markdown(f"**{p.predicted_class}** · confidence {p.confidence:.2f} · uncertainty (normalised entropy) "
-                f"{p.entropy:.2f}")
+    st.markdown(f"**{p.predicted_class}** · confidence {p.confidence:.2f} · uncertainty {p.entropy:.2f}",
+                help="Confidence: the calibrated probability of the predicted class. Uncertainty: the normalised "
+                     "entropy of all classes' probabilities (0 sure, 1 no preference).")
     st.caption(f"Model version {plain(p.version_label)}" + (" (active)" if p.is_active else "")
                + (" · synthetic" if p.is_synthetic else "") + f" · scored {p.scored_at:%Y-%m-%d %H:%M} UTC")
-    for name in p.classes:
-        value = p.probabilities.get(name, 0.0)
-        st.progress(min(1.0, max(0.0, value)), text=f"{name}: {value:.3f}")
+    shares = {name: p.probabilities.get(name, 0.0) for name in p.classes}
+    st.markdown("  \n".join(f"`{_bar(value)}` {plain(name)} {value:.3f}" for name, value in shares.items()))
     if detail.other_predictions and me.is_admin:  # readers see the active version's output only
         st.caption("Other model versions that scored this image (admins only)")
         st.dataframe([{"version": o.version_label + (" (challenger, hidden from readers)" if o.is_challenger else ""),
@@ -194,8 +188,15 @@ def model_output(me: Account, detail: CaseDetail, *, hidden: bool) -> None:
                      hide_index=True)
 
 
+def _bar(value: float, cells: int = 12) -> str:
+    """A probability as a neutral text bar (eighths of a cell), so the classes compare at a glance."""
+    eighths = round(min(1.0, max(0.0, value)) * cells * 8)
+    full, rest = divmod(eighths, 8)
+    return ("█" * full + (" ▏▎▍▌▋▊▉"[rest] if rest else "")).ljust(cells, "·")
+
+
 def history(detail: CaseDetail) -> None:
-    st.subheader("Review history")
+    st.markdown("##### Review history")
     if not detail.reviews:
         st.caption("Not reviewed yet.")
         return
@@ -246,7 +247,7 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
     """The form. Its widgets are keyed by the case, so that the browser never carries a value from one case to the
     next; a case opened again shows its own unsaved draft. Saving runs as the button's callback, before the next
     rerun, which then shows the next case (``after_save``) at once."""
-    st.subheader("Your reading")
+    st.markdown("##### Your reading")
     if not draft.claim.claimed:
         st.caption("Held by another reviewer: choose a second reading above to record yours.")
         return
@@ -266,7 +267,7 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
     st.session_state.setdefault(comment_key(draft.image_id), draft.comment)
     st.checkbox("Flag for retraining", key=flag_key(draft.image_id), on_change=_keep_flag, args=(draft,),
                 help="Ticked for you when your label differs from the model's prediction.")
-    st.text_area("Comment", key=comment_key(draft.image_id), height=80, max_chars=2000, on_change=_keep_comment,
+    st.text_area("Comment", key=comment_key(draft.image_id), height=68, max_chars=2000, on_change=_keep_comment,
                  args=(draft,), help="Taken when you leave the box (Tab, Escape or a click) or press Ctrl+Enter. "
                                      "Inside the box the keys type text; leave it, then S saves.")
     st.button("Save and next", key="save_review", type="primary", shortcut="S", disabled=not draft.label,
@@ -288,36 +289,78 @@ def _save(me: Account, detail: CaseDetail, draft: CaseDraft, read_first: bool, a
     after_save()
 
 
-def shortcuts_help(detail: CaseDetail) -> None:
-    numbers = ", ".join(f"{n} {label}" for n, label in enumerate(detail.labels, start=1))
-    st.sidebar.markdown("**Keys**  \n"
-                        f"{numbers}  \n"
-                        "S save and next · N next · P previous (without saving)  \n"
-                        "O overlay · I invert · Z reset zoom  \n"
-                        "In the comment box keys type text: Tab or Escape out, then S.")
+def keys_help(detail: CaseDetail) -> None:
+    numbers = " · ".join(f"{n} {plain(label)}" for n, label in enumerate(detail.labels, start=1))
+    with st.popover("Keys", icon=":material/keyboard:"):
+        st.markdown(f"**Reading**  \n{numbers}  \nS save and next · N next · P previous (without saving)  \n"
+                    "In the comment box keys type text: Tab or Escape out, then S.")
+        st.markdown(f"**Viewer**  \n{VIEWER_KEYS}")
+
+
+# --- the overlay and the priors ------------------------------------------------------------------------
+
+def overlay_panel(detail: CaseDetail, *, hidden: bool) -> None:
+    on = st.session_state.get("overlay_on", False) and not hidden and detail.prediction is not None
+    st.button("Hide the overlay" if on else "Show where the model looked", key="overlay_button", shortcut="O",
+              on_click=_toggle, args=("overlay_on",), disabled=hidden or detail.prediction is None,
+              icon=":material/layers:", width="stretch")
+    if on:
+        overlay_controls(detail)
+        overlay_caption(detail)
+    elif hidden:
+        st.caption("Read-first mode: overlays stay hidden until you have chosen a label.")
+
+
+def _compare_key(image_id: int) -> str:
+    return f"compare_prior_{image_id}"
+
+
+def _compare(image_id: int, prior_id: int) -> None:
+    key = _compare_key(image_id)
+    st.session_state[key] = None if st.session_state.get(key) == prior_id else prior_id
+
+
+def prior_studies(detail: CaseDetail, version_id: int | None) -> PriorStudy | None:
+    """The same patient's other studies, newest first, each a button that puts it beside this film (V: the
+    newest); returns the one to show, if any."""
+    priors = data.prior_studies(detail.image.id, version_id)
+    if not priors:
+        return None
+    shown = st.session_state.get(_compare_key(detail.image.id))
+    st.markdown(f"##### Prior studies ({len(priors)})")
+    for n, prior in enumerate(priors):
+        st.button(_prior_text(prior), key=f"prior_{prior.image_id}", width="stretch",
+                  type="primary" if prior.image_id == shown else "secondary",
+                  shortcut="V" if n == 0 else None, on_click=_compare, args=(detail.image.id, prior.image_id),
+                  help="Show beside this film at the same window (again to hide).")
+    return next((p for p in priors if p.image_id == shown), None)
+
+
+def _prior_text(prior: PriorStudy) -> str:
+    when = prior.study_date.isoformat() if prior.study_date else f"seen {prior.first_seen_at:%Y-%m-%d}"
+    model = f"{prior.predicted_class} {prior.confidence:.2f}" if prior.predicted_class else "not scored"
+    read = f"read {prior.latest_label} by {prior.latest_reader}" if prior.latest_label else "not read"
+    parts = [when, f"case {prior.image_id}", prior.view_position, f"model {model}", read]
+    return plain(" · ".join(part for part in parts if part))
 
 
 def prefetch(flt: WorklistFilter, image_id: int, reviewer_id: int) -> int | None:
-    """Warm the caches for the next case (its details, its image, and its overlay when one is on and its map is
+    """Warm the caches for the next case (its details, its film, and its overlay when one is on and its map is
     already stored), so that it is on screen at once after saving or pressing N; returns its id."""
     target = data.neighbour(flt, image_id, 1, reviewer_id)
     detail = data.case_detail(target, flt.model_version_id) if target is not None else None
     if detail is None:
         return target
-    invert = st.session_state.get("invert", False)
     try:
-        preset = st.session_state.get("window_preset") or AS_READ
-        if preset == CUSTOM or preset not in data.viewing_image(detail.image.id).presets:
-            preset = AS_READ
-        grey_png(detail.image.id, preset, None, invert)
+        film_payload(detail.image.id, _film_title(detail.image.id, detail.image.study_date, "this study"))
         if st.session_state.get("overlay_on") and detail.prediction is not None:
-            _prefetch_overlay(detail, preset, invert)
+            _prefetch_overlay(detail)
     except (XRayReadError, NoVerifiedCopy):
         pass  # the next case will say so itself
     return target
 
 
-def _prefetch_overlay(detail: CaseDetail, preset: str, invert: bool) -> None:
+def _prefetch_overlay(detail: CaseDetail) -> None:
     from scoring.attribution import AttributionError, is_cached
 
     method = st.session_state.get("overlay_method")
@@ -326,7 +369,6 @@ def _prefetch_overlay(detail: CaseDetail, preset: str, invert: bool) -> None:
     if method is None or not is_cached(data.engine(), detail.image.id, version_id, method, target):
         return  # maps are computed when a reviewer asks for one, not ahead
     try:
-        overlay_png(detail.image.id, version_id, method, target,
-                    st.session_state.get("overlay_opacity", 0.6), preset, None, invert)
+        overlay_payload(detail.image.id, version_id, method, target, _overlay_title(method, target))
     except AttributionError:
         pass

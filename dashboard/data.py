@@ -111,6 +111,12 @@ def case_detail(image_id: int, version_id: int | None) -> cases.CaseDetail | Non
         return cases.case_detail(session, image_id, version_id)
 
 
+@st.cache_data(ttl=60, show_spinner=False)
+def prior_studies(image_id: int, version_id: int | None) -> list[cases.PriorStudy]:
+    with read_session(engine()) as session:
+        return cases.prior_studies(session, image_id, version_id)
+
+
 @st.cache_resource(ttl=600, max_entries=12, show_spinner=False)
 def viewing_image(image_id: int) -> ViewingImage:
     """The decoded image, read only from bytes whose hash is the image's (its first known path that still holds
@@ -186,7 +192,7 @@ def clear_after_review(image_id: int) -> None:
     for version in versions():
         case_detail.clear(image_id, version["id"])
     case_detail.clear(image_id, None)
-    for cached in (worklist_page, position, flagged, version_agreement, overview_data, summary):
+    for cached in (prior_studies, worklist_page, position, flagged, version_agreement, overview_data, summary):
         cached.clear()
 
 

@@ -45,6 +45,18 @@ def sidebar(account: Account) -> None:
         keyboard.keep_shortcuts_working()
 
 
+READING_ROOM_CSS = """<style>
+[data-testid="stMainBlockContainer"] { padding: 3.4rem 1.25rem 1rem 1.25rem; max-width: none; }
+[data-testid="stMainBlockContainer"] h4 { padding: 0.1rem 0 0 0; }
+[data-testid="stMainBlockContainer"] h5 { padding: 0.4rem 0 0.1rem 0; }
+</style>"""
+
+
+def reading_room() -> None:
+    """The case page's frame: narrow margins, so that the film can be as large as the screen."""
+    st.html(READING_ROOM_CSS)
+
+
 def guarded(callback):
     """A callback that writes: when the account was deactivated or its sessions were ended meanwhile, this browser
     is signed out with a plain notice instead of a traceback, and nothing is written."""

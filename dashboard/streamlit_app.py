@@ -9,7 +9,8 @@ import streamlit as st
 from dashboard import auth, data, layout, reading, signin
 
 # An emoji icon is drawn in the page itself; a Material icon would be fetched from Google by every browser.
-st.set_page_config(page_title="CXR Review", page_icon="🩻", layout="wide")
+# The case page collapses the sidebar for the film's sake; every other page opens it again.
+st.set_page_config(page_title="CXR Review", page_icon="🩻", layout="wide", initial_sidebar_state="expanded")
 
 WORKLIST = st.Page("views/worklist.py", title="Worklist", icon=":material/list:", url_path="worklist", default=True)
 CASE = st.Page("views/case.py", title="Case", icon=":material/radiology:", url_path="case", visibility="hidden")

@@ -1,29 +1,72 @@
-"""Pictures for the case viewer: windowed grey images and attribution overlays as PNG, shown in a plotly figure
-(zoom, pan, side by side with shared axes). Rendering is server-side numpy; the browser gets small PNGs.
+"""What the case viewer sends to the browser, and the viewer itself (``viewer.js``, a small Streamlit component).
+
+Windowing happens in the browser, as in a PACS viewer: the film's values before any window travel once, packed
+as 16-bit codes in an RGB PNG (red the high byte, green the low byte), and the browser maps them through the
+chosen window at every drag. 16 bits keep a 12-15-bit film's steps (the shrink to ``MAX_SIDE`` averages them
+anyway), and 8-bit sources exactly (255 divides 65535). The reader's own display ("as read by the model") is sent
+as grey levels only where it is not a window of those values (DICOM).
 
 The overlay's colour scale is fixed: 0 is no positive attribution to the target class, 1 is the strongest
-positive attribution in this map; values below ``OVERLAY_FLOOR`` are left transparent.
+positive attribution in this map; values below ``OVERLAY_FLOOR`` are left transparent. The map travels as an RGBA
+PNG; its opacity is the browser's, so blinking or changing it costs no round trip.
 """
 
 from __future__ import annotations
 
 import base64
 import io
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import plotly.graph_objects as go
 from matplotlib import colormaps
 from PIL import Image as PILImage
-from plotly.subplots import make_subplots
+
+from scoring.imaging import AS_READ, ViewingImage
+from scoring.imaging.viewing import Window
 
 MAX_SIDE = 1024  # pixels sent to the browser per picture
+CODES = 65535
 COLOUR_SCALE = "inferno"
 OVERLAY_FLOOR = 0.15
-LEGEND_TITLE = "share of the map's<br>strongest positive<br>attribution"
+_JS = Path(__file__).with_name("viewer.js")
+
+
+@dataclass(frozen=True)
+class Film:
+    """One film as the browser needs it (plain values, JSON-ready through :meth:`payload`)."""
+    values_png: bytes  # RGB: value codes 0..CODES over [low, high]
+    low: float
+    high: float
+    as_read_png: bytes | None  # grey; None where "as read" is a window of the values
+    windows: tuple[Window, ...]  # the presets after "as read", in the select's order
+    monochrome1: bool  # windowed values are inverted before display
+    unit_scale: float  # shown window values are value * unit_scale (8-bit sources: grey levels 0-255)
+    rows: int
+    cols: int
+
+    def payload(self, *, case: int, title: str) -> dict:
+        return dict(case=case, title=title, values=data_url(self.values_png), low=self.low, high=self.high,
+                    asRead=data_url(self.as_read_png) if self.as_read_png else None, monochrome1=self.monochrome1,
+                    unitScale=self.unit_scale, rows=self.rows, cols=self.cols,
+                    presets=[dict(label=AS_READ, center=0.5, width=1.0, function="LINEAR_EXACT")]
+                    + [dict(label=w.label, center=w.center, width=w.width, function=w.function)
+                       for w in self.windows])
+
+
+def film(image: ViewingImage) -> Film:
+    values = fit(np.asarray(image.values, dtype=np.float32))
+    low, high = float(image.full.center - image.full.width / 2), float(image.full.center + image.full.width / 2)
+    is_window_of_values = image.values is image.pixels  # PNG, JPEG, colour DICOM: values are the display
+    return Film(values_png=pack_codes(values, low, high), low=low, high=high,
+                as_read_png=None if is_window_of_values else grey_png(image.pixels),
+                windows=(*image.header_windows, image.auto, image.full), monochrome1=image.invert,
+                unit_scale=255.0 if image.meta.get("format") != "dicom" else 1.0,
+                rows=int(image.values.shape[0]), cols=int(image.values.shape[1]))
 
 
 def fit(array: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
-    """Shrunk (area average) so that the longer side is at most ``max_side``; float32 in [0, 1] in and out."""
+    """Shrunk (area average) so that the longer side is at most ``max_side``; float32 in and out."""
     rows, cols = array.shape
     scale = max(rows, cols) / max_side
     if scale <= 1:
@@ -33,11 +76,22 @@ def fit(array: np.ndarray, max_side: int = MAX_SIDE) -> np.ndarray:
                       dtype=np.float32)
 
 
-def grey_png(pixels: np.ndarray, *, invert: bool = False) -> bytes:
-    shown = fit(pixels)
-    if invert:
-        shown = 1.0 - shown
-    return _png(np.clip(shown * 255 + 0.5, 0, 255).astype(np.uint8))
+def pack_codes(values: np.ndarray, low: float, high: float) -> bytes:
+    span = high - low if high > low else 1.0
+    codes = np.clip(np.rint((values - np.float32(low)) * np.float32(CODES / span)), 0, CODES).astype(np.uint16)
+    rgb = np.zeros((*codes.shape, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1] = codes >> 8, codes & 0xFF
+    return _png(rgb)
+
+
+def unpack_codes(png: bytes, low: float, high: float) -> np.ndarray:
+    """The values the browser works with (the inverse of :func:`pack_codes`, for tests and checks)."""
+    rgb = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
+    return np.float32(low) + (rgb[..., 0] * 256 + rgb[..., 1]) * np.float32((high - low) / CODES)
+
+
+def grey_png(pixels: np.ndarray) -> bytes:
+    return _png(np.clip(fit(pixels) * 255 + 0.5, 0, 255).astype(np.uint8))
 
 
 def normalised_attribution(values: np.ndarray, value_max: float) -> np.ndarray:
@@ -48,53 +102,33 @@ def normalised_attribution(values: np.ndarray, value_max: float) -> np.ndarray:
     return np.clip(values / np.float32(top), 0.0, 1.0).astype(np.float32)
 
 
-def overlay_png(pixels: np.ndarray, attribution: np.ndarray, *, opacity: float, invert: bool = False) -> bytes:
-    """The grey image with the attribution blended in (``attribution`` on the fixed scale, same geometry)."""
-    grey = fit(pixels)
-    if invert:
-        grey = 1.0 - grey
-    heat = fit(attribution, max(grey.shape))
-    if heat.shape != grey.shape:
-        heat = np.asarray(PILImage.fromarray(heat, mode="F").resize(grey.shape[::-1], PILImage.BILINEAR))
-    colours = colormaps[COLOUR_SCALE](heat)[..., :3].astype(np.float32)
-    alpha = (opacity * (heat >= OVERLAY_FLOOR))[..., None].astype(np.float32)
-    blended = grey[..., None] * (1 - alpha) + colours * alpha
-    return _png(np.clip(blended * 255 + 0.5, 0, 255).astype(np.uint8))
+def heat_png(attribution: np.ndarray, shape: tuple[int, int]) -> bytes:
+    """The map (on the fixed scale) as RGBA at the film's shown size: opaque colour where it is drawn, clear
+    below ``OVERLAY_FLOOR``."""
+    rows, cols = fit(np.zeros(shape, dtype=np.float32)).shape if max(shape) > MAX_SIDE else shape
+    heat = np.asarray(PILImage.fromarray(attribution.astype(np.float32), mode="F").resize((cols, rows),
+                                                                                          PILImage.BILINEAR))
+    rgba = np.empty((rows, cols, 4), dtype=np.uint8)
+    rgba[..., :3] = np.clip(colormaps[COLOUR_SCALE](heat)[..., :3] * 255 + 0.5, 0, 255).astype(np.uint8)
+    rgba[..., 3] = np.where(heat >= OVERLAY_FLOOR, 255, 0).astype(np.uint8)
+    return _png(rgba)
 
 
-def figure(pictures: list[tuple[str, bytes]], *, shape: tuple[int, int], zoom_key: int, legend: bool = False,
-           width: int = 560) -> go.Figure:
-    """One panel per picture, zoom and pan shared; ``zoom_key`` changes to reset the zoom. The height follows the
-    image's aspect ratio for a figure about ``width`` pixels wide."""
-    rows, cols = shape
-    fig = make_subplots(rows=1, cols=len(pictures), subplot_titles=[title for title, _ in pictures],
-                        shared_xaxes=True, shared_yaxes=True, horizontal_spacing=0.01)
-    for i, (_, png) in enumerate(pictures, start=1):
-        step = cols / _png_width(png)
-        fig.add_trace(go.Image(source="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
-                               dx=step, dy=step, hoverinfo="skip"), row=1, col=i)
-    if legend:
-        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
-                                 marker=dict(colorscale=COLOUR_SCALE, cmin=0, cmax=1, color=[0], showscale=True,
-                                             colorbar=dict(title=dict(text=LEGEND_TITLE), tickvals=[0, 0.5, 1],
-                                                           thickness=14, len=0.6))))
-    fig.update_xaxes(visible=False, range=[0, cols], constrain="domain", constraintoward="left")
-    fig.update_yaxes(visible=False, range=[rows, 0], scaleanchor="x", constrain="domain", constraintoward="top")
-    panel_width = (width - (90 if legend else 0)) / len(pictures)
-    fig.update_layout(height=int(min(900, max(300, panel_width * rows / cols + 30))),
-                      margin=dict(l=0, r=0, t=28, b=0), dragmode="pan", uirevision=zoom_key,
-                      paper_bgcolor="black", plot_bgcolor="black", font=dict(color="#ddd"))
-    return fig
+def colour_scale_stops(n: int = 11) -> list[str]:
+    """The legend's colours, 0 to 1, as CSS colours."""
+    colours = (colormaps[COLOUR_SCALE](i / (n - 1))[:3] for i in range(n))
+    return ["#" + "".join(f"{int(c * 255 + 0.5):02x}" for c in rgb) for rgb in colours]
 
 
-PLOTLY_CONFIG = {"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]}
+def script() -> str:
+    return _JS.read_text(encoding="utf-8")
+
+
+def data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     PILImage.fromarray(array).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def _png_width(png: bytes) -> int:
-    return int.from_bytes(png[16:20], "big")  # IHDR width

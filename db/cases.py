@@ -112,6 +112,22 @@ class CaseDetail:
         return [self.prediction, *self.other_predictions] if self.prediction else list(self.other_predictions)
 
 
+@dataclass(frozen=True)
+class PriorStudy:
+    """Another study of the same patient, as a reader may see it: the case number, dates and readings; never the
+    pseudonym, a name or a path."""
+    image_id: int
+    study_date: dt.date | None
+    first_seen_at: dt.datetime
+    modality: str | None
+    view_position: str | None
+    predicted_class: str | None  # of the version asked for, when it scored the image
+    confidence: float | None
+    latest_label: str | None
+    latest_reader: str | None
+    latest_read_at: dt.datetime | None
+
+
 def is_demo_image(path: str, manufacturer: str | None) -> bool:
     if manufacturer == DEMO_MANUFACTURER:
         return True
@@ -134,6 +150,40 @@ def case_detail(session: Session, image_id: int, model_version_id: int | None) -
         chosen = next((p for p in predictions if p.is_active), predictions[0] if predictions else None)
     others = [p for p in predictions if p is not chosen]
     return CaseDetail(_image(image), chosen, others, case_reviews(session, image_id))
+
+
+def prior_studies(session: Session, image_id: int, model_version_id: int | None, *,
+                  limit: int = 20) -> list[PriorStudy]:
+    """The same patient's other images (same pseudonym), newest study first (images without a study date last,
+    by when they were first seen); empty when the image carries no pseudonym (PNG, JPEG, no PatientID)."""
+    pseudonym = session.scalar(select(Image.patient_pseudonym).where(Image.id == image_id))
+    if not pseudonym:
+        return []
+    images = session.scalars(
+        select(Image).where(Image.patient_pseudonym == pseudonym, Image.id != image_id)
+        .order_by(Image.study_date.is_(None), Image.study_date.desc(), Image.first_seen_at.desc(), Image.id.desc())
+        .limit(limit)).all()
+    ids = [image.id for image in images]
+    predictions = {p.image_id: p for p in session.scalars(
+        select(Prediction).where(Prediction.image_id.in_(ids), Prediction.model_version_id == model_version_id))}
+    latest = {}
+    for review, reviewer in session.execute(
+            select(Review, Reviewer).join(Reviewer, Reviewer.id == Review.reviewer_id)
+            .where(Review.image_id.in_(ids)).order_by(Review.created_at, Review.id)):
+        latest[review.image_id] = (review, reviewer)  # the newest wins
+    out = []
+    for image in images:
+        prediction = predictions.get(image.id)
+        review, reviewer = latest.get(image.id, (None, None))
+        out.append(PriorStudy(
+            image_id=image.id, study_date=image.study_date, first_seen_at=image.first_seen_at,
+            modality=image.modality, view_position=image.view_position,
+            predicted_class=prediction.predicted_class if prediction else None,
+            confidence=prediction.confidence if prediction else None,
+            latest_label=review.label if review else None,
+            latest_reader=(reviewer.display_name or reviewer.username) if reviewer else None,
+            latest_read_at=review.created_at if review else None))
+    return out
 
 
 def case_reviews(session: Session, image_id: int) -> list[CaseReview]:

@@ -1,6 +1,8 @@
-"""Case viewer: the image as the model read it, window/level, overlays, the model's output, history and the
-review form. Keyboard first; the worklist's filter stays in the URL, so previous/next follow it. What the reader
-enters belongs to this case alone (``dashboard.case_session``)."""
+"""Case viewer, laid out as a reading room: the film as tall as the screen (windowed in the browser, see
+``dashboard/viewer.js``), the reading panel beside it with the model's output, the labels and Save within the
+first screen, then the same patient's prior studies and the history. Keyboard first; the worklist's filter stays
+in the URL, so previous/next follow it. What the reader enters belongs to this case alone
+(``dashboard.case_session``)."""
 
 import streamlit as st
 
@@ -10,13 +12,18 @@ from dashboard.case_parts import (
     claim_banner,
     history,
     image_panel,
+    keys_help,
     metadata,
     model_output,
+    overlay_panel,
     prefetch,
+    prior_studies,
     review_form,
-    shortcuts_help,
 )
 
+# The film needs the width; the sidebar (pages, sign-out) opens with its arrow.
+st.set_page_config(initial_sidebar_state="collapsed")
+layout.reading_room()
 MAX_WAIT_DAYS = layout.max_wait_days()
 
 me = layout.account()
@@ -49,30 +56,33 @@ def go(step: int) -> None:
     st.query_params[urlstate.IMAGE] = str(target)
 
 
-head = st.columns([4, 1.3, 1.3, 1.7], vertical_alignment="center")
+head = st.columns([5, 1.1, 1.1, 1.5, 0.8], vertical_alignment="center")
 heading = head[0].empty()  # its place in the list is counted after the image is on screen
-heading.markdown(f"### Case {image_id} · …")
+heading.markdown(f"#### Case {image_id} · …")
 case_caption(head[0], detail, me, st.session_state.pop("case_notice", None))
 head[1].button("Previous", key="prev", on_click=go, args=(-1,), shortcut="P", icon=":material/arrow_back:")
 head[2].button("Next", key="next", on_click=go, args=(1,), shortcut="N", icon=":material/arrow_forward:")
 back = {k: v for k, v in query.items() if k != urlstate.IMAGE}
-head[3].page_link(layout.page("worklist"), label="Back to worklist", icon=":material/list:", query_params=back)
+head[3].page_link(layout.page("worklist"), label="Worklist", icon=":material/list:", query_params=back)
+with head[4]:
+    keys_help(detail)
 layout.url_problems(query)
 claim_banner(me, draft)
 
-read_first = st.sidebar.toggle("Read first", key="read_first_mode",
-                               help="Hide the model's output and the overlays until you have chosen a label.")
-hidden = read_first and not draft.label
-left, right = st.columns([3, 2], gap="medium")
-with left:
-    draft.overlay_seen = image_panel(detail, hidden=hidden) or draft.overlay_seen
-with right:
+film, panel = st.columns([2.75, 1], gap="small")
+with panel:
+    read_first = st.toggle("Read first", key="read_first_mode",
+                           help="Hide the model's output and the overlays until you have chosen a label.")
+    hidden = read_first and not draft.label
     model_output(me, detail, hidden=hidden)
     review_form(me, detail, draft, read_first=read_first, after_save=lambda: go(1))
+    overlay_panel(detail, hidden=hidden)
+    prior = prior_studies(detail, flt.model_version_id)
     history(detail)
     metadata(detail)
-shortcuts_help(detail)
+with film:
+    draft.overlay_seen = image_panel(detail, hidden=hidden, prior=prior) or draft.overlay_seen
 position, total = data.position(flt, image_id) if data.default_version_id() else (None, 0)
 where = f"{position} of {total}" if position else f"not in the current list ({total} cases)"
-heading.markdown(f"### Case {image_id} · {where}")
+heading.markdown(f"#### Case {image_id} · {where}")
 st.session_state["next_case"] = (image_id, flt, prefetch(flt, image_id, me.id))

@@ -112,6 +112,14 @@ def run_app(account_id: int | None = None, *, page: str | None = None, query: di
     return at
 
 
+def viewer_data(at: AppTest) -> dict | None:
+    """What the case page sent to its film viewer (films and overlay), or None when no viewer is on the page."""
+    import json
+
+    shown = [e for e in at.get("bidi_component") if e.proto.component_name == "cxr_case_viewer"]
+    return json.loads(shown[0].proto.json) if shown else None
+
+
 def page_texts(at: AppTest) -> str:
     """Everything a page shows as text (markdown, captions, alerts, titles, tables), for content checks."""
     parts = []

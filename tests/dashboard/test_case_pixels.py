@@ -17,7 +17,7 @@ from db.hashing import file_sha256
 from db.models import Image, ImageFile, ModelVersion
 from db.paths import to_fs
 from scoring import cli, imaging
-from tests.dashboard.conftest import run_app
+from tests.dashboard.conftest import run_app, viewer_data
 
 
 def _score(tiny_checkpoint, *paths) -> None:
@@ -43,7 +43,7 @@ def admin() -> int:
 
 
 def _shown_pixels(at) -> bool:
-    return bool(at.get("plotly_chart"))
+    return viewer_data(at) is not None
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from db.export import export_classes, flagged_csv
 from db.models import Event, Review
 from db.reviewers import set_active
 from db.reviews import add_review, flagged_cases
-from tests.dashboard.conftest import account
+from tests.dashboard.conftest import account, viewer_data
 
 PAGES = ["views/worklist.py", "views/case.py", "views/flagged.py", "views/models.py", "views/overview.py"]
 EVIL = "<script>alert(1)</script>"
@@ -28,7 +28,7 @@ def page_texts_of(at, texts) -> str:
 def _signed_out(at, texts) -> None:
     assert not at.exception
     assert [b.label for b in at.button] == ["Sign in"]
-    assert not at.dataframe and not at.metric and not at.get("plotly_chart") and not at.get("imgs")
+    assert not at.dataframe and not at.metric and not at.get("plotly_chart") and not viewer_data(at)
     assert "Case" not in texts(at)
 
 
@@ -179,8 +179,11 @@ def test_case_viewer_overlay_review_and_next(filled, fake_maps, app, texts):
     at = app(filled.reviewer_id, page="views/case.py", query={"image": str(first), "status": "all"})
     assert not at.exception
     assert not calls  # the overlay is off by default
+    assert viewer_data(at)["overlay"] is None
     at.button(key="overlay_button").click().run()
     assert calls and calls[0][0] == first  # then the next case's, preloaded
+    overlay = viewer_data(at)["overlay"]
+    assert overlay["png"].startswith("data:image/png;base64,") and overlay["title"] == f"Grad-CAM · {calls[0][2]}"
     shown = texts(at)
     assert "A map shows what drove the score, not where the disease is." in shown
     caption = plain(f"Grad-CAM (layer4) for class '{calls[0][2]}', model version")
@@ -205,11 +208,12 @@ def test_case_viewer_overlay_review_and_next(filled, fake_maps, app, texts):
 def test_read_first_hides_the_model_until_a_label_is_chosen(filled, fake_maps, app, texts):
     image = filled.image_ids[-2]
     at = app(filled.reviewer_id, page="views/case.py", query={"image": str(image)})
-    at.sidebar.toggle(key="read_first_mode").set_value(True).run()
-    assert not at.get("progress") and "appears once you have chosen a label" in texts(at)
-    assert at.button(key="overlay_button").disabled
+    at.session_state["overlay_on"] = True  # even with the overlay left on from an earlier case
+    at.toggle(key="read_first_mode").set_value(True).run()
+    assert "confidence" not in texts(at) and "appears once you have chosen a label" in texts(at)
+    assert at.button(key="overlay_button").disabled and viewer_data(at)["overlay"] is None
     at.button(key="label_key_2").click().run()
-    assert at.get("progress")
+    assert "confidence" in texts(at) and viewer_data(at)["overlay"] is not None
     at.button(key="save_review").click().run()
     with read_session(get_engine()) as session:
         assert session.scalar(select(Review.mode).where(Review.image_id == image)) == "read_first"

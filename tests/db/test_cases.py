@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from db import agreement, cases, overview, results, synthetic
 from db.engine import read_session, write_session
-from db.models import Prediction, Review, ScoringFailure
+from db.models import Image, Prediction, Review, Reviewer, ScoringFailure
 from db.results import FileStat
 from db.reviews import add_review
 
@@ -86,3 +86,28 @@ def test_overview_counts_and_series(engine):
         assert b.count == sum(1 for c in confidences if b.low <= c < b.low + 1 / overview.CONFIDENCE_BINS
                               or (b.low == 0.95 and c == 1.0)) or b.predicted_class
     assert len(runs) == 2
+
+
+def test_prior_studies_are_the_same_patients_other_images_newest_first(engine):
+    with write_session(engine) as session:
+        fill = synthetic.fill(session, images=5, reviews=0, seed=3)
+        current, older, newest, undated, stranger = (session.get(Image, i) for i in fill.image_ids)
+        for image, date in ((current, dt.date(2025, 3, 5)), (older, dt.date(2023, 1, 2)),
+                            (newest, dt.date(2025, 3, 6)), (undated, None)):
+            image.patient_pseudonym, image.study_date = "P-same", date
+        stranger.patient_pseudonym = "P-other"
+        add_review(session, image_id=older.id, reviewer_id=fill.reviewer_ids[0], label="normal")
+        add_review(session, image_id=older.id, reviewer_id=fill.reviewer_ids[1], label="covid")
+        ids = current.id, older.id, newest.id, undated.id, stranger.id
+        reviewers = {r.id: r.display_name or r.username for r in session.scalars(select(Reviewer))}
+    with read_session(engine) as session:
+        priors = cases.prior_studies(session, ids[0], fill.model_version_id)
+        alone = cases.prior_studies(session, ids[4], fill.model_version_id)
+        other_version = cases.prior_studies(session, ids[0], fill.model_version_id + 1)
+    assert [p.image_id for p in priors] == [ids[2], ids[1], ids[3]]  # dated newest first, undated last
+    assert [p.study_date for p in priors] == [dt.date(2025, 3, 6), dt.date(2023, 1, 2), None]
+    assert (priors[1].latest_label, priors[1].latest_reader) == ("covid", reviewers[fill.reviewer_ids[1]])
+    assert priors[0].latest_label is None and priors[0].predicted_class is not None
+    assert alone == []  # another patient's images are never priors
+    assert all(p.predicted_class is None for p in other_version)  # the asked version's output only
+    assert not any(hasattr(p, name) for p in priors for name in ("path", "patient_pseudonym", "file_name"))
