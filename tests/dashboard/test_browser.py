@@ -28,23 +28,43 @@ EVIL_NAME = "<img src=x onerror=alert(1)>.png"
 EVIL_COMMENT = "<script>alert('comment')</script> looks fine"
 TIMEOUT_MS = 60_000
 CASE_HEADING = re.compile(r"^Case \d+ ·")
+PRIOR_DATES = ("2024-01-02", "2025-03-05")
 
 pytestmark = pytest.mark.slow
 
 
 
 
+def _two_studies_of_one_patient(dicom_dir: Path, folder: Path) -> list[Path]:
+    """The real CR film as two studies of one patient (same PatientID, study dates a year apart)."""
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    source = next(p for p in sorted(dicom_dir.glob("*.dcm")) if not p.name.startswith("Fake"))
+    paths = []
+    for date in PRIOR_DATES:
+        ds = pydicom.dcmread(source)
+        ds.PatientID, ds.StudyDate = "BROWSER-TEST-PATIENT", date.replace("-", "")
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (generate_uid() for _ in range(3))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        paths.append(folder / f"study-{date}.dcm")
+        ds.save_as(paths[-1])
+    return paths
+
+
 @pytest.fixture(scope="module")
-def site(tmp_path_factory, cxr_dev):
-    """A scored database (a small random model over 12 cxr-dev films, one of them under a hostile name, one
-    reviewed with a hostile comment), two accounts, and the app serving it."""
+def site(tmp_path_factory, cxr_dev, dicom_dir):
+    """A scored database (a small random model over 22 cxr-dev films, one of them under a hostile name, one
+    reviewed with a hostile comment, and two DICOM studies of one patient), three accounts, and the app serving
+    it."""
     home = tmp_path_factory.mktemp("browser-home")
     url = f"sqlite:///{home / 'cxr.db'}"
     images = home / "incoming"
     images.mkdir()
-    films = sorted(cxr_dev.glob("*/*.png"))[::30][:12]
+    films = sorted(cxr_dev.glob("*/*.png"))[::16][:22]
     for n, film in enumerate(films):
         shutil.copy(film, images / (EVIL_NAME if n == 0 else film.name))
+    studies = _two_studies_of_one_patient(dicom_dir, images)
     env = {**os.environ, "CXR_HOME": str(home), "CXR_DB_URL": url}
     checkpoint = _checkpoint(home / "model.pt")
     subprocess.run([sys.executable, "-m", "scoring", "--db", url, "--model", str(checkpoint),
@@ -61,9 +81,10 @@ def site(tmp_path_factory, cxr_dev):
         add_review(session, image_id=evil.image_id, reviewer_id=reviewer.id, label="normal",
                    prediction_id=evil.id, comment=EVIL_COMMENT)
         evil_image = evil.image_id
+        newer_study = session.query(Prediction).join(Prediction.image).filter_by(path=str(studies[1])).one().image_id
     try:
         with serve(env) as base:
-            yield dict(base=base, engine=engine, evil_image=evil_image)
+            yield dict(base=base, engine=engine, evil_image=evil_image, newer_study=newer_study)
     finally:
         engine.dispose()
 
@@ -304,3 +325,96 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     assert comments.get(str(second), "") == ""
     assert [row["case_id"] for row in rows if row["comment"] in (COMMENT_ONE, COMMENT_THREE)] == [
         str(first), str(third)]
+
+
+def _viewer(page) -> dict:
+    """The viewer's state as drawn: the film's box (CSS px of the page), the panes, the corner texts."""
+    return page.locator(".cxr-viewer").evaluate("""v => ({film: JSON.parse(v.dataset.film || 'null'),
+        panes: Number(v.dataset.panes || 0), wl: v.querySelector('.cxr-wl').textContent,
+        hint: v.querySelector('.cxr-hint').textContent, preset: v.querySelector('.cxr-preset').value,
+        titles: Array.from(v.querySelectorAll('.cxr-title')).map(t => t.textContent),
+        overlay: v.classList.contains('has-overlay')})""")
+
+
+def _centre_grey(page) -> int:
+    return page.locator(".cxr-canvas").evaluate("""c => { const g = c.getContext('2d');
+        return g.getImageData(Math.floor(c.width / 2), Math.floor(c.height / 2), 1, 1).data[0]; }""")
+
+
+def _inside(box: dict, viewport: dict) -> bool:
+    return (box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= viewport["width"] + 0.5
+            and box["y"] + box["height"] <= viewport["height"] + 0.5)
+
+
+def _wait_drawn(page, check: str) -> dict:
+    page.wait_for_function(f"(() => {{ const v = Array.from(document.querySelectorAll('*')).map(e => e.shadowRoot "
+                           f"&& e.shadowRoot.querySelector('.cxr-viewer')).find(Boolean); "
+                           f"return v && v.dataset.film && ({check}); }})()")
+    return _viewer(page)
+
+
+def test_the_reading_room_at_1440x900(browser, site):
+    viewport = {"width": 1440, "height": 900}
+    page = browser.new_page(viewport=viewport)
+    page.set_default_timeout(TIMEOUT_MS)
+    case = site["newer_study"]
+    page.goto(f"{site['base']}/case?image={case}")
+    _sign_in(page, "second-reader")
+    page.get_by_role("heading", name=f"Case {case} ·").wait_for()
+    _idle(page)
+    shown = _wait_drawn(page, "true")
+
+    # the whole film, as large as the screen allows; the labels and Save beside it, all without scrolling
+    assert _inside(shown["film"], viewport) and shown["film"]["height"] >= 760, shown["film"]
+    for control in [f".st-key-label_key_{n} button" for n in (1, 2, 3, 4, 5)] + [".st-key-save_review button"]:
+        assert _inside(page.locator(control).bounding_box(), viewport), control
+
+    # window/level by a drag changes the window values in the corner and the pixels drawn
+    film = shown["film"]
+    x, y = film["x"] + film["width"] / 2, film["y"] + film["height"] / 2
+    before, grey_before = shown["wl"], _centre_grey(page)
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + 120, y + 60, steps=6)
+    page.mouse.up()
+    dragged = _wait_drawn(page, f"v.querySelector('.cxr-wl').textContent !== {before!r}")
+    assert re.match(r"W [\d.]+ +L [\d.]+\ncustom", dragged["wl"]), dragged["wl"]
+    assert _centre_grey(page) != grey_before
+    # presets on keys; the plain wheel leaves the zoom alone (it scrolls the page), Ctrl+wheel zooms
+    page.keyboard.press("f")
+    assert _wait_drawn(page, "v.querySelector('.cxr-preset').value === 'full range'")["wl"].startswith("W ")
+    page.mouse.move(x, y)
+    page.mouse.wheel(0, -300)
+    assert "zoom 100%" in _viewer(page)["hint"]
+    page.keyboard.down("Control")
+    page.mouse.wheel(0, -300)
+    page.keyboard.up("Control")
+    assert "zoom 100%" not in _wait_drawn(page, "!v.querySelector('.cxr-hint').textContent.includes('zoom 100%')")[
+        "hint"]
+    page.keyboard.press("z")
+
+    # the overlay blends on the same full-size film; B blinks it, X puts it side by side
+    page.keyboard.press("o")
+    blended = _wait_drawn(page, "v.classList.contains('has-overlay')")
+    assert blended["panes"] == 1 and blended["film"]["height"] >= 650, blended
+    page.keyboard.press("b")
+    assert "hidden" in _wait_drawn(page, "v.querySelector('.cxr-hint').textContent.includes('hidden')")["hint"]
+    page.keyboard.press("x")
+    assert _wait_drawn(page, "v.dataset.panes === '2'")["panes"] == 2
+    page.keyboard.press("x")
+    page.keyboard.press("b")
+
+    # the same patient's prior study, listed with its date, and beside the film on V
+    prior = page.get_by_role("button", name=re.compile(f"^{PRIOR_DATES[0]} · case \\d+"))
+    prior.wait_for()
+    page.keyboard.press("v")
+    beside = _wait_drawn(page, f"Array.from(v.querySelectorAll('.cxr-title')).some(t => "
+                                f"t.textContent.includes('{PRIOR_DATES[0]}'))")
+    assert beside["panes"] == 2 and any(PRIOR_DATES[1] in t for t in beside["titles"]), beside
+
+    # 1920x1080: the film grows with the screen
+    page.set_viewport_size({"width": 1920, "height": 1080})
+    page.keyboard.press("v")
+    _idle(page)
+    large = _wait_drawn(page, "v.dataset.panes === '1'")
+    assert _inside(large["film"], {"width": 1920, "height": 1080}) and large["film"]["height"] >= 900, large
