@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 
 from db import claims
 from db.attributions import looks_outside_lungs
-from db.models import Image, Prediction, Review, utcnow
+from db.models import Image, Prediction, Review, Reviewer, utcnow
 from db.reviews import latest_reviews
 
 STATUSES = ("all", "unreviewed", "reviewed", "flagged", "disagrees")
@@ -77,6 +77,7 @@ class WorklistRow:
     view_position: str | None
     latest_label: str | None
     latest_flagged: bool | None
+    latest_reviewer: str | None  # who gave the latest review: display name, else user name
     claimed_by: str | None
 
 
@@ -121,23 +122,26 @@ def _rows(session: Session, prediction_ids: list[int], flt: WorklistFilter, revi
           now: dt.datetime) -> list[WorklistRow]:
     """The details of one page, in the order of ``prediction_ids``."""
     latest = aliased(Review)
+    shown_name = func.coalesce(func.nullif(Reviewer.display_name, ""), Reviewer.username)
     fetched = {p.id: (p, *rest) for p, *rest in session.execute(
         select(Prediction, Image.path, Image.study_date, Image.modality, Image.view_position,
-               latest.label, latest.flagged_for_retraining)
+               latest.label, latest.flagged_for_retraining, shown_name)
         .join(Image, Image.id == Prediction.image_id)
         .outerjoin(latest, latest.id == _latest_review_id(Prediction.image_id))
+        .outerjoin(Reviewer, Reviewer.id == latest.reviewer_id)
         .where(Prediction.id.in_(prediction_ids)))}
     held = claims.holders(session, [row[0].image_id for row in fetched.values()], reviewer_id, now=now)
     cutoff = _overdue_cutoff(flt, now)
     rows = []
     for prediction_id in prediction_ids:
-        p, path, study_date, modality, view, label, flagged = fetched[prediction_id]
+        p, path, study_date, modality, view, label, flagged, reviewer = fetched[prediction_id]
         holder = held.get(p.image_id)
         rows.append(WorklistRow(
             image_id=p.image_id, prediction_id=p.id, file_name=PurePath(path).name, predicted_class=p.predicted_class,
             confidence=p.confidence, entropy=p.entropy, scored_at=p.scored_at, waited=now - p.scored_at,
             overdue=p.scored_at < cutoff, study_date=study_date, modality=modality, view_position=view,
-            latest_label=label, latest_flagged=flagged, claimed_by=holder.username if holder else None))
+            latest_label=label, latest_flagged=flagged, latest_reviewer=reviewer,
+            claimed_by=holder.username if holder else None))
     return rows
 
 

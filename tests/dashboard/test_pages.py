@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
-from dashboard import actions, data
+from dashboard import actions, data, worklist_parts
 from dashboard.layout import plain
 from db import model_versions
 from db.engine import get_engine, read_session, write_session
 from db.export import export_classes, flagged_csv
 from db.models import Event, Review
-from db.reviewers import set_active
+from db.reviewers import add_reviewer, set_active
 from db.reviews import add_review, flagged_cases
 from tests.dashboard.conftest import account, viewer_data
 
@@ -71,6 +71,61 @@ def test_worklist_counts_and_opens_a_case(filled, app, texts):
     at.button(key="start_reading").click().run()
     assert not at.exception
 
+
+
+def test_the_worklist_says_who_gave_the_latest_review(filled, app):
+    import json
+
+    latest = filled.image_ids[0]  # reviewed by the fill; now read again
+    with write_session(get_engine()) as session:
+        lee = add_reviewer(session, "dr.lee", filled.password, display_name="Dr Lee").id
+        add_review(session, image_id=latest, reviewer_id=lee, label="pneumonia", flagged_for_retraining=True)
+    at = app(filled.reviewer_id, query={"status": "reviewed"})
+    table = at.dataframe[0].value
+    row = table[table["case"] == latest].iloc[0]
+    assert (row["review"], row["read by"]) == ("pneumonia ⚑", "Dr Lee")
+    assert set(table["read by"]) == {"Dr Lee", "synthetic0", "synthetic1"}  # no display name: the user name
+    columns = json.loads(at.dataframe[0].proto.columns)
+    assert {columns[name]["type_config"]["color"] for name in ("confidence", "uncertainty")} == {
+        worklist_parts.NEUTRAL}  # a neutral bar, not the theme's alarm red
+
+
+def test_an_empty_worklist_says_so_and_how_to_widen_it(filled, app, texts):
+    at = app(filled.reviewer_id, query={"from": "1900-01-01", "to": "1900-01-02"})
+    shown = texts(at)
+    assert "No case matches these filters." in shown and "0–0" not in shown and not at.dataframe
+    assert at.button(key="start_reading").disabled
+    at.button(key="wl_clear_empty").click().run()
+    assert "1–20 of 20" in texts(at) and "from" not in at.query_params
+    assert at.date_input(key="wl_dates").value == ()
+
+
+def test_an_empty_default_worklist_says_nothing_unreviewed_remains(filled, app, texts):
+    with write_session(get_engine()) as session:
+        for image_id in filled.image_ids[10:]:
+            add_review(session, image_id=image_id, reviewer_id=filled.admin_id, label="normal")
+    at = app(filled.reviewer_id)
+    assert "Nothing unreviewed remains" in texts(at) and "No case matches" not in texts(at)
+    at.button(key="wl_show_all").click().run()
+    assert "1–30 of 30" in texts(at) and at.selectbox(key="wl_status").value == "all"
+
+
+def test_a_version_that_scored_nothing_says_so(filled, app, texts):
+    with write_session(get_engine()) as session:
+        unscored = model_versions.register(session, sha256="e" * 64, path="/synthetic/v3.pt", architecture="resnet18",
+                                           classes=["covid", "normal", "pneumonia"], input_size=64,
+                                           preprocessing_hash="0" * 64, temperature=1.0, name="v3").id
+    at = app(filled.admin_id, query={"v": str(unscored)})
+    assert "This model version has scored no image yet" in texts(at) and "Nothing unreviewed" not in texts(at)
+
+def test_the_folder_filter_stays_for_admins_only(filled, app, texts):
+    query = {"folder": "/nowhere"}
+    reviewer = app(filled.reviewer_id, query=query)  # a crafted link: ignored, so it tells nothing
+    assert not [t for t in reviewer.text_input if t.key == "wl_folder"]
+    assert "1–20 of 20" in texts(reviewer) and "nowhere" not in texts(reviewer)
+    admin = app(filled.admin_id, query=query)
+    assert admin.text_input(key="wl_folder").value == "/nowhere"
+    assert "No case matches these filters." in texts(admin) and plain("folder /nowhere") in texts(admin)
 
 @pytest.mark.parametrize(("who", "signed_in"), [("synthetic1", True), ("stranger@example.org", False)])
 def test_single_sign_on_opens_the_account_of_that_name_only(filled, monkeypatch, app, texts, who, signed_in):

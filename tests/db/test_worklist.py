@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from db import claims, synthetic, worklist
 from db.engine import read_session, write_session
 from db.models import Image, Prediction, Review
+from db.reviewers import add_reviewer
+from db.reviews import add_review
 from db.worklist import WorklistFilter
 
 
@@ -89,6 +92,34 @@ def test_next_skips_cases_another_reviewer_holds(engine, fill):
         page = worklist.worklist_page(session, flt, reviewer_id=fill.reviewer_ids[0])
         assert page.rows[1].claimed_by == "synthetic1" and page.rows[0].claimed_by is None
 
+
+
+def test_rows_name_who_gave_the_latest_review(engine, fill):
+    flt = WorklistFilter(fill.model_version_id, status="unreviewed")
+    with read_session(engine) as session:
+        first, second, untouched = [r.image_id for r in _all(session, flt)[:3]]
+    with write_session(engine) as session:
+        lee = add_reviewer(session, "dr.lee", "a-long-password", display_name="Dr Lee").id
+        add_review(session, image_id=first, reviewer_id=fill.reviewer_ids[0], label="covid")
+        add_review(session, image_id=first, reviewer_id=lee, label="normal", flagged_for_retraining=True)
+        add_review(session, image_id=second, reviewer_id=fill.reviewer_ids[1], label="covid")
+    with read_session(engine) as session:
+        rows = {r.image_id: r for r in _all(session, replace(flt, status="all"))}
+    assert (rows[first].latest_label, rows[first].latest_flagged, rows[first].latest_reviewer) == (
+        "normal", True, "Dr Lee")  # the latest reading, not the first
+    assert rows[second].latest_reviewer == "synthetic1"  # no display name: the user name
+    assert rows[untouched].latest_reviewer is None
+
+
+@pytest.mark.parametrize("page_size", [5, 50])
+def test_a_page_costs_the_same_queries_whatever_its_size(engine, fill, page_size):
+    statements = []
+    event.listen(engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    with read_session(engine) as session:
+        page = worklist.worklist_page(session, WorklistFilter(fill.model_version_id), page_size=page_size,
+                                      reviewer_id=fill.reviewer_ids[0])
+    assert len(page.rows) == page_size
+    assert len([s for s in statements if s.lstrip().upper().startswith("SELECT")]) == 4  # count, ids, rows, claims
 
 def test_scored_date_range(engine, fill):
     now = dt.datetime.now(dt.UTC)
