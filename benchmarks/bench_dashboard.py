@@ -7,9 +7,9 @@ then prints:
 
 1. the worklist filter + sort + page query (db.worklist.worklist_page: count, ordered ids, the page's details),
    p50/p95 per filter over pages 1, 2, 10 and 100, and over all;
-2. in headless Chromium at 1440x900 against ``streamlit run`` on a free port: the next case ready (heading of the
-   new case shown and the app idle) with the overlay on and its Grad-CAM map already cached, and save-to-next
-   (S pressed to the next case ready) over ``--saves`` consecutive reviews, p50/p95.
+2. in headless Chromium at 1440x900 against ``streamlit run`` on a free port: the next case ready (its film drawn
+   by the viewer, and its overlay) with the overlay on and its Grad-CAM map already cached, and save-to-next
+   (S pressed to the next case's film drawn) over ``--saves`` consecutive reviews, p50/p95.
 
     python benchmarks/bench_dashboard.py [--images 100000] [--reviews 10000] [--saves 50] [--no-browser]
 """
@@ -139,17 +139,17 @@ def bench_sql(url: str, version_id: int, rounds: int) -> None:
     print(f"  {'all filters':36s} {percentiles(every)}")
 
 
-def _ready(page, previous: int | None) -> int:
-    """Wait until a case other than ``previous`` is on screen: its heading, and its figure drawn afresh (not the
-    previous case's, kept on screen while the page reruns); its id."""
+VIEWER = ("Array.from(document.querySelectorAll('*')).map(e => e.shadowRoot && "
+          "e.shadowRoot.querySelector('.cxr-viewer')).find(Boolean)")
+
+
+def _ready(page, previous: int | None, *, overlay: bool = False) -> int:
+    """Wait until a case other than ``previous`` is drawn by the viewer (its film, and its overlay when asked);
+    its id."""
     page.wait_for_function(
-        "(prev) => { const h = [...document.querySelectorAll('h3')].map(e => e.textContent)"
-        ".find(t => /^Case \\d+ ·/.test(t)); if (!h || h.match(/^Case (\\d+)/)[1] === String(prev)) return false;"
-        " const chart = document.querySelector('[data-testid=\"stPlotlyChart\"] .main-svg');"
-        " return chart !== null && chart.closest('[data-stale=\"true\"]') === null; }",
-        arg=previous, polling=20)
-    heading = page.get_by_role("heading", name=HEADING).first.text_content()
-    return int(HEADING.match(heading).group(1))
+        f"([prev, overlay]) => {{ const v = {VIEWER}; return v && v.dataset.case && v.dataset.case !== String(prev)"
+        f" && (!overlay || v.dataset.overlay === 'drawn'); }}", arg=[previous, overlay], polling=20)
+    return int(page.locator(".cxr-viewer").get_attribute("data-case"))
 
 
 def _idle(page) -> None:
@@ -189,20 +189,19 @@ def bench_browser(home: Path, url: str, version_id: int, saves: int) -> None:
             page.wait_for_timeout(1000)
             page.get_by_role("heading", name=HEADING).first.click()  # the shortcuts act once the page has focus
             page.keyboard.press("o")
-            page.get_by_text("Grad-CAM ·").first.wait_for()
-            _ready(page, None)
+            _ready(page, None, overlay=True)
             cached = []
             for _ in range(20):
                 _idle(page)
                 started = time.perf_counter()
                 page.keyboard.press("n")
-                current = _ready(page, current)
-                page.get_by_text("Grad-CAM ·").first.wait_for()
+                current = _ready(page, current, overlay=True)
                 cached.append(time.perf_counter() - started)
             print("\nin Chromium (1440x900), against `streamlit run` on localhost:")
             print(f"  {'next case ready, cached overlay on':36s} {percentiles(cached)}")
+            _idle(page)
             page.keyboard.press("o")
-            page.get_by_text("Overlay off").wait_for()
+            page.wait_for_function(f"(() => {{ const v = {VIEWER}; return v && v.dataset.overlay === ''; }})()")
             timings = []
             for _ in range(saves):
                 page.get_by_role("heading", name=HEADING).first.click()  # keep the focus on the page

@@ -50,6 +50,8 @@ def claim_banner(me: Account, draft: CaseDraft) -> None:
 # --- the image -----------------------------------------------------------------------------------------
 
 _viewer = st.components.v2.component("cxr_case_viewer", js=viewer.script())
+# the same script, mounted without a view: it decodes the next case's film ahead, while the reader reads this one
+_film_prefetch = st.components.v2.component("cxr_film_prefetch", js=viewer.script())
 
 
 def _toggle(key: str) -> None:
@@ -320,12 +322,17 @@ def _compare(image_id: int, prior_id: int) -> None:
     st.session_state[key] = None if st.session_state.get(key) == prior_id else prior_id
 
 
-def prior_studies(detail: CaseDetail, version_id: int | None) -> PriorStudy | None:
+def shown_prior(detail: CaseDetail, priors: list[PriorStudy]) -> PriorStudy | None:
+    """The prior study the reader put beside this film, if any."""
+    shown = st.session_state.get(_compare_key(detail.image.id))
+    return next((p for p in priors if p.image_id == shown), None)
+
+
+def prior_list(detail: CaseDetail, priors: list[PriorStudy]) -> None:
     """The same patient's other studies, newest first, each a button that puts it beside this film (V: the
-    newest); returns the one to show, if any."""
-    priors = data.prior_studies(detail.image.id, version_id)
+    newest)."""
     if not priors:
-        return None
+        return
     shown = st.session_state.get(_compare_key(detail.image.id))
     st.markdown(f"##### Prior studies ({len(priors)})")
     for n, prior in enumerate(priors):
@@ -333,7 +340,6 @@ def prior_studies(detail: CaseDetail, version_id: int | None) -> PriorStudy | No
                   type="primary" if prior.image_id == shown else "secondary",
                   shortcut="V" if n == 0 else None, on_click=_compare, args=(detail.image.id, prior.image_id),
                   help="Show beside this film at the same window (again to hide).")
-    return next((p for p in priors if p.image_id == shown), None)
 
 
 def _prior_text(prior: PriorStudy) -> str:
@@ -346,13 +352,16 @@ def _prior_text(prior: PriorStudy) -> str:
 
 def prefetch(flt: WorklistFilter, image_id: int, reviewer_id: int) -> int | None:
     """Warm the caches for the next case (its details, its film, and its overlay when one is on and its map is
-    already stored), so that it is on screen at once after saving or pressing N; returns its id."""
+    already stored), and have the browser decode its film, so that it is drawn at once after saving or pressing
+    N; returns its id."""
     target = data.neighbour(flt, image_id, 1, reviewer_id)
     detail = data.case_detail(target, flt.model_version_id) if target is not None else None
     if detail is None:
         return target
+    data.prior_studies(detail.image.id, flt.model_version_id)
     try:
-        film_payload(detail.image.id, _film_title(detail.image.id, detail.image.study_date, "this study"))
+        film = film_payload(detail.image.id, _film_title(detail.image.id, detail.image.study_date, "this study"))
+        _film_prefetch(data=dict(prefetch=film), key="film_prefetch", height=0)
         if st.session_state.get("overlay_on") and detail.prediction is not None:
             _prefetch_overlay(detail)
     except (XRayReadError, NoVerifiedCopy):

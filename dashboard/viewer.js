@@ -16,6 +16,22 @@ const CODES = 65535;
 const GAP = 4;
 const LENS_RADIUS = 110;
 const LENS_ZOOM = 2.5;
+const KEEP_FILMS = 6;
+// decoded films, shared by the viewer and the prefetching mount (each mount loads this script as its own module)
+const FILMS = window.__cxrFilms || (window.__cxrFilms = new Map());
+
+function filmView(info) {
+  const key = `${info.case}:${info.values.length}:${info.values.slice(-64)}`;
+  let view = FILMS.get(key);
+  if (view) {
+    FILMS.delete(key);  // most recent last
+  } else {
+    view = new FilmView(info);
+  }
+  FILMS.set(key, view);
+  while (FILMS.size > KEEP_FILMS) FILMS.delete(FILMS.keys().next().value);
+  return view;
+}
 
 const HTML = `
 <div class="cxr-viewer" tabindex="-1">
@@ -193,7 +209,7 @@ class Viewer {
       this.custom = null;
       this.resetView();
     }
-    this.views = films.map((info) => this.viewFor(info));
+    this.views = films.map(filmView);
     this.overlay = null;
     this.root.classList.toggle('has-overlay', Boolean(data.overlay));
     if (data.overlay) {
@@ -211,16 +227,6 @@ class Viewer {
     this.syncButtons();
     this.fitHeight();
     Promise.all(this.views.map((v) => v.ready)).then(() => this.requestDraw());
-  }
-
-  viewFor(info) {
-    this.cache = this.cache || new Map();
-    const key = `${info.case}:${info.values.length}:${info.values.slice(-64)}`;
-    if (!this.cache.has(key)) {
-      this.cache.set(key, new FilmView(info));
-      while (this.cache.size > 4) this.cache.delete(this.cache.keys().next().value);
-    }
-    return this.cache.get(key);
   }
 
   fillPresets(info) {
@@ -339,6 +345,9 @@ class Viewer {
       if (pane.title) this.addTitle(pane.title, rects[i]);
     });
     this.root.dataset.panes = String(panes.length);
+    // what was drawn, for tests and the benchmark to wait on
+    this.root.dataset.case = String(this.case);
+    this.root.dataset.overlay = panes.some((p) => p.overlay) ? 'drawn' : '';
     this.drawLens(g, panes, rects);
     this.showCorners();
   }
@@ -584,6 +593,10 @@ class Viewer {
 
 export default function (component) {
   const { data, parentElement } = component;
+  if (data && data.prefetch) {  // the next case's film, decoded ahead; nothing drawn
+    filmView(data.prefetch);
+    return undefined;
+  }
   if (!parentElement.__cxrViewer) parentElement.__cxrViewer = new Viewer(parentElement);
   const viewer = parentElement.__cxrViewer;
   viewer.listen();

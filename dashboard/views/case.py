@@ -17,8 +17,9 @@ from dashboard.case_parts import (
     model_output,
     overlay_panel,
     prefetch,
-    prior_studies,
+    prior_list,
     review_form,
+    shown_prior,
 )
 
 # The film needs the width; the sidebar (pages, sign-out) opens with its arrow.
@@ -69,19 +70,22 @@ with head[4]:
 layout.url_problems(query)
 claim_banner(me, draft)
 
+# The film first: the browser starts drawing it while the panel is still being built.
+read_first = st.session_state.get("read_first_mode", False)
+hidden = read_first and not draft.label
+priors = data.prior_studies(image_id, flt.model_version_id)
 film, panel = st.columns([2.75, 1], gap="small")
+with film:
+    draft.overlay_seen = image_panel(detail, hidden=hidden, prior=shown_prior(detail, priors)) or draft.overlay_seen
 with panel:
-    read_first = st.toggle("Read first", key="read_first_mode",
-                           help="Hide the model's output and the overlays until you have chosen a label.")
-    hidden = read_first and not draft.label
+    st.toggle("Read first", key="read_first_mode",
+              help="Hide the model's output and the overlays until you have chosen a label.")
     model_output(me, detail, hidden=hidden)
     review_form(me, detail, draft, read_first=read_first, after_save=lambda: go(1))
     overlay_panel(detail, hidden=hidden)
-    prior = prior_studies(detail, flt.model_version_id)
+    prior_list(detail, priors)
     history(detail)
     metadata(detail)
-with film:
-    draft.overlay_seen = image_panel(detail, hidden=hidden, prior=prior) or draft.overlay_seen
 position, total = data.position(flt, image_id) if data.default_version_id() else (None, 0)
 where = f"{position} of {total}" if position else f"not in the current list ({total} cases)"
 heading.markdown(f"#### Case {image_id} · {where}")
