@@ -1,6 +1,6 @@
 // The case viewer: a film (and a prior, or the overlay side by side) on a canvas that fills the screen's height,
 // windowed in the browser like a PACS viewer. Data (dashboard/viewer.py): films[] with 16-bit value codes packed
-// in an RGB PNG, their presets, and an optional attribution overlay (RGBA PNG).
+// in an RGB PNG (or 8-bit grey levels), their presets, and an optional attribution overlay (RGBA PNG).
 //
 // Mouse: left drag = window/level (right: wider, down: higher level), right or middle drag (or Shift+left, or
 // the pan tool) = pan, Ctrl/Cmd + wheel = zoom at the pointer (the plain wheel scrolls the page), double click =
@@ -106,7 +106,11 @@ class FilmView {
         this.width = values.width;
         this.height = values.height;
         this.codes = new Uint16Array(this.width * this.height);
-        for (let i = 0, j = 0; i < this.codes.length; i += 1, j += 4) this.codes[i] = rgba[j] * 256 + rgba[j + 1];
+        if (info.bits === 8) {  // grey levels: code = level * 257 spans the same 0..65535 over [0, 1]
+          for (let i = 0, j = 0; i < this.codes.length; i += 1, j += 4) this.codes[i] = rgba[j] * 257;
+        } else {
+          for (let i = 0, j = 0; i < this.codes.length; i += 1, j += 4) this.codes[i] = rgba[j] * 256 + rgba[j + 1];
+        }
         if (asRead) {
           const grey = pixelsOf(asRead);
           this.asRead = new Uint8Array(this.codes.length);

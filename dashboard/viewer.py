@@ -35,7 +35,8 @@ _JS = Path(__file__).with_name("viewer.js")
 @dataclass(frozen=True)
 class Film:
     """One film as the browser needs it (plain values, JSON-ready through :meth:`payload`)."""
-    values_png: bytes  # RGB: value codes 0..CODES over [low, high]
+    values_png: bytes  # RGB: value codes 0..CODES over [low, high]; or grey: 8-bit levels over [0, 1] (bits 8)
+    bits: int
     low: float
     high: float
     as_read_png: bytes | None  # grey; None where "as read" is a window of the values
@@ -46,7 +47,8 @@ class Film:
     cols: int
 
     def payload(self, *, case: int, title: str) -> dict:
-        return dict(case=case, title=title, values=data_url(self.values_png), low=self.low, high=self.high,
+        return dict(case=case, title=title, values=data_url(self.values_png), bits=self.bits, low=self.low,
+                    high=self.high,
                     asRead=data_url(self.as_read_png) if self.as_read_png else None, monochrome1=self.monochrome1,
                     unitScale=self.unit_scale, rows=self.rows, cols=self.cols,
                     presets=[dict(label=AS_READ, center=0.5, width=1.0, function="LINEAR_EXACT")]
@@ -56,9 +58,15 @@ class Film:
 
 def film(image: ViewingImage) -> Film:
     values = fit(np.asarray(image.values, dtype=np.float32))
-    low, high = float(image.full.center - image.full.width / 2), float(image.full.center + image.full.width / 2)
     is_window_of_values = image.values is image.pixels  # PNG, JPEG, colour DICOM: values are the display
-    return Film(values_png=pack_codes(values, low, high), low=low, high=high,
+    levels = values * np.float32(255)
+    if is_window_of_values and np.abs(levels - np.rint(levels)).max(initial=0.0) < 1e-3:
+        # 8-bit grey levels (most PNG and JPEG): half the bytes, and exact
+        packed, bits, low, high = _png(np.rint(levels).astype(np.uint8)), 8, 0.0, 1.0
+    else:
+        low, high = float(image.full.center - image.full.width / 2), float(image.full.center + image.full.width / 2)
+        packed, bits = pack_codes(values, low, high), 16
+    return Film(values_png=packed, bits=bits, low=low, high=high,
                 as_read_png=None if is_window_of_values else grey_png(image.pixels),
                 windows=(*image.header_windows, image.auto, image.full), monochrome1=image.invert,
                 unit_scale=255.0 if image.meta.get("format") != "dicom" else 1.0,
@@ -84,10 +92,11 @@ def pack_codes(values: np.ndarray, low: float, high: float) -> bytes:
     return _png(rgb)
 
 
-def unpack_codes(png: bytes, low: float, high: float) -> np.ndarray:
-    """The values the browser works with (the inverse of :func:`pack_codes`, for tests and checks)."""
+def unpack_codes(png: bytes, low: float, high: float, bits: int = 16) -> np.ndarray:
+    """The values the browser works with (the inverse of :func:`film`'s packing, for tests and checks)."""
     rgb = np.asarray(PILImage.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32)
-    return np.float32(low) + (rgb[..., 0] * 256 + rgb[..., 1]) * np.float32((high - low) / CODES)
+    codes = rgb[..., 0] * 257 if bits == 8 else rgb[..., 0] * 256 + rgb[..., 1]
+    return np.float32(low) + codes * np.float32((high - low) / CODES)
 
 
 def grey_png(pixels: np.ndarray) -> bytes:

@@ -126,8 +126,10 @@ def test_a_reviewers_round(browser, site):
     _sign_in(page, "reader")
 
     # the worklist, narrowed to unreviewed (the default) low-confidence cases
-    page.get_by_text("of 11").first.wait_for()  # 12 scored, one reviewed
+    page.get_by_text("of 23").first.wait_for()  # 24 scored, one reviewed
     _idle(page)
+    _worklist_fits_the_first_screen(page)
+    page.get_by_role("button", name="More filters").click()
     maximum = page.get_by_role("slider").nth(1)
     maximum.focus()
     for _ in range(10):
@@ -150,7 +152,7 @@ def test_a_reviewers_round(browser, site):
     # overlays: off by default, O shows Grad-CAM; switching the method shows the other map
     page.keyboard.press("o")
     try:
-        page.get_by_text("Grad-CAM ·").first.wait_for()
+        page.get_by_text("Grad-CAM (layer4) for class").first.wait_for()
     except Exception as error:
         state = page.evaluate("""() => [document.activeElement.tagName, document.activeElement.className,
             !!document.querySelector('[data-testid=stStatusWidget]'),
@@ -158,10 +160,13 @@ def test_a_reviewers_round(browser, site):
               .join('|')]""")
         raise AssertionError(f"no overlay after O: {state}; {page.url}") from error
     _idle(page)
-    page.get_by_label("Method").click()
-    page.get_by_role("option", name="Occlusion").click()
-    page.get_by_text("Occlusion ·").first.wait_for()
-    assert page.locator(".js-plotly-plot image").count() >= 2  # image | overlay
+    assert _wait_drawn(page, "v.dataset.overlay === 'drawn'")["overlay"]
+    page.get_by_label("Map").click()  # below the reading form: typed, as its list may open off the screen
+    page.keyboard.type("Occlusion")
+    page.keyboard.press("Enter")
+    page.get_by_text("Occlusion (").first.wait_for()
+    _idle(page)
+    assert _wait_drawn(page, "v.dataset.overlay === 'drawn'")["overlay"]
 
     # a disagreeing review: the flag is ticked for us; S saves and moves on
     with read_session(site["engine"]) as session:
@@ -179,8 +184,9 @@ def test_a_reviewers_round(browser, site):
                            f"new URLSearchParams(location.search).get('image') !== '{image_id}'")
     page.get_by_role("heading", name=CASE_HEADING).wait_for()
 
-    # Flagged, and its CSV
+    # Flagged, and its CSV (the case page folds the sidebar away: the worklist opens it again)
     _idle(page)
+    _back_to_the_worklist(page)
     page.get_by_role("link", name="Flagged").click()
     page.get_by_text("whose latest review is flagged").wait_for()
     _idle(page)
@@ -199,7 +205,7 @@ def test_a_reviewers_round(browser, site):
     page.goto(f"{site['base']}/case?image={image_id}")
     page.get_by_role("button", name="Sign in").wait_for()
     assert page.get_by_text(f"Case {image_id}").count() == 0
-    assert page.locator(".js-plotly-plot").count() == 0
+    assert page.locator(".cxr-viewer").count() == 0
 
 
 def test_stored_html_shows_as_text(browser, site):
@@ -274,21 +280,21 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     second = _comment_then_save(page, comment, COMMENT_ONE, leave_with="Tab")
     notice = page.get_by_text(f"Saved case {first}: {label_one}.")
     notice.wait_for()
-    for button in ("Previous", "Next", "Back to worklist"):
-        control = page.get_by_role("button", name=button).or_(page.get_by_role("link", name=button)).first
-        assert not _boxes_overlap(notice.bounding_box(), control.bounding_box()), button
+    controls = {name: page.get_by_role("button", name=name) for name in ("Previous", "Next")}
+    controls["Worklist"] = page.get_by_test_id("stPageLink-NavLink").filter(has_text="Worklist")
+    for name, control in controls.items():
+        assert not _boxes_overlap(notice.bounding_box(), control.bounding_box()), name
 
-    # case 2: its comment box is empty; a window preset chosen with the mouse, then 2 chooses "normal"
+    # case 2: its comment box is empty; a window preset chosen with the mouse in the viewer, then 2 chooses
+    # "normal"
     assert comment.input_value() == ""
-    window = page.get_by_role("combobox", name="Window")
-    window.click()
-    preset = page.get_by_role("option").nth(1)
-    preset_name = preset.inner_text()
-    preset.click()
+    window = page.locator(".cxr-preset")
+    window.select_option(index=1)
+    preset_name = window.input_value()
     _idle(page)
     page.keyboard.press("2")
     page.get_by_text("Label: normal").wait_for()
-    assert window.input_value() == preset_name  # the key chose a label; it did not type into the Window box
+    assert window.input_value() == preset_name  # the key chose a label; it did not choose in the Window box
     _idle(page)
     page.keyboard.press("s")
     third = _next_case(page, second)
@@ -310,6 +316,7 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     assert fourth not in stored
 
     # the flagged CSV: the two comments on their own cases, nowhere else; the table has no download of its own
+    _back_to_the_worklist(page)
     page.get_by_role("link", name="Flagged").click()
     table = page.locator("[data-testid=stDataFrame]")
     table.wait_for()
@@ -325,6 +332,26 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     assert comments.get(str(second), "") == ""
     assert [row["case_id"] for row in rows if row["comment"] in (COMMENT_ONE, COMMENT_THREE)] == [
         str(first), str(third)]
+
+
+def _back_to_the_worklist(page) -> None:
+    """The case page's own link (its sidebar is folded away)."""
+    page.get_by_test_id("stPageLink-NavLink").filter(has_text="Worklist").click()
+    page.get_by_role("button", name="Start reading").wait_for()
+
+
+def _worklist_fits_the_first_screen(page) -> None:
+    """The table starts in the top third of a 1440x900 screen and shows at least 20 rows without scrolling."""
+    table = page.locator("[data-testid=stDataFrame]")
+    table.wait_for()
+    box = table.bounding_box()
+    # the grid draws on a canvas; its accessible table holds the rows it has drawn in its visible area
+    rows = "document.querySelectorAll('[data-testid=stDataFrame] [role=row]').length"
+    try:
+        page.wait_for_function(f"{rows} >= 21", timeout=10_000)  # the header row and 20 cases
+    except Exception as error:
+        raise AssertionError(f"{page.evaluate(rows)} rows drawn") from error
+    assert box["y"] <= 900 / 3 and box["y"] + box["height"] <= 900, box
 
 
 def _viewer(page) -> dict:
