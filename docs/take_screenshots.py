@@ -1,7 +1,8 @@
 """Screenshots of every dashboard page for the README: `python docs/take_screenshots.py [--out docs/screenshots]`.
 
 It runs `cxr-demo` into a fresh, temporary CXR_HOME (the synthetic demo cohort and its demo model), records a
-few readings by a second account so that Flagged, Models and Overview have something to show, starts the
+few readings by a second account so that Flagged, Models and Overview have something to show, gives one phantom
+patient an earlier study (for the priors), starts the
 dashboard on a free localhost port and photographs each page in headless Chromium at 1440x900, signed in as
 the demo admin. Needs Debian's chromium and Python Playwright (as the browser test does).
 """
@@ -39,8 +40,9 @@ def main(argv: list[str] | None = None) -> int:
         env.pop("CXR_DB_URL", None)
         password = _run_demo(env)
         _add_readings(f"sqlite:///{Path(home) / 'cxr.db'}")
+        follow_up = _add_prior_study(Path(home), env)
         with serve(env) as base:
-            _photograph(base, password, args.out)
+            _photograph(base, password, args.out, follow_up)
     return 0
 
 
@@ -72,7 +74,44 @@ def _add_readings(url: str) -> None:
     engine.dispose()
 
 
-def _photograph(base: str, password: str, out: Path) -> None:
+def _add_prior_study(home: Path, env: dict[str, str]) -> int:
+    """A demo patient's earlier study (a scored DICOM phantom again, a year older, new UIDs), scored; returns the
+    later study's case number. The cohort's own follow-ups are PNGs, which carry no patient."""
+    import pydicom
+    from pydicom.uid import generate_uid
+    from sqlalchemy import select
+
+    from db.models import Image, Prediction
+
+    engine = create_database_engine(f"sqlite:///{home / 'cxr.db'}")
+    with write_session(engine) as session:
+        case, path = session.execute(
+            select(Image.id, Image.path).join(Prediction, Prediction.image_id == Image.id)
+            .where(Image.format == "dicom", Image.patient_pseudonym.is_not(None), Image.study_date.is_not(None))
+            .order_by(Image.id).limit(1)).one()
+    engine.dispose()
+    ds = pydicom.dcmread(path)
+    ds.StudyDate = f"{int(ds.StudyDate[:4]) - 1}{ds.StudyDate[4:]}"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = (generate_uid() for _ in range(3))
+    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+    folder = home / "earlier-studies"
+    folder.mkdir()
+    ds.save_as(folder / "earlier.dcm")
+    done = subprocess.run([sys.executable, "-m", "scoring", str(folder), "--settle-seconds", "0"], env=env,
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise SystemExit(f"scoring the earlier study failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    return case
+
+
+def _sign_in(page, user: str, password: str) -> None:
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as").wait_for()
+
+
+def _photograph(base: str, password: str, out: Path, follow_up: int) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -83,10 +122,7 @@ def _photograph(base: str, password: str, out: Path) -> None:
         page.get_by_role("button", name="Sign in").wait_for()
         _idle(page)
         page.screenshot(path=out / "sign-in.png")
-        page.get_by_label("User name").fill("demo")
-        page.get_by_label("Password", exact=True).fill(password)
-        page.get_by_role("button", name="Sign in").click()
-        page.get_by_text("Signed in as").wait_for()
+        _sign_in(page, "demo", password)
         page.get_by_role("button", name="Start reading").wait_for()
         _idle(page)
         page.screenshot(path=out / "worklist.png")
@@ -100,6 +136,24 @@ def _photograph(base: str, password: str, out: Path) -> None:
         page.get_by_text("A map shows what drove the score").first.wait_for()
         _idle(page)
         page.screenshot(path=out / "case-overlay.png")
+        page.keyboard.press("o")
+        _idle(page)
+
+        # a follow-up study with its prior beside it, opened from a link in a new window (sign-in keeps the URL)
+        linked = browser.new_page(viewport=VIEWPORT)
+        linked.set_default_timeout(90_000)
+        linked.goto(f"{base}/case?image={follow_up}")
+        _sign_in(linked, "demo", password)
+        linked.get_by_role("heading", name=CASE_HEADING).wait_for()
+        _idle(linked)
+        linked.get_by_role("heading", name=CASE_HEADING).click()  # the keys act once the page has the focus
+        linked.keyboard.press("v")
+        linked.get_by_text("prior · case").first.wait_for()
+        _idle(linked)
+        linked.screenshot(path=out / "case-prior.png")
+        linked.close()
+        page.get_by_test_id("stPageLink-NavLink").filter(has_text="Worklist").click()  # the sidebar is folded away
+        page.get_by_role("button", name="Start reading").wait_for()
 
         for name, title in (("Flagged", "Flagged for retraining"), ("Models", "Models"), ("Overview", "Overview"),
                             ("Accounts", "Accounts")):
