@@ -146,9 +146,15 @@ VIEWER = ("Array.from(document.querySelectorAll('*')).map(e => e.shadowRoot && "
 def _ready(page, previous: int | None, *, overlay: bool = False) -> int:
     """Wait until a case other than ``previous`` is drawn by the viewer (its film, and its overlay when asked);
     its id."""
-    page.wait_for_function(
-        f"([prev, overlay]) => {{ const v = {VIEWER}; return v && v.dataset.case && v.dataset.case !== String(prev)"
-        f" && (!overlay || v.dataset.overlay === 'drawn'); }}", arg=[previous, overlay], polling=20)
+    try:
+        page.wait_for_function(
+            f"([prev, overlay]) => {{ const v = {VIEWER}; return v && v.dataset.case && v.dataset.case !== String(prev)"
+            f" && (!overlay || v.dataset.overlay === 'drawn'); }}", arg=[previous, overlay], polling=20)
+    except Exception as error:
+        state = page.evaluate(f"""() => {{ const v = {VIEWER}; return [v && v.dataset.case, location.search,
+            [...document.querySelectorAll('h4, [data-testid=stAlert], [data-testid=stException]')]
+            .map(e => e.textContent.slice(0, 200))]; }}""")
+        raise RuntimeError(f"no new case drawn after case {previous}: {state}") from error
     return int(page.locator(".cxr-viewer").get_attribute("data-case"))
 
 
