@@ -87,7 +87,7 @@ def worklist_page(flt: worklist.WorklistFilter, page: int, reviewer_id: int) -> 
         return worklist.worklist_page(session, flt, page=page, reviewer_id=reviewer_id)
 
 
-@st.cache_data(ttl=5, show_spinner=False)
+@st.cache_data(ttl=30, show_spinner=False)  # cleared by every review of this session; others' within 30 s
 def position(flt: worklist.WorklistFilter, image_id: int) -> tuple[int | None, int]:
     with read_session(engine()) as session:
         return worklist.position(session, flt, image_id), worklist.count(session, flt)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from dashboard import data, layout, reading, urlstate
 from dashboard.case_parts import (
+    NEXT_CASE,
     case_caption,
     claim_banner,
     history,
@@ -45,7 +46,7 @@ draft = reading.open_case(me, image_id)
 
 
 def go(step: int) -> None:
-    preloaded = st.session_state.get("next_case")
+    preloaded = st.session_state.get(NEXT_CASE)
     if step == 1 and preloaded and preloaded[:2] == (image_id, flt):
         target = preloaded[2]
     else:
@@ -89,4 +90,4 @@ with panel:
 position, total = data.position(flt, image_id) if data.default_version_id() else (None, 0)
 where = f"{position} of {total}" if position else f"not in the current list ({total} cases)"
 heading.markdown(f"#### Case {image_id} · {where}")
-st.session_state["next_case"] = (image_id, flt, prefetch(flt, image_id, me.id))
+prefetch(flt, image_id, me.id)
