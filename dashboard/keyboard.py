@@ -39,7 +39,8 @@ export default function () {
     }
   }, true);
   doc.addEventListener('pointerdown', (event) => {
-    if (event.target.closest && event.target.closest('[data-testid="stPlotlyChart"]')) {
+    const onFilm = event.composedPath().some((el) => el.classList && el.classList.contains('cxr-viewer'));
+    if (onFilm || (event.target.closest && event.target.closest('[data-testid="stPlotlyChart"]'))) {
       const el = doc.activeElement;
       if (isChoice(el) || isText(el)) el.blur();
     }

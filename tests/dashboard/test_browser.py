@@ -396,7 +396,11 @@ def test_the_reading_room_at_1440x900(browser, site):
     for control in [f".st-key-label_key_{n} button" for n in (1, 2, 3, 4, 5)] + [".st-key-save_review button"]:
         assert _inside(page.locator(control).bounding_box(), viewport), control
 
-    # window/level by a drag changes the window values in the corner and the pixels drawn
+    # window/level by a drag changes the window values in the corner and the pixels drawn; pressing the film also
+    # takes the keys back from the comment box
+    comment = page.get_by_role("textbox", name="Comment")
+    comment.click()
+    page.keyboard.type("Film: ")
     film = shown["film"]
     x, y = film["x"] + film["width"] / 2, film["y"] + film["height"] / 2
     before, grey_before = shown["wl"], _centre_grey(page)
@@ -410,6 +414,7 @@ def test_the_reading_room_at_1440x900(browser, site):
     # presets on keys; the plain wheel leaves the zoom alone (it scrolls the page), Ctrl+wheel zooms
     page.keyboard.press("f")
     assert _wait_drawn(page, "v.querySelector('.cxr-preset').value === 'full range'")["wl"].startswith("W ")
+    assert comment.input_value() == "Film: "
     page.mouse.move(x, y)
     page.mouse.wheel(0, -300)
     assert "zoom 100%" in _viewer(page)["hint"]
