@@ -280,7 +280,7 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     second = _comment_then_save(page, comment, COMMENT_ONE, leave_with="Tab")
     notice = page.get_by_text(f"Saved case {first}: {label_one}.")
     notice.wait_for()
-    controls = {name: page.get_by_role("button", name=name) for name in ("Previous", "Next")}
+    controls = {name: page.locator(f".st-key-{key} button") for name, key in (("Previous", "prev"), ("Next", "next"))}
     controls["Worklist"] = page.get_by_test_id("stPageLink-NavLink").filter(has_text="Worklist")
     for name, control in controls.items():
         assert not _boxes_overlap(notice.bounding_box(), control.bounding_box()), name
