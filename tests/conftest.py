@@ -37,6 +37,37 @@ def missing_tool(what: str) -> None:
     pytest.skip(f"{what} is not installed")
 
 
+def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
+    """A throwaway self-signed certificate for 127.0.0.1 (which clients can verify against) and its key, written as
+    ``folder/cert.pem`` and ``folder/key.pem``."""
+    import datetime
+    import ipaddress
+
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        missing_tool("cryptography (installed with Authlib from requirements.txt)")
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
 @contextlib.contextmanager
 def tmpfs(folder: Path, size: str):
     """A size-limited file system at ``folder`` (needs mount rights: root with CAP_SYS_ADMIN, as in CI); skips the

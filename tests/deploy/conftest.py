@@ -4,8 +4,6 @@ nginx writes in a temporary prefix. Without nginx the proxy tests skip, except u
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import os
 import shutil
 import socket
@@ -21,7 +19,7 @@ import pytest
 from dashboard.local_server import free_port, serve
 from db import migrate
 from db.engine import create_database_engine
-from tests.conftest import missing_tool
+from tests.conftest import missing_tool, self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
 SITE = REPO / "deploy" / "nginx" / "cxr-review.conf"
@@ -58,30 +56,7 @@ def nginx() -> str:
 @pytest.fixture(scope="session")
 def certificate(tmp_path_factory) -> Certificate:
     """A throwaway self-signed certificate for 127.0.0.1, which the tests' clients verify against."""
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        missing_tool("cryptography (installed with Authlib from requirements.txt)")
-
-    folder = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    paths = Certificate(folder / "cert.pem", folder / "key.pem")
-    paths.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    return paths
+    return Certificate(*self_signed_certificate(tmp_path_factory.mktemp("tls")))
 
 
 @pytest.fixture(scope="session")

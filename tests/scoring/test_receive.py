@@ -4,7 +4,6 @@ pynetdicom's own SCU with the real CR films, then the real scorer reading what i
 from __future__ import annotations
 
 import contextlib
-import datetime
 import logging
 import os
 import signal
@@ -28,6 +27,7 @@ from db.models import Image, Prediction
 from scoring import cli, dicom_store, imaging, receive
 from scoring.discovery import discover
 from scoring.receive import ReceiverSettings, TlsFiles, start_receiver
+from tests.conftest import self_signed_certificate
 
 REPO = Path(__file__).resolve().parents[2]
 CALLING, CALLED = "MODALITY1", "CXRRECEIVE"
@@ -279,30 +279,7 @@ def test_tls(folder, tmp_path):
 
 
 def self_signed(folder: Path) -> TlsFiles:
-    try:
-        from cryptography import x509
-        from cryptography.hazmat.primitives import hashes, serialization
-        from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
-    except ImportError:
-        pytest.skip("cryptography is not installed: no certificate to test TLS with")
-    import ipaddress
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    files = TlsFiles(folder / "cert.pem", folder / "key.pem")
-    files.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files.key.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                            serialization.NoEncryption()))
-    return files
+    return TlsFiles(*self_signed_certificate(folder))
 
 
 def test_check_instance_refuses_a_dataset_of_another_class(cr_image):
