@@ -51,7 +51,8 @@ const HTML = `
   </div>
   <div class="cxr-corner cxr-wl"></div>
   <div class="cxr-corner cxr-hint"></div>
-  <div class="cxr-legend"><div class="cxr-legend-bar"></div><div class="cxr-legend-text"></div></div>
+  <div class="cxr-legend"><div class="cxr-legend-bar"></div>
+    <div class="cxr-legend-text"><span>1</span><span>0.5</span><span>0</span></div></div>
 </div>`;
 
 const CSS = `
@@ -188,7 +189,7 @@ class Viewer {
     parent.appendChild(this.root);
     this.canvas = this.root.querySelector('.cxr-canvas');
     this.ui = Object.fromEntries(['preset', 'invert', 'tool', 'lens', 'reset', 'blink', 'opacity', 'split', 'wl',
-      'hint', 'legend-bar', 'legend-text'].map((name) => [name, this.root.querySelector(`.cxr-${name}`)]));
+      'hint', 'legend-bar'].map((name) => [name, this.root.querySelector(`.cxr-${name}`)]));
     this.titles = [];
     // kept from case to case
     this.presetLabel = AS_READ;
@@ -224,8 +225,6 @@ class Viewer {
       this.overlay = this.overlayBitmap;
       this.overlay.ready.then(() => this.requestDraw());
       this.ui['legend-bar'].style.background = `linear-gradient(to top, ${data.overlay.stops.join(', ')})`;
-      this.ui['legend-text'].innerHTML = '<span>1</span><span>0.5</span><span>0</span>';
-      this.root.title = '';
     }
     this.fillPresets(first);
     this.syncButtons();
