@@ -340,3 +340,12 @@ def _pixel_spacing(value: Any) -> dict[str, float | None]:
 def _chunks(items: list, size: int):
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def known_sop_instances(session: Session, sop_uids: Iterable[str]) -> set[str]:
+    """The SOP Instance UIDs among ``sop_uids`` that an image in the database already has (scored, out of scope or
+    kept from an earlier run, by whatever way it arrived)."""
+    known: set[str] = set()
+    for chunk in _chunks(list(set(sop_uids)), 500):
+        known.update(session.scalars(select(Image.sop_uid).where(Image.sop_uid.in_(chunk))))
+    return known

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from db.clitools import add_db_option, add_device_option, add_verbose_option, field_defaults, run_cli
+from scoring.dicomweb import DicomwebSource
 from scoring.run import ScoringRequest, run_scoring
 
 log = logging.getLogger("cxr.score")
@@ -29,7 +30,14 @@ DEFAULTS = field_defaults(ScoringRequest)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxr-score", description="Score new chest X-rays with the active model.",
                                      epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="folders (walked recursively) or files")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="folders (walked recursively) or files")
+    parser.add_argument("--dicomweb", metavar="URL",
+                        help="also pull the CR and DX instances not scored yet from this DICOMweb service (QIDO-RS, "
+                             "WADO-RS) into $CXR_HOME/dicomweb and score them; credentials from CXR_DICOMWEB_TOKEN, "
+                             "CXR_DICOMWEB_USER and CXR_DICOMWEB_PASSWORD, or the file CXR_DICOMWEB_CREDENTIALS "
+                             "names, never in the URL")
+    parser.add_argument("--since", type=since_date, metavar="DATE",
+                        help="with --dicomweb: only studies dated on or after DATE (YYYY-MM-DD), or N days back (7d)")
     add_db_option(parser)
     parser.add_argument("--model", metavar="CKPT", type=Path,
                         help="checkpoint to use (registered on first use), scored alone; default: the active model "
@@ -62,6 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def since_date(text: str):
+    from scoring.dicomweb import parse_since
+
+    try:
+        return parse_since(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def attribution_methods(text: str) -> tuple[str, ...]:
     from scoring.attribution.engine import METHODS
 
@@ -76,7 +93,16 @@ def attribution_methods(text: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     """Through :func:`db.clitools.run_cli` like every command, so that a ``--log-file`` that cannot be opened is
     exit 2 and one line (before any run starts, so without a JSON summary), never a traceback with exit 1."""
-    return run_cli(build_parser(), argv, log, score)
+    parser = build_parser()
+    return run_cli(parser, argv, log, lambda args: score(checked_arguments(parser, args)))
+
+
+def checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
+    if not args.paths and not args.dicomweb:
+        parser.error("give a folder or file to score, or --dicomweb URL")
+    if args.since and not args.dicomweb:
+        parser.error("--since applies to --dicomweb")
+    return args
 
 
 def score(args: argparse.Namespace) -> int:
@@ -87,8 +113,10 @@ def score(args: argparse.Namespace) -> int:
 
 
 def request_from(args: argparse.Namespace) -> ScoringRequest:
+    source = DicomwebSource(args.dicomweb, args.since) if args.dicomweb else None
     return ScoringRequest(
-        paths=tuple(args.paths), db_url=args.db, model=args.model, batch_size=args.batch_size, workers=args.workers,
+        paths=tuple(args.paths), dicomweb=source, db_url=args.db, model=args.model, batch_size=args.batch_size,
+        workers=args.workers,
         threads=args.threads, device=args.device, precision=args.precision, settle_seconds=args.settle_seconds,
         read_timeout=args.read_timeout, retry_failed=args.retry_failed, log_every=args.log_every,
         progress_bar=sys.stderr.isatty(), attributions=args.attributions, attributions_top=args.attributions_top)

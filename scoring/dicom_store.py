@@ -72,12 +72,16 @@ class Instance:
         return folder / self.study_uid / f"{self.sop_uid}.dcm"
 
 
+def is_valid_uid(value: str) -> bool:
+    return len(value) <= MAX_UID_LENGTH and _UID.fullmatch(value) is not None
+
+
 def checked_uid(ds: Any, keyword: str) -> str:
     """The UID as a safe path part: digits and dots only, no empty component, at most 64 characters."""
     value = str(ds.get(keyword) or "").rstrip("\0 ")
     if not value:
         raise Refused(CANNOT_UNDERSTAND, f"{keyword} missing")
-    if len(value) > MAX_UID_LENGTH or not _UID.fullmatch(value):
+    if not is_valid_uid(value):
         raise Refused(CANNOT_UNDERSTAND, f"{keyword} is not a valid UID")
     return value
 

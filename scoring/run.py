@@ -30,7 +30,8 @@ from db import migrate, model_versions, results
 from db.clitools import one_line, run_command
 from db.engine import get_engine, read_session, write_session
 from db.errors import EXIT_CANNOT_RUN, CannotRun
-from scoring import imaging, pipeline
+from scoring import dicomweb, imaging, pipeline
+from scoring.dicomweb import DicomwebSource
 from scoring.discovery import Discovery, discover
 from scoring.lock import RunLock, RunLockHeld
 from scoring.model import (
@@ -63,7 +64,8 @@ class ScoringRequest:
     """What a run is asked to do. ``cxr-score``'s option defaults are these fields' defaults, which are the
     pipeline's where it has one."""
 
-    paths: tuple[str, ...]
+    paths: tuple[str, ...]  # folders or files; may be empty when pulling from a DICOMweb server
+    dicomweb: DicomwebSource | None = None  # pulled into $CXR_HOME/dicomweb first, then scored with the paths
     db_url: str | None = None
     model: Path | None = None  # None: the active model version
     batch_size: int = _PIPELINE.batch_size
@@ -90,6 +92,7 @@ class ScoringSummary:
     phase_seconds: dict[str, Any] | None = None  # seconds per phase; "model": each version's model time
     attributions: dict[str, Any] | None = None  # precompute.PrecomputeSummary.as_dict(), when asked for
     challengers: list[dict[str, Any]] | None = None  # per challenger: what it scored in the shadow, or why not
+    dicomweb: dict[str, Any] | None = None  # dicomweb.PullCounts.as_dict(), when pulling
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON summary: run and model version (once a run started), counts, challengers and phase timings
@@ -101,6 +104,8 @@ class ScoringSummary:
             summary.update(self.counts, challengers=self.challengers or [], phase_seconds=self.phase_seconds)
         if self.attributions is not None:
             summary["attributions"] = self.attributions
+        if self.dicomweb is not None:
+            summary["dicomweb"] = self.dicomweb
         summary.update(seconds=self.seconds, exit_code=self.exit_code)
         return summary
 
@@ -115,6 +120,7 @@ class _Progress:
     phase_seconds: dict[str, Any] = field(default_factory=dict)
     attributions: dict[str, Any] | None = None
     challengers: list[dict[str, Any]] | None = None
+    dicomweb: dict[str, Any] | None = None
 
 
 def run_scoring(request: ScoringRequest) -> ScoringSummary:
@@ -134,7 +140,7 @@ def run_scoring(request: ScoringRequest) -> ScoringSummary:
     return ScoringSummary(exit_code=code, seconds=round(time.perf_counter() - started, 3), run_id=progress.run_id,
                           model_version_id=progress.model_version_id, counts=progress.counts,
                           phase_seconds=progress.phase_seconds or None, attributions=progress.attributions,
-                          challengers=progress.challengers)
+                          challengers=progress.challengers, dicomweb=progress.dicomweb)
 
 
 def _run(request: ScoringRequest, progress: _Progress) -> int:
@@ -155,9 +161,15 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         challengers, unavailable = [], {}
         if request.model is None:  # an explicit checkpoint is scored alone: challengers shadow the active version
             challengers, unavailable = load_challengers(engine, checkpoint, model_version_id, options)
+        timings: dict[str, Any] = {}
+        pulled, pull_failed = None, 0
+        if request.dicomweb is not None:
+            pulled, pull_counts = dicomweb.pull(engine, request.dicomweb)
+            progress.dicomweb, pull_failed = pull_counts.as_dict(), pull_counts.failed
+            timings["dicomweb"] = progress.dicomweb["seconds"]
         discovering = time.perf_counter()
-        found = discover(request.paths, settle_seconds=request.settle_seconds)
-        timings: dict[str, Any] = {"discover": round(time.perf_counter() - discovering, 3)}
+        found = discover_inputs(request, pulled)
+        timings["discover"] = round(time.perf_counter() - discovering, 3)
         with write_session(engine) as session:
             run_id = results.start_run(session, run_arguments(request, options, challengers, unavailable),
                                        model_version_id, os.getpid()).id
@@ -187,7 +199,21 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
                     "date", counts.invalid_study_date)
     if counts.failed:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
-    return EXIT_FAILURES if counts.failed else EXIT_OK
+    if pull_failed:
+        log.warning("%d instances could not be fetched from the DICOMweb server; the next run asks again", pull_failed)
+    return EXIT_FAILURES if counts.failed or pull_failed else EXIT_OK
+
+
+def discover_inputs(request: ScoringRequest, pulled: Path | None) -> Discovery:
+    """The files of the paths, and those of the DICOMweb cache: written atomically, so none is left to settle."""
+    found = discover(list(request.paths), settle_seconds=request.settle_seconds)
+    if pulled is None:
+        return found
+    cached = discover([pulled], settle_seconds=0)
+    paths = {f.path for f in found.files}
+    found.files = sorted(found.files + [f for f in cached.files if f.path not in paths], key=lambda f: f.path)
+    found.ignored += cached.ignored
+    return found
 
 
 def log_future_files(found: Discovery) -> None:
@@ -305,13 +331,16 @@ def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions,
                   challengers: Sequence[pipeline.Challenger] = (), unavailable: dict[int, str] | None = None) -> dict:
     """What the run was asked to do, for the runs table (no credentials: the database URL is left out), and the
     challengers it scores in the shadow (the Overview counts their predictions per run) or leaves out."""
+    source = request.dicomweb
     return {"paths": [str(p) for p in request.paths], "model": str(request.model) if request.model else None,
             "batch_size": options.batch_size, "workers": options.workers, "device": str(options.device),
             "precision": options.precision,
             "settle_seconds": request.settle_seconds, "retry_failed": request.retry_failed,
             "attributions": list(request.attributions), "attributions_top": request.attributions_top,
             "challengers": [c.model_version_id for c in challengers],
-            "challengers_unavailable": {str(v): why for v, why in (unavailable or {}).items()}}
+            "challengers_unavailable": {str(v): why for v, why in (unavailable or {}).items()},
+            "dicomweb": None if source is None else {"url": source.url,
+                                                     "since": source.since and source.since.isoformat()}}
 
 
 @contextlib.contextmanager

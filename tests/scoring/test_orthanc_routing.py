@@ -11,11 +11,7 @@ is refused by the receiver, so Orthanc's job fails and nothing is stored.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,14 +24,12 @@ from db.hashing import file_sha256
 from db.models import Image, Prediction
 from scoring import cli
 from scoring.receive import ReceiverSettings, start_receiver
-from tests.conftest import missing_tool
+from tests.scoring.orthanc import ORTHANC_AET, TIMEOUT, Orthanc, running_orthanc
 
 pytestmark = pytest.mark.slow
 
-ORTHANC = Path("/usr/sbin/Orthanc")
-ORTHANC_AET, RECEIVER_AET = "ORTHANC", "CXRREVIEW"
+RECEIVER_AET = "CXRREVIEW"
 FILM = "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm"  # the real CR film in shared/data/dicom
-TIMEOUT = 60.0
 
 # Every stored CR or DX instance goes to the "cxr" modality; each decision is printed to Orthanc's log (instance
 # ids only: no patient), so that the test can tell "not routed" from "not routed yet".
@@ -52,49 +46,6 @@ end
 """
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-@dataclass
-class Orthanc:
-    url: str
-    log: Path
-
-    def request(self, method: str, path: str, body: bytes | None = None) -> tuple[int, object]:
-        request = urllib.request.Request(self.url + path, data=body, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                status, text = response.status, response.read()
-        except urllib.error.HTTPError as error:
-            status, text = error.code, error.read()
-        try:
-            return status, json.loads(text) if text else None
-        except ValueError:
-            return status, text
-
-    def get(self, path: str) -> object:
-        status, answer = self.request("GET", path)
-        assert status == 200, (path, status, answer, self.log_tail())
-        return answer
-
-    def post(self, path: str, body: bytes) -> object:
-        status, answer = self.request("POST", path, body)
-        assert status == 200, (path, status, answer, self.log_tail())
-        return answer
-
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
-
-    def wait_for_log(self, line: str, what: str) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        while line not in self.log.read_text(errors="replace"):
-            assert time.monotonic() < deadline, f"{what}: no {line!r} in Orthanc's log\n{self.log_tail()}"
-            time.sleep(0.1)
-
-
 @dataclass
 class Routing:
     orthanc: Orthanc
@@ -104,52 +55,15 @@ class Routing:
 @pytest.fixture(scope="module")
 def routing(tmp_path_factory):
     """cxr-receive in this process and a real Orthanc routing CR/DX to it; both stopped at the end."""
-    if not ORTHANC.exists():
-        missing_tool("orthanc (Debian package orthanc)")
     root = tmp_path_factory.mktemp("orthanc-routing")
     folder = root / "inbox"
     receiver = start_receiver(ReceiverSettings(folder=folder, ae_title=RECEIVER_AET, allowed_callers=(ORTHANC_AET,),
                                                port=0, stop_grace_seconds=2))
     try:
         (root / "route.lua").write_text(ROUTING_LUA)
-        http_port, dicom_port = free_port(), free_port()
-        config = {
-            "Name": "cxr-routing-test",
-            "StorageDirectory": str(root / "orthanc-db"),
-            "IndexDirectory": str(root / "orthanc-db"),
-            "HttpPort": http_port,
-            "DicomPort": dicom_port,
-            "RemoteAccessAllowed": False,  # loopback only, hence no authentication
-            "AuthenticationEnabled": False,
-            "DicomAet": ORTHANC_AET,
-            "DicomModalities": {"cxr": [RECEIVER_AET, "127.0.0.1", receiver.port]},
-            "Plugins": [],
-            "LuaScripts": [str(root / "route.lua")],
-        }
-        (root / "orthanc.json").write_text(json.dumps(config, indent=2))
-        orthanc = Orthanc(f"http://127.0.0.1:{http_port}", root / "orthanc.log")
-        with orthanc.log.open("wb") as log:
-            process = subprocess.Popen([str(ORTHANC), str(root / "orthanc.json")], stdout=log,
-                                       stderr=subprocess.STDOUT, cwd=root)
-        try:
-            deadline = time.monotonic() + TIMEOUT
-            while True:
-                assert process.poll() is None, f"Orthanc exited ({process.returncode})\n{orthanc.log_tail()}"
-                try:
-                    if orthanc.request("GET", "/system")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                assert time.monotonic() < deadline, f"Orthanc did not answer\n{orthanc.log_tail()}"
-                time.sleep(0.1)
+        with running_orthanc(root, DicomModalities={"cxr": [RECEIVER_AET, "127.0.0.1", receiver.port]},
+                             LuaScripts=[str(root / "route.lua")]) as orthanc:
             yield Routing(orthanc, folder)
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
     finally:
         receiver.stop()
 
