@@ -99,7 +99,7 @@ class Image(Base):
     study_date: Mapped[dt.date | None]
     study_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     series_uid: Mapped[str | None] = mapped_column(String(64))
-    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    sop_uid: Mapped[str | None] = mapped_column(String(64), index=True)
     manufacturer: Mapped[str | None] = mapped_column(String(64))
     photometric: Mapped[str | None] = mapped_column(String(16))
     bits_stored: Mapped[int | None]
@@ -358,3 +358,23 @@ class CaseClaim(Base):
     reviewer_id: Mapped[int] = mapped_column(ForeignKey("reviewers.id", ondelete="CASCADE"))
     claimed_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime] = mapped_column(index=True)
+
+
+class ResultObject(Base):
+    """A study's results sent back to a PACS (``cxr-score --results-to``): once per study, model version and
+    destination. A failed send stays ``failed`` and is tried again by the next run, under the same SOP Instance
+    UID, so a PACS that did store an object whose answer was lost keeps one copy."""
+
+    __tablename__ = "result_objects"
+    __table_args__ = (UniqueConstraint("study_uid", "model_version_id", "destination"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64))
+    model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
+    destination: Mapped[str] = mapped_column(Text, doc="dicom://AE@host:port or a DICOMweb URL, no credentials")
+    sop_uid: Mapped[str] = mapped_column(String(64), doc="the object's SOP Instance UID, the same on every try")
+    status: Mapped[str] = mapped_column(String(16), doc="sent or failed")
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None]

@@ -1,6 +1,7 @@
 """``cxr-score``: the nightly batch scorer.
 
-Exit codes: 0 all fine; 1 finished, but some files failed (recorded in the database); 2 could not run (no
+Exit codes: 0 all fine; 1 finished, but some files failed (recorded in the database), an instance could not be
+fetched from --dicomweb or a report not sent to --results-to (each tried again by the next run); 2 could not run (no
 model, database unreachable or on an old schema, a codec or device missing); 75 another run holds the lock
 on this database (EX_TEMPFAIL: try later).
 
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--since", type=since_date, metavar="DATE",
                         help="with --dicomweb: only studies dated on or after DATE (YYYY-MM-DD), or N days back (7d)")
     add_db_option(parser)
+    parser.add_argument("--results-to", type=results_destination, metavar="DESTINATION",
+                        help="after scoring, send each newly scored study a Structured Report of its predictions "
+                             "(not for diagnostic use): dicom://CALLED_AE@host:port (C-STORE) or a DICOMweb URL "
+                             "(STOW-RS, credentials as for --dicomweb); once per study and model version")
+    parser.add_argument("--results-calling-ae", default=DEFAULTS["results_calling_ae"], metavar="TITLE",
+                        help="the calling AE title of --results-to dicom://... (default: %(default)s)")
     parser.add_argument("--model", metavar="CKPT", type=Path,
                         help="checkpoint to use (registered on first use), scored alone; default: the active model "
                              "version, with every challenger scored in its shadow")
@@ -79,6 +86,15 @@ def since_date(text: str):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def results_destination(text: str):
+    from scoring.results_back import parse_destination
+
+    try:
+        return parse_destination(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def attribution_methods(text: str) -> tuple[str, ...]:
     from scoring.attribution.engine import METHODS
 
@@ -102,6 +118,8 @@ def checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("give a folder or file to score, or --dicomweb URL")
     if args.since and not args.dicomweb:
         parser.error("--since applies to --dicomweb")
+    if args.results_to and args.model:
+        parser.error("--results-to sends the active model version's results; it cannot go with --model")
     return args
 
 
@@ -119,7 +137,8 @@ def request_from(args: argparse.Namespace) -> ScoringRequest:
         workers=args.workers,
         threads=args.threads, device=args.device, precision=args.precision, settle_seconds=args.settle_seconds,
         read_timeout=args.read_timeout, retry_failed=args.retry_failed, log_every=args.log_every,
-        progress_bar=sys.stderr.isatty(), attributions=args.attributions, attributions_top=args.attributions_top)
+        progress_bar=sys.stderr.isatty(), attributions=args.attributions, attributions_top=args.attributions_top,
+        results_to=args.results_to, results_calling_ae=args.results_calling_ae)
 
 
 if __name__ == "__main__":

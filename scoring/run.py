@@ -30,7 +30,7 @@ from db import migrate, model_versions, results
 from db.clitools import one_line, run_command
 from db.engine import get_engine, read_session, write_session
 from db.errors import EXIT_CANNOT_RUN, CannotRun
-from scoring import dicomweb, imaging, pipeline
+from scoring import dicomweb, imaging, pipeline, results_back
 from scoring.dicomweb import DicomwebSource
 from scoring.discovery import Discovery, discover
 from scoring.lock import RunLock, RunLockHeld
@@ -43,6 +43,7 @@ from scoring.model import (
     load_checkpoint,
     resolve_device,
 )
+from scoring.results_back import Destination
 
 log = logging.getLogger("cxr.score")
 
@@ -80,6 +81,8 @@ class ScoringRequest:
     progress_bar: bool = _PIPELINE.progress_bar
     attributions: tuple[str, ...] = ()  # methods whose maps are precomputed after scoring (scoring.attribution)
     attributions_top: int = 50  # ... for the N most uncertain cases plus every case not predicted normal
+    results_to: Destination | None = None  # send each scored study's report there (scoring.results_back)
+    results_calling_ae: str = results_back.DEFAULT_CALLING_AE
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,7 @@ class ScoringSummary:
     attributions: dict[str, Any] | None = None  # precompute.PrecomputeSummary.as_dict(), when asked for
     challengers: list[dict[str, Any]] | None = None  # per challenger: what it scored in the shadow, or why not
     dicomweb: dict[str, Any] | None = None  # dicomweb.PullCounts.as_dict(), when pulling
+    results_back: dict[str, Any] | None = None  # results_back.ResultsCounts.as_dict(), when sending results
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON summary: run and model version (once a run started), counts, challengers and phase timings
@@ -106,6 +110,8 @@ class ScoringSummary:
             summary["attributions"] = self.attributions
         if self.dicomweb is not None:
             summary["dicomweb"] = self.dicomweb
+        if self.results_back is not None:
+            summary["results_back"] = self.results_back
         summary.update(seconds=self.seconds, exit_code=self.exit_code)
         return summary
 
@@ -121,6 +127,7 @@ class _Progress:
     attributions: dict[str, Any] | None = None
     challengers: list[dict[str, Any]] | None = None
     dicomweb: dict[str, Any] | None = None
+    results_back: dict[str, Any] | None = None
 
 
 def run_scoring(request: ScoringRequest) -> ScoringSummary:
@@ -140,7 +147,8 @@ def run_scoring(request: ScoringRequest) -> ScoringSummary:
     return ScoringSummary(exit_code=code, seconds=round(time.perf_counter() - started, 3), run_id=progress.run_id,
                           model_version_id=progress.model_version_id, counts=progress.counts,
                           phase_seconds=progress.phase_seconds or None, attributions=progress.attributions,
-                          challengers=progress.challengers, dicomweb=progress.dicomweb)
+                          challengers=progress.challengers, dicomweb=progress.dicomweb,
+                          results_back=progress.results_back)
 
 
 def _run(request: ScoringRequest, progress: _Progress) -> int:
@@ -188,6 +196,10 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
             if request.attributions:  # every batch's predictions are committed by now: a kill loses none
                 progress.attributions = precompute_attributions(engine, request, model_version_id)
                 timings["attributions"] = progress.attributions["seconds"]
+            if request.results_to is not None:  # after the scores are committed: a PACS that is down holds none
+                progress.results_back = results_back.send_results(engine, request.results_to, model_version_id,
+                                                                  request.results_calling_ae).as_dict()
+                timings["results_back"] = progress.results_back["seconds"]
         with write_session(engine) as session:
             results.update_run(session, run_id, status="finished", finished=True, **counts.run_columns())
     progress.counts, progress.phase_seconds = counts.as_dict(), timings
@@ -201,7 +213,8 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
     if pull_failed:
         log.warning("%d instances could not be fetched from the DICOMweb server; the next run asks again", pull_failed)
-    return EXIT_FAILURES if counts.failed or pull_failed else EXIT_OK
+    results_failed = (progress.results_back or {}).get("failed", 0)
+    return EXIT_FAILURES if counts.failed or pull_failed or results_failed else EXIT_OK
 
 
 def discover_inputs(request: ScoringRequest, pulled: Path | None) -> Discovery:
@@ -340,7 +353,8 @@ def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions,
             "challengers": [c.model_version_id for c in challengers],
             "challengers_unavailable": {str(v): why for v, why in (unavailable or {}).items()},
             "dicomweb": None if source is None else {"url": source.url,
-                                                     "since": source.since and source.since.isoformat()}}
+                                                     "since": source.since and source.since.isoformat()},
+            "results_to": request.results_to and request.results_to.url}
 
 
 @contextlib.contextmanager

@@ -287,3 +287,20 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
         yield browser
         browser.close()
+
+
+def active_model_database(url: str, checkpoint: Path) -> None:
+    """A database whose active model version is ``checkpoint`` (--results-to sends the active version's)."""
+    from db import migrate, model_versions
+    from db.engine import create_database_engine, write_session
+    from scoring.model import checkpoint_sha256, load_checkpoint
+
+    engine = create_database_engine(url)
+    try:
+        migrate.ensure_schema(engine)
+        with write_session(engine) as session:
+            version = model_versions.register_checkpoint(session, checkpoint, load_checkpoint(checkpoint),
+                                                         checkpoint_sha256(checkpoint))
+            model_versions.promote(session, str(version.id))
+    finally:
+        engine.dispose()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import io
 import json
 import socket
 import subprocess
@@ -18,6 +19,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import pydicom
 
 from tests.conftest import missing_tool
 
@@ -76,6 +79,16 @@ class Orthanc:
         assert answer["Status"] in ("Success", "AlreadyStored"), answer
         return answer["ID"]
 
+    def reports(self) -> list[pydicom.Dataset]:
+        """Every Structured Report (Modality SR) Orthanc holds."""
+        found = self.post("/tools/find", json.dumps({"Level": "Instance", "Query": {"Modality": "SR"}}).encode())
+        return [pydicom.dcmread(io.BytesIO(self.file(instance))) for instance in found]
+
+    def file(self, instance_id: str) -> bytes:
+        status, body = self.request("GET", f"/instances/{instance_id}/file")
+        assert status == 200, (instance_id, status)
+        return body
+
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
 
@@ -130,3 +143,16 @@ def running_orthanc(root: Path, *, dicomweb: bool = False, users: dict[str, str]
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def report_numbers(report) -> dict[tuple[str, str], float]:
+    """(referenced SOP Instance UID, concept meaning) -> value of each image's NUM items."""
+    numbers = {}
+    for findings in report.ContentSequence:
+        items = findings.get("ContentSequence", [])
+        refs = [i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in items if i.ValueType == "IMAGE"]
+        for item in items:
+            if item.ValueType == "NUM":
+                numbers[(refs[0], item.ConceptNameCodeSequence[0].CodeMeaning)] = float(
+                    item.MeasuredValueSequence[0].NumericValue)
+    return numbers

@@ -1,5 +1,5 @@
-"""Issue 22's goal with a real PACS: an instance stored into Orthanc is routed to cxr-receive and scored by the
-nightly run.
+"""Issue 22's goal with a real PACS: an instance stored into Orthanc is routed to cxr-receive, scored by the
+nightly run, and its report sent back to Orthanc.
 
 Debian's Orthanc runs as a subprocess on loopback ports (no plugins, HTTP without authentication but reachable from
 this machine only), with a Lua script that sends every stored CR or DX instance to the ``cxr`` modality: cxr-receive,
@@ -24,7 +24,8 @@ from db.hashing import file_sha256
 from db.models import Image, Prediction
 from scoring import cli
 from scoring.receive import ReceiverSettings, start_receiver
-from tests.scoring.orthanc import ORTHANC_AET, TIMEOUT, Orthanc, running_orthanc
+from tests.conftest import active_model_database
+from tests.scoring.orthanc import ORTHANC_AET, TIMEOUT, Orthanc, report_numbers, running_orthanc
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,9 @@ def test_a_cr_film_stored_into_orthanc_is_routed_received_and_scored(routing, di
     assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID  # sent as stored
 
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
-    assert cli.main(["--db", url, "--model", str(tiny_checkpoint), "--settle-seconds", "0", str(routing.folder)]) == 0
+    active_model_database(url, tiny_checkpoint)
+    results_to = f"dicom://{ORTHANC_AET}@127.0.0.1:{routing.orthanc.dicom_port}"
+    assert cli.main(["--db", url, "--settle-seconds", "0", "--results-to", results_to, str(routing.folder)]) == 0
     engine = create_database_engine(url)
     try:
         with read_session(engine) as session:
@@ -102,6 +105,10 @@ def test_a_cr_film_stored_into_orthanc_is_routed_received_and_scored(routing, di
             assert prediction is not None and prediction.predicted_class in ("covid", "normal", "pneumonia")
     finally:
         engine.dispose()
+    # results back: the report is in the film's study in Orthanc (and, being an SR, not routed again)
+    reports = routing.orthanc.reports()
+    assert [r.StudyInstanceUID for r in reports] == [original.StudyInstanceUID]
+    assert {sop for sop, _ in report_numbers(reports[0])} == {original.SOPInstanceUID}
 
 
 def test_a_ct_instance_is_not_routed_and_a_forced_send_is_refused(routing, pydicom_data):
