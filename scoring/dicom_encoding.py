@@ -30,9 +30,12 @@ ENCODINGS: dict[str, str] = {
     "j2k_lossless": "1.2.840.10008.1.2.4.90",  # 5 decomposition levels (OpenJPEG's default)
     "j2k_lossless_1level": "1.2.840.10008.1.2.4.90",  # 1 level, like pydicom-data's RG1_J2KR
     "j2k_lossy": "1.2.840.10008.1.2.4.91",
+    "htj2k_lossless": "1.2.840.10008.1.2.4.201",  # High-Throughput JPEG 2000, reversible (OpenJPH)
+    "htj2k_lossy": "1.2.840.10008.1.2.4.203",  # irreversible, quantisation step HTJ2K_LOSSY_STEP
 }
 JPEG_LS_NEAR = 2  # the largest error JPEG-LS near-lossless may make, in stored units
 J2K_LOSSY_RATIO = 20
+HTJ2K_LOSSY_STEP = 0.001  # OpenJPH's base quantisation step: about 5:1 on RG1's 15-bit film
 _NATIVE_ENCODINGS = ("explicit_le", "implicit_le", "deflated")
 _GDCM_ENCODINGS = ("jpeg_extended_8", "jpeg_extended_12", "jpeg_lossless_p14", "jpeg_lossless_sv1")
 
@@ -54,6 +57,16 @@ def pillow_j2k(pixels: np.ndarray, levels: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, "JPEG2000", no_jp2=True, num_resolutions=levels + 1, irreversible=False)
     return buffer.getvalue()
+
+
+def openjph_htj2k(pixels: np.ndarray, lossless: bool = True) -> bytes:
+    """A raw HTJ2K codestream made by OpenJPH (through imagecodecs), 5 decomposition levels; 16-bit input is
+    written with a precision of 16, whatever its Bits Stored."""
+    import imagecodecs
+
+    if lossless:
+        return imagecodecs.htj2k_encode(pixels, reversible=True)
+    return imagecodecs.htj2k_encode(pixels, reversible=False, level=HTJ2K_LOSSY_STEP)
 
 
 def gdcm_transcode(ds: Any, encoding: str, scratch: Path) -> Any:
@@ -106,10 +119,11 @@ def encode_and_save(ds: Any, pixels: np.ndarray, encoding: str, path: Path, scra
     """Store ``ds`` (native pixel data equal to ``pixels``) at ``path`` in ``encoding``, a key of
     :data:`ENCODINGS`. Encoders: pydicom for the native syntaxes, deflate and RLE; Pillow for
     JPEG baseline (8-bit) and 1-level JPEG 2000; GDCM for JPEG extended and JPEG lossless; pyjpegls (through pydicom)
-    for JPEG-LS; pylibjpeg-openjpeg (through pydicom) for JPEG 2000. Lossless encodings keep the
-    SOP Instance UID, the lossy JPEG-LS and JPEG 2000 ones get a new one. ``scratch`` is a folder
-    for GDCM's temporary files (a temporary folder when None)."""
+    for JPEG-LS; pylibjpeg-openjpeg (through pydicom) for JPEG 2000; OpenJPH (through imagecodecs) for HTJ2K.
+    Lossless encodings keep the SOP Instance UID, the lossy JPEG-LS, JPEG 2000 and HTJ2K ones get a new one.
+    ``scratch`` is a folder for GDCM's temporary files (a temporary folder when None)."""
     from pydicom.encaps import encapsulate
+    from pydicom.uid import generate_uid
 
     if encoding not in ENCODINGS:
         raise ValueError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
@@ -130,6 +144,13 @@ def encode_and_save(ds: Any, pixels: np.ndarray, encoding: str, path: Path, scra
         ds.file_meta.TransferSyntaxUID = syntax
         ds.PixelData = encapsulate([pillow_j2k(pixels, levels=1)])
         ds["PixelData"].VR = "OB"
+    elif encoding in ("htj2k_lossless", "htj2k_lossy"):
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate([openjph_htj2k(pixels, lossless=encoding == "htj2k_lossless")])
+        ds["PixelData"].VR = "OB"
+        if encoding == "htj2k_lossy":
+            ds.LossyImageCompression = "01"
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     elif encoding in _GDCM_ENCODINGS:
         if scratch is None:
             with tempfile.TemporaryDirectory(prefix="cxr-gdcm-") as tmp:

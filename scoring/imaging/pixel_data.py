@@ -1,11 +1,16 @@
 """DICOM pixel data: the supported transfer syntaxes, checks on compressed frames, and the codecs.
 
-Decoded with pydicom and these permissively licensed plugins, tried in this order (a warning from
-any of them is an error; an exception moves on to the next): JPEG baseline and 8-bit extended:
-Pillow, GDCM. 12-bit JPEG extended: GDCM, called directly because pydicom's GDCM plugin declines
-12-bit. JPEG lossless (process 14, SV1): GDCM. JPEG-LS: pyjpegls, GDCM. JPEG 2000:
-pylibjpeg-openjpeg, GDCM, Pillow. RLE: pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never
-asked for, even when installed.
+Lossless JPEG, JPEG-LS and HTJ2K of unsigned one-sample images are decoded with imagecodecs first
+(libjpeg-turbo 3, CharLS, OpenJPH; BSD-3-Clause, its bundled libraries permissively licensed); anything it
+refuses goes to pydicom and these permissively licensed plugins, tried in this order (a warning from any of them
+is an error; an exception moves on to the next): JPEG baseline and 8-bit extended: Pillow, GDCM. 12-bit JPEG
+extended: GDCM, called directly because pydicom's GDCM plugin declines 12-bit. JPEG lossless (process 14, SV1):
+GDCM. JPEG-LS: pyjpegls, GDCM. JPEG 2000: pylibjpeg-openjpeg, GDCM, Pillow. HTJ2K: pylibjpeg-openjpeg. RLE:
+pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never asked for, even when installed.
+
+A reduced decode (the scorer needs a few hundred pixels a side) takes a codec's resolution shortcut where there is
+one: JPEG 2000 through Pillow's OpenJPEG reduce, HTJ2K through OpenJPH's skipped resolutions, 8-bit JPEG through
+Pillow's DCT scaling.
 
 Before any codec runs, the encapsulation is walked, the first frame must end with its
 end-of-codestream marker (the JPEG-LS and JPEG 2000 decoders pad a cut stream silently) and a JPEG
@@ -33,6 +38,8 @@ DEFLATED = "1.2.840.10008.1.2.1.99"
 RLE = "1.2.840.10008.1.2.5"
 _J2K_PLUGINS = ("pylibjpeg", "gdcm", "pillow")
 _J2K_SYNTAXES = ("1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91")
+# High-Throughput JPEG 2000 (Part 15): lossless, lossless with RPCL progression, lossless or lossy
+HTJ2K_SYNTAXES = ("1.2.840.10008.1.2.4.201", "1.2.840.10008.1.2.4.202", "1.2.840.10008.1.2.4.203")
 _JPEG_LS_PLUGINS = ("pyjpegls", "gdcm")
 PLUGINS: dict[str, tuple[str, ...]] = {
     "1.2.840.10008.1.2": ("",),  # Implicit VR Little Endian
@@ -48,14 +55,21 @@ PLUGINS: dict[str, tuple[str, ...]] = {
     "1.2.840.10008.1.2.4.81": _JPEG_LS_PLUGINS,  # JPEG-LS near-lossless
     "1.2.840.10008.1.2.4.90": _J2K_PLUGINS,  # JPEG 2000 lossless
     "1.2.840.10008.1.2.4.91": _J2K_PLUGINS,  # JPEG 2000
+    **{syntax: ("pylibjpeg",) for syntax in HTJ2K_SYNTAXES},  # pylibjpeg-openjpeg (OpenJPEG 2.5)
+}
+# Tried before the plugins above (BSD-3-Clause wheel; its bundled libraries are permissively licensed).
+_IMAGECODECS_DECODERS = {
+    "1.2.840.10008.1.2.4.57": "jpeg8_decode",  # libjpeg-turbo 3 decodes lossless JPEG (process 14)
+    "1.2.840.10008.1.2.4.70": "jpeg8_decode",
+    "1.2.840.10008.1.2.4.80": "jpegls_decode",  # CharLS
+    "1.2.840.10008.1.2.4.81": "jpegls_decode",
+    **{syntax: "htj2k_decode" for syntax in HTJ2K_SYNTAXES},  # OpenJPH
 }
 SUPPORTED_TRANSFER_SYNTAXES = frozenset(PLUGINS)
 NATIVE_SYNTAXES = frozenset(uid for uid, plugins in PLUGINS.items() if plugins == ("",))
 # Every JPEG, JPEG-LS and JPEG 2000 codestream ends with FF D9 (EOI / EOC).
 _CODESTREAMS_ENDING_FFD9 = frozenset(PLUGINS) - NATIVE_SYNTAXES - {RLE}
-_JPEG_FAMILY = frozenset(
-    uid for uid in _CODESTREAMS_ENDING_FFD9 if not uid.startswith("1.2.840.10008.1.2.4.9")
-)
+_JPEG_FAMILY = _CODESTREAMS_ENDING_FFD9 - set(_J2K_SYNTAXES) - set(HTJ2K_SYNTAXES)
 
 
 # The package that provides each pydicom plugin the reader asks for, to say what to install.
@@ -131,11 +145,36 @@ def decode_compressed(
         precision = _check_jpeg_frame_header(frame, geometry, path)
         if syntax == JPEG_EXTENDED and precision > 8:
             return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric, 1
+    if syntax in _IMAGECODECS_DECODERS:
+        decoded = _decode_with_imagecodecs(ds, syntax, geometry, frame)
+        if decoded is not None:
+            return decoded, geometry.photometric, 1
     if min_side is not None:
         reduced = decode_reduced(ds, syntax, geometry, frame, min_side, precision)
         if reduced is not None:
             return reduced[0], geometry.photometric, reduced[1]
     return *decode_with_pydicom(ds, syntax, PLUGINS[syntax], path), 1
+
+
+def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: bytes) -> np.ndarray | None:
+    """Frame 0 of an unsigned one-sample image through imagecodecs (libjpeg-turbo 3 for lossless JPEG, CharLS for
+    JPEG-LS): the same pixels as GDCM and pyjpegls, several times faster. None where it does not apply or the codec
+    refuses the frame (or warns): the pydicom plugins then decode it, or give the failure its proper reason."""
+    if geometry.samples != 1 or int_value(ds, "PixelRepresentation") != 0:
+        return None
+    try:
+        import imagecodecs
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            array = getattr(imagecodecs, _IMAGECODECS_DECODERS[syntax])(frame)
+    except (MemoryError, KeyboardInterrupt, SystemExit):
+        raise
+    except Exception:
+        return None
+    if array.shape != (geometry.rows, geometry.cols) or array.dtype not in (np.uint8, np.uint16):
+        return None
+    return array.astype(np.uint16, copy=False) if geometry.bits_allocated == 16 else array
 
 
 def decode_reduced(
@@ -151,6 +190,8 @@ def decode_reduced(
             warnings.simplefilter("error")
             if syntax in _J2K_SYNTAXES:
                 return _j2k_reduced(frame, geometry, ds, min_side)
+            if syntax in HTJ2K_SYNTAXES:
+                return _htj2k_reduced(frame, geometry, ds, min_side)
             if syntax in (JPEG_BASELINE, JPEG_EXTENDED) and jpeg_precision == 8 and geometry.bits_allocated == 8:
                 return _jpeg_draft(frame, geometry, min_side)
     except (MemoryError, KeyboardInterrupt, SystemExit):
@@ -168,15 +209,10 @@ def _j2k_reduced(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tu
     shift back gives the stored values the modality LUT and the window expect. Signed samples, several
     components, image offsets or a size that disagrees with the dataset are left to the full decode.
     """
-    header = _j2k_header(frame)
-    if header is None or int_value(ds, "PixelRepresentation") not in (None, 0):
+    found = _reduction_level(frame, geometry, ds, min_side)
+    if found is None:
         return None
-    cols, rows, components, precision, signed, levels = header
-    if (rows, cols) != (geometry.rows, geometry.cols) or components != 1 or signed or not 1 <= precision <= 16:
-        return None
-    level = 0
-    while level < levels and min(-(-rows // (2 << level)), -(-cols // (2 << level))) >= min_side:
-        level += 1
+    level, precision = found
     for attempt in range(level, 0, -1):  # a codestream may refuse a level (e.g. precincts); try finer ones
         try:
             values = _pillow_j2k(frame, attempt)
@@ -186,6 +222,38 @@ def _j2k_reduced(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tu
             values = values >> (16 - precision)
         return values, 1 << attempt
     return None
+
+
+def _reduction_level(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tuple[int, int] | None:
+    """For a (HT)JPEG 2000 codestream of one unsigned component the size the dataset says: the coarsest
+    resolution level whose shorter side is still at least ``min_side``, no coarser than its decomposition levels,
+    and the sample precision; None where the shortcut does not apply."""
+    header = _j2k_header(frame)
+    if header is None or int_value(ds, "PixelRepresentation") not in (None, 0):
+        return None
+    cols, rows, components, precision, signed, levels = header
+    if (rows, cols) != (geometry.rows, geometry.cols) or components != 1 or signed or not 1 <= precision <= 16:
+        return None
+    level = 0
+    while level < levels and min(-(-rows // (2 << level)), -(-cols // (2 << level))) >= min_side:
+        level += 1
+    return level, precision
+
+
+def _htj2k_reduced(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tuple[np.ndarray, int] | None:
+    """OpenJPH (through imagecodecs) skipping the finest resolutions, as OpenJPEG's reduce does for JPEG 2000; its
+    samples come back as stored, not scaled to 16 bits."""
+    import imagecodecs
+
+    found = _reduction_level(frame, geometry, ds, min_side)
+    if found is None or found[0] == 0:
+        return None
+    level = found[0]
+    values = imagecodecs.htj2k_decode(frame, skipres=level)
+    expected = (-(-geometry.rows // (1 << level)), -(-geometry.cols // (1 << level)))
+    if values.shape != expected:
+        return None
+    return values, 1 << level
 
 
 def _pillow_j2k(frame: bytes, level: int) -> np.ndarray:

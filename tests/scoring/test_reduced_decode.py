@@ -25,10 +25,11 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from pydicom.encaps import generate_frames
+from pydicom.encaps import encapsulate, generate_frames
 
 from benchmarks.make_archive import make_archive
 from scoring import imaging
+from scoring.dicom_encoding import ENCODINGS, openjph_htj2k
 from scoring.imaging import pixel_data
 from scoring.imaging.downsample import area_downsample, reduce_to
 from scoring.imaging.header import Geometry
@@ -53,10 +54,21 @@ def _input_difference(path: Path, size: int) -> tuple[imaging.XRayImage, float, 
 
 
 @pytest.fixture(scope="module")
-def real_films(pydicom_data, dicom_dir) -> dict[str, Path]:
+def real_films(pydicom_data, dicom_dir, tmp_path_factory) -> dict[str, Path]:
     films = {f"RG1_{kind}": pydicom_data(f"RG1_{kind}.dcm") for kind in ("UNCR", "J2KR", "J2KI")}
     films["SIIM"] = next(dicom_dir.glob("1.2.276.*.dcm"))
+    films["RG1_HTJ2K"] = htj2k_copy(films["RG1_UNCR"], tmp_path_factory.mktemp("htj2k") / "RG1_HTJ2K.dcm")
     return films
+
+
+def htj2k_copy(source: Path, path: Path) -> Path:
+    """The real film as new archives store it: HTJ2K lossless (OpenJPH, 5 decomposition levels), all else kept."""
+    ds = pydicom.dcmread(source)
+    ds.PixelData = encapsulate([openjph_htj2k(ds.pixel_array)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = ENCODINGS["htj2k_lossless"]
+    ds.save_as(path, enforce_file_format=True)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -99,7 +111,7 @@ def _probabilities(model: torch.nn.Module, image: imaging.XRayImage) -> torch.Te
 # --- real films ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("name", "scale"), [("RG1_UNCR", 0.25), ("RG1_J2KR", 0.25), ("RG1_J2KI", 0.25),
-                                             ("SIIM", 0.5)])
+                                             ("RG1_HTJ2K", 0.25), ("SIIM", 0.5)])
 def test_reduced_model_input_matches_the_full_decode_on_real_films(real_films, name, scale):
     reduced, mean, largest = _input_difference(real_films[name], 224)
     assert reduced.meta["decode_scale"] == scale
@@ -127,9 +139,9 @@ def test_isolated_decoder_passes_min_side_through(real_films):
 
 
 def test_codecs_decode_less_themselves(real_films):
-    """The JPEG 2000 reduce factor and the JPEG DCT scaling are used, not only the area downsample (a Pillow
-    upgrade that breaks either would still read correctly, only slowly: this notices it)."""
-    for name, factor in (("RG1_J2KR", 4), ("RG1_J2KI", 4), ("SIIM", 2)):
+    """The JPEG 2000 reduce factor, HTJ2K's skipped resolutions and the JPEG DCT scaling are used, not only the
+    area downsample (a codec upgrade that breaks one would still read correctly, only slowly: this notices it)."""
+    for name, factor in (("RG1_J2KR", 4), ("RG1_J2KI", 4), ("RG1_HTJ2K", 4), ("SIIM", 2)):
         ds = pydicom.dcmread(real_films[name])
         frame = next(generate_frames(ds.PixelData, number_of_frames=1))
         geometry = Geometry(ds.Rows, ds.Columns, 1, 1, ds.BitsAllocated, ds.BitsStored, ds.PhotometricInterpretation)
@@ -137,7 +149,7 @@ def test_codecs_decode_less_themselves(real_films):
         values, used = pixel_data.decode_reduced(ds, ds.file_meta.TransferSyntaxUID, geometry, frame, 448, precision)
         assert used == factor
         assert values.shape == tuple(-(-n // factor) for n in (ds.Rows, ds.Columns))
-        if name == "RG1_J2KR":  # lossless: the stored 15-bit values, not Pillow's 16-bit scaling
+        if name in ("RG1_J2KR", "RG1_HTJ2K"):  # lossless: the stored 15-bit values, not scaled to 16 bits
             assert values.max() < 2**15
 
 

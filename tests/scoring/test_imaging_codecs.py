@@ -1,0 +1,129 @@
+"""imagecodecs' decoders (libjpeg-turbo 3 for lossless JPEG, CharLS for JPEG-LS, OpenJPH for HTJ2K), which go
+before the pydicom plugins, against those plugins (GDCM, pyjpegls, pylibjpeg-openjpeg) on real films: the very
+same pixels, and whatever imagecodecs refuses is decoded, or refused with its typed reason, as before."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+
+from scoring import imaging
+from scoring.imaging import pixel_data
+from scoring.imaging.header import Geometry
+
+ENCODINGS = ("jpeg_lossless_p14", "jpeg_lossless_sv1", "jpeg_ls_lossless", "jpeg_ls_near_lossless",
+             "htj2k_lossless", "htj2k_lossy")
+DECODER = {"jpeg_lossless_p14": "jpeg8_decode", "jpeg_lossless_sv1": "jpeg8_decode",
+           "jpeg_ls_lossless": "jpegls_decode", "jpeg_ls_near_lossless": "jpegls_decode",
+           "htj2k_lossless": "htj2k_decode", "htj2k_lossy": "htj2k_decode"}
+
+# Reader units ([0, 1]); measured at most 2.5e-4 (one stored unit of the 12-bit film) and 5.7e-5 (two of RG1's
+# 15 bits).
+LOSSY_TOLERANCE = 5e-4
+
+
+@pytest.fixture(scope="module")
+def films(pydicom_data, dicom_dir, cxr_dev) -> dict[str, np.ndarray]:
+    """Real pixels: RG1's 15-bit CR film (1955x1841), the SIIM film (8-bit, 1024x1024) and a cxr-dev PNG spread
+    over 12 bits."""
+    from PIL import Image
+
+    with Image.open(sorted(cxr_dev.glob("covid/*.png"))[0]) as png:
+        grey = np.asarray(png.convert("L"))
+    return {"RG1": pydicom.dcmread(pydicom_data("RG1_UNCR.dcm")).pixel_array.astype(np.uint16),
+            "SIIM": pydicom.dcmread(next(dicom_dir.glob("1.2.276.*.dcm"))).pixel_array,
+            "cxr-dev-12": grey.astype(np.uint16) * 16}
+
+
+def counting(monkeypatch, name: str) -> list[int]:
+    """Count the calls of an imagecodecs decoder (the reader looks it up at each decode)."""
+    calls: list[int] = []
+    real: Callable = getattr(imagecodecs, name)
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, name, counted)
+    return calls
+
+
+def pixels_without_imagecodecs(path: Path, monkeypatch, **options) -> np.ndarray:
+    with monkeypatch.context() as patch:
+        patch.setattr(pixel_data, "_IMAGECODECS_DECODERS", {})
+        return imaging.read_xray(path, timeout=None, **options).pixels
+
+
+@pytest.mark.parametrize("film", ["RG1", "SIIM", "cxr-dev-12"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_imagecodecs_gives_the_pixels_of_the_plugins(films, dicom_factory, monkeypatch, film, encoding):
+    pixels = films[film]
+    bits = {"RG1": 15, "SIIM": 8, "cxr-dev-12": 12}[film]
+    path = dicom_factory(f"{film}-{encoding}.dcm", pixels, encoding, BitsStored=bits)
+    calls = counting(monkeypatch, DECODER[encoding])
+
+    image = imaging.read_xray(path, timeout=None)
+
+    assert calls, "imagecodecs was not asked"
+    expected = pixels_without_imagecodecs(path, monkeypatch)
+    if encoding == "htj2k_lossy":  # the irreversible wavelet: OpenJPH and OpenJPEG round a unit apart here and there
+        np.testing.assert_allclose(image.pixels, expected, rtol=0, atol=LOSSY_TOLERANCE)
+    else:
+        np.testing.assert_array_equal(image.pixels, expected)
+    assert image.meta["transfer_syntax"] == pydicom.dcmread(path).file_meta.TransferSyntaxUID
+
+
+@pytest.mark.parametrize("encoding", ["jpeg_lossless_sv1", "jpeg_ls_lossless", "htj2k_lossless"])
+def test_lossless_decodes_give_the_stored_values(films, dicom_factory, encoding):
+    pixels = films["RG1"]
+    path = dicom_factory(f"stored-{encoding}.dcm", pixels, encoding, BitsStored=15)
+    ds = pydicom.dcmread(path)
+    frame = pixel_data.first_frame(ds, geometry(ds), b"x")
+    decoded, photometric, scale = pixel_data.decode_compressed(ds, ds.file_meta.TransferSyntaxUID, geometry(ds),
+                                                               frame, b"x")
+    np.testing.assert_array_equal(decoded, pixels)
+    assert (decoded.dtype, photometric, scale) == (np.uint16, ds.PhotometricInterpretation, 1)
+
+
+def geometry(ds) -> Geometry:
+    return Geometry(ds.Rows, ds.Columns, 1, 1, ds.BitsAllocated, ds.BitsStored, ds.PhotometricInterpretation)
+
+
+def test_a_frame_imagecodecs_refuses_goes_to_the_plugins(films, dicom_factory, monkeypatch):
+    path = dicom_factory("refused.dcm", films["cxr-dev-12"], "jpeg_lossless_sv1", BitsStored=12)
+    expected = pixels_without_imagecodecs(path, monkeypatch)
+
+    def refuse(data, *args, **kwargs):
+        raise imagecodecs.Jpeg8Error("refused on purpose")
+
+    monkeypatch.setattr(imagecodecs, "jpeg8_decode", refuse)
+    np.testing.assert_array_equal(imaging.read_xray(path, timeout=None).pixels, expected)
+
+
+def test_signed_pixels_are_left_to_the_plugins(films, dicom_factory):
+    path = dicom_factory("signed.dcm", films["cxr-dev-12"], "jpeg_ls_lossless", BitsStored=12)
+    ds = pydicom.dcmread(path)
+    frame = pixel_data.first_frame(ds, geometry(ds), b"x")
+    ds.PixelRepresentation = 1
+    assert pixel_data._decode_with_imagecodecs(ds, ds.file_meta.TransferSyntaxUID, geometry(ds), frame) is None
+
+
+@pytest.mark.parametrize("encoding", ["jpeg_lossless_sv1", "jpeg_ls_lossless", "htj2k_lossless"])
+def test_a_cut_frame_keeps_its_reason(films, dicom_factory, encoding, tmp_path):
+    """A frame cut short (no end marker) is refused before any codec runs, whichever decodes it."""
+    from pydicom.encaps import encapsulate
+
+    path = dicom_factory(f"cut-{encoding}.dcm", films["cxr-dev-12"], encoding, BitsStored=12)
+    ds = pydicom.dcmread(path)
+    frame = pixel_data.first_frame(ds, geometry(ds), b"x")
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    cut = tmp_path / f"cut-{encoding}-half.dcm"
+    ds.save_as(cut, enforce_file_format=True)
+    with pytest.raises(imaging.XRayReadError) as refused:
+        imaging.read_xray(cut, timeout=None)
+    assert refused.value.reason == imaging.TRUNCATED
