@@ -69,6 +69,19 @@ def openjph_htj2k(pixels: np.ndarray, lossless: bool = True) -> bytes:
     return imagecodecs.htj2k_encode(pixels, reversible=False, level=HTJ2K_LOSSY_STEP)
 
 
+def htj2k_copy(source: Path, path: Path) -> Path:
+    """A DICOM file as new archives store it: HTJ2K lossless (OpenJPH), every other element kept."""
+    import pydicom
+    from pydicom.encaps import encapsulate
+
+    ds = pydicom.dcmread(source)
+    ds.PixelData = encapsulate([openjph_htj2k(ds.pixel_array)])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = ENCODINGS["htj2k_lossless"]
+    ds.save_as(path, enforce_file_format=True)
+    return path
+
+
 def gdcm_transcode(ds: Any, encoding: str, scratch: Path) -> Any:
     """Compress ``ds`` with GDCM (JPEG extended 8/12-bit, JPEG lossless process 14 or SV1) and
     return the result as a pydicom dataset; ``scratch`` is a folder for the two temporary files."""

@@ -25,11 +25,11 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-from pydicom.encaps import encapsulate, generate_frames
+from pydicom.encaps import generate_frames
 
 from benchmarks.make_archive import make_archive
 from scoring import imaging
-from scoring.dicom_encoding import ENCODINGS, openjph_htj2k
+from scoring.dicom_encoding import htj2k_copy
 from scoring.imaging import pixel_data
 from scoring.imaging.downsample import area_downsample, reduce_to
 from scoring.imaging.header import Geometry
@@ -59,16 +59,6 @@ def real_films(pydicom_data, dicom_dir, tmp_path_factory) -> dict[str, Path]:
     films["SIIM"] = next(dicom_dir.glob("1.2.276.*.dcm"))
     films["RG1_HTJ2K"] = htj2k_copy(films["RG1_UNCR"], tmp_path_factory.mktemp("htj2k") / "RG1_HTJ2K.dcm")
     return films
-
-
-def htj2k_copy(source: Path, path: Path) -> Path:
-    """The real film as new archives store it: HTJ2K lossless (OpenJPH, 5 decomposition levels), all else kept."""
-    ds = pydicom.dcmread(source)
-    ds.PixelData = encapsulate([openjph_htj2k(ds.pixel_array)])
-    ds["PixelData"].VR = "OB"
-    ds.file_meta.TransferSyntaxUID = ENCODINGS["htj2k_lossless"]
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 @pytest.fixture(scope="module")
