@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from sqlalchemy import Engine
@@ -64,6 +64,7 @@ HASH_THREADS = 4
 INVALID_SCORE = "invalid_score"  # the model gave NaN or infinite probabilities
 SCORE_FAILED = "score_failed"  # the model raised on this image
 WRITE_FAILED = "write_failed"  # storing the image's result raised (a constraint, a value the driver refused)
+ACTIVE = 0  # the active version's key among model versions' ids (which start at 1)
 # A challenger's image that needs no model pass: decoded for the active version, already scored by the challenger.
 ALREADY_SCORED = "already_scored"
 
@@ -291,51 +292,53 @@ class BatchResults:
 ShadowScores = tuple[list[results.Score | None], list[bool]] | None
 
 
-class ScoringPass:
-    """Decodes and scores the triaged jobs (with the active version, then each challenger on the same tensors); a
-    writer thread commits one transaction per batch meanwhile."""
+class ScoredBatch(NamedTuple):
+    """A decoded batch after the models: what :meth:`ScoringPass.store_scored` turns into rows. Plain values and
+    CPU tensors, so that it crosses from a Ray actor (scoring.ray_engine) as it is."""
 
-    def __init__(self, engine: Engine, scorer: Scorer, model_version_id: int, run_id: int,
-                 options: ScoringOptions, counts: Counts, challengers: Sequence[Challenger] = ()):
-        self.engine, self.scorer = engine, scorer
-        self.model_version_id, self.run_id = model_version_id, run_id
-        self.options, self.counts = options, counts
+    items: tuple[DecodedItem, ...]
+    probabilities: torch.Tensor  # the active version's, a row per in-scope image
+    raised: list[bool]  # whether its model raised on that image (its row is then NaN)
+    shadows: tuple[ShadowScores, ...]  # per challenger, in the run's order
+    seconds: dict[int, float]  # model seconds per challenger's model version id, the active version's under ACTIVE
+    decode_seconds: float = 0.0
+
+
+class BatchScorer:
+    """The models of a run on decoded batches: the active version, then each challenger on the same tensors
+    (or on the tensor of its own preprocessing)."""
+
+    def __init__(self, scorer: Scorer, challengers: Sequence[tuple[int, Scorer]] = ()):
+        self.scorer = scorer
         self.challengers = list(challengers)
-        self.model_seconds = 0.0  # the active version's model time
         self._inputs: list[int] = []  # which of a batch's tensors each challenger takes (0: the active version's)
         if self.challengers:
-            preprocessings = input_preprocessings(scorer.checkpoint, self._challenger_checkpoints())
-            self._inputs = [preprocessings.index(c.scorer.checkpoint.preprocessing) for c in self.challengers]
-        self._by_version = {c.model_version_id: c for c in self.challengers}
+            preprocessings = input_preprocessings(scorer.checkpoint, self.challenger_checkpoints())
+            self._inputs = [preprocessings.index(s.checkpoint.preprocessing) for _, s in self.challengers]
 
-    def _challenger_checkpoints(self) -> list[Checkpoint]:
-        return [challenger.scorer.checkpoint for challenger in self.challengers]
+    def challenger_checkpoints(self) -> list[Checkpoint]:
+        return [scorer.checkpoint for _, scorer in self.challengers]
 
-    def run(self, jobs: list[Job]) -> None:
-        if jobs:
-            self.run_batches(jobs, make_loader(jobs, self.scorer.checkpoint, self.options,
-                                               self._challenger_checkpoints()))
+    def scorers(self) -> list[Scorer]:
+        return [self.scorer, *(scorer for _, scorer in self.challengers)]
 
-    def run_batches(self, jobs: list[Job], batches: Iterable[DecodedBatch]) -> None:
-        """Scores ``batches`` (from :func:`make_loader`; benchmarks feed pre-decoded ones) and stores them.
-        Returns once every batch is committed."""
-        done = 0
-        with (progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer,
-              ModelThreads(self.options.adapt_threads, self.options.workers) as threads):
-            threads.measure(self.scorer, *(challenger.scorer for challenger in self.challengers))
-            for batch in batches:
-                threads.observe(batch.decode_seconds, len(batch.items))
-                started = time.perf_counter()
-                probabilities, raised = self._score(batch.pixels, self.scorer)
-                self.model_seconds += time.perf_counter() - started
-                shadows = [self._score_shadow(challenger, pixels, jobs, batch)
-                           for challenger, pixels in zip(self.challengers, self._inputs, strict=True)]
-                writer.put(self._results(jobs, batch.items, probabilities, raised, shadows))
-                done += len(batch.items)
-                advance(len(batch.items))
-                if not self.options.progress_bar and (done // self.options.log_every
-                                                      != (done - len(batch.items)) // self.options.log_every):
-                    log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
+    def score(self, batch: DecodedBatch, scored_by: Sequence[frozenset[int]]) -> ScoredBatch:
+        """``scored_by``: per item, the challengers that have scored its content already."""
+        seconds: dict[int, float] = {}
+        started = time.perf_counter()
+        probabilities, raised = self._score(batch.pixels, self.scorer)
+        seconds[ACTIVE] = time.perf_counter() - started
+        shadows = []
+        for (version_id, scorer), pixels in zip(self.challengers, self._inputs, strict=True):
+            if batch.pixels is None or all(version_id in done for done in scored_by):
+                shadows.append(None)
+                continue
+            started = time.perf_counter()
+            shadow, shadow_raised = self._score(batch.pixels if pixels == 0 else batch.other_pixels[pixels - 1],
+                                                scorer)
+            seconds[version_id] = time.perf_counter() - started
+            shadows.append((summarise(shadow, scorer.checkpoint.classes), shadow_raised))
+        return ScoredBatch(batch.items, probabilities, raised, tuple(shadows), seconds, batch.decode_seconds)
 
     def _score(self, pixels: torch.Tensor | None, scorer: Scorer) -> tuple[torch.Tensor, list[bool]]:
         """Probabilities per in-scope image, and whether the model raised on it (its row is then NaN)."""
@@ -357,16 +360,54 @@ class ScoringPass:
                 raised.append(True)
         return torch.stack(rows), raised
 
-    def _score_shadow(self, challenger: Challenger, pixels: int, jobs: list[Job],
-                      batch: DecodedBatch) -> ShadowScores:
-        if batch.pixels is None or all(challenger.model_version_id in jobs[item[0]].scored_by
-                                       for item in batch.items):
-            return None
-        started = time.perf_counter()
-        probabilities, raised = self._score(batch.pixels if pixels == 0 else batch.other_pixels[pixels - 1],
-                                            challenger.scorer)
-        challenger.counts.seconds += time.perf_counter() - started
-        return summarise(probabilities, challenger.scorer.checkpoint.classes), raised
+
+class ScoringPass:
+    """Decodes and scores the triaged jobs (with the active version, then each challenger on the same tensors); a
+    writer thread commits one transaction per batch meanwhile."""
+
+    def __init__(self, engine: Engine, scorer: Scorer, model_version_id: int, run_id: int,
+                 options: ScoringOptions, counts: Counts, challengers: Sequence[Challenger] = ()):
+        self.engine, self.scorer = engine, scorer
+        self.model_version_id, self.run_id = model_version_id, run_id
+        self.options, self.counts = options, counts
+        self.challengers = list(challengers)
+        self.model_seconds = 0.0  # the active version's model time
+        self.batch_scorer = BatchScorer(scorer, [(c.model_version_id, c.scorer) for c in self.challengers])
+        self._by_version = {c.model_version_id: c for c in self.challengers}
+
+    def run(self, jobs: list[Job]) -> None:
+        if jobs:
+            self.run_batches(jobs, make_loader(jobs, self.scorer.checkpoint, self.options,
+                                               self.batch_scorer.challenger_checkpoints()))
+
+    def run_batches(self, jobs: list[Job], batches: Iterable[DecodedBatch]) -> None:
+        """Scores ``batches`` (from :func:`make_loader`; benchmarks feed pre-decoded ones) here and stores them.
+        Returns once every batch is committed."""
+        with ModelThreads(self.options.adapt_threads, self.options.workers) as threads:
+            threads.measure(*self.batch_scorer.scorers())
+
+            def scored() -> Iterator[ScoredBatch]:
+                for batch in batches:
+                    threads.observe(batch.decode_seconds, len(batch.items))
+                    yield self.batch_scorer.score(batch, [jobs[item[0]].scored_by for item in batch.items])
+
+            self.store_scored(jobs, scored())
+
+    def store_scored(self, jobs: list[Job], batches: Iterable[ScoredBatch]) -> None:
+        """Stores scored batches (scored here, or by a Ray actor), each in one transaction on the writer thread.
+        Returns once every batch is committed."""
+        done = 0
+        with progress_bar(len(jobs), self.options.progress_bar) as advance, BatchWriter(self._store) as writer:
+            for batch in batches:
+                self.model_seconds += batch.seconds.get(ACTIVE, 0.0)
+                for challenger in self.challengers:
+                    challenger.counts.seconds += batch.seconds.get(challenger.model_version_id, 0.0)
+                writer.put(self._results(jobs, batch.items, batch.probabilities, batch.raised, batch.shadows))
+                done += len(batch.items)
+                advance(len(batch.items))
+                if not self.options.progress_bar and (done // self.options.log_every
+                                                      != (done - len(batch.items)) // self.options.log_every):
+                    log.info("decoded %d/%d new files: %s", done, len(jobs), _counts_text(self.counts))
 
     def _results(self, jobs: list[Job], items: tuple[DecodedItem, ...], probabilities: torch.Tensor,
                  raised: list[bool], shadows: Sequence[ShadowScores] = ()) -> BatchResults:
