@@ -40,6 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--since", type=since_date, metavar="DATE",
                         help="with --dicomweb: only studies dated on or after DATE (YYYY-MM-DD), or N days back (7d)")
     add_db_option(parser)
+    parser.add_argument("--engine", choices=["local", "ray"], default=DEFAULTS["engine"],
+                        help="local: this machine (default); ray: decoding and the models on a Ray cluster, this "
+                             "process storing the results (needs the ray extra)")
+    parser.add_argument("--ray-address", metavar="ADDRESS",
+                        help="with --engine ray: the cluster to join (default: start a local Ray)")
     parser.add_argument("--results-to", type=results_destination, metavar="DESTINATION",
                         help="after scoring, send each newly scored study a Structured Report of its predictions "
                              "(not for diagnostic use): dicom://CALLED_AE@host:port (C-STORE) or a DICOMweb URL "
@@ -118,6 +123,8 @@ def checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("give a folder or file to score, or --dicomweb URL")
     if args.since and not args.dicomweb:
         parser.error("--since applies to --dicomweb")
+    if args.ray_address and args.engine != "ray":
+        parser.error("--ray-address applies to --engine ray")
     if args.results_to and args.model:
         parser.error("--results-to sends the active model version's results; it cannot go with --model")
     return args
@@ -138,7 +145,8 @@ def request_from(args: argparse.Namespace) -> ScoringRequest:
         threads=args.threads, device=args.device, precision=args.precision, settle_seconds=args.settle_seconds,
         read_timeout=args.read_timeout, retry_failed=args.retry_failed, log_every=args.log_every,
         progress_bar=sys.stderr.isatty(), attributions=args.attributions, attributions_top=args.attributions_top,
-        results_to=args.results_to, results_calling_ae=args.results_calling_ae)
+        results_to=args.results_to, results_calling_ae=args.results_calling_ae, engine=args.engine,
+        ray_address=args.ray_address)
 
 
 if __name__ == "__main__":

@@ -613,9 +613,12 @@ def progress_bar(total: int, enabled: bool) -> Iterator[Callable[[int], Any]]:
 
 
 def score(engine: Engine, checkpoint: Checkpoint, files: list[FileStat], model_version_id: int, run_id: int,
-          options: ScoringOptions, counts: Counts, challengers: Sequence[Challenger] = ()) -> dict[str, Any]:
+          options: ScoringOptions, counts: Counts, challengers: Sequence[Challenger] = (),
+          runner: Callable[[ScoringPass, list[Job]], None] = ScoringPass.run) -> dict[str, Any]:
     """Triage then score ``files`` with the active version and, in its shadow, ``challengers``, updating
-    ``counts`` and the challengers' own; returns the seconds each phase took, and each model's (by version id)."""
+    ``counts`` and the challengers' own; returns the seconds each phase took, and each model's (by version id).
+    ``runner`` decodes and scores the jobs: here (:meth:`ScoringPass.run`), or on a Ray cluster
+    (:class:`scoring.ray_engine.RayRunner`)."""
     started = time.perf_counter()
     jobs = Triage(engine, model_version_id, run_id, options, counts,
                   [challenger.model_version_id for challenger in challengers]).run(files)
@@ -624,7 +627,7 @@ def score(engine: Engine, checkpoint: Checkpoint, files: list[FileStat], model_v
              _counts_text(counts))
     scorer = Scorer(checkpoint, options.device, options.precision)
     scoring = ScoringPass(engine, scorer, model_version_id, run_id, options, counts, challengers)
-    scoring.run(jobs)
+    runner(scoring, jobs)
     models = {model_version_id: scoring.model_seconds} | {c.model_version_id: c.counts.seconds for c in challengers}
     return {"triage": round(triaged - started, 3), "decode_and_score": round(time.perf_counter() - triaged, 3),
             "model": {str(version_id): round(seconds, 3) for version_id, seconds in models.items()}}

@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +81,8 @@ class ScoringRequest:
     progress_bar: bool = _PIPELINE.progress_bar
     attributions: tuple[str, ...] = ()  # methods whose maps are precomputed after scoring (scoring.attribution)
     attributions_top: int = 50  # ... for the N most uncertain cases plus every case not predicted normal
+    engine: str = "local"  # or "ray": decoding and the models on a Ray cluster (scoring.ray_engine)
+    ray_address: str | None = None  # the cluster to join; None: a local Ray
     results_to: Destination | None = None  # send each scored study's report there (scoring.results_back)
     results_calling_ae: str = results_back.DEFAULT_CALLING_AE
 
@@ -154,6 +156,7 @@ def run_scoring(request: ScoringRequest) -> ScoringSummary:
 def _run(request: ScoringRequest, progress: _Progress) -> int:
     engine = get_engine(request.db_url)
     options = scoring_options(request)
+    run_engine = runner(request)
     if options.device.type == "cpu":
         torch.set_num_threads(request.threads or os.cpu_count() or 1)
     missing = imaging.missing_codecs()
@@ -192,7 +195,7 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         counts = pipeline.Counts(deferred=found.deferred, future_mtime=found.future)
         with interrupted_run_marker(engine, run_id):
             timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
-                                          counts, challengers))
+                                          counts, challengers, run_engine))
             if request.attributions:  # every batch's predictions are committed by now: a kill loses none
                 progress.attributions = precompute_attributions(engine, request, model_version_id)
                 timings["attributions"] = progress.attributions["seconds"]
@@ -215,6 +218,15 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         log.warning("%d instances could not be fetched from the DICOMweb server; the next run asks again", pull_failed)
     results_failed = (progress.results_back or {}).get("failed", 0)
     return EXIT_FAILURES if counts.failed or pull_failed or results_failed else EXIT_OK
+
+
+def runner(request: ScoringRequest) -> Callable[[pipeline.ScoringPass, list[pipeline.Job]], None]:
+    if request.engine == "ray":
+        from scoring.ray_engine import RayRunner, ray_module
+
+        ray_module()  # before the run starts: no Ray installed is "cannot run", not a run that dies
+        return RayRunner(request.ray_address)
+    return pipeline.ScoringPass.run
 
 
 def discover_inputs(request: ScoringRequest, pulled: Path | None) -> Discovery:
@@ -345,7 +357,8 @@ def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions,
     """What the run was asked to do, for the runs table (no credentials: the database URL is left out), and the
     challengers it scores in the shadow (the Overview counts their predictions per run) or leaves out."""
     source = request.dicomweb
-    return {"paths": [str(p) for p in request.paths], "model": str(request.model) if request.model else None,
+    return {"paths": [str(p) for p in request.paths], "engine": request.engine,
+            "model": str(request.model) if request.model else None,
             "batch_size": options.batch_size, "workers": options.workers, "device": str(options.device),
             "precision": options.precision,
             "settle_seconds": request.settle_seconds, "retry_failed": request.retry_failed,
