@@ -68,15 +68,17 @@ def connect(address: str | None) -> None:
     context.print_on_execution_start = False
 
 
-def model_actors() -> tuple[int, dict[str, Any]]:
-    """How many model actors, and each one's resources: one per GPU of the cluster, else one CPU actor with a
-    quarter of the cluster's CPUs (the rest decode)."""
+def model_actors() -> tuple[int, dict[str, Any], float]:
+    """How many model actors, each one's resources, and the CPUs of a decode task: one actor per GPU of the
+    cluster, else one CPU actor with a quarter of the cluster's CPUs (the rest decode); on a cluster of one CPU,
+    half of it each, or the actor would leave none to decode with."""
     ray = ray_module()
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus, cpus = int(resources.get("GPU", 0)), float(resources.get("CPU", 1))
+    decode_cpus = 1.0 if cpus >= 2 else cpus / 2
     if gpus:
-        return gpus, {"num_gpus": 1}
-    return 1, {"num_cpus": max(1, int(resources.get("CPU", 1)) // 4)}
+        return gpus, {"num_gpus": 1}, decode_cpus
+    return 1, {"num_cpus": max(1, int(cpus) // 4) if cpus >= 2 else cpus / 2}, decode_cpus
 
 
 def scored_batches(jobs: list[Job], scoring: ScoringPass) -> Iterator[ScoredBatch]:
@@ -88,7 +90,7 @@ def scored_batches(jobs: list[Job], scoring: ScoringPass) -> Iterator[ScoredBatc
     batches = [pickle.dumps((start, [job.stat.path for job in jobs[start:start + size]],
                              [sorted(job.scored_by) for job in jobs[start:start + size]]))
                for start in range(0, len(jobs), size)]
-    actors, resources = model_actors()
+    actors, resources, decode_cpus = model_actors()
     on_gpu = "num_gpus" in resources
     log.info("Ray: %d batches of up to %d files; %d model actor(s) on %s", len(batches), size, actors,
              "GPUs" if on_gpu else "CPUs")
@@ -99,7 +101,7 @@ def scored_batches(jobs: list[Job], scoring: ScoringPass) -> Iterator[ScoredBatc
     decoders = max(2, int(ray.cluster_resources().get("CPU", 1)))
     dataset = ray.data.from_items([{"batch": payload} for payload in batches], override_num_blocks=len(batches))
     dataset = dataset.map_batches(
-        decode_batches, batch_size=1, num_cpus=1,
+        decode_batches, batch_size=1, num_cpus=decode_cpus,
         compute=ray.data.TaskPoolStrategy(size=decoders if decoders != actors else decoders + 1),
         fn_kwargs={"preprocessings": input_preprocessings(checkpoint, challengers),
                    "read_timeout": options.read_timeout,
