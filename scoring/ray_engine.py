@@ -62,7 +62,9 @@ def connect(address: str | None) -> None:
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise CannotRun(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}") from None
+        hint = ("; a cluster with token authentication (Ray's default) needs RAY_AUTH_MODE=token and its token "
+                "(~/.ray/auth_token or RAY_AUTH_TOKEN) here" if address and address != "auto" else "")
+        raise CannotRun(f"cannot start or join Ray{f' at {address}' if address else ''}: {exc}{hint}") from None
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = False  # cxr-score logs its own progress
     context.print_on_execution_start = False
