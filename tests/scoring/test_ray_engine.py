@@ -9,6 +9,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ import pytest
 import torch
 from sqlalchemy import func, select
 
+from benchmarks.bench_score import replicate
 from db import model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, Prediction, ScoringFailure
@@ -181,6 +183,40 @@ def test_a_killed_ray_worker_loses_nothing_and_duplicates_nothing(local_ray, loc
     result = stored(db_url)
     assert result == stored(local_results[1])
     assert result["duplicates"] == 0
+
+
+def predictions_count(url: str) -> int:
+    engine = create_database_engine(url)
+    try:
+        with read_session(engine) as session:
+            return session.scalar(select(func.count()).select_from(Prediction))
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_driver_killed_mid_run_resumes_without_loss_or_duplicates(local_ray, db_url, cxr_dev, tiny_checkpoint,
+                                                                    tmp_path, capsys):
+    """``cxr-score --engine ray`` in a process of its own, joining this test's Ray, SIGKILLed once its first batch is
+    committed; the next run scores the rest, each image once."""
+    sources = sorted(cxr_dev.glob("*/*.png"))
+    replicate(sources, 64, tmp_path / "many")  # unique bytes each: 64 images, 16 batches of 4
+    active_model_database(db_url, tiny_checkpoint)
+    driver = subprocess.Popen([sys.executable, "-m", "scoring", "--db", db_url, "--settle-seconds", "0",
+                               "--batch-size", BATCH, "--engine", "ray", "--ray-address", "auto",
+                               str(tmp_path / "many")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while (committed := predictions_count(db_url)) == 0 and driver.poll() is None:
+        assert time.monotonic() < deadline, "no batch was committed"
+        time.sleep(0.02)
+    driver.kill()
+    driver.wait()
+    assert 0 < committed < 64, f"{committed} predictions when the driver was killed: not mid-run"
+
+    code, summary = score(db_url, tmp_path / "many", capsys, "--engine", "ray")
+    assert code == 0 and summary["scored"] + summary["skipped"] == 64
+    result = stored(db_url)
+    assert len(result["predictions"]) == 64 and result["duplicates"] == 0
 
 
 def test_two_runs_at_once_are_refused(local_ray, sqlite_url, inbox, tiny_checkpoint, capsys):
