@@ -125,12 +125,15 @@ def local_results(tmp_path_factory, inbox, tiny_checkpoint, challenger_checkpoin
 
 
 def test_the_ray_engine_stores_what_the_local_engine_does(local_ray, local_results, db_url, inbox, tiny_checkpoint,
-                                                          challenger_checkpoint, capsys):
+                                                          challenger_checkpoint, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))  # where the attribution maps go
     local_code, local_url = local_results
     capsys.readouterr()
     prepared(db_url, tiny_checkpoint, challenger_checkpoint)
-    code, summary = score(db_url, inbox, capsys, "--engine", "ray")
+    code, summary = score(db_url, inbox, capsys, "--engine", "ray", "--attributions", "gradcam",
+                          "--attributions-top", "3")
     assert code == local_code == 1  # the cut PNG
+    assert summary["attributions"]["gradcam"]["computed"] >= 3  # maps after a Ray run, by the driver, as locally
     assert summary["scored"] == 15 and summary["out_of_scope"] == 1 and summary["failed"] == 1
     assert [c["scored"] for c in summary["challengers"]] == [15]
     ray_run, local_run = stored(db_url), stored(local_url)
