@@ -35,8 +35,9 @@ import time
 from pathlib import Path
 
 import pydicom
-import torch
 from pydicom.uid import generate_uid
+
+from benchmarks.bench_score import make_checkpoint
 
 FILM = Path("dicom/1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819.dcm")
 CALLED, CALLING, USER, PASSWORD = "CXRREVIEW", "BENCH", "bench", "bench-pw"
@@ -57,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args, work: Path) -> int:
-    from scoring.model import Checkpoint, Preprocessing, build_model, save_checkpoint
-
     try:
         from tests.scoring.orthanc import DICOMWEB_PLUGIN, ORTHANC, running_orthanc
     except ModuleNotFoundError:
@@ -71,10 +70,7 @@ def run(args, work: Path) -> int:
 
     copies = make_copies(args.data / FILM, work / "copies", args.instances)
     file_bytes = sum(p.stat().st_size for p in copies)
-    torch.manual_seed(0)
-    model = save_checkpoint(work / "resnet18-224.pt", Checkpoint(
-        "resnet18", ["covid", "normal", "pneumonia"], Preprocessing(224), build_model("resnet18", 3).state_dict(),
-        training={"name": "bench"}))
+    model = make_checkpoint(work / "resnet18-224.pt", "resnet18", 224)
     filesystem = subprocess.run(["df", "-T", str(work)], capture_output=True, text=True).stdout.split("\n")[1].split()
     print(f"{args.instances} copies of {FILM.name} ({file_bytes / 1e6:.2f} MB); {os.cpu_count()} CPUs, load average "
           f"{os.getloadavg()[0]:.1f}; temp folder {work} on {filesystem[0]} ({filesystem[1]})")

@@ -28,8 +28,7 @@ class StudyImage:
     predicted_class: str
 
 
-def due_studies(session: Session, model_version_id: int, destination: str, scored_since: dt.datetime,
-                limit: int | None = None) -> list[str]:
+def due_studies(session: Session, model_version_id: int, destination: str, scored_since: dt.datetime) -> list[str]:
     """Studies with an in-scope DICOM image scored by the version since ``scored_since`` whose result was not sent
     to ``destination`` yet (a failed send is due again), the earliest scored first."""
     sent = (select(ResultObject.id)
@@ -42,8 +41,7 @@ def due_studies(session: Session, model_version_id: int, destination: str, score
                     Image.study_uid.is_not(None), Image.sop_uid.is_not(None), Image.in_scope.is_(True),
                     ~sent.exists())
              .group_by(Image.study_uid)
-             .order_by(first_scored, Image.study_uid)
-             .limit(limit))
+             .order_by(first_scored, Image.study_uid))
     return list(session.scalars(query))
 
 
@@ -85,4 +83,3 @@ def record_send(session: Session, study_uid: str, model_version_id: int, destina
         record.sent_at = utcnow()
     session.flush()
     return record
-

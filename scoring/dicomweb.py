@@ -250,7 +250,7 @@ def pull(engine: Engine, source: DicomwebSource, credentials: dict[str, str] | N
             counts.fetched += 1
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
-                counts.failed += len(wanted) - counts.fetched - counts.failed
+                counts.failed = len(wanted) - counts.fetched  # this one and those not tried
                 log.error("the DICOMweb cache cannot be written (%s): fetching stops, the run scores what arrived",
                           exc.strerror)
                 break

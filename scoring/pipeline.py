@@ -301,7 +301,6 @@ class ScoredBatch(NamedTuple):
     raised: list[bool]  # whether its model raised on that image (its row is then NaN)
     shadows: tuple[ShadowScores, ...]  # per challenger, in the run's order
     seconds: dict[int, float]  # model seconds per challenger's model version id, the active version's under ACTIVE
-    decode_seconds: float = 0.0
 
 
 class BatchScorer:
@@ -338,7 +337,7 @@ class BatchScorer:
                                                 scorer)
             seconds[version_id] = time.perf_counter() - started
             shadows.append((summarise(shadow, scorer.checkpoint.classes), shadow_raised))
-        return ScoredBatch(batch.items, probabilities, raised, tuple(shadows), seconds, batch.decode_seconds)
+        return ScoredBatch(batch.items, probabilities, raised, tuple(shadows), seconds)
 
     def _score(self, pixels: torch.Tensor | None, scorer: Scorer) -> tuple[torch.Tensor, list[bool]]:
         """Probabilities per in-scope image, and whether the model raised on it (its row is then NaN)."""

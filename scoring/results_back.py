@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pydicom
+import requests
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine
@@ -228,8 +229,6 @@ class StowSender:
         self.client = dicomweb.dicomweb_client(destination.url, credentials)
 
     def send(self, report: Dataset) -> None:
-        import requests
-
         try:
             self.client.store_instances([report])
         except requests.ConnectionError as exc:
