@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from dashboard.local_server import serve
+from dashboard.local_server import CHROMIUM, serve
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -183,7 +183,7 @@ def bench_browser(home: Path, url: str, version_id: int, saves: int) -> None:
     env = {**os.environ, "CXR_HOME": str(home), "CXR_DB_URL": url}
     with serve(env) as base:
         with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1440, "height": 900})
             page.set_default_timeout(120_000)
             page.goto(f"{base}/")

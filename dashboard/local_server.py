@@ -1,8 +1,11 @@
 """The dashboard served by ``streamlit run`` on a free localhost port, for the browser and proxy tests, the
-benchmark and the screenshots: ``with serve(env) as base: ...`` (``base`` is ``http://127.0.0.1:PORT``)."""
+benchmark and the screenshots: ``with serve(env) as base: ...`` (``base`` is ``http://127.0.0.1:PORT``); and the
+few steps every one of them takes in the browser (Debian's chromium, driven by Playwright), so that the
+screenshots in the guides are taken the way the browser test reads a case."""
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -13,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"  # Playwright cannot download browsers here
+CASE_HEADING = re.compile(r"^Case \d+ ·")
 
 
 @contextmanager
@@ -53,3 +58,18 @@ def _wait_for(url: str, seconds: float, server: subprocess.Popen) -> None:
         except OSError:
             time.sleep(0.5)
     raise TimeoutError(f"the dashboard did not answer at {url}")
+
+
+def sign_in(page, user: str, password: str) -> None:
+    """Signs in on the sign-in screen ``page`` shows, and waits for the signed-in page."""
+    page.get_by_label("User name").fill(user)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Signed in as").wait_for()
+
+
+def wait_until_idle(page, settle_ms: int = 500) -> None:
+    """Until the app has finished its rerun (its status widget says nothing is running), then ``settle_ms`` more
+    for what the browser draws after it."""
+    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    page.wait_for_timeout(settle_ms)

@@ -1,11 +1,12 @@
-"""Screenshots of every dashboard page for the README: `python docs/take_screenshots.py [--out docs/screenshots]`.
+"""Screenshots of the dashboard for the README and the guides: `python docs/take_screenshots.py [--out DIR]`.
 
-It runs `cxr-demo` into a fresh, temporary CXR_HOME (the synthetic demo cohort and its demo model), records a
-few readings by a second account so that Flagged, Models and Overview have something to show, gives one phantom
-patient an earlier study (for the priors), starts the
-dashboard on a free localhost port and photographs each page in headless Chromium at 1440x900, signed in as
-the demo admin. Needs Debian's chromium and Python Playwright (as the browser test does).
-"""
+It runs `cxr-demo` into a fresh, temporary CXR_HOME (the synthetic demo cohort and its demo model: phantoms, so
+no patient's film ends up in the repository), records a few readings by a second account so that Flagged, Models
+and Overview have something to show, gives one phantom patient an earlier study (for the priors), starts the
+dashboard on a free localhost port and photographs each page and the reading guide's steps (a case held by
+another reader, read-first, a disagreeing label, the keys, the overlay, a prior) in headless Chromium at 1440x900.
+Serving, signing in and waiting for the app are the browser test's own (`dashboard.local_server`). Needs Debian's
+chromium and Python Playwright."""
 
 from __future__ import annotations
 
@@ -18,16 +19,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-from dashboard.local_server import REPO, serve
+from dashboard.local_server import CASE_HEADING, CHROMIUM, REPO, serve, sign_in, wait_until_idle
 from db.engine import create_database_engine, write_session
 from db.models import Prediction
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 
-CHROMIUM = "/usr/bin/chromium"
 VIEWPORT = {"width": 1440, "height": 900}
 READER, READER_PASSWORD = "dr.lee", "screenshot-reader-password"
-CASE_HEADING = re.compile(r"^Case \d+ ·")
+SETTLE_MS = 1500  # plotly draws after the run ends
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,10 +39,11 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "CXR_HOME": home}
         env.pop("CXR_DB_URL", None)
         password = _run_demo(env)
-        _add_readings(f"sqlite:///{Path(home) / 'cxr.db'}")
+        url = f"sqlite:///{Path(home) / 'cxr.db'}"
+        _add_readings(url)
         follow_up = _add_prior_study(Path(home), env)
         with serve(env) as base:
-            _photograph(base, password, args.out, follow_up)
+            _photograph(base, password, args.out, follow_up, url)
     return 0
 
 
@@ -104,53 +105,52 @@ def _add_prior_study(home: Path, env: dict[str, str]) -> int:
     return case
 
 
-def _sign_in(page, user: str, password: str) -> None:
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password", exact=True).fill(password)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("Signed in as").wait_for()
-
-
-def _photograph(base: str, password: str, out: Path, follow_up: int) -> None:
+def _photograph(base: str, password: str, out: Path, follow_up: int, url: str) -> None:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(viewport=VIEWPORT)
-        page.set_default_timeout(90_000)
+        page = _new_page(browser)
         page.goto(base)
         page.get_by_role("button", name="Sign in").wait_for()
-        _idle(page)
-        page.screenshot(path=out / "sign-in.png")
-        _sign_in(page, "demo", password)
+        _shot(page, out / "sign-in.png")
+        sign_in(page, "demo", password)
         page.get_by_role("button", name="Start reading").wait_for()
-        _idle(page)
-        page.screenshot(path=out / "worklist.png")
+        _shot(page, out / "worklist.png")
+        page.get_by_role("button", name="More filters").click()
+        page.get_by_text("Model version").first.wait_for()
+        _shot(page, out / "worklist-filters.png")
+        page.keyboard.press("Escape")
+        wait_until_idle(page)
 
         page.get_by_role("button", name="Start reading").click()
-        page.get_by_role("heading", name=CASE_HEADING).wait_for()
-        _idle(page)
-        page.screenshot(path=out / "case.png")
-        page.get_by_role("heading", name=CASE_HEADING).click()
+        heading = page.get_by_role("heading", name=CASE_HEADING)
+        heading.wait_for()
+        _shot(page, out / "case.png")
+        case = _case_in_url(page)
+        _photograph_reading(browser, page, base, out, case, url)
+        page.get_by_role("button", name="Keys").click()
+        page.get_by_text("S save and next").wait_for()
+        _shot(page, out / "keys.png")
+        page.keyboard.press("Escape")
+        wait_until_idle(page)
+        heading.click()  # the keys act once the page has the focus
         page.keyboard.press("o")
         page.get_by_text("A map shows what drove the score").first.wait_for()
-        _idle(page)
-        page.screenshot(path=out / "case-overlay.png")
+        _shot(page, out / "case-overlay.png")
         page.keyboard.press("o")
-        _idle(page)
+        wait_until_idle(page)
 
         # a follow-up study with its prior beside it, opened from a link in a new window (sign-in keeps the URL)
-        linked = browser.new_page(viewport=VIEWPORT)
-        linked.set_default_timeout(90_000)
+        linked = _new_page(browser)
         linked.goto(f"{base}/case?image={follow_up}")
-        _sign_in(linked, "demo", password)
+        sign_in(linked, "demo", password)
         linked.get_by_role("heading", name=CASE_HEADING).wait_for()
-        _idle(linked)
-        linked.get_by_role("heading", name=CASE_HEADING).click()  # the keys act once the page has the focus
+        wait_until_idle(linked, SETTLE_MS)
+        linked.get_by_role("heading", name=CASE_HEADING).click()
         linked.keyboard.press("v")
         linked.get_by_text("prior · case").first.wait_for()
-        _idle(linked)
-        linked.screenshot(path=out / "case-prior.png")
+        _shot(linked, out / "case-prior.png")
         linked.close()
         page.get_by_test_id("stPageLink-NavLink").filter(has_text="Worklist").click()  # the sidebar is folded away
         page.get_by_role("button", name="Start reading").wait_for()
@@ -159,25 +159,72 @@ def _photograph(base: str, password: str, out: Path, follow_up: int) -> None:
                             ("Accounts", "Accounts")):
             page.get_by_role("link", name=name).click()  # a new page load would sign us out
             page.get_by_role("heading", name=title, exact=True).wait_for()
-            _idle(page)
-            page.screenshot(path=out / f"{name.lower()}.png")
+            _shot(page, out / f"{name.lower()}.png")
 
         # a reviewer who follows a link to Accounts (signing in keeps the URL)
-        reviewer = browser.new_page(viewport=VIEWPORT)
+        reviewer = _new_page(browser)
         reviewer.goto(f"{base}/accounts")
-        reviewer.get_by_label("User name").fill(READER)
-        reviewer.get_by_label("Password", exact=True).fill(READER_PASSWORD)
-        reviewer.get_by_role("button", name="Sign in").click()
+        sign_in(reviewer, READER, READER_PASSWORD)
         reviewer.get_by_text("Accounts are managed by admins").wait_for()
-        _idle(reviewer)
-        reviewer.screenshot(path=out / "accounts-reviewer.png")
+        _shot(reviewer, out / "accounts-reviewer.png")
         browser.close()
     print(f"screenshots in {out}")
 
 
-def _idle(page) -> None:
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
-    page.wait_for_timeout(1500)  # plotly draws after the run ends
+def _photograph_reading(browser, page, base: str, out: Path, case: int, url: str) -> None:
+    """The reading steps of the guide on ``case``, open in ``page``: another reader finds it held; a label that
+    differs from the model's ticks the flag; read-first hides the model's output."""
+    other = _new_page(browser)
+    other.goto(f"{base}/case?image={case}")
+    sign_in(other, READER, READER_PASSWORD)
+    other.get_by_text("Read it anyway (second reading)").wait_for()
+    _shot(other, out / "held.png")
+    other.close()
+
+    heading = page.get_by_role("heading", name=CASE_HEADING)
+    read_first = page.get_by_text("Read first", exact=True)
+    read_first.click()
+    page.get_by_text("Read-first mode: the model's output appears").wait_for()
+    _shot(page, out / "read-first.png")
+    read_first.click()
+    page.get_by_text("Read-first mode: the model's output appears").wait_for(state="detached")
+    wait_until_idle(page)
+
+    labels, predicted = _labels_and_prediction(url, case)
+    heading.click()
+    page.keyboard.press(str(labels.index(next(label for label in labels if label != predicted)) + 1))
+    page.get_by_text("Label: ").first.wait_for()
+    _shot(page, out / "labelled.png")
+
+
+def _labels_and_prediction(url: str, case: int) -> tuple[list[str], str]:
+    from sqlalchemy import select
+
+    from db.models import Prediction
+
+    engine = create_database_engine(url)
+    with write_session(engine) as session:
+        prediction = session.execute(select(Prediction).where(Prediction.image_id == case)).scalars().first()
+        labels, predicted = [*prediction.probabilities, "other", "ungradable"], prediction.predicted_class
+    engine.dispose()
+    return labels, predicted
+
+
+def _new_page(browser):
+    page = browser.new_page(viewport=VIEWPORT)
+    page.set_default_timeout(90_000)
+    return page
+
+
+def _case_in_url(page) -> int:
+    from urllib.parse import parse_qs, urlparse
+
+    return int(parse_qs(urlparse(page.url).query)["image"][0])
+
+
+def _shot(page, path: Path) -> None:
+    wait_until_idle(page, SETTLE_MS)
+    page.screenshot(path=path)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 The rule (the README quotes it):
 
-- a first promotion (no version active) and a rollback (to a version that was active before) are not gated;
+- a first promotion (no version active, or only the synthetic demo model, whose output means nothing to compare
+  with) and a rollback (to a version that was active before) are not gated;
 - any other version must have been scored in the shadow as a challenger, and on the prospective evidence
   (:func:`db.evidence.prospective_cases`: cases read after it was trained that neither version trained on)
   there must be at least ``MIN_CASES`` cases with at least ``MIN_PER_CLASS`` in two classes or more, and, with
@@ -79,6 +80,9 @@ def decide(session: Session, version: ModelVersion, *, resamples: int = DEFAULT_
     active = model_versions.active_version(session)
     if active is None:
         return Decision(True, FIRST_PROMOTION, "no version is active: a first promotion is not gated")
+    if active.is_synthetic and not version.is_synthetic:
+        return Decision(True, FIRST_PROMOTION, "the active version is the synthetic demo model: replacing it with "
+                                               "a model trained on films is a first promotion, not gated")
     if version.id == active.id:
         return Decision(True, ROLLBACK, "it is the active version already")
     if version.first_active_at is not None:

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, make_url
 
+from dashboard.local_server import CHROMIUM
 from db import migrate
 from db.engine import create_database_engine
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
 
 
 def _missing(what: str) -> None:

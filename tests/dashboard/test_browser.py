@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.local_server import serve
+from dashboard.local_server import CASE_HEADING, serve, sign_in, wait_until_idle
 from db import migrate, model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Prediction, Review, Reviewer
@@ -27,7 +27,6 @@ PASSWORD = "browser-test-password"
 EVIL_NAME = "<img src=x onerror=alert(1)>.png"
 EVIL_COMMENT = "<script>alert('comment')</script> looks fine"
 TIMEOUT_MS = 60_000
-CASE_HEADING = re.compile(r"^Case \d+ ·")
 PRIOR_DATES = ("2024-01-02", "2025-03-05")
 
 pytestmark = pytest.mark.slow
@@ -101,16 +100,7 @@ def _checkpoint(path: Path) -> Path:
 
 
 def _sign_in(page, user: str) -> None:
-    page.get_by_label("User name").fill(user)
-    page.get_by_label("Password", exact=True).fill(PASSWORD)
-    page.get_by_role("button", name="Sign in").click()
-    page.get_by_text("Signed in as").wait_for(timeout=TIMEOUT_MS)
-
-
-def _idle(page) -> None:
-    """Until the app has finished its rerun (its status widget says nothing is running)."""
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
-    page.wait_for_timeout(500)
+    sign_in(page, user, PASSWORD)
 
 
 def _image_in_url(page) -> int:
@@ -127,7 +117,7 @@ def test_a_reviewers_round(browser, site):
 
     # the worklist, narrowed to unreviewed (the default) low-confidence cases
     page.get_by_text("of 23").first.wait_for()  # 24 scored, one reviewed
-    _idle(page)
+    wait_until_idle(page)
     _worklist_fits_the_first_screen(page)
     page.get_by_role("button", name="More filters").click()
     maximum = page.get_by_role("slider").nth(1)
@@ -140,13 +130,13 @@ def test_a_reviewers_round(browser, site):
     except Exception as error:
         raise AssertionError(f"the URL is {page.url} while the slider says {maximum.input_value()}") from error
     page.get_by_text("confidence 0–0.5").wait_for()
-    _idle(page)
+    wait_until_idle(page)
 
     page.get_by_role("button", name="Start reading").click()
     heading = page.get_by_role("heading", name=CASE_HEADING)
     heading.wait_for()
     image_id = _image_in_url(page)
-    _idle(page)
+    wait_until_idle(page)
     heading.click()  # the keyboard shortcuts act once the page has the focus
 
     # overlays: off by default, O shows Grad-CAM; switching the method shows the other map
@@ -159,13 +149,13 @@ def test_a_reviewers_round(browser, site):
             Array.from(document.querySelectorAll('button')).map(b => b.innerText + (b.disabled ? '(disabled)' : ''))
               .join('|')]""")
         raise AssertionError(f"no overlay after O: {state}; {page.url}") from error
-    _idle(page)
+    wait_until_idle(page)
     assert _wait_drawn(page, "v.dataset.overlay === 'drawn'")["overlay"]
     page.get_by_label("Map").click()  # below the reading form: typed, as its list may open off the screen
     page.keyboard.type("Occlusion")
     page.keyboard.press("Enter")
     page.get_by_text("Occlusion (").first.wait_for()
-    _idle(page)
+    wait_until_idle(page)
     assert _wait_drawn(page, "v.dataset.overlay === 'drawn'")["overlay"]
 
     # a disagreeing review: the flag is ticked for us; S saves and moves on
@@ -173,23 +163,23 @@ def test_a_reviewers_round(browser, site):
         predicted = session.query(Prediction.predicted_class).filter_by(image_id=image_id).scalar()
     labels = ["covid", "normal", "pneumonia"]
     label = next(name for name in labels if name != predicted)
-    _idle(page)
+    wait_until_idle(page)
     heading.click()
     page.keyboard.press(str(labels.index(label) + 1))
     page.get_by_text(f"Label: {label}").wait_for()
     assert page.get_by_role("checkbox", name="Flag for retraining").is_checked()
-    _idle(page)
+    wait_until_idle(page)
     page.keyboard.press("s")
     page.wait_for_function(f"!new URLSearchParams(location.search).has('image') || "
                            f"new URLSearchParams(location.search).get('image') !== '{image_id}'")
     page.get_by_role("heading", name=CASE_HEADING).wait_for()
 
     # Flagged, and its CSV (the case page folds the sidebar away: the worklist opens it again)
-    _idle(page)
+    wait_until_idle(page)
     _back_to_the_worklist(page)
     page.get_by_role("link", name="Flagged").click()
     page.get_by_text("whose latest review is flagged").wait_for()
-    _idle(page)
+    wait_until_idle(page)
     with page.expect_download() as download:
         page.get_by_role("button", name="Download CSV").click()
     rows = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
@@ -199,7 +189,7 @@ def test_a_reviewers_round(browser, site):
     assert "path" not in rows[0]  # reviewers export no paths
 
     # signed out, the case's URL asks for sign-in and shows nothing of the case
-    _idle(page)
+    wait_until_idle(page)
     page.get_by_role("button", name="Sign out").click()
     page.get_by_role("button", name="Sign in").wait_for()
     page.goto(f"{site['base']}/case?image={image_id}")
@@ -238,18 +228,18 @@ def _next_case(page, after: int) -> int:
     page.wait_for_function(f"new URLSearchParams(location.search).get('image') !== '{after}'")
     shown = _image_in_url(page)
     page.get_by_role("heading", name=f"Case {shown} ·").wait_for()
-    _idle(page)
+    wait_until_idle(page)
     return shown
 
 
 def _comment_then_save(page, comment, text: str, *, leave_with: str) -> int:
     """Types a comment, leaves the box with a key, presses S; returns the next case."""
     shown = _image_in_url(page)
-    _idle(page)
+    wait_until_idle(page)
     comment.click()
     page.keyboard.type(text)
     page.keyboard.press(leave_with)
-    _idle(page)
+    wait_until_idle(page)
     page.keyboard.press("s")
     return _next_case(page, shown)
 
@@ -268,7 +258,7 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     _sign_in(page, "second-reader")
     page.get_by_role("button", name="Start reading").click()
     page.get_by_role("heading", name=CASE_HEADING).wait_for()
-    _idle(page)
+    wait_until_idle(page)
     comment = page.get_by_role("textbox", name="Comment")
 
     # case 1: a label by key, a comment, Tab out of the box and S (the sequence that carried the comment onwards)
@@ -291,11 +281,11 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     window = page.locator(".cxr-preset")
     window.select_option(index=1)
     preset_name = window.input_value()
-    _idle(page)
+    wait_until_idle(page)
     page.keyboard.press("2")
     page.get_by_text("Label: normal").wait_for()
     assert window.input_value() == preset_name  # the key chose a label; it did not choose in the Window box
-    _idle(page)
+    wait_until_idle(page)
     page.keyboard.press("s")
     third = _next_case(page, second)
 
@@ -320,7 +310,7 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     page.get_by_role("link", name="Flagged").click()
     table = page.locator("[data-testid=stDataFrame]")
     table.wait_for()
-    _idle(page)
+    wait_until_idle(page)
     table.hover()
     page.wait_for_timeout(500)
     assert page.get_by_role("button", name=re.compile("download", re.I)).count() == 1  # ours, not the toolbar's
@@ -388,7 +378,7 @@ def test_the_reading_room_at_1440x900(browser, site):
     page.goto(f"{site['base']}/case?image={case}")
     _sign_in(page, "second-reader")
     page.get_by_role("heading", name=f"Case {case} ·").wait_for()
-    _idle(page)
+    wait_until_idle(page)
     shown = _wait_drawn(page, "true")
 
     # the whole film, as large as the screen allows; the labels and Save beside it, all without scrolling
@@ -447,6 +437,6 @@ def test_the_reading_room_at_1440x900(browser, site):
     # 1920x1080: the film grows with the screen
     page.set_viewport_size({"width": 1920, "height": 1080})
     page.keyboard.press("v")
-    _idle(page)
+    wait_until_idle(page)
     large = _wait_drawn(page, "v.dataset.panes === '1'")
     assert _inside(large["film"], {"width": 1920, "height": 1080}) and large["film"]["height"] >= 900, large

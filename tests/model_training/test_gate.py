@@ -170,6 +170,21 @@ def test_a_rollback_and_a_first_promotion_are_not_gated(engine, db_url, versions
     assert _promote(db_url, fresh.id) == 0  # nothing active: the first promotion
 
 
+def test_a_real_model_replaces_the_synthetic_demo_model_ungated_but_not_the_other_way(engine, db_url, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        session.execute(update(ModelVersion).where(ModelVersion.id == v1).values(is_synthetic=True))
+        demo_v2 = _version(session, "demo-v2", created=NOW)
+        demo_v2.is_synthetic = True
+    assert _promote(db_url, demo_v2.id) == 3  # one demo model after another: gated as always
+    assert _promote(db_url, v2) == 0  # the first model trained on films: nothing to compare it with
+    assert _active(engine) == v2
+    with write_session(engine) as session:
+        demo_v3 = _version(session, "demo-v3", created=NOW)
+        demo_v3.is_synthetic = True
+    assert _promote(db_url, demo_v3.id) == 3  # a demo model never replaces a real one without evidence
+
+
 def test_a_challenger_is_marked_by_cxr_train_challenge_and_audited(engine, db_url, versions):
     v1, v2 = versions
     assert cli.main(["challenge", str(v2), "--stop", "--db", db_url]) == 0
