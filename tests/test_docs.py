@@ -143,3 +143,25 @@ def test_a_failing_guide_command_is_reported_and_a_marked_one_is_not_run(tmp_pat
     failures = run_blocks(blocks, guide_environment(tmp_path / "home"), tmp_path)
     assert (tmp_path / "ran").exists() and not (tmp_path / "must-not-run").exists()
     assert len(failures) == 1 and failures[0].startswith("guide.md:14 exited 1")
+
+
+def _slug(heading: str) -> str:
+    """The anchor MkDocs gives a heading (its toc extension's default)."""
+    text = re.sub(r"[^\w\s-]", "", heading.strip().lower())
+    return re.sub(r"[-\s]+", "-", text).strip("-")
+
+
+def test_the_readmes_links_lead_somewhere():
+    """The README is read on the forge, outside the site: each relative link names a file, and an anchor into a
+    guide names one of its headings."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    links = re.findall(r"\]\(([^)\s]+)\)", readme)
+    local = [link for link in links if not re.match(r"^[a-z]+://", link)]
+    assert len(local) >= 8, local
+    for link in local:
+        path, _, anchor = link.partition("#")
+        target = REPO_ROOT / path
+        assert target.is_file(), link
+        if anchor:
+            headings = re.findall(r"^#+ (.+)$", target.read_text(encoding="utf-8"), re.MULTILINE)
+            assert anchor in {_slug(h) for h in headings}, link
