@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision import models
 
+from db.clitools import one_line
 from db.errors import CannotRun
 from db.hashing import file_sha256
 
@@ -272,7 +273,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except FileNotFoundError:
         raise CheckpointNotFound(f"model checkpoint {path} does not exist") from None
     except Exception as exc:  # pickle, zip and weights-only errors all mean "not a checkpoint we trust"
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(exc).__name__}: {exc})") from exc
+        # the first line only: torch's weights-only refusal runs to a dozen lines of advice, and a refusal is
+        # logged as one line
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({one_line(exc)})") from exc
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a CXR Review checkpoint (format "
                               f"{payload.get('format') if isinstance(payload, dict) else type(payload).__name__!r})")

@@ -273,11 +273,11 @@ def test_evaluate_and_compare(tmp_path, small_set, sqlite_url, capsys):
     assert sum(group["n"] for group in metrics["per_source"].values()) == 3 * PER_CLASS
     interval = metrics["intervals"]["auroc_covid_vs_pneumonia"]
     assert interval["low"] <= interval["estimate"] <= interval["high"] and interval["resamples"] == 1000
-    assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set)]) == 0
+    assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--resamples", "100"]) == 0
     text = capsys.readouterr().out
     assert "balanced accuracy" in text and "covid vs pneumonia AUROC" in text and "95% intervals" in text
     assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--compare",
-                     str(first.checkpoint)]) == 0
+                     str(first.checkpoint), "--resamples", "100"]) == 0
     table = capsys.readouterr().out
     assert "macro-F1" in table and "+0.0000 [+0.0000, +0.0000]" in table  # the same model twice: no difference
     assert cli.main(["evaluate", "--model", str(first.checkpoint), "--data", str(small_set), "--compare",

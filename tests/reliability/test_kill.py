@@ -117,7 +117,7 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
-N_TRAINING_KILLS = scale(3, 20)
+N_TRAINING_KILLS = scale(2, 20)
 
 
 @pytest.mark.slow
