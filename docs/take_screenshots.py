@@ -162,11 +162,7 @@ def _photograph(base: str, password: str, out: Path, follow_up: int, url: str) -
             _shot(page, out / f"{name.lower()}.png")
 
         # a reviewer who follows a link to Accounts (signing in keeps the URL)
-        reviewer = _new_page(browser)
-        reviewer.goto(f"{base}/accounts")
-        sign_in(reviewer, READER, READER_PASSWORD)
-        reviewer.get_by_text("Accounts are managed by admins").wait_for()
-        _shot(reviewer, out / "accounts-reviewer.png")
+        _shot_as_reader(browser, f"{base}/accounts", "Accounts are managed by admins", out / "accounts-reviewer.png")
         browser.close()
     print(f"screenshots in {out}")
 
@@ -174,12 +170,7 @@ def _photograph(base: str, password: str, out: Path, follow_up: int, url: str) -
 def _photograph_reading(browser, page, base: str, out: Path, case: int, url: str) -> None:
     """The reading steps of the guide on ``case``, open in ``page``: another reader finds it held; a label that
     differs from the model's ticks the flag; read-first hides the model's output."""
-    other = _new_page(browser)
-    other.goto(f"{base}/case?image={case}")
-    sign_in(other, READER, READER_PASSWORD)
-    other.get_by_text("Read it anyway (second reading)").wait_for()
-    _shot(other, out / "held.png")
-    other.close()
+    _shot_as_reader(browser, f"{base}/case?image={case}", "Read it anyway (second reading)", out / "held.png")
 
     heading = page.get_by_role("heading", name=CASE_HEADING)
     read_first = page.get_by_text("Read first", exact=True)
@@ -208,6 +199,16 @@ def _labels_and_prediction(url: str, case: int) -> tuple[list[str], str]:
         labels, predicted = [*prediction.probabilities, "other", "ungradable"], prediction.predicted_class
     engine.dispose()
     return labels, predicted
+
+
+def _shot_as_reader(browser, url: str, shown: str, path: Path) -> None:
+    """``url`` opened in a window of its own by the second reader (signing in keeps the URL), once ``shown`` is."""
+    page = _new_page(browser)
+    page.goto(url)
+    sign_in(page, READER, READER_PASSWORD)
+    page.get_by_text(shown).wait_for()
+    _shot(page, path)
+    page.close()
 
 
 def _new_page(browser):

@@ -122,6 +122,7 @@ def test_every_guide_command_is_bash_and_run_or_says_why_not():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the demo's training and a retraining: about 3 minutes on two quiet cores
 def test_the_guides_commands_run_on_the_embedded_default(tmp_path):
     work = tmp_path / "work"
     work.mkdir()

@@ -167,7 +167,8 @@ def test_admin_manages_accounts_and_every_change_is_audited(filled, app, texts):
     with write_session(get_engine()) as session:
         newer = model_versions.register(session, sha256="f" * 64, path="/synthetic/v2.pt", architecture="resnet18",
                                         classes=["covid", "normal", "pneumonia"], input_size=64,
-                                        preprocessing_hash="0" * 64, temperature=1.0, name="v2").id
+                                        preprocessing_hash="0" * 64, temperature=1.0, name="v2",
+                                        is_synthetic=True).id  # over the synthetic active one: gated
     data.versions.clear()  # registered by training elsewhere; the page's cache lives 30 s
     models = app(filled.admin_id, page="views/models.py")
     models.button(key="promote_button").click().run()

@@ -22,7 +22,7 @@ from tests.reliability.conftest import scale
 
 N_GOOD = scale(120, 400)
 N_BROKEN = 6
-N_KILLS = scale(4, 20)
+N_KILLS = scale(3, 20)
 
 
 def scorer(db_path: Path, checkpoint: Path, corpus: Path) -> list[str]:
@@ -132,7 +132,7 @@ def test_kill_minus_nine_during_training_then_resume(tmp_path, cxr_dev, sqlite_u
         (data / label).mkdir(parents=True)
         for png in sorted((cxr_dev / label).glob("*.png"))[:8]:
             (data / label / png.name).symlink_to(png)
-    epochs = scale(3, 5)
+    epochs = scale(2, 5)
     db_path = tmp_path / "cxr.db"  # sqlite_url's file: the runs register their versions there
     arguments = ["train", "--data", str(data), "--img-size", "32", "--epochs", str(epochs), "--batch-size", "8",
                  "--seed", "3", "--db", sqlite_url, "--patience", "100"]

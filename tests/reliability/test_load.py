@@ -25,7 +25,7 @@ from tests.reliability.conftest import scale
 
 N_FILES = scale(600, 3000)
 N_REVIEWERS = scale(4, 10)
-REVIEW_SECONDS = scale(20, 120)
+REVIEW_SECONDS = scale(12, 120)
 WAL_LIMIT_BYTES = 8 * 1024 * 1024
 
 # One simulated reviewer: picks a scored case and reads it, then writes through the dashboard's own write functions
