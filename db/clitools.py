@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
+import select
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -105,9 +107,35 @@ def run_command(log: logging.Logger, url: str | None, command: Callable[[], int]
         refused = os_error_in(exc)
         if refused is None:
             raise  # a bug, not a condition: its traceback is what fixes it
+        if isinstance(refused, BrokenPipeError) and _stdout_reader_gone():
+            return _output_closed()
         log.debug("the command stopped", exc_info=True)
         log.error("cannot go on: %s (-v shows where)", one_line(refused))
     return EXIT_CANNOT_RUN
+
+
+EXIT_OUTPUT_CLOSED = 141  # what a shell reports for a tool that SIGPIPE ended: 128 + 13
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether standard output is a pipe whose reader has closed it (polling its write end reports an error), as
+    opposed to a broken pipe elsewhere (a socket), which is a refusal like any other."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, ValueError, OSError):
+        return False
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(events & select.POLLERR for _, events in poller.poll(0))
+
+
+def _output_closed() -> int:
+    """The reader of standard output went away (``cxr-db failures | head``): end quietly, as Unix tools do, rather
+    than blame the machine. Standard output goes to /dev/null so that Python's flush at exit cannot fail again
+    (the recipe of Python's signal documentation)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OUTPUT_CLOSED
 
 
 def os_error_in(exc: BaseException) -> OSError | None:

@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import shlex
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +22,8 @@ from model_training import cli as train_cli
 from model_training import demo
 from scoring import cli as score_cli
 from scoring.lock import RunLockHeld
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 log = logging.getLogger("cxr.test")
 
@@ -94,3 +99,24 @@ def test_the_password_policy_has_its_own_error(monkeypatch, db_url, caplog):
     monkeypatch.setattr(sys, "stdin", io.StringIO("long enough\n"))
     with pytest.raises(ValueError, match="unrelated"):
         db_cli.main(["--db", db_url, "add-reviewer", "alice", "--password-stdin"])
+
+
+def test_a_reader_that_stops_reading_ends_the_command_quietly():
+    """`cxr-db failures | head`: the output's reader goes away; no "cannot go on" line, no traceback at exit."""
+    script = ("import logging, sys\nfrom db.clitools import run_command\n"
+              "def listing():\n    for n in range(200_000):\n        print(f'line {n}')\n    return 0\n"
+              "sys.exit(run_command(logging.getLogger('cxr.test'), None, listing))\n")
+    done = subprocess.run(["bash", "-c", f"{shlex.quote(sys.executable)} -c {shlex.quote(script)} | head -1; "
+                                         "echo \"status ${PIPESTATUS[0]}\" >&2"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert done.stdout == "line 0\n"
+    assert done.stderr.strip() == "status 141", done.stderr
+
+
+def test_a_broken_pipe_elsewhere_is_still_a_refusal(caplog):
+    """A socket's broken pipe (a PACS that hung up) is not the output's reader going away."""
+    def sends():
+        raise BrokenPipeError(32, "Broken pipe")
+    assert run_command(logging.getLogger("cxr.test"), None, sends) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "cannot go on: BrokenPipeError: [Errno 32] Broken pipe (-v shows where)"]
