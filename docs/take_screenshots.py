@@ -20,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from dashboard.local_server import CASE_HEADING, CHROMIUM, REPO, serve, sign_in, wait_until_idle
-from db.engine import create_database_engine, write_session
+from db.engine import create_database_engine, read_session, write_session
 from db.models import Prediction
 from db.reviewers import add_reviewer
 from db.reviews import add_review
@@ -188,17 +188,16 @@ def _photograph_reading(browser, page, base: str, out: Path, case: int, url: str
     _shot(page, out / "labelled.png")
 
 
-def _labels_and_prediction(url: str, case: int) -> tuple[list[str], str]:
-    from sqlalchemy import select
-
-    from db.models import Prediction
+def _labels_and_prediction(url: str, case: int) -> tuple[tuple[str, ...], str]:
+    """The labels in the order of the case page's number keys, and the active version's predicted class."""
+    from db.cases import case_detail
+    from db.model_versions import active_version
 
     engine = create_database_engine(url)
-    with write_session(engine) as session:
-        prediction = session.execute(select(Prediction).where(Prediction.image_id == case)).scalars().first()
-        labels, predicted = [*prediction.probabilities, "other", "ungradable"], prediction.predicted_class
+    with read_session(engine) as session:
+        detail = case_detail(session, case, active_version(session).id)
     engine.dispose()
-    return labels, predicted
+    return detail.labels, detail.prediction.predicted_class
 
 
 def _shot_as_reader(browser, url: str, shown: str, path: Path) -> None:

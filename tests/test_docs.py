@@ -119,10 +119,14 @@ def test_every_guide_command_is_bash_and_run_or_says_why_not():
     assert len(run) >= 15, [block.where for block in run]  # guards the parser: the guides hold many commands
     for block in blocks:
         assert block.code.strip(), block.where
+    # the other pages' commands are not run, so each must say why (a new guide belongs in GUIDES)
+    others = [block for page in sorted((REPO_ROOT / "docs").glob("*.md")) if page.name not in GUIDES
+              for block in shell_blocks(page)]
+    assert others and all(block.not_run_because for block in others), [b.where for b in others]
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(900)  # the demo's training and a retraining: about 3 minutes on two quiet cores
+@pytest.mark.timeout(900)  # the demo's training and a retraining: about 2.5 minutes on two quiet cores
 def test_the_guides_commands_run_on_the_embedded_default(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
