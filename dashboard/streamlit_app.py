@@ -8,10 +8,6 @@ import streamlit as st
 
 from dashboard import auth, data, layout, reading, signin
 
-# An emoji icon is drawn in the page itself; a Material icon would be fetched from Google by every browser.
-# The case page collapses the sidebar for the film's sake; every other page opens it again.
-st.set_page_config(page_title="CXR Review", page_icon="🩻", layout="wide", initial_sidebar_state="expanded")
-
 WORKLIST = st.Page("views/worklist.py", title="Worklist", icon=":material/list:", url_path="worklist", default=True)
 CASE = st.Page("views/case.py", title="Case", icon=":material/radiology:", url_path="case", visibility="hidden")
 FLAGGED = st.Page("views/flagged.py", title="Flagged", icon=":material/flag:", url_path="flagged")
@@ -32,5 +28,11 @@ else:
     if navigation.url_path != CASE.url_path:
         reading.leave_case(account)  # its clock stops and it is free for others
     layout.sidebar(account)
+# One page config per run, once the page is known: the case page collapses the sidebar for the film's sake, every
+# other page opens it again. (A second call in the same run, expanded then collapsed, sometimes reached the browser
+# as no change at all and left the case page's sidebar open.) An emoji icon is drawn in the page itself; a Material
+# icon would be fetched from Google by every browser.
+st.set_page_config(page_title="CXR Review", page_icon="🩻", layout="wide",
+                   initial_sidebar_state="collapsed" if navigation.url_path == CASE.url_path else "expanded")
 st.session_state["pages"] = {"worklist": WORKLIST, "case": CASE, "flagged": FLAGGED}
 navigation.run()

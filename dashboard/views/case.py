@@ -23,8 +23,6 @@ from dashboard.case_parts import (
     shown_prior,
 )
 
-# The film needs the width; the sidebar (pages, sign-out) opens with its arrow.
-st.set_page_config(initial_sidebar_state="collapsed")
 layout.reading_room()
 MAX_WAIT_DAYS = layout.max_wait_days()
 

@@ -169,14 +169,17 @@ def test_a_reviewers_round(browser, site):
     page.get_by_text(f"Label: {label}").wait_for()
     assert page.get_by_role("checkbox", name="Flag for retraining").is_checked()
     wait_until_idle(page)
+    assert not _sidebar_open(page)
     page.keyboard.press("s")
     page.wait_for_function(f"!new URLSearchParams(location.search).has('image') || "
                            f"new URLSearchParams(location.search).get('image') !== '{image_id}'")
     page.get_by_role("heading", name=CASE_HEADING).wait_for()
 
-    # Flagged, and its CSV (the case page folds the sidebar away: the worklist opens it again)
+    # Flagged, and its CSV (the case page folds the sidebar away, whatever its reruns: the worklist opens it again)
     wait_until_idle(page)
+    assert not _sidebar_open(page)
     _back_to_the_worklist(page)
+    page.wait_for_function(f"({SIDEBAR_RIGHT}) > 0")
     page.get_by_role("link", name="Flagged").click()
     page.get_by_text("whose latest review is flagged").wait_for()
     wait_until_idle(page)
@@ -322,6 +325,14 @@ def test_a_round_with_keyboard_and_mouse_keeps_each_comment_on_its_case(browser,
     assert comments.get(str(second), "") == ""
     assert [row["case_id"] for row in rows if row["comment"] in (COMMENT_ONE, COMMENT_THREE)] == [
         str(first), str(third)]
+
+
+SIDEBAR_RIGHT = "document.querySelector('[data-testid=stSidebar]').getBoundingClientRect().right"
+
+
+def _sidebar_open(page) -> bool:
+    """Folded away, the sidebar sits left of the screen (its attributes do not say so)."""
+    return page.evaluate(f"() => {SIDEBAR_RIGHT}") > 0
 
 
 def _back_to_the_worklist(page) -> None:
