@@ -298,7 +298,8 @@ def v1_seed(settings: Settings) -> int:
 
 def compare(settings: Settings, v1: Path, v2: Path, data_path: Path) -> dict:
     return json.loads(run_cli(train_cli.main, ["evaluate", "--model", str(v1), "--compare", str(v2), "--data",
-                                               str(data_path), "--json", "--resamples", str(settings.resamples)],
+                                               str(data_path), "--json", "--resamples", str(settings.resamples),
+                                               "--workers", "0"],
                               capture=True))
 
 
