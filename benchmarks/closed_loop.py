@@ -75,10 +75,11 @@ from db.reviews import add_review
 from db.worklist import WorklistFilter, worklist_page
 from model_training import cli as train_cli
 from model_training import data
+from model_training.config import TrainConfig
 from model_training.evaluation import compare_checkpoints, interval_text, predict_checkpoint
 from model_training.metrics import expected_calibration_error, paired_bootstrap_difference, paired_bootstrap_summary
 from model_training.predictions import Predictions, prediction_metrics
-from model_training.train import TrainConfig, validation_items
+from model_training.train import validation_items
 from scoring import cli as score_cli
 from scoring.model import checkpoint_sha256, load_checkpoint
 

@@ -18,7 +18,8 @@ from typing import Any
 
 from db.attributions import OUTSIDE_LUNGS_THRESHOLD
 from model_training import data
-from model_training.train import TrainConfig, validation_items
+from model_training.config import TrainConfig
+from model_training.train import validation_items
 from scoring.attribution.engine import prepared_model
 from scoring.attribution.report import outside_share_summary
 

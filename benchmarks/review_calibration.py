@@ -27,9 +27,10 @@ import numpy as np
 
 from model_training import data
 from model_training.calibration import fit_temperature, softmax
+from model_training.config import TrainConfig
 from model_training.evaluation import predict_checkpoint
 from model_training.metrics import expected_calibration_error
-from model_training.train import TrainConfig, validation_items
+from model_training.train import validation_items
 
 
 def ece_at(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:

@@ -20,11 +20,9 @@ from db.clitools import (
 )
 from db.engine import get_engine, read_session, write_session
 from db.models import ModelVersion
-from model_training import data, gate
-from model_training.evaluation import interval_text
-from model_training.recalibrate import RecalibrateConfig
-from model_training.train import TrainConfig
-from scoring.model import ARCHITECTURES
+from model_training import gate
+from model_training.config import ARCHITECTURE_NAMES, RecalibrateConfig, TrainConfig
+from model_training.metrics import interval_text
 
 log = logging.getLogger("cxr.train")
 
@@ -42,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data", required=True, metavar="DIR|CSV",
                        help="a folder per class, a folder with labels.csv, or a CSV file,label[,patient_id]")
     train.add_argument("--out", required=True, metavar="DIR")
-    train.add_argument("--arch", choices=list(ARCHITECTURES), default=DEFAULTS["arch"])
+    train.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=DEFAULTS["arch"])
     train.add_argument("--img-size", type=int, default=DEFAULTS["img_size"], help="(default: %(default)s)")
     train.add_argument("--epochs", type=int, default=DEFAULTS["epochs"], help="(default: %(default)s)")
     train.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"], help="(default: %(default)s)")
@@ -169,6 +167,7 @@ def _recalibrate(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from model_training import data
     from model_training.evaluation import compare_checkpoints, comparison_table, evaluate_checkpoint
 
     items = data.load_labelled(args.data)

@@ -17,7 +17,8 @@ from pathlib import Path
 from db import config, migrate, model_versions, reviewers
 from db.clitools import add_db_option, add_verbose_option, run_cli
 from db.engine import get_engine, read_session, write_session
-from model_training.train import TrainConfig, train
+from model_training.config import TrainConfig
+from model_training.train import train
 from scoring.run import EXIT_FAILURES, EXIT_OK, ScoringRequest, run_scoring
 
 log = logging.getLogger("cxr.demo")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from model_training import data
-from model_training.metrics import DEFAULT_RESAMPLES, paired_bootstrap_summary
+from model_training.metrics import DEFAULT_RESAMPLES, interval_text, paired_bootstrap_summary
 from model_training.predictions import Predictions, predict_items, prediction_metrics
 from scoring.model import checkpoint_sha256, load_checkpoint, resolve_device
 
@@ -95,17 +95,6 @@ def _interval(metrics: dict, key: str) -> str:
     if found is None:
         return _cell(metrics.get(key))
     return interval_text(found)
-
-
-def interval_text(found: dict | None, signed: bool = False, digits: int = 4) -> str:
-    """An estimate with its bootstrap interval ("0.8123 [0.7011, 0.9002]"), the estimate alone where there is no
-    interval, "n/a" where there is no estimate. ``signed`` for differences."""
-    if not found or found.get("estimate") is None:
-        return "n/a"
-    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
-    if found.get("low") is None:
-        return fmt.format(found["estimate"])
-    return f"{fmt.format(found['estimate'])} [{fmt.format(found['low'])}, {fmt.format(found['high'])}]"
 
 
 def _cell(value) -> str:

@@ -536,3 +536,14 @@ def paired_bootstrap_summary(y_true: Any, probabilities_a: Any, probabilities_b:
     out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile, paired",
                       "stratified_by": "class" + (" and patient" if groups is not None else "")}
     return out
+
+
+def interval_text(found: dict | None, signed: bool = False, digits: int = 4) -> str:
+    """An estimate with its bootstrap interval ("0.8123 [0.7011, 0.9002]"), the estimate alone where there is no
+    interval, "n/a" where there is no estimate. ``signed`` for differences."""
+    if not found or found.get("estimate") is None:
+        return "n/a"
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
+    if found.get("low") is None:
+        return fmt.format(found["estimate"])
+    return f"{fmt.format(found['estimate'])} [{fmt.format(found['low'])}, {fmt.format(found['high'])}]"

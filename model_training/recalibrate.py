@@ -10,7 +10,6 @@ inactive until promoted, with the parent's training images and the fitted cases 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -20,12 +19,12 @@ from typing import Any
 import numpy as np
 
 from db import model_versions
-from db.diagnose import shown_url
 from db.engine import read_session
 from db.errors import CannotRun
 from model_training import data
 from model_training.calibration import OffsetFit, balanced_nll, fit_temperature_and_offsets, softmax
 from model_training.card import jsonable, write_model_card
+from model_training.config import RecalibrateConfig
 from model_training.metrics import balanced_accuracy, classification_metrics, reliability_bins
 from model_training.predictions import evaluate, make_loader
 from model_training.registration import database_at, register
@@ -34,29 +33,8 @@ from scoring.model import Checkpoint, checkpoint_sha256, load_checkpoint, resolv
 
 log = logging.getLogger("cxr.train")
 
-# Fewer reviewed cases than this leave a class's offset alone: one film would otherwise set it.
-MIN_CASES = 10
-
-
 class RecalibrateError(CannotRun, ValueError):
     """A recalibration that cannot run, with a message that says why."""
-
-
-@dataclass
-class RecalibrateConfig:
-    """``cxr-train recalibrate``'s options; the CLI reads its defaults from these fields."""
-
-    source: str  # --from: a version (id, name, sha256 prefix) or a checkpoint file
-    out: str
-    db: str | None = None
-    name: str | None = None
-    min_cases: int = MIN_CASES
-    batch_size: int = 32
-    workers: int = 2
-    device: str = "auto"
-
-    def recorded(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "db": shown_url(self.db) if self.db else None}
 
 
 @dataclass(frozen=True)

@@ -29,12 +29,12 @@ from torchvision import models
 
 from db import model_versions
 from db.clitools import one_line, os_error_in
-from db.diagnose import shown_url
 from db.engine import read_session
 from db.errors import CannotRun
 from model_training import data, pretrained
 from model_training.calibration import fit_temperature, softmax, temperature_nll
 from model_training.card import write_model_card
+from model_training.config import TrainConfig
 from model_training.metrics import (
     accuracy_by_group,
     balanced_accuracy,
@@ -62,61 +62,11 @@ from scoring.model import (
 
 log = logging.getLogger("cxr.train")
 
-CHECKPOINT_NAME, STATE_NAME, CONFIG_NAME, HISTORY_NAME = "model.pt", "last.pt", "config.json", "history.csv"
+CHECKPOINT_NAME, STATE_NAME, HISTORY_NAME = "model.pt", "last.pt", "history.csv"
 
 
 class TrainError(CannotRun, RuntimeError):
     """A training run that cannot start or continue, with a message that says why."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run needs. Its defaults are ``cxr-train train``'s: the CLI reads them from these fields."""
-
-    data: str
-    out: str
-    arch: str = "resnet18"
-    img_size: int = 224
-    epochs: int = 20
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    val_fraction: float = 0.2
-    patience: int = 5
-    pretrained: str | None = None
-    include_reviews: bool = False
-    eval_data: str | None = None
-    hflip: bool = False
-    augment: bool = True
-    workers: int = 2
-    device: str = "auto"
-    db: str | None = None
-    name: str | None = None
-    synthetic: bool = False
-    # The retraining recipe; None: the recipe's value (RETRAIN_RECIPE with --include-reviews, else PLAIN_RECIPE).
-    from_active: bool | None = None
-    review_share: float | None = None
-    freeze_blocks: int | None = None
-    border_mask: float | None = None
-
-    def recorded(self) -> dict[str, Any]:
-        """The configuration as written into files (config.json, the checkpoint, the model card), which people
-        share: the database URL's password hidden."""
-        return {**dataclasses.asdict(self), "db": shown_url(self.db) if self.db else None}
-
-    def save(self, folder: Path) -> None:
-        (folder / CONFIG_NAME).write_text(json.dumps(self.recorded(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, folder: Path) -> TrainConfig:
-        """The configuration a run saved in its output folder."""
-        return cls.from_recorded(json.loads((folder / CONFIG_NAME).read_text()))
-
-    @classmethod
-    def from_recorded(cls, recorded: dict[str, Any]) -> TrainConfig:
-        """The configuration a run recorded (its config.json, or its checkpoint's ``training["config"]``)."""
-        return cls(**{f.name: recorded[f.name] for f in dataclasses.fields(cls) if f.name in recorded})
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from model_training import train
-from model_training.train import TrainConfig
+from model_training.config import TrainConfig
 
 PER_CLASS = 12
 

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from db.attributions import OUTSIDE_LUNGS_THRESHOLD
+from model_training.config import TrainConfig
 from model_training.demo_cohort import write_demo_cohort
-from model_training.train import TrainConfig, train
+from model_training.train import train
 from scoring.attribution import METHOD_INFO, METHODS
 from scoring.attribution.sanity import MAX_RANK_CORRELATION, randomised, rank_correlation, sanity_check
 from scoring.imaging import read_xray

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 from model_training import cli
-from model_training.train import TrainConfig
+from model_training.config import ARCHITECTURE_NAMES, TrainConfig
 
 
 def test_train_defaults_are_the_config_defaults():
@@ -20,3 +22,19 @@ def test_every_config_field_has_an_option():
     assert (config.lr, config.weight_decay, config.augment, config.device, config.db) == (0.01, 0.0, False, "cpu",
                                                                                           "sqlite:///x.db")
     assert {f.name for f in dataclasses.fields(TrainConfig)} <= set(vars(args))
+
+
+def test_the_architectures_offered_are_those_the_model_builds():
+    from scoring.model import ARCHITECTURES
+
+    args = cli.build_parser().parse_args(["train", "--data", "d", "--out", "o", "--arch", "resnet50"])
+    assert args.arch == "resnet50"
+    assert tuple(ARCHITECTURES) == ARCHITECTURE_NAMES
+
+
+def test_list_promote_and_challenge_start_without_torch():
+    """Importing torch and torchvision takes seconds; an admin's quick commands must not wait for it."""
+    loaded = subprocess.run([sys.executable, "-c", "import sys, model_training.cli; "
+                             "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))"],
+                            capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"

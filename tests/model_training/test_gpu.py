@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model_training.train import TrainConfig, loss_scaler, train
+from model_training.config import TrainConfig
+from model_training.train import loss_scaler, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
