@@ -159,7 +159,8 @@ def overlay_caption(detail: CaseDetail) -> None:
     st.caption(f"{plain(method_with_settings(method, amap.params))} for class '{plain(target)}', model version "
                f"{plain(detail.prediction.version_label)}.", help=f"All settings: {plain(settings or 'defaults')}")
     st.caption(f"**{WHAT_A_MAP_SHOWS}** Colour: positive attribution to '{plain(target)}' as a share of this map's "
-               f"strongest; below {viewer.OVERLAY_FLOOR:.0%} not drawn. Sanity check of the method: {info.sanity}.")
+               f"strongest; below {viewer.OVERLAY_FLOOR:.0%} not drawn, fading in up to "
+               f"{viewer.OVERLAY_FLOOR + viewer.OVERLAY_FADE:.0%}. Sanity check of the method: {info.sanity}.")
     if not amap.sanity_ok or info.sanity == "failed":
         st.warning("This method failed the model-randomisation check: do not read meaning into this map.")
 

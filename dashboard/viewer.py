@@ -7,7 +7,9 @@ anyway), and 8-bit sources exactly (255 divides 65535). The reader's own display
 as grey levels only where it is not a window of those values (DICOM).
 
 The overlay's colour scale is fixed: 0 is no positive attribution to the target class, 1 is the strongest
-positive attribution in this map; values below ``OVERLAY_FLOOR`` are left transparent. The map travels as an RGBA
+positive attribution in this map; values below ``OVERLAY_FLOOR`` are left transparent, and the colour fades in over
+``OVERLAY_FADE`` above it (a hard edge drew the floor's contour as a line, stepped where a small film is enlarged,
+that looked like a boundary in the film). The map travels as an RGBA
 PNG; its opacity is the browser's, so blinking or changing it costs no round trip.
 """
 
@@ -29,6 +31,7 @@ MAX_SIDE = 1024  # pixels sent to the browser per picture
 CODES = 65535
 COLOUR_SCALE = "inferno"
 OVERLAY_FLOOR = 0.15
+OVERLAY_FADE = 0.1  # from clear at the floor to opaque at floor + fade
 _JS = Path(__file__).with_name("viewer.js")
 
 
@@ -112,14 +115,15 @@ def normalised_attribution(values: np.ndarray, value_max: float) -> np.ndarray:
 
 
 def heat_png(attribution: np.ndarray, shape: tuple[int, int]) -> bytes:
-    """The map (on the fixed scale) as RGBA at the film's shown size: opaque colour where it is drawn, clear
-    below ``OVERLAY_FLOOR``."""
+    """The map (on the fixed scale) as RGBA at the film's shown size: clear below ``OVERLAY_FLOOR``, opaque colour
+    from ``OVERLAY_FLOOR + OVERLAY_FADE`` up, and in between fading in."""
     rows, cols = fit(np.zeros(shape, dtype=np.float32)).shape if max(shape) > MAX_SIDE else shape
     heat = np.asarray(PILImage.fromarray(attribution.astype(np.float32), mode="F").resize((cols, rows),
                                                                                           PILImage.BILINEAR))
     rgba = np.empty((rows, cols, 4), dtype=np.uint8)
     rgba[..., :3] = np.clip(colormaps[COLOUR_SCALE](heat)[..., :3] * 255 + 0.5, 0, 255).astype(np.uint8)
-    rgba[..., 3] = np.where(heat >= OVERLAY_FLOOR, 255, 0).astype(np.uint8)
+    opacity = np.clip((heat - OVERLAY_FLOOR) / OVERLAY_FADE, 0.0, 1.0)
+    rgba[..., 3] = np.rint(opacity * 255).astype(np.uint8)
     return _png(rgba)
 
 

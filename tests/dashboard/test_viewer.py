@@ -55,12 +55,14 @@ def test_a_monochrome1_film_sends_its_reader_display_and_its_header_windows(real
     np.testing.assert_array_equal(shown, np.clip(viewer.fit(image.pixels) * 255 + 0.5, 0, 255).astype(np.uint8))
 
 
-def test_the_overlay_is_opaque_colour_above_the_floor_and_clear_below():
+def test_the_overlay_is_clear_below_the_floor_fades_in_and_is_opaque_colour_above():
     heat = np.zeros((4, 4), dtype=np.float32)
     heat[1, 1], heat[2, 2] = viewer.OVERLAY_FLOOR - 0.01, 1.0
+    heat[0, 3], heat[3, 0] = viewer.OVERLAY_FLOOR + viewer.OVERLAY_FADE / 2, viewer.OVERLAY_FLOOR + viewer.OVERLAY_FADE
     rgba = np.asarray(PILImage.open(io.BytesIO(viewer.heat_png(heat, (4, 4)))))
     assert rgba.shape == (4, 4, 4)
     assert rgba[2, 2, 3] == 255 and rgba[1, 1, 3] == 0 and rgba[0, 0, 3] == 0
+    assert rgba[0, 3, 3] in (127, 128) and rgba[3, 0, 3] == 255
     assert tuple(rgba[2, 2, :3]) == tuple(int(v, 16) for v in (viewer.colour_scale_stops()[-1][i:i + 2]
                                                                for i in (1, 3, 5)))
 
