@@ -361,9 +361,11 @@ class CaseClaim(Base):
 
 
 class ResultObject(Base):
-    """A study's results sent back to a PACS (``cxr-score --results-to``): once per study, model version and
-    destination. A failed send stays ``failed`` and is tried again by the next run, under the same SOP Instance
-    UID, so a PACS that did store an object whose answer was lost keeps one copy."""
+    """A study's results sent back to a PACS (``cxr-score --results-to``), per study, model version and destination.
+    A failed send stays ``failed`` and is tried again by the next run, under the same SOP Instance UID while the
+    study holds the same images, so a PACS that did store an object whose answer was lost keeps one copy. A study
+    that gains a scored image after its report was stored gets a new report, which names the stored one as its
+    predecessor."""
 
     __tablename__ = "result_objects"
     __table_args__ = (UniqueConstraint("study_uid", "model_version_id", "destination"),)
@@ -372,8 +374,11 @@ class ResultObject(Base):
     study_uid: Mapped[str] = mapped_column(String(64))
     model_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id", ondelete="CASCADE"))
     destination: Mapped[str] = mapped_column(Text, doc="dicom://AE@host:port or a DICOMweb URL, no credentials")
-    sop_uid: Mapped[str] = mapped_column(String(64), doc="the object's SOP Instance UID, the same on every try")
-    status: Mapped[str] = mapped_column(String(16), doc="sent or failed")
+    sop_uid: Mapped[str] = mapped_column(String(64), doc="the SOP Instance UID of the object tried last")
+    status: Mapped[str] = mapped_column(String(16), doc="sent or failed: how the last try ended")
+    sent_sop_uid: Mapped[str | None] = mapped_column(String(64), doc="the last object the destination stored")
+    sent_images: Mapped[int | None] = mapped_column(doc="how many of the study's images that object reports")
+    reports_sent: Mapped[int] = mapped_column(default=0, doc="objects stored for the study (its Instance Number)")
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

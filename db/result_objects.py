@@ -15,6 +15,8 @@ from db.models import Image, ImageFile, Prediction, ResultObject, utcnow
 from db.paths import to_fs
 
 SENT, FAILED = "sent", "failed"
+# The images a report holds: a study's in-scope DICOM images (a SOP Instance UID to reference)
+_REPORTED = (Image.study_uid.is_not(None), Image.sop_uid.is_not(None), Image.in_scope.is_(True))
 
 
 @dataclass(frozen=True)
@@ -29,20 +31,23 @@ class StudyImage:
 
 
 def due_studies(session: Session, model_version_id: int, destination: str, scored_since: dt.datetime) -> list[str]:
-    """Studies with an in-scope DICOM image scored by the version since ``scored_since`` whose result was not sent
-    to ``destination`` yet (a failed send is due again), the earliest scored first."""
-    sent = (select(ResultObject.id)
-            .where(ResultObject.study_uid == Image.study_uid, ResultObject.model_version_id == model_version_id,
-                   ResultObject.destination == destination, ResultObject.status == SENT))
-    first_scored = func.min(Prediction.scored_at)
-    query = (select(Image.study_uid)
+    """Studies with an in-scope DICOM image scored by the version since ``scored_since`` whose report is due at
+    ``destination``: none stored yet (a failed send is due again), or the stored one reports fewer of the study's
+    scored images than it has now (a retake arrived later). The earliest scored first."""
+    recent = (select(Image.study_uid)
+              .join(Prediction, Prediction.image_id == Image.id)
+              .where(Prediction.model_version_id == model_version_id, Prediction.scored_at >= scored_since,
+                     *_REPORTED))
+    query = (select(Image.study_uid, func.count(Image.id))
              .join(Prediction, Prediction.image_id == Image.id)
-             .where(Prediction.model_version_id == model_version_id, Prediction.scored_at >= scored_since,
-                    Image.study_uid.is_not(None), Image.sop_uid.is_not(None), Image.in_scope.is_(True),
-                    ~sent.exists())
+             .where(Prediction.model_version_id == model_version_id, Image.study_uid.in_(recent), *_REPORTED)
              .group_by(Image.study_uid)
-             .order_by(first_scored, Image.study_uid))
-    return list(session.scalars(query))
+             .order_by(func.min(Prediction.scored_at), Image.study_uid))
+    records = {record.study_uid: record for record in session.scalars(
+        select(ResultObject).where(ResultObject.model_version_id == model_version_id,
+                                   ResultObject.destination == destination, ResultObject.study_uid.in_(recent)))}
+    return [study for study, images in session.execute(query)
+            if (record := records.get(study)) is None or record.status != SENT or (record.sent_images or 0) < images]
 
 
 def study_images(session: Session, study_uid: str, model_version_id: int) -> list[StudyImage]:
@@ -50,8 +55,7 @@ def study_images(session: Session, study_uid: str, model_version_id: int) -> lis
     rows = session.execute(
         select(Image.id, Image.sop_uid, Prediction.probabilities, Prediction.predicted_class)
         .join(Prediction, Prediction.image_id == Image.id)
-        .where(Image.study_uid == study_uid, Prediction.model_version_id == model_version_id,
-               Image.sop_uid.is_not(None), Image.in_scope.is_(True))
+        .where(Image.study_uid == study_uid, Prediction.model_version_id == model_version_id, *_REPORTED)
         .order_by(Image.sop_uid, Image.id)).all()
     paths: dict[int, list[str]] = {}
     for image_id, path in session.execute(select(ImageFile.image_id, ImageFile.path)
@@ -69,17 +73,21 @@ def result_record(session: Session, study_uid: str, model_version_id: int, desti
 
 
 def record_send(session: Session, study_uid: str, model_version_id: int, destination: str, sop_uid: str,
-                error: str | None) -> ResultObject:
-    """Record one try to send a study's result: ``error`` None when the destination stored it."""
+                images: int, error: str | None) -> ResultObject:
+    """Record one try to send a study's report of ``images`` images: ``error`` None when the destination stored
+    it."""
     record = result_record(session, study_uid, model_version_id, destination)
     if record is None:
         record = ResultObject(study_uid=study_uid, model_version_id=model_version_id, destination=destination,
-                              sop_uid=sop_uid, attempts=0)
+                              sop_uid=sop_uid, attempts=0, reports_sent=0)
         session.add(record)
+    record.sop_uid = sop_uid
     record.attempts += 1
     record.status = FAILED if error else SENT
     record.last_error = error
     if error is None:
         record.sent_at = utcnow()
+        record.sent_sop_uid, record.sent_images = sop_uid, images
+        record.reports_sent += 1
     session.flush()
     return record

@@ -11,8 +11,10 @@ DESTINATION is ``dicom://CALLED_AE@host:port`` (C-STORE over one association per
 ``--results-calling-ae``) or the http(s) URL of a DICOMweb service (STOW-RS, with the same credentials as
 ``--dicomweb``). Each study is sent once per model version and destination (the ``result_objects`` table); a send
 that fails is tried again by the next run within the 7 days, with the same SOP Instance UID (derived from the study
-and the model's checksum), so a PACS that stored an object whose answer was lost keeps one copy. An unreachable
-destination stops the sending for this run; the scores are never held back by it.
+and the model's checksum), so a PACS that stored an object whose answer was lost keeps one copy. A study that gains
+a scored image after its report was stored gets a new report of all its images: Instance Number 2, 3, … in the same
+series, its SOP Instance UID derived from its images too, and the stored report named in its Predecessor Documents
+Sequence. An unreachable destination stops the sending for this run; the scores are never held back by it.
 """
 
 from __future__ import annotations
@@ -114,10 +116,23 @@ class ModelInfo:
     classes: tuple[str, ...]
 
 
-def report_uids(study_uid: str, model: ModelInfo) -> tuple[str, str]:
-    """The report's series and SOP Instance UIDs: the same for a study and a model on every try (and every site)."""
+@dataclass(frozen=True)
+class Stored:
+    """The study's report the destination last stored, which a new one replaces."""
+
+    sop_uid: str
+    reports: int  # stored so far: the new one's Instance Number follows
+
+
+def report_uids(study_uid: str, model: ModelInfo, images: list[StudyImage], stored: Stored | None = None
+                ) -> tuple[str, str]:
+    """The report's series and SOP Instance UIDs, the same on every try and at every site: the study's first report
+    is named by the study and the model, a later one (the study gained images) by its images too."""
+    report = ["cxr-review-results-report", study_uid, model.sha256]
+    if stored is not None:
+        report += sorted(image.sop_uid for image in images)
     return (generate_uid(entropy_srcs=["cxr-review-results-series", study_uid, model.sha256]),
-            generate_uid(entropy_srcs=["cxr-review-results-report", study_uid, model.sha256]))
+            generate_uid(entropy_srcs=report))
 
 
 def source_headers(images: list[StudyImage]) -> dict[str, Dataset]:
@@ -133,8 +148,10 @@ def source_headers(images: list[StudyImage]) -> dict[str, Dataset]:
     return headers
 
 
-def build_report(study_uid: str, images: list[StudyImage], model: ModelInfo) -> Dataset:
-    """The study's Comprehensive SR; ValueError when none of its images' files can be read any more."""
+def build_report(study_uid: str, images: list[StudyImage], model: ModelInfo, stored: Stored | None = None
+                 ) -> Dataset:
+    """The study's Comprehensive SR, replacing ``stored`` where there is one (its predecessor); ValueError when none
+    of its images' files can be read any more."""
     import highdicom as hd
 
     headers = source_headers(images)
@@ -152,14 +169,26 @@ def build_report(study_uid: str, images: list[StudyImage], model: ModelInfo) -> 
     content += [image_findings(image, headers[image.sop_uid], model) for image in images]
     root = hd.sr.ContainerContentItem(_code("18748-4", "LN", "Diagnostic imaging report"))
     root.ContentSequence = hd.sr.ContentSequence(content)
-    series_uid, sop_uid = report_uids(study_uid, model)
+    series_uid, sop_uid = report_uids(study_uid, model, images, stored)
     with warnings.catch_warnings():  # highdicom's advice on the patient's name: it is the PACS's, copied as it is
         warnings.simplefilter("ignore", UserWarning)
         return hd.sr.ComprehensiveSR(
             evidence=[headers[image.sop_uid] for image in images], content=root, series_instance_uid=series_uid,
-            series_number=SERIES_NUMBER, sop_instance_uid=sop_uid, instance_number=1, manufacturer=MANUFACTURER,
+            series_number=SERIES_NUMBER, sop_instance_uid=sop_uid,
+            instance_number=1 if stored is None else stored.reports + 1, manufacturer=MANUFACTURER,
             is_complete=True, is_final=False, is_verified=False, series_description=SERIES_DESCRIPTION,
-            transfer_syntax_uid=ExplicitVRLittleEndian)
+            transfer_syntax_uid=ExplicitVRLittleEndian,
+            previous_versions=None if stored is None else [_predecessor(study_uid, series_uid, stored)])
+
+
+def _predecessor(study_uid: str, series_uid: str, stored: Stored) -> Dataset:
+    """What the Predecessor Documents Sequence names of the stored report (in the same study and series)."""
+    from pydicom.uid import ComprehensiveSRStorage
+
+    previous = Dataset()
+    previous.StudyInstanceUID, previous.SeriesInstanceUID = study_uid, series_uid
+    previous.SOPClassUID, previous.SOPInstanceUID = ComprehensiveSRStorage, stored.sop_uid
+    return previous
 
 
 def model_label(model: ModelInfo) -> str:
@@ -255,10 +284,14 @@ def send_results(engine: Engine, destination: Destination, model_version_id: int
     sender = DimseSender(destination, calling_ae) if destination.is_dimse else StowSender(destination, credentials)
     try:
         for position, study_uid in enumerate(due):
-            error = send_study(engine, sender, study_uid, model)
+            with read_session(engine) as session:
+                images = result_objects.study_images(session, study_uid, model_version_id)
+                stored = _stored(result_objects.result_record(session, study_uid, model_version_id, destination.url))
+            error = send_study(sender, study_uid, images, model, stored)
             with write_session(engine) as session:
                 result_objects.record_send(session, study_uid, model_version_id, destination.url,
-                                           report_uids(study_uid, model)[1], None if error is None else str(error))
+                                           report_uids(study_uid, model, images, stored)[1], len(images),
+                                           None if error is None else str(error))
             if error is None:
                 counts.sent += 1
                 continue
@@ -276,12 +309,15 @@ def send_results(engine: Engine, destination: Destination, model_version_id: int
     return counts
 
 
-def send_study(engine: Engine, sender, study_uid: str, model: ModelInfo) -> Exception | None:
+def _stored(record) -> Stored | None:
+    return Stored(record.sent_sop_uid, record.reports_sent) if record is not None and record.sent_sop_uid else None
+
+
+def send_study(sender, study_uid: str, images: list[StudyImage], model: ModelInfo, stored: Stored | None
+               ) -> Exception | None:
     """Build and send one study's report; the exception that stopped it, or None when it was stored."""
     try:
-        with read_session(engine) as session:
-            images = result_objects.study_images(session, study_uid, model.version_id)
-        sender.send(build_report(study_uid, images, model))
+        sender.send(build_report(study_uid, images, model, stored))
         return None
     except Unreachable as exc:
         return exc

@@ -1,5 +1,6 @@
 """Results back to the PACS: the Structured Report of a study's predictions, and sending it once per study and
-model version, with C-STORE or STOW-RS, to a real Orthanc and to a storage service that fails on purpose."""
+model version (again, as a successor, when the study gains a film), with C-STORE or STOW-RS, to a real Orthanc and
+to a storage service that fails on purpose."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import select
 
 from db.engine import create_database_engine, read_session
@@ -170,6 +171,25 @@ def test_reports_stored_in_orthanc_once_with_c_store_and_stow_rs(tmp_path, rg1_f
         code, summary = score(other, "--results-to", orthanc.dicomweb_url, str(rg1_folder), capsys=capsys)
         assert code == 0 and summary["results_back"]["sent"] == 1
         assert [r.SOPInstanceUID for r in orthanc.reports()] == [report.SOPInstanceUID]
+
+        # A retake arrives in the study: the next run reports the three films, as the stored report's successor
+        retake = pydicom.dcmread(pydicom_data(RG1[0]))
+        retake.SOPInstanceUID = retake.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        retake.save_as(rg1_folder / "retake.dcm")
+        code, summary = score(url, "--results-to", dimse, str(rg1_folder), capsys=capsys)
+        assert code == 0 and summary["results_back"] | {"seconds": 0} == {"due": 1, "sent": 1, "failed": 0,
+                                                                          "not_tried": 0, "seconds": 0}
+        successor = next(r for r in orthanc.reports() if r.SOPInstanceUID != report.SOPInstanceUID)
+        assert len(orthanc.reports()) == 2 and successor.SeriesInstanceUID == report.SeriesInstanceUID
+        assert {sop for sop, _ in report_numbers(successor)} == {sop for sop, _ in report_numbers(report)} | {
+            retake.SOPInstanceUID}
+        assert (successor.InstanceNumber, report.InstanceNumber) == (2, 1)
+        predecessors = [sop.ReferencedSOPInstanceUID for study in successor.PredecessorDocumentsSequence
+                        for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence]
+        assert predecessors == [report.SOPInstanceUID]
+        assert records(url) == [(study_uid, "sent", 2)]
+        code, summary = score(url, "--results-to", dimse, str(rg1_folder), capsys=capsys)
+        assert code == 0 and summary["results_back"]["due"] == 0
 
 
 class FlakyStore:
