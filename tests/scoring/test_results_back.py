@@ -81,6 +81,16 @@ def test_the_report_of_a_study_of_two_films(pydicom_data):
     reread = pydicom.dcmread(pydicom.filebase.DicomBytesIO(dataset_bytes(report)))
     assert reread.SOPInstanceUID == report.SOPInstanceUID
 
+    # its successor, once the study has gained a film: a new instance, the same on a retry, naming this one
+    stored = results_back.Stored(report.SOPInstanceUID, 1)
+    successor = results_back.build_report(source.StudyInstanceUID, images[:1], MODEL, stored)
+    assert successor.SOPInstanceUID not in (report.SOPInstanceUID, other.SOPInstanceUID)
+    assert successor.SOPInstanceUID == results_back.build_report(source.StudyInstanceUID, images[:1], MODEL,
+                                                                 stored).SOPInstanceUID
+    assert (successor.SeriesInstanceUID, successor.InstanceNumber) == (report.SeriesInstanceUID, 2)
+    assert "PredecessorDocumentsSequence" not in report
+    assert successor.PredecessorDocumentsSequence[0].StudyInstanceUID == source.StudyInstanceUID
+
 
 def dataset_bytes(ds) -> bytes:
     buffer = pydicom.filebase.DicomBytesIO()
