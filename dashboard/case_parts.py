@@ -274,12 +274,16 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
     st.text_area("Comment", key=comment_key(draft.image_id), height=68, max_chars=2000, on_change=_keep_comment,
                  args=(draft,), help="Taken when you leave the box (Tab, Escape or a click) or press Ctrl+Enter. "
                                      "Inside the box the keys type text; leave it, then S saves.")
-    st.button("Save and next", key="save_review", type="primary", shortcut="S", disabled=not draft.label,
+    # Never disabled: a reader who presses a number and S at once sends S while the page still shows the button
+    # of the rerun before the label, and a disabled button drops its shortcut (half such saves were lost). The
+    # label's callback runs first, so the save finds it; S without any label only says so.
+    st.button("Save and next", key="save_review", type="primary" if draft.label else "secondary", shortcut="S",
               icon=":material/save:", on_click=guarded(_save), args=(me, detail, draft, read_first, after_save))
 
 
 def _save(me: Account, detail: CaseDetail, draft: CaseDraft, read_first: bool, after_save) -> None:
     if not draft.label:
+        st.session_state["case_notice"] = "Choose a label first (the number keys), then save."
         return
     _keep_flag(draft)
     _keep_comment(draft)

@@ -236,6 +236,9 @@ def test_case_viewer_overlay_review_and_next(filled, fake_maps, app, texts):
     assert not at.exception
     assert not calls  # the overlay is off by default
     assert viewer_data(at)["overlay"] is None
+    at.button(key="save_review").click().run()  # S before any label: it stays, and says why
+    assert at.query_params["image"] in (str(first), [str(first)])
+    assert plain("Choose a label first (the number keys), then save.") in texts(at)
     at.button(key="overlay_button").click().run()
     assert calls and calls[0][0] == first  # then the next case's, preloaded
     overlay = viewer_data(at)["overlay"]
