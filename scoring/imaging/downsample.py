@@ -39,26 +39,36 @@ def area_downsample(values: np.ndarray, factor: int) -> np.ndarray:
     """The mean of each ``factor x factor`` block, rounded, in the input's integer dtype.
 
     The output has ``ceil(n / factor)`` rows and columns, as a JPEG 2000 reduce has: the last block of a row
-    or column averages the pixels it has, so the image keeps its extent and aspect ratio. The sums are taken
-    with strided adds into an integer array ``factor`` times smaller than the input, never a full-size float
-    copy (and an order of magnitude faster than ``reshape().sum()``).
+    or column averages the pixels it has, so the image keeps its extent and aspect ratio. The sums are integers
+    in an array ``factor`` times smaller than the input, never a full-size float copy: whole blocks of rows summed
+    at once (contiguous rows, 1.7x faster than a strided add per row offset), then columns by strided adds (the
+    other way round, a reduction over ``factor`` adjacent values, is slower).
     """
     rows, cols = values.shape
     info = np.iinfo(values.dtype)
     largest = max(abs(int(info.min)), int(info.max)) * factor * factor
     accumulator = np.int32 if largest < 2**31 else np.int64
-    row_sums = np.zeros((-(-rows // factor), cols), dtype=accumulator)
-    for offset in range(min(factor, rows)):
-        part = values[offset::factor]
-        row_sums[: len(part)] += part
+    whole = rows // factor
+    row_sums = np.empty((-(-rows // factor), cols), dtype=accumulator)
+    np.sum(values[: whole * factor].reshape(whole, factor, cols), axis=1, dtype=accumulator, out=row_sums[:whole])
+    if whole < len(row_sums):
+        np.sum(values[whole * factor:], axis=0, dtype=accumulator, out=row_sums[whole])
     sums = np.zeros((row_sums.shape[0], -(-cols // factor)), dtype=accumulator)
     for offset in range(min(factor, cols)):
         part = row_sums[:, offset::factor]
         sums[:, : part.shape[1]] += part
-    counts = np.outer(_block_lengths(rows, factor), _block_lengths(cols, factor)).astype(accumulator)
+    # Whole blocks share one count: a division by a scalar, 20x faster than by an array of counts.
+    _divide_rounded(sums[: rows // factor, : cols // factor], factor * factor)
+    if rows % factor:  # the last row of blocks, its corner included
+        _divide_rounded(sums[-1], (rows % factor) * _block_lengths(cols, factor).astype(accumulator))
+    if cols % factor:
+        _divide_rounded(sums[: rows // factor, -1], factor * (cols % factor))
+    return sums.astype(values.dtype)
+
+
+def _divide_rounded(sums: np.ndarray, counts: int | np.ndarray) -> None:
     sums += counts // 2  # round half up; floor division rounds negative sums the same way
     sums //= counts
-    return sums.astype(values.dtype)
 
 
 def _block_lengths(size: int, factor: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """DICOM pixel data: the supported transfer syntaxes, checks on compressed frames, and the codecs.
 
-Lossless JPEG, JPEG-LS and HTJ2K of unsigned one-sample images are decoded with imagecodecs first
-(libjpeg-turbo 3, CharLS, OpenJPH; BSD-3-Clause, its bundled libraries permissively licensed); anything it
+Lossless JPEG, JPEG-LS, HTJ2K and RLE of unsigned one-sample images are decoded with imagecodecs first
+(libjpeg-turbo 3, CharLS, OpenJPH, its own PackBits; BSD-3-Clause, its bundled libraries permissively licensed);
+anything it
 refuses goes to pydicom and these permissively licensed plugins, tried in this order (a warning from any of them
 is an error; an exception moves on to the next): JPEG baseline and 8-bit extended: Pillow, GDCM. 12-bit JPEG
 extended: GDCM, called directly because pydicom's GDCM plugin declines 12-bit. JPEG lossless (process 14, SV1):
@@ -64,6 +65,7 @@ _IMAGECODECS_DECODERS = {
     "1.2.840.10008.1.2.4.80": "jpegls_decode",  # CharLS
     "1.2.840.10008.1.2.4.81": "jpegls_decode",
     **{syntax: "htj2k_decode" for syntax in HTJ2K_SYNTAXES},  # OpenJPH
+    RLE: "dicomrle_decode",  # 8- and 16-bit only (see _imagecodecs_rle)
 }
 SUPPORTED_TRANSFER_SYNTAXES = frozenset(PLUGINS)
 NATIVE_SYNTAXES = frozenset(uid for uid, plugins in PLUGINS.items() if plugins == ("",))
@@ -158,7 +160,8 @@ def decode_compressed(
 
 def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: bytes) -> np.ndarray | None:
     """Frame 0 of an unsigned one-sample image through imagecodecs (libjpeg-turbo 3 for lossless JPEG, CharLS for
-    JPEG-LS): the same pixels as GDCM and pyjpegls, several times faster. None where it does not apply or the codec
+    JPEG-LS, OpenJPH for HTJ2K, PackBits for RLE): the same pixels as GDCM, pyjpegls, pylibjpeg-openjpeg and
+    pylibjpeg-rle, several times faster. None where it does not apply or the codec
     refuses the frame (or warns): the pydicom plugins then decode it, or give the failure its proper reason."""
     if geometry.samples != 1 or int_value(ds, "PixelRepresentation") != 0:
         return None
@@ -167,6 +170,8 @@ def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: by
 
         with warnings.catch_warnings():
             warnings.simplefilter("error")
+            if syntax == RLE:
+                return _imagecodecs_rle(frame, geometry)
             array = getattr(imagecodecs, _IMAGECODECS_DECODERS[syntax])(frame)
     except (MemoryError, KeyboardInterrupt, SystemExit):
         raise
@@ -175,6 +180,25 @@ def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: by
     if array.shape != (geometry.rows, geometry.cols) or array.dtype not in (np.uint8, np.uint16):
         return None
     return array.astype(np.uint16, copy=False) if geometry.bits_allocated == 16 else array
+
+
+def _imagecodecs_rle(frame: bytes, geometry: Geometry) -> np.ndarray | None:
+    """An RLE frame's byte segments put back together by imagecodecs (a third of pydicom's time with
+    pylibjpeg-rle). The segments carry no shape, so every decoded byte must be accounted for; the bits above Bits
+    Stored are cleared, as pydicom does, because RLE keeps whatever a writer left in them."""
+    import imagecodecs
+
+    if geometry.bits_allocated not in (8, 16):
+        return None
+    dtype = np.dtype("<u2" if geometry.bits_allocated == 16 else "u1")
+    out = np.empty(geometry.rows * geometry.cols * dtype.itemsize, np.uint8)
+    decoded = imagecodecs.dicomrle_decode(frame, dtype.str, out=out)
+    if decoded is not out or len(decoded) != out.size:
+        return None
+    array = out.view(dtype).reshape(geometry.rows, geometry.cols)
+    if 0 < geometry.bits_stored < geometry.bits_allocated:
+        np.bitwise_and(array, (1 << geometry.bits_stored) - 1, out=array)
+    return array
 
 
 def decode_reduced(

@@ -32,7 +32,7 @@ EXAMPLES_PER_SEED = scale(500, 10000)
 READ_TIMEOUT_S = 20.0
 MEMORY_LIMIT_BYTES = 3 * 1024**3  # the decoder child's peak resident memory over the whole fuzz run
 SMALL_DICOMS = ["MR_small.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm", "MR_small_jpeg_ls_lossless.dcm",
-                "JPEG-lossy.dcm", "JPEG2000.dcm"]
+                "JPEG-lossy.dcm", "JPEG2000.dcm", "emri_small_RLE.dcm"]  # unsigned RLE: imagecodecs decodes it
 
 # No shrinking: a slow codec made shrinking one failure outlast five minutes. A failing case is kept as a file
 # instead (its path is in the assertion message), which is what one needs to reproduce it.

@@ -1,6 +1,7 @@
-"""imagecodecs' decoders (libjpeg-turbo 3 for lossless JPEG, CharLS for JPEG-LS, OpenJPH for HTJ2K), which go
-before the pydicom plugins, against those plugins (GDCM, pyjpegls, pylibjpeg-openjpeg) on real films: the very
-same pixels, and whatever imagecodecs refuses is decoded, or refused with its typed reason, as before."""
+"""imagecodecs' decoders (libjpeg-turbo 3 for lossless JPEG, CharLS for JPEG-LS, OpenJPH for HTJ2K, PackBits for
+RLE), which go before the pydicom plugins, against those plugins (GDCM, pyjpegls, pylibjpeg-openjpeg,
+pylibjpeg-rle) on real films: the very same pixels, and whatever imagecodecs refuses is decoded, or refused with its
+typed reason, as before."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ import pytest
 from scoring import imaging
 from scoring.imaging import pixel_data
 from scoring.imaging.header import Geometry
+from scoring.imaging.pixel_data import RLE
 
 ENCODINGS = ("jpeg_lossless_p14", "jpeg_lossless_sv1", "jpeg_ls_lossless", "jpeg_ls_near_lossless",
-             "htj2k_lossless", "htj2k_lossy")
+             "htj2k_lossless", "htj2k_lossy", "rle")
 DECODER = {"jpeg_lossless_p14": "jpeg8_decode", "jpeg_lossless_sv1": "jpeg8_decode",
            "jpeg_ls_lossless": "jpegls_decode", "jpeg_ls_near_lossless": "jpegls_decode",
-           "htj2k_lossless": "htj2k_decode", "htj2k_lossy": "htj2k_decode"}
+           "htj2k_lossless": "htj2k_decode", "htj2k_lossy": "htj2k_decode", "rle": "dicomrle_decode"}
 
 # Reader units ([0, 1]); measured at most 2.5e-4 (one stored unit of the 12-bit film) and 5.7e-5 (two of RG1's
 # 15 bits).
@@ -78,16 +80,66 @@ def test_imagecodecs_gives_the_pixels_of_the_plugins(films, dicom_factory, monke
     assert image.meta["transfer_syntax"] == pydicom.dcmread(path).file_meta.TransferSyntaxUID
 
 
-@pytest.mark.parametrize("encoding", ["jpeg_lossless_sv1", "jpeg_ls_lossless", "htj2k_lossless"])
-def test_lossless_decodes_give_the_stored_values(films, dicom_factory, encoding):
-    pixels = films["RG1"]
-    path = dicom_factory(f"stored-{encoding}.dcm", pixels, encoding, BitsStored=15)
+@pytest.mark.parametrize("film", ["RG1", "SIIM"])
+@pytest.mark.parametrize("encoding", ["jpeg_lossless_sv1", "jpeg_ls_lossless", "htj2k_lossless", "rle"])
+def test_lossless_decodes_give_the_stored_values(films, dicom_factory, encoding, film):
+    """imagecodecs itself decodes the frame (no fallback to the plugins), to the stored values (of 16- and 8-bit
+    films; RG1 has an odd number of pixels)."""
+    pixels = films[film]
+    path = dicom_factory(f"stored-{encoding}.dcm", pixels, encoding, BitsStored=15 if film == "RG1" else 8)
+    ds = pydicom.dcmread(path)
+    syntax = ds.file_meta.TransferSyntaxUID
+    frame = pixel_data.first_frame(ds, geometry(ds), b"x")
+    np.testing.assert_array_equal(pixel_data._decode_with_imagecodecs(ds, syntax, geometry(ds), frame), pixels)
+    decoded, photometric, scale = pixel_data.decode_compressed(ds, syntax, geometry(ds), frame, b"x")
+    np.testing.assert_array_equal(decoded, pixels)
+    assert (decoded.dtype, photometric, scale) == (pixels.dtype, ds.PhotometricInterpretation, 1)
+
+
+def test_a_real_rle_file_gives_the_pixels_of_the_plugins(pydicom_data, monkeypatch):
+    """pydicom-data's emri_small_RLE (an MR, 12 of 16 bits, 10 frames; the reader takes the first), not written by
+    our encoder: imagecodecs decodes it, to pylibjpeg-rle's pixels."""
+    path = pydicom_data("emri_small_RLE.dcm")
     ds = pydicom.dcmread(path)
     frame = pixel_data.first_frame(ds, geometry(ds), b"x")
-    decoded, photometric, scale = pixel_data.decode_compressed(ds, ds.file_meta.TransferSyntaxUID, geometry(ds),
-                                                               frame, b"x")
-    np.testing.assert_array_equal(decoded, pixels)
-    assert (decoded.dtype, photometric, scale) == (np.uint16, ds.PhotometricInterpretation, 1)
+    decoded = pixel_data._decode_with_imagecodecs(ds, RLE, geometry(ds), frame)
+
+    np.testing.assert_array_equal(decoded, ds.pixel_array[0])
+    np.testing.assert_array_equal(imaging.read_xray(path, timeout=None).pixels,
+                                  pixels_without_imagecodecs(path, monkeypatch))
+
+
+def test_rle_clears_the_bits_a_writer_left_above_bits_stored(films, dicom_factory, monkeypatch, tmp_path):
+    """RLE keeps whatever the high bits held (an old overlay, noise); pydicom clears them, and so must we."""
+    pixels = films["RG1"]  # 15 bits stored
+    dirty = pixels | (np.arange(pixels.size, dtype=np.uint16).reshape(pixels.shape) % 3 == 0).astype(np.uint16) << 15
+    path = dicom_factory("dirty.dcm", dirty, "rle", BitsStored=16)
+    ds = pydicom.dcmread(path)
+    ds.BitsStored, ds.HighBit = 15, 14
+    ds.save_as(path, enforce_file_format=True)
+    frame = pixel_data.first_frame(ds, geometry(ds), b"x")
+
+    np.testing.assert_array_equal(pixel_data._decode_with_imagecodecs(ds, RLE, geometry(ds), frame), pixels)
+    np.testing.assert_array_equal(imaging.read_xray(path, timeout=None).pixels,
+                                  pixels_without_imagecodecs(path, monkeypatch))
+
+
+def test_an_rle_frame_short_of_pixels_keeps_its_reason(films, dicom_factory, monkeypatch, tmp_path):
+    """Segments that decode to fewer bytes than Rows x Columns: imagecodecs does not complain, the reader does."""
+    pixels = films["cxr-dev-12"]
+    path = dicom_factory("short.dcm", pixels[:-2], "rle", BitsStored=12)
+    ds = pydicom.dcmread(path)
+    ds.Rows = pixels.shape[0]
+    ds.save_as(path, enforce_file_format=True)
+    frame = pixel_data.first_frame(ds, geometry(ds), b"x")
+
+    assert pixel_data._decode_with_imagecodecs(ds, RLE, geometry(ds), frame) is None
+    with pytest.raises(imaging.XRayReadError) as refused:
+        imaging.read_xray(path, timeout=None)
+    with monkeypatch.context() as patch, pytest.raises(imaging.XRayReadError) as refused_before:
+        patch.setattr(pixel_data, "_IMAGECODECS_DECODERS", {})
+        imaging.read_xray(path, timeout=None)
+    assert refused.value.reason == refused_before.value.reason == imaging.DECODE_FAILED
 
 
 def geometry(ds) -> Geometry:

@@ -173,6 +173,24 @@ def test_area_downsample_is_the_rounded_block_mean():
     assert reduce_to(values.astype(np.float32), 2)[1] == 1  # float pixel data is left alone
 
 
+@pytest.mark.parametrize(("shape", "factor"), [((12, 12), 3), ((13, 12), 3), ((12, 14), 3), ((13, 14), 3),
+                                             ((2, 9), 4), ((61, 47), 6), ((5, 5), 1)])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32])
+def test_area_downsample_rounds_every_block_like_a_float_mean(shape, factor, dtype):
+    """Whole blocks, the partial last row and column of blocks and their corner, against a float64 reference
+    (half rounded up); a strided (non-contiguous) input as well."""
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(sum(shape) * factor)
+    source = rng.integers(info.min, int(info.max) + 1, (2 * shape[0], shape[1]), dtype=dtype)
+    for values in (source[: shape[0]], source[::2]):
+        out = area_downsample(values, factor)
+        rows, cols = -(-shape[0] // factor), -(-shape[1] // factor)
+        expected = np.array([[np.floor(values[r * factor:(r + 1) * factor, c * factor:(c + 1) * factor]
+                                       .astype(np.float64).mean() + 0.5) for c in range(cols)] for r in range(rows)])
+        assert out.dtype == dtype and out.shape == (rows, cols)
+        np.testing.assert_array_equal(out, expected.astype(dtype))
+
+
 # --- the archive, and the model --------------------------------------------------------------------------
 
 def test_reduced_model_input_matches_the_full_decode_on_the_archive(small_archive):
