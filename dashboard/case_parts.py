@@ -228,18 +228,22 @@ def comment_key(image_id: int) -> str:
     return f"review_comment_{image_id}"
 
 
-def flag_key(image_id: int) -> str:
-    return f"review_flag_{image_id}"
+def flag_key(draft: CaseDraft) -> str:
+    """The flag box belongs to the case and to the label chosen: a Save pressed right after a label carries the box
+    as the browser last showed it (unticked, before the label's rerun ticked it) under the previous label's key, so
+    it cannot undo the flag that follows the new label. (Keyed by the case alone, 2 then S at once stored
+    disagreements unflagged.)"""
+    return f"review_flag_{draft.image_id}_{draft.label or ''}"
 
 
 def _choose(draft: CaseDraft, label: str, predicted: str | None) -> None:
     draft.choose(label, predicted)
-    st.session_state[flag_key(draft.image_id)] = draft.flagged
+    st.session_state[flag_key(draft)] = draft.flagged
 
 
 def _keep_flag(draft: CaseDraft) -> None:
-    if flag_key(draft.image_id) in st.session_state:
-        draft.flagged = bool(st.session_state[flag_key(draft.image_id)])
+    if flag_key(draft) in st.session_state:
+        draft.flagged = bool(st.session_state[flag_key(draft)])
 
 
 def _keep_comment(draft: CaseDraft) -> None:
@@ -267,9 +271,9 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
     st.caption(f"Label: **{plain(draft.label)}**" if draft.label else "Choose a label (number keys).")
     # a key absent from the session state (a new case, or one whose widgets were not on the last page) starts
     # from the case's own draft
-    st.session_state.setdefault(flag_key(draft.image_id), draft.flagged)
+    st.session_state.setdefault(flag_key(draft), draft.flagged)
     st.session_state.setdefault(comment_key(draft.image_id), draft.comment)
-    st.checkbox("Flag for retraining", key=flag_key(draft.image_id), on_change=_keep_flag, args=(draft,),
+    st.checkbox("Flag for retraining", key=flag_key(draft), on_change=_keep_flag, args=(draft,),
                 help="Ticked for you when your label differs from the model's prediction.")
     st.text_area("Comment", key=comment_key(draft.image_id), height=68, max_chars=2000, on_change=_keep_comment,
                  args=(draft,), help="Taken when you leave the box (Tab, Escape or a click) or press Ctrl+Enter. "

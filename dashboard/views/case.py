@@ -85,7 +85,9 @@ with panel:
     prior_list(detail, priors)
     history(detail)
     metadata(detail)
+# The next case before this one's place in the list: a reader who labels as soon as the film is drawn cuts this run
+# short, and a next case left unprepared made the Save after that label wait for it.
+prefetch(flt, image_id, me.id)
 position, total = data.position(flt, image_id) if data.default_version_id() else (None, 0)
 where = f"{position} of {total}" if position else f"not in the current list ({total} cases)"
 heading.markdown(f"#### Case {image_id} · {where}")
-prefetch(flt, image_id, me.id)

@@ -248,7 +248,7 @@ def test_case_viewer_overlay_review_and_next(filled, fake_maps, app, texts):
     caption = plain(f"Grad-CAM (layer4) for class '{calls[0][2]}', model version")
     assert caption in shown and shown.count(plain("Grad-CAM")) == 1  # method, settings, class, version: once
     at.button(key="label_key_4").click().run()  # "other": differs from any prediction
-    assert at.checkbox(key=f"review_flag_{first}").value is True
+    assert at.checkbox(key=f"review_flag_{first}_other").value is True
     at.text_area(key=f"review_comment_{first}").input(EVIL).run()
     at.button(key="save_review").click().run()
     assert not at.exception
