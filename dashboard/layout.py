@@ -97,3 +97,7 @@ def admins_only() -> None:
 
 def page(name: str) -> st.Page:
     return st.session_state["pages"][name]
+
+
+def to_worklist() -> None:
+    st.switch_page(page("worklist"), query_params={key: st.query_params.get_all(key) for key in st.query_params})

@@ -8,23 +8,29 @@ import streamlit as st
 
 from dashboard import auth, data, layout, reading, signin
 
-WORKLIST = st.Page("views/worklist.py", title="Worklist", icon=":material/list:", url_path="worklist", default=True)
+WORKLIST = st.Page("views/worklist.py", title="Worklist", icon=":material/list:", url_path="", default=True)
 CASE = st.Page("views/case.py", title="Case", icon=":material/radiology:", url_path="case", visibility="hidden")
 FLAGGED = st.Page("views/flagged.py", title="Flagged", icon=":material/flag:", url_path="flagged")
 MODELS = st.Page("views/models.py", title="Models", icon=":material/model_training:", url_path="models")
 OVERVIEW = st.Page("views/overview.py", title="Overview", icon=":material/monitoring:", url_path="overview")
 ACCOUNTS = st.Page("views/accounts.py", title="Accounts", icon=":material/group:", url_path="accounts")
 ALL = (WORKLIST, CASE, FLAGGED, MODELS, OVERVIEW, ACCOUNTS)
+# The default page's URL is the app's root; /worklist (typed, an old bookmark) leads there, filter and all, instead
+# of Streamlit's "Page not found".
+WORKLIST_PATH = "worklist"
 
 account = None if data.schema_problem() else auth.current_account()
 if account is None:
-    navigation = st.navigation([st.Page(signin.render, title="Sign in", url_path=page.url_path,
-                                        default=page is WORKLIST) for page in ALL], position="hidden")
+    navigation = st.navigation([*(st.Page(signin.render, title="Sign in", url_path=page.url_path,
+                                          default=page is WORKLIST) for page in ALL),
+                                st.Page(signin.render, title="Sign in", url_path=WORKLIST_PATH)], position="hidden")
 else:
     # a reviewer who follows a link to Accounts is told why there is nothing for them there (the page itself
     # never runs for a reviewer)
     admins_only = st.Page(layout.admins_only, title="Accounts", url_path="accounts", visibility="hidden")
-    navigation = st.navigation([page if page is not ACCOUNTS or account.is_admin else admins_only for page in ALL])
+    navigation = st.navigation([*(page if page is not ACCOUNTS or account.is_admin else admins_only for page in ALL),
+                                st.Page(layout.to_worklist, title="Worklist", url_path=WORKLIST_PATH,
+                                        visibility="hidden")])
     if navigation.url_path != CASE.url_path:
         reading.leave_case(account)  # its clock stops and it is free for others
     layout.sidebar(account)

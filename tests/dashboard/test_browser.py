@@ -201,6 +201,22 @@ def test_a_reviewers_round(browser, site):
     assert page.locator(".cxr-viewer").count() == 0
 
 
+def test_the_worklists_name_in_the_url_leads_to_it(browser, site):
+    """/worklist (the worklist's own URL is the app's root): the sign-in, then the worklist with the filter asked
+    for, never Streamlit's "Page not found"."""
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(f"{site['base']}/worklist?status=flagged")
+    page.get_by_role("button", name="Sign in").wait_for()
+    assert page.get_by_text("Page not found").count() == 0
+    _sign_in(page, "reader")
+    page.wait_for_function("location.pathname === '/' && new URLSearchParams(location.search).get('status') === "
+                           "'flagged'")
+    page.get_by_role("heading", name="Worklist").wait_for()
+    wait_until_idle(page)
+    assert page.get_by_text("Page not found").count() == 0
+
+
 def test_stored_html_shows_as_text(browser, site):
     page = browser.new_page(viewport={"width": 1440, "height": 900})
     page.set_default_timeout(TIMEOUT_MS)
