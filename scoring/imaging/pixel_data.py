@@ -2,12 +2,11 @@
 
 Lossless JPEG, JPEG-LS, HTJ2K and RLE of unsigned one-sample images are decoded with imagecodecs first
 (libjpeg-turbo 3, CharLS, OpenJPH, its own PackBits; BSD-3-Clause, its bundled libraries permissively licensed);
-anything it
-refuses goes to pydicom and these permissively licensed plugins, tried in this order (a warning from any of them
-is an error; an exception moves on to the next): JPEG baseline and 8-bit extended: Pillow, GDCM. 12-bit JPEG
-extended: GDCM, called directly because pydicom's GDCM plugin declines 12-bit. JPEG lossless (process 14, SV1):
-GDCM. JPEG-LS: pyjpegls, GDCM. JPEG 2000: pylibjpeg-openjpeg, GDCM, Pillow. HTJ2K: pylibjpeg-openjpeg. RLE:
-pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never asked for, even when installed.
+anything it refuses goes to pydicom and these permissively licensed plugins, tried in this order (a warning from
+any of them is an error; an exception moves on to the next): JPEG baseline and 8-bit extended: Pillow, GDCM.
+12-bit JPEG extended: GDCM, called directly because pydicom's GDCM plugin declines 12-bit. JPEG lossless (process
+14, SV1): GDCM. JPEG-LS: pyjpegls, GDCM. JPEG 2000: pylibjpeg-openjpeg, GDCM, Pillow. HTJ2K: pylibjpeg-openjpeg.
+RLE: pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never asked for, even when installed.
 
 A reduced decode (the scorer needs a few hundred pixels a side) takes a codec's resolution shortcut where there is
 one: JPEG 2000 through Pillow's OpenJPEG reduce, HTJ2K through OpenJPH's skipped resolutions, 8-bit JPEG through
@@ -161,8 +160,8 @@ def decode_compressed(
 def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: bytes) -> np.ndarray | None:
     """Frame 0 of an unsigned one-sample image through imagecodecs (libjpeg-turbo 3 for lossless JPEG, CharLS for
     JPEG-LS, OpenJPH for HTJ2K, PackBits for RLE): the same pixels as GDCM, pyjpegls, pylibjpeg-openjpeg and
-    pylibjpeg-rle, several times faster. None where it does not apply or the codec
-    refuses the frame (or warns): the pydicom plugins then decode it, or give the failure its proper reason."""
+    pylibjpeg-rle, several times faster. None where it does not apply or the codec refuses the frame (or warns):
+    the pydicom plugins then decode it, or give the failure its proper reason."""
     if geometry.samples != 1 or int_value(ds, "PixelRepresentation") != 0:
         return None
     try:
@@ -183,7 +182,7 @@ def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: by
 
 
 def _imagecodecs_rle(frame: bytes, geometry: Geometry) -> np.ndarray | None:
-    """An RLE frame's byte segments put back together by imagecodecs (a third of pydicom's time with
+    """An RLE frame's byte segments put back together by imagecodecs (under a third of pydicom's time with
     pylibjpeg-rle). The segments carry no shape, so every decoded byte must be accounted for; the bits above Bits
     Stored are cleared, as pydicom does, because RLE keeps whatever a writer left in them."""
     import imagecodecs
