@@ -109,7 +109,7 @@ def test_a_real_rle_file_gives_the_pixels_of_the_plugins(pydicom_data, monkeypat
                                   pixels_without_imagecodecs(path, monkeypatch))
 
 
-def test_rle_clears_the_bits_a_writer_left_above_bits_stored(films, dicom_factory, monkeypatch, tmp_path):
+def test_rle_clears_the_bits_a_writer_left_above_bits_stored(films, dicom_factory, monkeypatch):
     """RLE keeps whatever the high bits held (an old overlay, noise); pydicom clears them, and so must we."""
     pixels = films["RG1"]  # 15 bits stored
     dirty = pixels | (np.arange(pixels.size, dtype=np.uint16).reshape(pixels.shape) % 3 == 0).astype(np.uint16) << 15
@@ -124,7 +124,7 @@ def test_rle_clears_the_bits_a_writer_left_above_bits_stored(films, dicom_factor
                                   pixels_without_imagecodecs(path, monkeypatch))
 
 
-def test_an_rle_frame_short_of_pixels_keeps_its_reason(films, dicom_factory, monkeypatch, tmp_path):
+def test_an_rle_frame_short_of_pixels_keeps_its_reason(films, dicom_factory, monkeypatch):
     """Segments that decode to fewer bytes than Rows x Columns: imagecodecs does not complain, the reader does."""
     pixels = films["cxr-dev-12"]
     path = dicom_factory("short.dcm", pixels[:-2], "rle", BitsStored=12)
