@@ -48,21 +48,22 @@ def area_downsample(values: np.ndarray, factor: int) -> np.ndarray:
     info = np.iinfo(values.dtype)
     largest = max(abs(int(info.min)), int(info.max)) * factor * factor
     accumulator = np.int32 if largest < 2**31 else np.int64
-    whole = rows // factor
+    whole_rows, whole_cols = rows // factor, cols // factor
     row_sums = np.empty((-(-rows // factor), cols), dtype=accumulator)
-    np.sum(values[: whole * factor].reshape(whole, factor, cols), axis=1, dtype=accumulator, out=row_sums[:whole])
-    if whole < len(row_sums):
-        np.sum(values[whole * factor:], axis=0, dtype=accumulator, out=row_sums[whole])
+    np.sum(values[: whole_rows * factor].reshape(whole_rows, factor, cols), axis=1, dtype=accumulator,
+           out=row_sums[:whole_rows])
+    if whole_rows < len(row_sums):
+        np.sum(values[whole_rows * factor:], axis=0, dtype=accumulator, out=row_sums[whole_rows])
     sums = np.zeros((row_sums.shape[0], -(-cols // factor)), dtype=accumulator)
     for offset in range(min(factor, cols)):
         part = row_sums[:, offset::factor]
         sums[:, : part.shape[1]] += part
     # Whole blocks share one count: a division by a scalar, 20x faster than by an array of counts.
-    _divide_rounded(sums[: rows // factor, : cols // factor], factor * factor)
+    _divide_rounded(sums[:whole_rows, :whole_cols], factor * factor)
     if rows % factor:  # the last row of blocks, its corner included
         _divide_rounded(sums[-1], (rows % factor) * _block_lengths(cols, factor).astype(accumulator))
     if cols % factor:
-        _divide_rounded(sums[: rows // factor, -1], factor * (cols % factor))
+        _divide_rounded(sums[:whole_rows, -1], factor * (cols % factor))
     return sums.astype(values.dtype)
 
 

@@ -184,7 +184,8 @@ def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: by
 def _imagecodecs_rle(frame: bytes, geometry: Geometry) -> np.ndarray | None:
     """An RLE frame's byte segments put back together by imagecodecs (under a third of pydicom's time with
     pylibjpeg-rle). The segments carry no shape, so every decoded byte must be accounted for; the bits above Bits
-    Stored are cleared, as pydicom does, because RLE keeps whatever a writer left in them."""
+    Stored are cleared, as pydicom does, because RLE keeps whatever a writer left in them. (Only here: a lossy
+    codec's output may overshoot its precision by a unit, and masking would wrap white to black.)"""
     import imagecodecs
 
     if geometry.bits_allocated not in (8, 16):
