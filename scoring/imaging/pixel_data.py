@@ -1,10 +1,11 @@
 """DICOM pixel data: the supported transfer syntaxes, checks on compressed frames, and the codecs.
 
-Lossless JPEG, JPEG-LS, HTJ2K and RLE of unsigned one-sample images are decoded with imagecodecs first
-(libjpeg-turbo 3, CharLS, OpenJPH, its own PackBits; BSD-3-Clause, its bundled libraries permissively licensed);
-anything it refuses goes to pydicom and these permissively licensed plugins, tried in this order (a warning from
-any of them is an error; an exception moves on to the next): JPEG baseline and 8-bit extended: Pillow, GDCM.
-12-bit JPEG extended: GDCM, called directly because pydicom's GDCM plugin declines 12-bit. JPEG lossless (process
+12-bit JPEG extended, lossless JPEG, JPEG-LS, HTJ2K and RLE of unsigned one-sample images are decoded with
+imagecodecs first (libjpeg-turbo 3, CharLS, OpenJPH, its own PackBits; BSD-3-Clause, its bundled libraries
+permissively licensed); anything it refuses goes to pydicom and these permissively licensed plugins, tried in this
+order (a warning from any of them is an error; an exception moves on to the next): JPEG baseline and 8-bit
+extended: Pillow, GDCM. 12-bit JPEG extended: GDCM, called directly because pydicom's GDCM plugin declines 12-bit
+(it first tries its 8-bit libjpeg, which says so on stderr, hence imagecodecs first). JPEG lossless (process
 14, SV1): GDCM. JPEG-LS: pyjpegls, GDCM. JPEG 2000: pylibjpeg-openjpeg, GDCM, Pillow. HTJ2K: pylibjpeg-openjpeg.
 RLE: pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never asked for, even when installed.
 
@@ -59,6 +60,7 @@ PLUGINS: dict[str, tuple[str, ...]] = {
 }
 # Tried before the plugins above (BSD-3-Clause wheel; its bundled libraries are permissively licensed).
 _IMAGECODECS_DECODERS = {
+    JPEG_EXTENDED: "jpeg8_decode",  # 12-bit only: Pillow takes 8-bit JPEG, which it can decode smaller
     "1.2.840.10008.1.2.4.57": "jpeg8_decode",  # libjpeg-turbo 3 decodes lossless JPEG (process 14)
     "1.2.840.10008.1.2.4.70": "jpeg8_decode",
     "1.2.840.10008.1.2.4.80": "jpegls_decode",  # CharLS
@@ -144,12 +146,13 @@ def decode_compressed(
     precision = None
     if syntax in _JPEG_FAMILY:
         precision = _check_jpeg_frame_header(frame, geometry, path)
-        if syntax == JPEG_EXTENDED and precision > 8:
-            return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric, 1
-    if syntax in _IMAGECODECS_DECODERS:
+    jpeg12 = syntax == JPEG_EXTENDED and precision > 8
+    if syntax in _IMAGECODECS_DECODERS and (syntax != JPEG_EXTENDED or jpeg12):
         decoded = _decode_with_imagecodecs(ds, syntax, geometry, frame)
         if decoded is not None:
             return decoded, geometry.photometric, 1
+    if jpeg12:
+        return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric, 1
     if min_side is not None:
         reduced = decode_reduced(ds, syntax, geometry, frame, min_side, precision)
         if reduced is not None:
@@ -158,9 +161,9 @@ def decode_compressed(
 
 
 def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: bytes) -> np.ndarray | None:
-    """Frame 0 of an unsigned one-sample image through imagecodecs (libjpeg-turbo 3 for lossless JPEG, CharLS for
-    JPEG-LS, OpenJPH for HTJ2K, PackBits for RLE): the same pixels as GDCM, pyjpegls, pylibjpeg-openjpeg and
-    pylibjpeg-rle, several times faster. None where it does not apply or the codec refuses the frame (or warns):
+    """Frame 0 of an unsigned one-sample image through imagecodecs (libjpeg-turbo 3 for 12-bit and lossless JPEG,
+    CharLS for JPEG-LS, OpenJPH for HTJ2K, PackBits for RLE): the same pixels as GDCM, pyjpegls, pylibjpeg-openjpeg
+    and pylibjpeg-rle, several times faster. None where it does not apply or the codec refuses the frame (or warns):
     the pydicom plugins then decode it, or give the failure its proper reason."""
     if geometry.samples != 1 or int_value(ds, "PixelRepresentation") != 0:
         return None
