@@ -7,9 +7,10 @@ DataLoader worker) starts its own. The child is stopped and reaped at interprete
 itself when its parent disappears. Cheap checks (stat, open, magic bytes) run in the caller first.
 The limit covers decoding and the transfer of the pixels; on expiry the child is killed and
 ``timeout`` raised; if it dies (a segfault in a C codec, a panic) the read fails with
-``decode_failed``; either way the next call starts a new child. The child's address space is limited
-(``CHILD_ADDRESS_SPACE_BYTES``), so a file that makes a codec ask for more memory than any film needs fails at
-once instead of taking the machine's. Reads from several threads are
+``decode_failed``; either way the next call starts a new child. What the C codecs print on the child's
+stderr is kept from the caller's: a failure's message ends with it, a film that decoded drops it. The
+child's address space is limited (``CHILD_ADDRESS_SPACE_BYTES``), so a file that makes a codec ask for
+more memory than any film needs fails at once instead of taking the machine's. Reads from several threads are
 serialised. The child's warnings and pydicom log records are kept from its stderr as in any decode
 (see ``decode``); what it sends back is pixels, value-free metadata and scrubbed messages.
 
@@ -27,14 +28,16 @@ import resource
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection
+from typing import BinaryIO
 
 import numpy as np
 
 from .decode import decode_file
-from .errors import DECODE_FAILED, TIMEOUT, XRayReadError, error
+from .errors import DECODE_FAILED, TIMEOUT, XRayReadError, error, scrub
 from .results import Decoded
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -45,6 +48,7 @@ TEST_DELAY_ENV = "CXR_READER_TEST_DELAY_S"
 # header asks for a huge image made OpenJPEG take all 24 GiB of a machine until the kernel killed a process;
 # with the limit, its allocation fails at once and the file is a read error.
 CHILD_ADDRESS_SPACE_BYTES = 6 * 1024**3
+CODEC_OUTPUT_KEPT_BYTES = 4096
 
 
 def read_isolated(path: bytes, timeout: float, min_side: int | None = None) -> Decoded:
@@ -264,6 +268,7 @@ def child_main() -> None:
     # outside a decode (where decode_file silences them anyway).
     logging.getLogger("pydicom").addHandler(logging.NullHandler())
     logging.getLogger("pydicom").propagate = False
+    codec_output = _capture_codec_output()
     _limit_address_space(CHILD_ADDRESS_SPACE_BYTES)
     _warm_up()
     try:
@@ -276,19 +281,42 @@ def child_main() -> None:
             delay = float(os.environ.get(TEST_DELAY_ENV) or 0)
             if delay > 0:
                 time.sleep(delay)
-            _answer(conn, sock, path, min_side)
+            _answer(conn, sock, path, min_side, codec_output)
     except ConnectionError:
         # The caller is gone (a scorer or worker killed mid-read): there is no one to answer, and a traceback on
         # the stderr it shared with us would only reach the cron mail of a run that has already ended.
         return
 
 
-def _answer(conn: Connection, sock: socket.socket, path: bytes, min_side: int | None) -> None:
+def _capture_codec_output() -> BinaryIO:
+    """Point file descriptor 2 at an anonymous file, where the C codecs' own messages land ("Invalid number of
+    tiles", "Corrupt JPEG data"): a night's output would otherwise hold a line, unattributed, for each odd film.
+    Python's own stderr (a traceback, should the child fail) still goes to the caller's."""
+    sys.stderr = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
+    captured = tempfile.TemporaryFile()
+    os.dup2(captured.fileno(), 2)
+    return captured
+
+
+def _codec_said(codec_output: BinaryIO) -> str:
+    """What the codecs wrote since the last call, as one scrubbed line; the capture is emptied."""
+    codec_output.seek(0)
+    text = codec_output.read(CODEC_OUTPUT_KEPT_BYTES).decode("utf-8", "replace")
+    codec_output.seek(0)
+    codec_output.truncate()  # fd 2 shares this file position: the next message starts at 0 again
+    lines = dict.fromkeys(line.strip() for line in text.splitlines() if line.strip())  # distinct, in order
+    return scrub("; ".join(lines)) if lines else ""
+
+
+def _answer(conn: Connection, sock: socket.socket, path: bytes, min_side: int | None,
+            codec_output: BinaryIO) -> None:
     try:
         decoded = decode_file(path, min_side)
     except XRayReadError as exc:
-        conn.send(("error", exc.reason, exc.message))
+        said = _codec_said(codec_output)
+        conn.send(("error", exc.reason, f"{exc.message} (the codec said: {said})" if said else exc.message))
         return
+    _codec_said(codec_output)  # a film that decoded: a fallback's complaint on the way is no news
     pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
     conn.send(("ok", decoded.meta, decoded.patient_id, pixels.shape))
     sock.sendall(memoryview(pixels).cast("B"))

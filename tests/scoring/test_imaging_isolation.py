@@ -110,6 +110,28 @@ def test_child_does_not_load_torch(fresh_reader, source_png) -> None:
     assert "numpy" in loaded  # the check can see Python extension modules at all
 
 
+def test_what_a_codec_prints_ends_its_failure_and_never_reaches_the_callers_stderr(
+        fresh_reader, pydicom_data, tmp_path, capfd) -> None:
+    """C codecs print on stderr, which the child shares with a scoring run's output: OpenJPEG why it gave up on a
+    JPEG 2000 header, GDCM that its 8-bit libjpeg cannot read a 12-bit JPEG before its 12-bit one does."""
+    import pydicom
+
+    signed = pydicom.dcmread(pydicom_data("JPGExtended.dcm"))
+    signed.PixelRepresentation = 1  # its values are small: the same film, but only GDCM takes signed 12-bit JPEG
+    signed.save_as(tmp_path / "signed-jpeg12.dcm")
+    imaging.start_reader_process()  # with the test's stderr
+
+    check_image(read_xray(tmp_path / "signed-jpeg12.dcm"))
+    with pytest.raises(XRayReadError) as caught:
+        read_xray(pydicom_data("JPEG2000-embedded-sequence-delimiter.dcm"))
+
+    assert caught.value.reason == "decode_failed"
+    message = str(caught.value)
+    assert message.endswith(")") and "(the codec said: Invalid number of tiles" in message
+    assert "precision 12" not in message  # the good film's noise was dropped, not carried into the next read
+    assert capfd.readouterr().err == ""
+
+
 def test_child_exits_with_its_parent_and_is_reaped(source_png, tmp_path) -> None:
     import subprocess
     import sys
