@@ -172,6 +172,18 @@ def overview_data(version_id: int | None) -> dict:
             agreement=agreement.agreement_by_day(session, version_id, now=now))
 
 
+@st.cache_data(ttl=30, show_spinner=False)
+def runs_with_failures() -> list[overview.RunWithFailures]:
+    with read_session(engine()) as session:
+        return overview.runs_with_failures(session)
+
+
+@st.cache_data(ttl=30, show_spinner=False)
+def run_failures(run_id: int) -> overview.RunFailures:
+    with read_session(engine()) as session:
+        return overview.run_failures(session, run_id)
+
+
 # --- accounts ------------------------------------------------------------------------------------------
 
 @st.cache_data(ttl=10, show_spinner=False)

@@ -16,6 +16,7 @@ from db.models import Image, ImageFile, Prediction, Review, ScoringFailure, Scor
 from db.reviews import latest_reviews
 
 CONFIDENCE_BINS = 20
+FAILED_FILES_SHOWN = 500  # a folder of thousands of non-images is counted in full, listed in part
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,27 @@ class RunRow:
     # model version id, and those the run left out with the reason. Counts only: readers never see their output.
     shadow_scored: dict[int, int] = field(default_factory=dict)
     shadow_unavailable: dict[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunWithFailures:
+    run_id: int
+    started_at: dt.datetime
+    failures: int  # recorded by the run: the files it could not score
+
+
+@dataclass(frozen=True)
+class FailedFile:
+    reason: str
+    path: str  # as stored (db.paths: one printable line)
+    detail: str  # the message, less the file name it starts with
+
+
+@dataclass(frozen=True)
+class RunFailures:
+    run_id: int
+    by_reason: dict[str, int]  # every failure of the run, the most frequent reason first
+    files: list[FailedFile]  # the first FAILED_FILES_SHOWN, in the order they failed
 
 
 @dataclass(frozen=True)
@@ -90,6 +112,25 @@ def recent_runs(session: Session, limit: int = 10) -> list[RunRow]:
                    r.out_of_scope, r.failed, r.known_failures, shadow.get(r.id, {}),
                    {int(v): str(why) for v, why in (r.arguments or {}).get("challengers_unavailable", {}).items()})
             for r in runs]
+
+
+def runs_with_failures(session: Session, limit: int = 10) -> list[RunWithFailures]:
+    """The latest runs that recorded failures, newest first, with how many."""
+    rows = session.execute(select(ScoringRun.id, ScoringRun.started_at, func.count(ScoringFailure.id))
+                           .join(ScoringFailure, ScoringFailure.run_id == ScoringRun.id)
+                           .group_by(ScoringRun.id, ScoringRun.started_at)
+                           .order_by(ScoringRun.started_at.desc(), ScoringRun.id.desc()).limit(limit))
+    return [RunWithFailures(run_id, started_at, n) for run_id, started_at, n in rows]
+
+
+def run_failures(session: Session, run_id: int, shown: int = FAILED_FILES_SHOWN) -> RunFailures:
+    """What a run could not score: the count per reason, and the first ``shown`` files with their messages."""
+    counts = session.execute(select(ScoringFailure.reason, func.count()).where(ScoringFailure.run_id == run_id)
+                             .group_by(ScoringFailure.reason).order_by(func.count().desc(), ScoringFailure.reason))
+    rows = session.execute(select(ScoringFailure.reason, ScoringFailure.path, ScoringFailure.message)
+                           .where(ScoringFailure.run_id == run_id).order_by(ScoringFailure.id).limit(shown))
+    return RunFailures(run_id, dict(counts.all()),
+                       [FailedFile(reason, path, message.removeprefix(f"{path}: ")) for reason, path, message in rows])
 
 
 def shadow_scored(session: Session, runs: Sequence[ScoringRun]) -> dict[int, dict[int, int]]:

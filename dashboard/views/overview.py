@@ -1,10 +1,11 @@
-"""Overview: counts, the last scoring runs, and charts of volume, classes, confidence and agreement."""
+"""Overview: counts, the last scoring runs (for admins, the files they could not score), and charts of volume,
+classes, confidence and agreement."""
 
 import streamlit as st
 
 from dashboard import charts, data, layout
 
-layout.account()
+me = layout.account()
 st.title("Overview")
 version_id = data.default_version_id()
 info = data.overview_data(version_id)
@@ -36,12 +37,27 @@ else:
                    "failed": r.failed, "known failures": r.known_failures}
                   | ({"challengers (scored in the shadow)": shadow(r)} if shadowed else {})
                   for r in info["runs"]], hide_index=True)
-    if any(r.failed for r in info["runs"]):
-        st.caption("`cxr-db failures --run ID` lists the files a run could not score.")
     if shadowed:
         st.caption("Challengers are model versions scored in the shadow of the active one (`cxr-train challenge`): "
                    "the column counts the images each scored in that run. Their predictions are kept for comparing "
                    "versions and are never shown to readers.")
+
+failed_runs = {r.run_id: r for r in data.runs_with_failures()}
+if failed_runs and not me.is_admin:  # file paths may name patients: admins only, as on the Flagged page
+    st.caption("An admin sees the files a run could not score here, or with `cxr-db failures --run ID`.")
+elif failed_runs:
+    st.subheader("Files that could not be scored")
+    run_id = st.selectbox("Run", list(failed_runs), key="failed_run", format_func=lambda i: (
+        f"run {i} · {failed_runs[i].started_at:%Y-%m-%d %H:%M} · {failed_runs[i].failures} failed"))
+    failures = data.run_failures(run_id)
+    st.caption(" · ".join(f"{reason}: {n}" for reason, n in failures.by_reason.items()))
+    st.dataframe([{"reason": f.reason, "file": f.path, "what is wrong": f.detail} for f in failures.files],
+                 hide_index=True, height=min(36 + 35 * len(failures.files), 320))
+    listed = len(failures.files)
+    st.caption((f"The first {listed} of {failed_runs[run_id].failures}. " if listed < failed_runs[run_id].failures
+                else "") + "A failed file is not read again while it is unchanged: replace it, or fix the cause (a "
+               f"codec, a share) and run `cxr-score --retry-failed FOLDER`. `cxr-db failures --run {run_id}` prints "
+               "the whole list.")
 
 left, right = st.columns(2)
 if info["volume"]:

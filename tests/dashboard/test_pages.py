@@ -3,6 +3,8 @@ admin; admin actions refused to a reviewer whatever the page shows."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from sqlalchemy import select
 
@@ -194,8 +196,6 @@ def _try_password(at, username: str, password: str) -> None:
 
 
 def test_failed_sign_ins_slow_the_guessing_client_not_the_owner(filled, monkeypatch, app, texts):
-    import datetime as dt
-
     from dashboard import auth
     from db import signin
 
@@ -286,6 +286,32 @@ def test_a_case_held_by_another_reviewer_needs_a_second_reading(filled, app):
     assert not [b for b in at.button if b.key == "save_review"]
     at.button(key="second_reading_button").click().run()
     assert [b for b in at.button if b.key == "save_review"]
+
+
+def test_overview_lists_a_runs_failed_files_to_admins_only(filled, app, texts):
+    from db import results
+    from db.results import FileStat
+
+    with write_session(get_engine()) as session:
+        older = results.start_run(session, {}, filled.version_id, pid=1)
+        results.add_failure(session, older.id, FileStat("/in/old.dcm", 1, 1), "timeout", "/in/old.dcm: too slow")
+        latest = results.start_run(session, {}, filled.version_id, pid=2)
+        latest.started_at = older.started_at + dt.timedelta(hours=24)
+        results.add_failure(session, latest.id, FileStat(f"/in/{EVIL}.dcm", 1, 1), "truncated",
+                            f"/in/{EVIL}.dcm: file ends early, at byte 2129")
+    admin = app(filled.admin_id, page="views/overview.py")
+    assert not admin.exception
+    failed = admin.dataframe[-1].value
+    assert list(failed.columns) == ["reason", "file", "what is wrong"]
+    assert failed.values.tolist() == [["truncated", f"/in/{EVIL}.dcm", "file ends early, at byte 2129"]]  # the latest
+    assert "truncated: 1" in texts(admin) and f"cxr-db failures --run {latest.id}" in texts(admin)
+    admin.selectbox(key="failed_run").select(older.id).run()
+    assert admin.dataframe[-1].value.values.tolist() == [["timeout", "/in/old.dcm", "too slow"]]
+
+    reviewer = app(filled.reviewer_id, page="views/overview.py")
+    assert not reviewer.exception and not reviewer.selectbox
+    assert "old.dcm" not in texts(reviewer) and EVIL not in texts(reviewer)  # file paths may name patients
+    assert "An admin sees the files a run could not score" in texts(reviewer)
 
 
 def test_flagged_page_and_its_csv_are_the_exports(filled, app):

@@ -88,6 +88,32 @@ def test_overview_counts_and_series(engine):
     assert len(runs) == 2
 
 
+def test_a_runs_failures_are_counted_by_reason_and_listed_in_order(engine):
+    with write_session(engine) as session:
+        fill = synthetic.fill(session, images=2, reviews=0, seed=4)
+        clean = results.start_run(session, {}, fill.model_version_id, pid=1)
+        first = results.start_run(session, {}, fill.model_version_id, pid=2)
+        first.started_at = clean.started_at + dt.timedelta(minutes=1)
+        second = results.start_run(session, {}, fill.model_version_id, pid=3)
+        second.started_at = clean.started_at + dt.timedelta(minutes=2)
+        for name, reason in (("a.dcm", "truncated"), ("b.png", "corrupt"), ("c.dcm", "truncated")):
+            results.add_failure(session, second.id, FileStat(f"/in/{name}", 1, 1), reason,
+                                f"/in/{name}: what is wrong with {name}")
+        results.add_failure(session, first.id, FileStat("/in/d.dcm", 1, 1), "timeout", "no file name first")
+    with read_session(engine) as session:
+        runs = overview.runs_with_failures(session)
+        failures = overview.run_failures(session, second.id)
+        cut = overview.run_failures(session, second.id, shown=2)
+        earlier = overview.run_failures(session, first.id)
+    assert [(r.run_id, r.failures) for r in runs] == [(second.id, 3), (first.id, 1)]  # the clean run is not there
+    assert failures.by_reason == {"truncated": 2, "corrupt": 1} and list(failures.by_reason) == ["truncated", "corrupt"]
+    assert [(f.reason, f.path, f.detail) for f in failures.files] == [
+        ("truncated", "/in/a.dcm", "what is wrong with a.dcm"), ("corrupt", "/in/b.png", "what is wrong with b.png"),
+        ("truncated", "/in/c.dcm", "what is wrong with c.dcm")]
+    assert [f.path for f in cut.files] == ["/in/a.dcm", "/in/b.png"] and cut.by_reason == failures.by_reason
+    assert earlier.files[0].detail == "no file name first"
+
+
 def test_prior_studies_are_the_same_patients_other_images_newest_first(engine):
     with write_session(engine) as session:
         fill = synthetic.fill(session, images=5, reviews=0, seed=3)
