@@ -368,7 +368,8 @@ def decode_with_pydicom(
                 _codec_reason(str(exc)), path, f"decoder warning ({plugin or 'native'}): {scrub(exc)}"
             ) from None
         except BaseException as exc:  # including pyo3's PanicException from pylibjpeg-rle
-            failures.append((plugin or "native", _last_line(exc)))
+            name = plugin or "native"
+            failures.append((name, _last_line(exc).removeprefix(f"{name}: ")))  # pydicom's line may name it too
     reason = _codec_reason("; ".join(line for _, line in failures))
     detail = "; ".join(f"{plugin}: {scrub(line)}" for plugin, line in failures)
     raise error(reason, path, f"cannot decode {syntax_name(syntax)}: {detail}")

@@ -292,6 +292,16 @@ def test_bad_input_table_is_large_enough() -> None:
     }
 
 
+def test_a_codec_failure_names_each_decoder_once(pydicom_data) -> None:
+    """pydicom-data's JPEG 2000 file whose header asks for 14 million tiles: every plugin refuses it."""
+    with pytest.raises(XRayReadError) as caught:
+        read_xray(pydicom_data("JPEG2000-embedded-sequence-delimiter.dcm"), timeout=None)
+    message = str(caught.value)
+    assert caught.value.reason == "decode_failed"
+    assert "pylibjpeg: Error decoding the J2K data" in message and "pillow: Image size" in message
+    assert not any(f"{name}: {name}:" in message for name in ("pylibjpeg", "gdcm", "pillow"))
+
+
 def test_errors_are_picklable_with_reason() -> None:
     import pickle
 
