@@ -213,7 +213,8 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         log.warning("%d images have a StudyDate that is not a valid DICOM date (YYYYMMDD): stored without a study "
                     "date", counts.invalid_study_date)
     if counts.failed:
-        log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them", counts.failed, run_id)
+        log.warning("%d files failed in this run; `cxr-db failures --run %d` lists them, as does the dashboard's "
+                    "Overview page for admins", counts.failed, run_id)
     if pull_failed:
         log.warning("%d instances could not be fetched from the DICOMweb server; the next run asks again", pull_failed)
     results_failed = (progress.results_back or {}).get("failed", 0)
