@@ -8,7 +8,7 @@ itself when its parent disappears. Cheap checks (stat, open, magic bytes) run in
 The limit covers decoding and the transfer of the pixels; on expiry the child is killed and
 ``timeout`` raised; if it dies (a segfault in a C codec, a panic) the read fails with
 ``decode_failed``; either way the next call starts a new child. What the C codecs print on the child's
-stderr is kept from the caller's: a failure's message ends with it, a film that decoded drops it. The
+stderr is kept from the caller's: a failure's message ends with it (a crash's too), a film that decoded drops it. The
 child's address space is limited (``CHILD_ADDRESS_SPACE_BYTES``), so a file that makes a codec ask for
 more memory than any film needs fails at once instead of taking the machine's. Reads from several threads are
 serialised. The child's warnings and pydicom log records are kept from its stderr as in any decode
@@ -90,6 +90,7 @@ class _IsolatedReader:
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
         self._sock: socket.socket | None = None
+        self._codec_output: BinaryIO | None = None  # the child's stderr (see _capture_codec_output)
 
     @property
     def pid(self) -> int | None:
@@ -119,10 +120,10 @@ class _IsolatedReader:
 
     def forget(self) -> None:
         """In a forked copy of the owner: drop our handles on the owner's child, leave it running."""
-        for handle in (self._conn, self._sock):
+        for handle in (self._conn, self._sock, self._codec_output):
             if handle is not None:
                 handle.close()
-        self._conn, self._sock, self._process = None, None, None
+        self._conn, self._sock, self._process, self._codec_output = None, None, None, None
 
     def _send(self, request: tuple[bytes, int | None]) -> None:
         for attempt in (1, 2):
@@ -172,8 +173,9 @@ class _IsolatedReader:
 
     def _crashed(self, path: bytes) -> XRayReadError:
         description = self._exit_description()
+        said = _last_words(self._codec_output)
         self._discard()
-        return error(DECODE_FAILED, path, f"decoder crashed ({description})")
+        return error(DECODE_FAILED, path, f"decoder crashed ({description})" + (f": {said}" if said else ""))
 
     def _ensure_started(self) -> None:
         if self._process is not None and self._process.poll() is not None:
@@ -183,11 +185,12 @@ class _IsolatedReader:
 
     def _start(self) -> None:
         parent_sock, child_sock = socket.socketpair()
+        self._codec_output = tempfile.TemporaryFile()
         command = [sys.executable, "-c", "from scoring.imaging.isolation import child_main; child_main()"]
         try:
             self._process = subprocess.Popen(
-                [*command, str(child_sock.fileno())],
-                pass_fds=(child_sock.fileno(),),
+                [*command, str(child_sock.fileno()), str(self._codec_output.fileno())],
+                pass_fds=(child_sock.fileno(), self._codec_output.fileno()),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,  # a Ctrl-C in the terminal is for the caller, not the child
@@ -217,8 +220,10 @@ class _IsolatedReader:
         return f"signal {-code}" if code < 0 else f"exit status {code}"
 
     def _discard(self, graceful: bool = False) -> None:
-        conn, sock, process = self._conn, self._sock, self._process
-        self._conn, self._sock, self._process = None, None, None
+        conn, sock, process, codec_output = self._conn, self._sock, self._process, self._codec_output
+        self._conn, self._sock, self._process, self._codec_output = None, None, None, None
+        if codec_output is not None:
+            codec_output.close()
         for handle in (conn, sock):
             if handle is not None:
                 handle.close()  # EOF for the child, which then exits on its own
@@ -261,14 +266,14 @@ atexit.register(stop_reader_process)
 def child_main() -> None:
     """The decoder child: read (path, min_side) requests from the connection, answer with pixels or an
     error."""
-    fd = int(sys.argv[1])
+    fd, output_fd = int(sys.argv[1]), int(sys.argv[2])
     sock = socket.socket(fileno=os.dup(fd))
     conn = Connection(fd)
     # stderr is the caller's: pydicom's records quote header values, so none may reach it, even from
     # outside a decode (where decode_file silences them anyway).
     logging.getLogger("pydicom").addHandler(logging.NullHandler())
     logging.getLogger("pydicom").propagate = False
-    codec_output = _capture_codec_output()
+    codec_output = _capture_codec_output(output_fd)
     _limit_address_space(CHILD_ADDRESS_SPACE_BYTES)
     _warm_up()
     try:
@@ -288,24 +293,40 @@ def child_main() -> None:
         return
 
 
-def _capture_codec_output() -> BinaryIO:
-    """Point file descriptor 2 at an anonymous file, where the C codecs' own messages land ("Invalid number of
-    tiles", "Corrupt JPEG data"): a night's output would otherwise hold a line, unattributed, for each odd film.
-    Python's own stderr (a traceback, should the child fail) still goes to the caller's."""
+def _capture_codec_output(output_fd: int) -> BinaryIO:
+    """Point file descriptor 2 at the caller's anonymous file, where the C codecs' own messages land ("Invalid
+    number of tiles", "Corrupt JPEG data"): a night's output would otherwise hold a line, unattributed, for each odd
+    film. Python's own stderr (a traceback, should the child fail) still goes to the caller's."""
     sys.stderr = open(os.dup(2), "w", buffering=1, encoding="utf-8", errors="backslashreplace")
-    captured = tempfile.TemporaryFile()
-    os.dup2(captured.fileno(), 2)
-    return captured
+    os.dup2(output_fd, 2)
+    return open(output_fd, "r+b", buffering=0)
+
+
+def _last_words(codec_output: BinaryIO | None) -> str:
+    """The end of what a crashed child printed ("terminate called after throwing ..."), read by the caller
+    without moving the file's position; scrubbed, one line."""
+    if codec_output is None:
+        return ""
+    try:
+        size = os.fstat(codec_output.fileno()).st_size
+        tail = os.pread(codec_output.fileno(), CODEC_OUTPUT_KEPT_BYTES, max(0, size - CODEC_OUTPUT_KEPT_BYTES))
+    except OSError:
+        return ""
+    return _one_line(tail)
 
 
 def _codec_said(codec_output: BinaryIO) -> str:
     """What the codecs wrote since the last call, as one scrubbed line; the capture is emptied."""
     codec_output.seek(0)
-    text = codec_output.read(CODEC_OUTPUT_KEPT_BYTES).decode("utf-8", "replace")
+    text = codec_output.read(CODEC_OUTPUT_KEPT_BYTES)
     codec_output.seek(0)
     codec_output.truncate()  # fd 2 shares this file position: the next message starts at 0 again
-    lines = dict.fromkeys(line.strip() for line in text.splitlines() if line.strip())  # distinct, in order
-    return scrub("; ".join(lines)) if lines else ""
+    return _one_line(text)
+
+
+def _one_line(text: bytes) -> str:
+    lines = dict.fromkeys(line.strip() for line in text.decode("utf-8", "replace").splitlines() if line.strip())
+    return scrub("; ".join(lines)) if lines else ""  # distinct lines, in order
 
 
 def _answer(conn: Connection, sock: socket.socket, path: bytes, min_side: int | None,

@@ -69,6 +69,31 @@ def test_crash_is_decode_failed_and_the_next_read_works(fresh_reader, source_png
     check_image(read_xray(source_png))
 
 
+@pytest.mark.timeout(60)
+def test_what_a_crashed_child_printed_last_ends_its_failure(fresh_reader, source_png) -> None:
+    """glibc's heap checks and C++'s unhandled exceptions say why on stderr, then abort: the only clue there is.
+    (The child's stderr is a file the caller holds; the words are written into it here, as the child would.)"""
+    from scoring.imaging import isolation
+
+    fresh_reader.setenv(imaging.TEST_DELAY_ENV, "5")
+    pid = imaging.start_reader_process()
+    output = isolation._READER._codec_output
+
+    def print_then_abort() -> None:
+        os.write(output.fileno(), b"double free or corruption (out)\n")
+        os.kill(pid, signal.SIGABRT)
+
+    aborter = threading.Timer(0.5, print_then_abort)
+    aborter.start()
+    with pytest.raises(XRayReadError) as caught:
+        read_xray(source_png, timeout=30.0)
+    aborter.join()
+    assert caught.value.reason == "decode_failed"
+    crashed = f"decoder crashed (signal {int(signal.SIGABRT)})"
+    assert str(caught.value).endswith(f"{crashed}: double free or corruption (out)")
+    assert_reaped(pid)
+
+
 def test_child_killed_between_reads_is_replaced_silently(fresh_reader, source_png) -> None:
     pid = imaging.start_reader_process()
     os.kill(pid, signal.SIGKILL)
