@@ -3,13 +3,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from db import migrate
 from db.engine import create_database_engine
-from scoring.lock import RunLock, RunLockHeld
+from scoring.lock import ADVISORY_LOCK_WAIT_S, RunLock, RunLockHeld
 
 
 def test_one_run_at_a_time_on_each_backend(db_url):
@@ -22,6 +23,36 @@ def test_one_run_at_a_time_on_each_backend(db_url):
         pass
     first.dispose()
     second.dispose()
+
+
+HOLD_THEN_FORK = """
+import os, sys, time
+from db.engine import create_database_engine
+from scoring.lock import RunLock
+with RunLock(create_database_engine(sys.argv[1])):
+    if os.fork() == 0:  # a worker with its copy of the lock's socket, which outlives the scorer for a second
+        time.sleep(1)
+        os._exit(0)
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_run_right_after_a_killed_one_waits_for_its_session_to_end(db_url):
+    """kill -9 of a scorer whose worker still holds a copy of the lock's connection: the server keeps the session,
+    and its advisory lock, until the worker is gone too. The next run waits for that instead of stepping aside."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_THEN_FORK, db_url], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    holder.kill()
+    holder.wait(timeout=30)
+    engine = create_database_engine(db_url)
+    started = time.monotonic()
+    with RunLock(engine):
+        waited = time.monotonic() - started
+    engine.dispose()
+    assert 0.5 < waited < ADVISORY_LOCK_WAIT_S  # the worker's second, not the whole wait
 
 
 HOLD_LOCK = """
