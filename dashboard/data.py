@@ -179,9 +179,9 @@ def runs_with_failures() -> list[overview.RunWithFailures]:
 
 
 @st.cache_data(ttl=30, show_spinner=False)
-def run_failures(run_id: int) -> overview.RunFailures:
+def failures_by_reason(run_id: int) -> overview.RunFailures:
     with read_session(engine()) as session:
-        return overview.run_failures(session, run_id)
+        return overview.failures_by_reason(session, run_id)
 
 
 # --- accounts ------------------------------------------------------------------------------------------

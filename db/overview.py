@@ -13,6 +13,7 @@ from sqlalchemy import Integer, cast, exists, func, select
 from sqlalchemy.orm import Session
 
 from db.models import Image, ImageFile, Prediction, Review, ScoringFailure, ScoringRun, utcnow
+from db.results import run_failures
 from db.reviews import latest_reviews
 
 CONFIDENCE_BINS = 20
@@ -123,14 +124,14 @@ def runs_with_failures(session: Session, limit: int = 10) -> list[RunWithFailure
     return [RunWithFailures(run_id, started_at, n) for run_id, started_at, n in rows]
 
 
-def run_failures(session: Session, run_id: int, shown: int = FAILED_FILES_SHOWN) -> RunFailures:
-    """What a run could not score: the count per reason, and the first ``shown`` files with their messages."""
+def failures_by_reason(session: Session, run_id: int, shown: int = FAILED_FILES_SHOWN) -> RunFailures:
+    """What a run could not score: the count per reason, and the first ``shown`` files (``results.run_failures``)
+    with their messages."""
     counts = session.execute(select(ScoringFailure.reason, func.count()).where(ScoringFailure.run_id == run_id)
                              .group_by(ScoringFailure.reason).order_by(func.count().desc(), ScoringFailure.reason))
-    rows = session.execute(select(ScoringFailure.reason, ScoringFailure.path, ScoringFailure.message)
-                           .where(ScoringFailure.run_id == run_id).order_by(ScoringFailure.id).limit(shown))
     return RunFailures(run_id, dict(counts.all()),
-                       [FailedFile(reason, path, message.removeprefix(f"{path}: ")) for reason, path, message in rows])
+                       [FailedFile(f.reason, f.path, f.message.removeprefix(f"{f.path}: "))
+                        for f in run_failures(session, run_id, limit=shown)])
 
 
 def shadow_scored(session: Session, runs: Sequence[ScoringRun]) -> dict[int, dict[int, int]]:

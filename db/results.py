@@ -280,12 +280,13 @@ def add_failure(session: Session, run_id: int, stat: FileStat, reason: str, mess
     add_failures(session, run_id, [FileFailure(stat, reason, message)])
 
 
-def run_failures(session: Session, run_id: int | None = None) -> list[ScoringFailure]:
-    """The failures recorded by a run (default: the latest run that recorded any)."""
+def run_failures(session: Session, run_id: int | None = None, limit: int | None = None) -> list[ScoringFailure]:
+    """The failures recorded by a run (default: the latest run that recorded any), in the order they failed; the
+    first ``limit`` of them when given."""
     if run_id is None:
         run_id = session.scalar(select(func.max(ScoringFailure.run_id)))
     return list(session.scalars(select(ScoringFailure).where(ScoringFailure.run_id == run_id)
-                                .order_by(ScoringFailure.id)))
+                                .order_by(ScoringFailure.id).limit(limit)))
 
 
 # --- helpers --------------------------------------------------------------------------------------------

@@ -49,7 +49,7 @@ elif failed_runs:
     st.subheader("Files that could not be scored")
     run_id = st.selectbox("Run", list(failed_runs), key="failed_run", format_func=lambda i: (
         f"run {i} · {failed_runs[i].started_at:%Y-%m-%d %H:%M} · {failed_runs[i].failures} failed"))
-    failures = data.run_failures(run_id)
+    failures = data.failures_by_reason(run_id)
     st.caption(" · ".join(f"{reason}: {n}" for reason, n in failures.by_reason.items()))
     st.dataframe([{"reason": f.reason, "file": f.path, "what is wrong": f.detail} for f in failures.files],
                  hide_index=True, height=min(36 + 35 * len(failures.files), 320))

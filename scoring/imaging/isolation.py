@@ -8,10 +8,10 @@ itself when its parent disappears. Cheap checks (stat, open, magic bytes) run in
 The limit covers decoding and the transfer of the pixels; on expiry the child is killed and
 ``timeout`` raised; if it dies (a segfault in a C codec, a panic) the read fails with
 ``decode_failed``; either way the next call starts a new child. What the C codecs print on the child's
-stderr is kept from the caller's: a failure's message ends with it (a crash's too), a film that decoded drops it. The
-child's address space is limited (``CHILD_ADDRESS_SPACE_BYTES``), so a file that makes a codec ask for
-more memory than any film needs fails at once instead of taking the machine's. Reads from several threads are
-serialised. The child's warnings and pydicom log records are kept from its stderr as in any decode
+stderr is kept from the caller's: a failure's message ends with it (a crash's too), a film that decoded
+drops it. The child's address space is limited (``CHILD_ADDRESS_SPACE_BYTES``), so a file that makes a
+codec ask for more memory than any film needs fails at once instead of taking the machine's. Reads from
+several threads are serialised. The child's warnings and pydicom log records are kept from its stderr as in any decode
 (see ``decode``); what it sends back is pixels, value-free metadata and scrubbed messages.
 
 ``start_reader_process()`` starts the child ahead of the first read; the environment variable
@@ -317,6 +317,8 @@ def _last_words(codec_output: BinaryIO | None) -> str:
 
 def _codec_said(codec_output: BinaryIO) -> str:
     """What the codecs wrote since the last call, as one scrubbed line; the capture is emptied."""
+    if codec_output.seek(0, os.SEEK_END) == 0:  # nothing printed, as for almost every film: one call
+        return ""
     codec_output.seek(0)
     text = codec_output.read(CODEC_OUTPUT_KEPT_BYTES)
     codec_output.seek(0)

@@ -102,9 +102,9 @@ def test_a_runs_failures_are_counted_by_reason_and_listed_in_order(engine):
         results.add_failure(session, first.id, FileStat("/in/d.dcm", 1, 1), "timeout", "no file name first")
     with read_session(engine) as session:
         runs = overview.runs_with_failures(session)
-        failures = overview.run_failures(session, second.id)
-        cut = overview.run_failures(session, second.id, shown=2)
-        earlier = overview.run_failures(session, first.id)
+        failures = overview.failures_by_reason(session, second.id)
+        cut = overview.failures_by_reason(session, second.id, shown=2)
+        earlier = overview.failures_by_reason(session, first.id)
     assert [(r.run_id, r.failures) for r in runs] == [(second.id, 3), (first.id, 1)]  # the clean run is not there
     assert failures.by_reason == {"truncated": 2, "corrupt": 1} and list(failures.by_reason) == ["truncated", "corrupt"]
     assert [(f.reason, f.path, f.detail) for f in failures.files] == [
