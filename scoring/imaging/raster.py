@@ -174,16 +174,16 @@ def _check_png_chunks(data: bytes, path: bytes) -> tuple[int, int, int]:
         length, kind = struct.unpack_from(">I4s", data, pos)
         end = pos + 12 + length
         if length > 0x7FFFFFFF:
-            raise error(CORRUPT, path, f"{kind!r} chunk at byte {pos} claims {length} bytes")
+            raise error(CORRUPT, path, f"{_chunk_name(kind)} chunk at byte {pos} claims {length} bytes")
         if end > len(data):
             raise error(
                 TRUNCATED,
                 path,
-                f"{kind!r} chunk at byte {pos} needs {length} bytes; file ends at {len(data)}",
+                f"{_chunk_name(kind)} chunk at byte {pos} needs {length} bytes; file ends at {len(data)}",
             )
         (crc,) = struct.unpack_from(">I", data, end - 4)
         if zlib.crc32(view[pos + 4 : end - 4]) != crc:
-            raise error(CORRUPT, path, f"bad CRC in {kind!r} chunk at byte {pos}")
+            raise error(CORRUPT, path, f"bad CRC in {_chunk_name(kind)} chunk at byte {pos}")
         if header is None:
             header = _png_header(data, pos, kind, length, path)
         if kind == b"IEND":
@@ -193,6 +193,11 @@ def _check_png_chunks(data: bytes, path: bytes) -> tuple[int, int, int]:
 
 def _png_header(data: bytes, pos: int, kind: bytes, length: int, path: bytes) -> tuple[int, int, int]:
     if kind != b"IHDR" or length != 13:
-        raise error(CORRUPT, path, f"first chunk is {kind!r} ({length} bytes), not a 13-byte IHDR")
+        raise error(CORRUPT, path, f"first chunk is {_chunk_name(kind)} ({length} bytes), not a 13-byte IHDR")
     width, height, bit_depth = struct.unpack_from(">IIB", data, pos + 8)
     return height, width, bit_depth
+
+
+def _chunk_name(kind: bytes) -> str:
+    """A chunk type as the PNG specification writes it (IDAT), or its bytes in hex when they are not letters."""
+    return kind.decode("ascii") if kind.isalpha() else kind.hex(" ")

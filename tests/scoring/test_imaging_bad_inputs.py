@@ -133,12 +133,18 @@ BAD_INPUTS = [
     ("png_cut_at_50", lambda s: s.file("c50.png", s.png[:50]), "truncated", "file ends at 50"),
     ("png_cut_in_half", lambda s: s.file("c2.png", s.png[: len(s.png) // 2]), "truncated", "IDAT"),
     ("png_without_last_20", lambda s: s.file("c20.png", s.png[:-20]), "truncated", "file ends"),
-    ("png_bad_idat_crc", lambda s: s.file("crc.png", bad_idat_crc(s.png)), "corrupt", "bad CRC in b'IDAT'"),
+    ("png_bad_idat_crc", lambda s: s.file("crc.png", bad_idat_crc(s.png)), "corrupt", "bad CRC in IDAT chunk"),
     (
         "png_bad_ihdr_crc",
         lambda s: s.file("ih.png", s.png[:29] + b"\0\0\0\0" + s.png[33:]),
         "corrupt",
         "IHDR",
+    ),
+    (
+        "png_first_chunk_not_a_name",
+        lambda s: s.file("nn.png", s.png[:8] + png_chunk(b"\x00\x01\x02\x03", b"") + s.png[8:]),
+        "corrupt",
+        "first chunk is 00 01 02 03 (0 bytes)",
     ),
     ("png_100000x100000", lambda s: s.file("huge.png", huge_png()), "too_large", "100000x100000"),
     (
