@@ -46,6 +46,7 @@ def assert_no_secret_in_files(folder) -> int:
     return len(files)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_training_and_scoring_never_write_the_database_password(tmp_path, small_set, url_with_password,
                                                                monkeypatch, caplog):

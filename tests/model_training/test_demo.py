@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select
 
 from db.engine import get_engine, read_session
@@ -20,6 +21,7 @@ def logged_in_order(log: str, steps: tuple[str, ...]) -> bool:
     return -1 not in positions and positions == sorted(positions)
 
 
+@pytest.mark.slow
 def test_demo_from_nothing_then_again(isolated_home, capsys):
     assert demo.main(["--n", "36", "--json"]) == 0
     captured = capsys.readouterr()

@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REPO_ROOT
 
 
@@ -21,6 +23,7 @@ def aurocs(lines: list[str], name: str) -> list[float]:
             if line.startswith(f"{name}:")]
 
 
+@pytest.mark.slow
 def test_untrained_control_with_the_checkpoints_seed_gives_the_checkpoints_figures(tiny_checkpoint, cxr_adult):
     # tiny_checkpoint is torchvision's initialisation under seed 0, so the seed-0 twin must match it exactly,
     # and the seed-1 twin (other weights) must not

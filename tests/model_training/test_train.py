@@ -66,6 +66,7 @@ def test_the_patient_split_never_shares_a_patient(small_set):
         assert {i.label for i in val_items} == {"covid", "normal", "pneumonia"}  # stratified
 
 
+@pytest.mark.slow
 def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, small_set, sqlite_url, monkeypatch):
     config = dict(epochs=3, patience=10)
     reference = train.train(tiny_config(small_set, tmp_path / "whole", sqlite_url, **config))
@@ -264,6 +265,7 @@ def test_promote_and_roll_back(tmp_path, small_set, sqlite_url, capsys, caplog):
     assert "ACTIVE" in listing and listing.count("\n") == 2
 
 
+@pytest.mark.slow
 def test_evaluate_and_compare(tmp_path, small_set, sqlite_url, capsys):
     first = train.train(tiny_config(small_set, tmp_path / "a", sqlite_url, epochs=1))
     capsys.readouterr()

@@ -24,6 +24,7 @@ from scoring.imaging import TEST_DELAY_ENV
 from tests.reliability.conftest import scale
 
 
+@pytest.mark.slow
 def test_backups_of_a_database_being_written(tmp_path, tiny_checkpoint, corpus_factory):
     corpus = corpus_factory(scale(150, 1000))
     db_path = tmp_path / "cxr.db"

@@ -63,6 +63,7 @@ def remount(folder: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(folder)], check=True)
 
 
+@pytest.mark.slow
 def test_a_read_only_database_folder(tmp_path, tiny_checkpoint, corpus_factory):
     corpus = corpus_factory(N_GOOD)
     with tmpfs(tmp_path / "ro", "64m") as folder:
@@ -77,6 +78,7 @@ def test_a_read_only_database_folder(tmp_path, tiny_checkpoint, corpus_factory):
         batches_whole(folder / "cxr.db")
 
 
+@pytest.mark.slow
 def test_a_read_only_database_file(tmp_path, tiny_checkpoint, corpus_factory):
     corpus = corpus_factory(N_GOOD)
     db_path = tmp_path / "cxr.db"
@@ -94,6 +96,7 @@ def test_a_read_only_database_file(tmp_path, tiny_checkpoint, corpus_factory):
     batches_whole(db_path)
 
 
+@pytest.mark.slow
 def test_a_full_disk_stops_the_run_and_a_rerun_finishes_it(tmp_path, tiny_checkpoint, corpus_factory):
     corpus = corpus_factory(200)
     with tmpfs(tmp_path / "small", "400k") as folder:
@@ -138,6 +141,7 @@ def test_a_missing_or_corrupt_checkpoint(tmp_path, tiny_checkpoint, corpus_facto
         assert summary["run_id"] is None, name  # refused before a run began
 
 
+@pytest.mark.slow
 def test_an_active_model_whose_file_was_replaced(tmp_path, tiny_checkpoint, corpus_factory, sqlite_url):
     corpus = corpus_factory(5)
     model = tmp_path / "active.pt"

@@ -57,6 +57,7 @@ def kill_when(process: subprocess.Popen, db_path: Path, predictions_at_least: in
     process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_rerun(tmp_path, tiny_checkpoint, big_corpus):
     db_path = tmp_path / "cxr.db"
     db_url = f"sqlite:///{db_path}"

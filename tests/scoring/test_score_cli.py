@@ -226,6 +226,7 @@ def test_a_held_lock_exits_75_at_once(sqlite_url, tiny_checkpoint, corpus):
     assert json.loads(result.stdout.splitlines()[-1])["exit_code"] == 75
 
 
+@pytest.mark.slow
 def test_two_runs_started_together(sqlite_url, tiny_checkpoint, corpus):
     command = [sys.executable, "-m", "scoring", "--db", sqlite_url, "--model", str(tiny_checkpoint),
                "--settle-seconds", "0", "--json", str(corpus)]

@@ -376,6 +376,7 @@ def every_batch_whole(db_path: Path, active_id: int, challenger_id: int) -> int:
     return len(active)
 
 
+@pytest.mark.slow
 def test_kill_minus_nine_then_rerun_completes_every_version(tmp_path, cxr_dev, tiny_checkpoint, checkpoints):
     corpus = tmp_path / "incoming"
     corpus.mkdir()
