@@ -228,6 +228,10 @@ def comment_key(image_id: int) -> str:
     return f"review_comment_{image_id}"
 
 
+def label_key(n: int) -> str:
+    return f"label_key_{n}"  # the n-th label's button (the number key n)
+
+
 def flag_key(draft: CaseDraft) -> str:
     """The flag box belongs to the case and to the label chosen: a Save pressed right after a label carries the box
     as the browser last showed it (unticked, before the label's rerun ticked it) under the previous label's key, so
@@ -236,7 +240,21 @@ def flag_key(draft: CaseDraft) -> str:
     return f"review_flag_{draft.image_id}_{draft.label or ''}"
 
 
+def _still_on_screen(draft: CaseDraft) -> bool:
+    """Whether the case a label or Save button was drawn for is still the reader's case. Those buttons keep their
+    keys from case to case, and a key pressed while the next case is being drawn (its film shows first) reaches the
+    server with the callback of the case before: applied, the label meant for the new film went to the case just
+    saved, and S could store it there as a second review. Such a press is dropped, and the reader told."""
+    if reading.current_case() == draft.image_id:
+        return True
+    st.session_state["case_notice"] = ("A key arrived while the case was changing and was not applied to any case: "
+                                       "press it again.")
+    return False
+
+
 def _choose(draft: CaseDraft, label: str, predicted: str | None) -> None:
+    if not _still_on_screen(draft):
+        return
     draft.choose(label, predicted)
     st.session_state[flag_key(draft)] = draft.flagged
 
@@ -265,7 +283,7 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
         cols = st.columns(3)
         for offset, (col, label) in enumerate(zip(cols, labels[start:start + 3], strict=False)):
             n = start + offset + 1
-            col.button(label, key=f"label_key_{n}", shortcut=str(n) if n <= 9 else None,
+            col.button(label, key=label_key(n), shortcut=str(n) if n <= 9 else None,
                        on_click=_choose, args=(draft, label, predicted), width="stretch",
                        type="primary" if draft.label == label else "secondary")
     st.caption(f"Label: **{plain(draft.label)}**" if draft.label else "Choose a label (number keys).")
@@ -286,6 +304,11 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
 
 
 def _save(me: Account, detail: CaseDetail, draft: CaseDraft, read_first: bool, after_save) -> None:
+    if not _still_on_screen(draft):
+        return
+    pressed = _label_pressed_with_save(detail)
+    if pressed is not None and pressed != draft.label:
+        _choose(draft, pressed, detail.prediction.predicted_class if detail.prediction else None)
     if not draft.label:
         st.session_state["case_notice"] = "Choose a label first (the number keys), then save."
         return
@@ -299,6 +322,16 @@ def _save(me: Account, detail: CaseDetail, draft: CaseDraft, read_first: bool, a
     reading.saved(detail.image.id)
     st.session_state["case_notice"] = f"Saved case {detail.image.id}: {draft.label}."
     after_save()
+
+
+def _label_pressed_with_save(detail: CaseDetail) -> str | None:
+    """The label whose key reached the server in the same request as S. A number and S pressed at once while the
+    server is busy arrive as one request, and Streamlit then runs the earlier trigger's callback (the label's) after
+    the later one's (Save's): without this, such a Save found no label and stayed on the case."""
+    for n, label in enumerate(detail.labels, start=1):
+        if st.session_state.get(label_key(n)):
+            return label
+    return None
 
 
 def keys_help(detail: CaseDetail) -> None:

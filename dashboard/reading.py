@@ -27,6 +27,11 @@ def open_case(me: Account, image_id: int) -> CaseDraft:
     return draft
 
 
+def current_case() -> int | None:
+    """The case on the reader's screen (the one the last run opened), if any."""
+    return reading_session().current
+
+
 def leave_case(me: Account) -> None:
     """Another page is shown: the case on screen (if any) stops its clock and is given back."""
     left = reading_session().leave(time.monotonic())

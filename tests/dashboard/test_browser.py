@@ -246,7 +246,9 @@ def _next_case(page, after: int) -> int:
     """Waits until the next case is on screen (its own heading, not the last case's still being replaced)."""
     page.wait_for_function(f"new URLSearchParams(location.search).get('image') !== '{after}'")
     shown = _image_in_url(page)
-    page.get_by_role("heading", name=f"Case {shown} ·").wait_for()
+    # the heading's place in the list is the case page's last line: the server then has this case's buttons (a key
+    # pressed before that would come with the case before's, and be dropped)
+    page.get_by_role("heading", name=re.compile(rf"^Case {shown} · (\d+ of \d+|not in the current list)")).wait_for()
     wait_until_idle(page)
     return shown
 

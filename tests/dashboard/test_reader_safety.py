@@ -12,8 +12,9 @@ import pytest
 from sqlalchemy import select, update
 
 from dashboard import actions
+from dashboard.layout import plain
 from db.engine import get_engine, read_session, write_session
-from db.models import CaseClaim, Event, Image, Review
+from db.models import CaseClaim, Event, Image, Prediction, Review
 from db.reviewers import set_active, set_password
 from tests.dashboard.conftest import account
 
@@ -290,3 +291,52 @@ def test_a_challengers_output_never_reaches_a_reader(filled, challenger, app, te
     admin = app(filled.admin_id, page=page, query=query)
     shown = texts(admin) + " ".join(str(p.value) for p in admin.get("progress"))
     assert "0.777" in shown or "shadowtwo" in shown  # admins may look at it
+
+
+def _save_first(original):
+    """The widget states in the order Streamlit gives a label and a Save that reached it as one request: the
+    earlier trigger (the label's) behind the later one (Save's), so that Save's callback runs first."""
+    def states(tree):
+        states = original(tree)
+        widgets = sorted(states.widgets, key=lambda w: not w.id.endswith("-save_review"))
+        del states.widgets[:]
+        states.widgets.extend(widgets)
+        return states
+    return states
+
+
+@pytest.mark.parametrize("save_first", [False, True], ids=["label_first", "save_first"])
+def test_a_label_and_save_in_one_request_save_that_label(filled, app, monkeypatch, save_first):
+    from streamlit.testing.v1.element_tree import ElementTree
+
+    image = filled.image_ids[-1]
+    at = _open(app, filled.reviewer_id, image)
+    if save_first:
+        monkeypatch.setattr(ElementTree, "get_widget_states", _save_first(ElementTree.get_widget_states))
+    label = at.button(key="label_key_2").label
+    at.button(key="label_key_2").click()
+    at.button(key="save_review").click()
+    at.run()
+    assert not at.exception
+    assert _case(at) != image  # saved, and on to the next case
+    with read_session(get_engine()) as session:
+        predicted = session.scalar(select(Prediction.predicted_class).where(Prediction.image_id == image))
+    review = _review_of(image)
+    assert (review.label, review.flagged_for_retraining) == (label, label != predicted)
+
+
+def test_a_key_that_arrives_for_the_case_before_is_applied_to_no_case(filled, app, texts):
+    """The label and Save buttons keep their keys from case to case: a press that reaches the server after it has
+    opened the next case comes with the callback of the case before. It must not label or save that case."""
+    before, now_open = filled.image_ids[-1], filled.image_ids[-2]
+    at = _open(app, filled.reviewer_id, before)
+    at.session_state["reading_session"].open(now_open, 0.0)  # the server has moved on; the buttons are before's
+    at.button(key="label_key_2").click()
+    at.button(key="save_review").click()
+    at.run()
+    assert not at.exception
+    assert plain("A key arrived while the case was changing and was not applied to any case: press it again.") in (
+        texts(at))
+    with read_session(get_engine()) as session:
+        assert session.scalars(select(Review).where(Review.image_id.in_([before, now_open]))).all() == []
+    assert "Choose a label (number keys)." in texts(at)  # nor chosen on the case shown again
