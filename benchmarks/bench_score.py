@@ -22,11 +22,13 @@ and the slower stage's rate on a GPU, where they overlap.
     python benchmarks/bench_score.py --files 2400
 
 With ``--archive DIR`` (an archive from ``benchmarks/make_archive.py``) it measures full-size films instead:
-per encoding, the reader's model-input reads per second (in this process, one file at a time) with a full
-decode and with the reduced one (``min_side`` = 2 x the model's input side), and how far the two model inputs
-differ; RG1_J2KR through the isolated reader; then for the whole mix, decode only (the scorer's DataLoader,
-reduced and, for comparison, full decode), model only, the bound, the full pipeline (reduced, as ``cxr-score``
-runs) and the naive loop (full decode per image, like the seed notebooks).
+per encoding, pydicom's own full decode (``dcmread().pixel_array`` with its installed plugins, Pillow for PNG: the
+baseline the archive goals name) and the reader's model-input reads per second (in this process, one file at a
+time) with a full decode and with the reduced one (``min_side`` = 2 x the model's input side), and how far the two
+model inputs differ; RG1_J2KR through the isolated reader; then for the whole mix, decode only (pydicom's own
+decode through a DataLoader with the same workers, and the scorer's DataLoader, reduced and full), model only, the
+bound, the full pipeline (reduced, as ``cxr-score`` runs) and the naive loop (full decode per image, like the seed
+notebooks).
 
     python benchmarks/make_archive.py 100 /tmp/cxr-archive
     python benchmarks/bench_score.py --archive /tmp/cxr-archive
@@ -337,6 +339,43 @@ def reads_per_second(paths: list[Path], min_side: int | None, timeout: float | N
     return repeat * len(paths) / (time.perf_counter() - start)
 
 
+def library_decode(path: Path) -> tuple[int, ...]:
+    """A full decode as the libraries give it: ``pydicom.dcmread(path).pixel_array`` with pydicom's installed
+    plugins (GDCM for lossless JPEG, pylibjpeg-openjpeg for JPEG 2000 and HTJ2K, ...), Pillow for a PNG; no checks,
+    no display transform, no preprocessing, no isolation. The baseline the archive goals name; returns the shape."""
+    if path.suffix.lower() == ".png":
+        with PILImage.open(path) as image:
+            return np.asarray(image).shape
+    return pydicom.dcmread(path).pixel_array.shape
+
+
+def library_reads_per_second(paths: list[Path]) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        library_decode(path)
+    return len(paths) / (time.perf_counter() - start)
+
+
+class LibraryDecodeDataset(Dataset):
+    def __init__(self, files: list[Path]):
+        self.files = files
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[int, ...]:
+        return library_decode(self.files[index])
+
+
+def library_decode_rate(files: list[Path], options: ScoringOptions) -> float:
+    """Images per second of :func:`library_decode` through a DataLoader with the scorer's workers and batch size."""
+    loader = DataLoader(LibraryDecodeDataset(files), batch_size=options.batch_size, num_workers=options.workers,
+                        collate_fn=list)
+    start = time.perf_counter()
+    n = sum(len(batch) for batch in loader)
+    return n / (time.perf_counter() - start)
+
+
 def input_difference(path: Path, size: int) -> tuple[float, float]:
     """Mean and largest absolute difference of the model inputs, reduced vs full decode, in reader units."""
     full = preprocess(imaging.read_xray(path, timeout=None).pixels, size)
@@ -365,19 +404,23 @@ def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None
     print(f"archive: {len(files)} films in {archive}; model {args.arch} at {args.size} px (min_side {min_side}), "
           f"batch {args.batch_size}, {args.workers} decode workers, device {device}, precision {args.precision}")
 
-    print("\nper encoding, model-input reads/s in this process (read_xray, timeout=None), one file at a time:")
-    print(f"{'encoding':20s} {'files':>5s} {'full':>8s} {'reduced':>8s} {'speed-up':>8s} {'mean diff':>9s} "
-          f"{'max diff':>8s}")
+    print("\nper encoding, model-input reads/s in this process (read_xray, timeout=None), one file at a time, and "
+          "pydicom's own full decode (dcmread().pixel_array; Pillow for PNG):")
+    print(f"{'encoding':20s} {'files':>5s} {'pydicom':>8s} {'full':>8s} {'reduced':>8s} {'speed-up':>8s} "
+          f"{'mean diff':>9s} {'max diff':>8s}")
     for paths in by_encoding.values():  # warm-up: codec imports and first-call costs are not measured
+        library_reads_per_second(paths[:1])
         reads_per_second(paths[:1], None)
         reads_per_second(paths[:1], min_side)
-    full_seconds = 0.0
+    full_seconds = library_seconds = 0.0
     for encoding, paths in sorted(by_encoding.items()):
+        library = library_reads_per_second(paths)
+        library_seconds += len(paths) / library
         full = reads_per_second(paths, None)
         full_seconds += len(paths) / full
         reduced = reads_per_second(paths, min_side)
         differences = [input_difference(p, args.size) for p in paths]
-        print(f"{encoding:20s} {len(paths):5d} {full:8.2f} {reduced:8.2f} {reduced / full:7.1f}x "
+        print(f"{encoding:20s} {len(paths):5d} {library:8.2f} {full:8.2f} {reduced:8.2f} {reduced / full:7.1f}x "
               f"{np.mean([d[0] for d in differences]):9.4f} {max(d[1] for d in differences):8.4f}")
     rg1 = [Path(get_testdata_file("RG1_J2KR.dcm"))]
     full, reduced = reads_per_second(rg1, None, 30.0, 5), reads_per_second(rg1, min_side, 30.0, 5)
@@ -388,11 +431,13 @@ def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None
     print(f"RG1 as HTJ2K lossless, isolated reader, 5 reads: full {full:.2f} reads/s, reduced {reduced:.2f} reads/s "
           f"({reduced / full:.1f}x)")
     one_thread_full = len(files) / full_seconds
+    one_thread_library = len(files) / library_seconds
 
     full_options = ScoringOptions(batch_size=args.batch_size, workers=args.workers, device=device,
                                   precision=args.precision, reduced_decode=False)
     options = ScoringOptions(batch_size=args.batch_size, workers=args.workers, device=device,
                              precision=args.precision)
+    decode_library = library_decode_rate(files, options)
     decode_full, settled_full = decode_rates(files, checkpoint, full_options)
     decode, settled = decode_rates(files, checkpoint, options)
     model = model_only(checkpoint, options, min(len(files) * 4, 1024))
@@ -404,8 +449,12 @@ def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None
     else:
         bound, rule = 1 / (1 / decode + 1 / model), "1 / (1/decode + 1/model)"
     print("\nthe mix:")
-    print(f"decode only, full     {decode_full:8.2f} img/s   (DataLoader, read_xray without min_side)")
-    print(f"decode only, reduced  {decode:8.2f} img/s   ({decode / decode_full:.2f}x the full decode)")
+    print(f"decode only, pydicom  {decode_library:8.2f} img/s   (DataLoader, pydicom's own full decode alone: "
+          "dcmread().pixel_array, Pillow for PNG)")
+    print(f"decode only, full     {decode_full:8.2f} img/s   (DataLoader, read_xray without min_side: the reader's "
+          "faster codecs, its checks, display transform and preprocessing)")
+    print(f"decode only, reduced  {decode:8.2f} img/s   ({decode / decode_full:.2f}x the reader's full decode, "
+          f"{decode / decode_library:.2f}x pydicom's)")
     print(f"after the first batch {settled_full:8.2f} / {settled:.2f} img/s full / reduced "
           f"({settled / settled_full:.2f}x; the workers' start left out: the rate a long run settles at)")
     print(f"model only            {model:8.2f} img/s")
@@ -418,6 +467,8 @@ def archive_figures(archive: Path, work: Path, args: argparse.Namespace) -> None
           f"(full decode, one ORM insert + commit per image; the pipeline is {pipeline / naive:.1f}x)")
     print(f"one-thread full decode {one_thread_full:7.2f} img/s   (read_xray in one process without min_side, the "
           f"per-encoding reads above; the pipeline is {pipeline / one_thread_full:.2f}x)")
+    print(f"one-thread pydicom    {one_thread_library:8.2f} img/s   (pydicom's own full decode in one process, the "
+          f"per-encoding reads above; the pipeline is {pipeline / one_thread_library:.2f}x)")
     main_process_figures(files, work, ckpt_path, checkpoint, options, args.stand_in_images, args.profile)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
