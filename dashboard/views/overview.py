@@ -52,10 +52,7 @@ elif failed_runs:
     failures = data.failures_by_reason(run_id)
     st.caption(" · ".join(f"{reason}: {n}" for reason, n in failures.by_reason.items()))
     st.dataframe([{"reason": f.reason, "file": f.path, "what is wrong": f.detail} for f in failures.files],
-                 hide_index=True, height=min(36 + 35 * len(failures.files), 320),
-                 column_config={"reason": st.column_config.TextColumn(width="small"),  # the message gets the room
-                                "file": st.column_config.TextColumn(width="medium"),
-                                "what is wrong": st.column_config.TextColumn(width="large")})
+                 hide_index=True, height=min(36 + 35 * len(failures.files), 320))
     listed = len(failures.files)
     st.caption((f"The first {listed} of {failed_runs[run_id].failures}. " if listed < failed_runs[run_id].failures
                 else "") + "A failed file is not read again while it is unchanged: replace it, or fix the cause (a "
