@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select, update
 
-from dashboard import actions
+from dashboard import actions, reading
 from dashboard.layout import plain
 from db.engine import get_engine, read_session, write_session
 from db.models import CaseClaim, Event, Image, Prediction, Review
@@ -34,7 +34,7 @@ class Clock:
 
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
-    from dashboard import case_parts, reading
+    from dashboard import case_parts
 
     fake = Clock()
     monkeypatch.setattr(reading, "time", fake)
@@ -330,7 +330,7 @@ def test_a_key_that_arrives_for_the_case_before_is_applied_to_no_case(filled, ap
     opened the next case comes with the callback of the case before. It must not label or save that case."""
     before, now_open = filled.image_ids[-1], filled.image_ids[-2]
     at = _open(app, filled.reviewer_id, before)
-    at.session_state["reading_session"].open(now_open, 0.0)  # the server has moved on; the buttons are before's
+    at.session_state[reading.KEY].open(now_open, 0.0)  # the server has moved on; the buttons are before's
     at.button(key="label_key_2").click()
     at.button(key="save_review").click()
     at.run()
