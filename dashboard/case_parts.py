@@ -240,20 +240,8 @@ def flag_key(draft: CaseDraft) -> str:
     return f"review_flag_{draft.image_id}_{draft.label or ''}"
 
 
-def _still_on_screen(draft: CaseDraft) -> bool:
-    """Whether the case a label or Save button was drawn for is still the reader's case. Those buttons keep their
-    keys from case to case, and a key pressed while the next case is being drawn (its film shows first) reaches the
-    server with the callback of the case before: applied, the label meant for the new film went to the case just
-    saved, and S could store it there as a second review. Such a press is dropped, and the reader told."""
-    if reading.current_case() == draft.image_id:
-        return True
-    st.session_state["case_notice"] = ("A key arrived while the case was changing and was not applied to any case: "
-                                       "press it again.")
-    return False
-
-
 def _choose(draft: CaseDraft, label: str, predicted: str | None) -> None:
-    if not _still_on_screen(draft):
+    if not reading.on_screen(draft):
         return
     draft.choose(label, predicted)
     st.session_state[flag_key(draft)] = draft.flagged
@@ -304,7 +292,7 @@ def review_form(me: Account, detail: CaseDetail, draft: CaseDraft, *, read_first
 
 
 def _save(me: Account, detail: CaseDetail, draft: CaseDraft, read_first: bool, after_save) -> None:
-    if not _still_on_screen(draft):
+    if not reading.on_screen(draft):
         return
     pressed = _label_pressed_with_save(detail)
     if pressed is not None and pressed != draft.label:

@@ -32,6 +32,19 @@ def current_case() -> int | None:
     return reading_session().current
 
 
+def on_screen(draft: CaseDraft) -> bool:
+    """Whether the case a button acting on ``draft`` was drawn for is still the reader's case. The case page's
+    buttons keep their keys from case to case, and a press that reaches the server while the next case is being
+    drawn (its film shows first) comes with the callback of the case before: applied, a label meant for the new film
+    went to the case just saved, and S could store it there as a second review. Such a press is dropped, and the
+    reader told."""
+    if current_case() == draft.image_id:
+        return True
+    st.session_state["case_notice"] = ("A key arrived while the case was changing and was not applied to any case: "
+                                       "press it again.")
+    return False
+
+
 def leave_case(me: Account) -> None:
     """Another page is shown: the case on screen (if any) stops its clock and is given back."""
     left = reading_session().leave(time.monotonic())
@@ -41,6 +54,8 @@ def leave_case(me: Account) -> None:
 
 def read_anyway(me: Account, draft: CaseDraft) -> None:
     """A deliberate second reading of a case another reviewer holds (recorded with the review)."""
+    if not on_screen(draft):
+        return
     draft.second_reading = True
     draft.claim = actions.claim(me, draft.image_id, second_reading=True)
 

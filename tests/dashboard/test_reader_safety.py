@@ -340,3 +340,16 @@ def test_a_key_that_arrives_for_the_case_before_is_applied_to_no_case(filled, ap
     with read_session(get_engine()) as session:
         assert session.scalars(select(Review).where(Review.image_id.in_([before, now_open]))).all() == []
     assert "Choose a label (number keys)." in texts(at)  # nor chosen on the case shown again
+
+
+def test_a_second_reading_pressed_for_the_case_before_claims_nothing(filled, app, texts):
+    held, now_open = filled.image_ids[-3], filled.image_ids[-2]
+    actions.claim(account(filled.admin_id), held)
+    at = _open(app, filled.reviewer_id, held)
+    at.session_state[reading.KEY].open(now_open, 0.0)  # the server has moved on; the button is held's
+    at.button(key="second_reading_button").click().run()
+    assert not at.exception
+    assert plain("A key arrived while the case was changing and was not applied to any case: press it again.") in (
+        texts(at))
+    assert (held, filled.reviewer_id) not in _claims()  # still the admin's alone
+    assert [b for b in at.button if b.key == "second_reading_button"]
