@@ -17,7 +17,17 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"  # Playwright cannot download browsers here
-CASE_HEADING = re.compile(r"^Case \d+ ·")
+
+
+def case_heading(image_id: int | None = None) -> re.Pattern:
+    """The case page's heading (of case ``image_id``, or any) once the page is whole: it reads "Case 12 · …" first
+    and gets its place in the list last, so a key pressed before that may find its button not drawn yet, and be
+    lost, as a reader's would be."""
+    case = r"\d+" if image_id is None else str(image_id)
+    return re.compile(rf"^Case {case} · (\d+ of \d+|not in the current list)")
+
+
+CASE_HEADING = case_heading()
 
 
 @contextmanager
@@ -68,8 +78,18 @@ def sign_in(page, user: str, password: str) -> None:
     page.get_by_text("Signed in as").wait_for()
 
 
+_IDLE = """() => {
+    const app = document.querySelector('[data-testid="stApp"]');
+    return app && app.dataset.testScriptState !== 'running' && app.dataset.testScriptState !== 'rerunRequested'
+        && !document.querySelector('[data-testid="stStatusWidget"]');
+}"""
+
+
 def wait_until_idle(page, settle_ms: int = 500) -> None:
-    """Until the app has finished its rerun (its status widget says nothing is running), then ``settle_ms`` more
-    for what the browser draws after it."""
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')")
+    """Until the app has finished its rerun, ``settle_ms`` more for what the browser draws after it, and again
+    until idle: a press's rerun that the server had not started when this was called is waited for too if it
+    starts within ``settle_ms``. The app's script state is read, not its status widget, which shows only once a
+    run has lasted a while (a one-second run never shows it)."""
+    page.wait_for_function(_IDLE)
     page.wait_for_timeout(settle_ms)
+    page.wait_for_function(_IDLE)

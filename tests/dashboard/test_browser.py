@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from dashboard.local_server import CASE_HEADING, serve, sign_in, wait_until_idle
+from dashboard.local_server import CASE_HEADING, case_heading, serve, sign_in, wait_until_idle
 from db import migrate, model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Prediction, Review, Reviewer
@@ -248,7 +248,7 @@ def _next_case(page, after: int) -> int:
     shown = _image_in_url(page)
     # the heading's place in the list is the case page's last line: the server then has this case's buttons (a key
     # pressed before that would come with the case before's, and be dropped)
-    page.get_by_role("heading", name=re.compile(rf"^Case {shown} · (\d+ of \d+|not in the current list)")).wait_for()
+    page.get_by_role("heading", name=case_heading(shown)).wait_for()
     wait_until_idle(page)
     return shown
 
