@@ -20,18 +20,16 @@ import argparse
 import datetime as dt
 import os
 import platform
-import re
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-from dashboard.local_server import CHROMIUM, serve
+from dashboard.local_server import APP_IDLE, CASE_HEADING, CHROMIUM, serve
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CXR_SHARED_DATA", REPO.parent / "shared" / "data"))
 PASSWORD = "benchmark-password"
-HEADING = re.compile(r"^Case (\d+) ·")
 BROWSER_CASES = 200
 
 
@@ -159,8 +157,9 @@ def _ready(page, previous: int | None, *, overlay: bool = False) -> int:
 
 
 def _idle(page) -> None:
-    """Until the app has finished its rerun, the preloading of the next case included."""
-    page.wait_for_function("!document.querySelector('[data-testid=\"stStatusWidget\"]')", polling=20)
+    """Until the app has finished its rerun, the preloading of the next case included (called once a case is drawn,
+    i.e. while its run is under way)."""
+    page.wait_for_function(APP_IDLE, polling=20)
 
 
 def precompute(url: str, version_id: int, n: int) -> None:
@@ -192,8 +191,8 @@ def bench_browser(home: Path, url: str, version_id: int, saves: int) -> None:
             page.get_by_role("button", name="Sign in").click()
             page.get_by_role("button", name="Start reading").click()
             current = _ready(page, None)
-            page.wait_for_timeout(1000)
-            page.get_by_role("heading", name=HEADING).first.click()  # the shortcuts act once the page has focus
+            _idle(page)
+            page.get_by_role("heading", name=CASE_HEADING).first.click()  # the shortcuts act once the page has focus
             page.keyboard.press("o")
             _ready(page, None, overlay=True)
             cached = []
@@ -210,7 +209,7 @@ def bench_browser(home: Path, url: str, version_id: int, saves: int) -> None:
             page.wait_for_function(f"(() => {{ const v = {VIEWER}; return v && v.dataset.overlay === ''; }})()")
             timings = []
             for _ in range(saves):
-                page.get_by_role("heading", name=HEADING).first.click()  # keep the focus on the page
+                page.get_by_role("heading", name=CASE_HEADING).first.click()  # keep the focus on the page
                 page.keyboard.press("2")
                 page.get_by_text("Label: normal").wait_for()
                 _idle(page)

@@ -78,7 +78,7 @@ def sign_in(page, user: str, password: str) -> None:
     page.get_by_text("Signed in as").wait_for()
 
 
-_IDLE = """() => {
+APP_IDLE = """  # a JavaScript predicate for wait_for_function() => {
     const app = document.querySelector('[data-testid="stApp"]');
     return app && app.dataset.testScriptState !== 'running' && app.dataset.testScriptState !== 'rerunRequested'
         && !document.querySelector('[data-testid="stStatusWidget"]');
@@ -90,6 +90,6 @@ def wait_until_idle(page, settle_ms: int = 500) -> None:
     until idle: a press's rerun that the server had not started when this was called is waited for too if it
     starts within ``settle_ms``. The app's script state is read, not its status widget, which shows only once a
     run has lasted a while (a one-second run never shows it)."""
-    page.wait_for_function(_IDLE)
+    page.wait_for_function(APP_IDLE)
     page.wait_for_timeout(settle_ms)
-    page.wait_for_function(_IDLE)
+    page.wait_for_function(APP_IDLE)
