@@ -78,7 +78,8 @@ def sign_in(page, user: str, password: str) -> None:
     page.get_by_text("Signed in as").wait_for()
 
 
-APP_IDLE = """  # a JavaScript predicate for wait_for_function() => {
+# a JavaScript predicate for wait_for_function: the app runs nothing
+APP_IDLE = """() => {
     const app = document.querySelector('[data-testid="stApp"]');
     return app && app.dataset.testScriptState !== 'running' && app.dataset.testScriptState !== 'rerunRequested'
         && !document.querySelector('[data-testid="stStatusWidget"]');
