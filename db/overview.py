@@ -6,6 +6,7 @@ Functions take a Session and never commit.
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -68,6 +69,20 @@ class RunFailures:
     run_id: int
     by_reason: dict[str, int]  # every failure of the run, the most frequent reason first
     files: list[FailedFile]  # the first FAILED_FILES_SHOWN, in the order they failed
+
+    @property
+    def folder(self) -> str:
+        """The deepest folder every listed file is in ("" when they share no more than the root): the Overview
+        names the files from there, so that long absolute paths leave room for what is wrong with them."""
+        parents = [posixpath.dirname(f.path) for f in self.files]
+        if not parents or not all(posixpath.isabs(p) for p in parents):
+            return ""
+        common = posixpath.commonpath(parents)
+        return "" if common == "/" else common
+
+    def name_in_folder(self, failed: FailedFile) -> str:
+        folder = self.folder
+        return failed.path[len(folder) + 1:] if folder else failed.path
 
 
 @dataclass(frozen=True)

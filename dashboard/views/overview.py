@@ -50,8 +50,10 @@ elif failed_runs:
     run_id = st.selectbox("Run", list(failed_runs), key="failed_run", format_func=lambda i: (
         f"run {i} · {failed_runs[i].started_at:%Y-%m-%d %H:%M} · {failed_runs[i].failures} failed"))
     failures = data.failures_by_reason(run_id)
-    st.caption(" · ".join(f"{reason}: {n}" for reason, n in failures.by_reason.items()))
-    st.dataframe([{"reason": f.reason, "file": f.path, "what is wrong": f.detail} for f in failures.files],
+    counts = " · ".join(f"{reason}: {n}" for reason, n in failures.by_reason.items())
+    st.caption(f"{counts} · files listed from {layout.plain(failures.folder)}/" if failures.folder else counts)
+    st.dataframe([{"reason": f.reason, "file": failures.name_in_folder(f), "what is wrong": f.detail}
+                  for f in failures.files],
                  hide_index=True, height=min(36 + 35 * len(failures.files), 320))
     listed = len(failures.files)
     st.caption((f"The first {listed} of {failed_runs[run_id].failures}. " if listed < failed_runs[run_id].failures

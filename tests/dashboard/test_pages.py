@@ -299,14 +299,18 @@ def test_overview_lists_a_runs_failed_files_to_admins_only(filled, app, texts):
         latest.started_at = older.started_at + dt.timedelta(hours=24)
         results.add_failure(session, latest.id, FileStat(f"/in/{EVIL}.dcm", 1, 1), "truncated",
                             f"/in/{EVIL}.dcm: file ends early, at byte 2129")
+        results.add_failure(session, latest.id, FileStat("/in/other.png", 1, 1), "corrupt",
+                            "/in/other.png: bad CRC in IDAT chunk at byte 33")
     admin = app(filled.admin_id, page="views/overview.py")
     assert not admin.exception
     failed = admin.dataframe[-1].value
     assert list(failed.columns) == ["reason", "file", "what is wrong"]
-    assert failed.values.tolist() == [["truncated", f"/in/{EVIL}.dcm", "file ends early, at byte 2129"]]  # the latest
-    assert "truncated: 1" in texts(admin) and f"cxr-db failures --run {latest.id}" in texts(admin)
+    assert failed.values.tolist() == [["truncated", f"{EVIL}.dcm", "file ends early, at byte 2129"],  # the latest run
+                                      ["corrupt", "other.png", "bad CRC in IDAT chunk at byte 33"]]
+    assert "corrupt: 1 · truncated: 1 · files listed from /in/" in texts(admin)  # named from the folder they share
+    assert f"cxr-db failures --run {latest.id}" in texts(admin)
     admin.selectbox(key="failed_run").select(older.id).run()
-    assert admin.dataframe[-1].value.values.tolist() == [["timeout", "/in/old.dcm", "too slow"]]
+    assert admin.dataframe[-1].value.values.tolist() == [["timeout", "old.dcm", "too slow"]]
 
     reviewer = app(filled.reviewer_id, page="views/overview.py")
     assert not reviewer.exception and not reviewer.selectbox

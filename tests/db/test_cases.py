@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import select
 
 from db import agreement, cases, overview, results, synthetic
@@ -112,6 +113,21 @@ def test_a_runs_failures_are_counted_by_reason_and_listed_in_order(engine):
         ("truncated", "/in/c.dcm", "what is wrong with c.dcm")]
     assert [f.path for f in cut.files] == ["/in/a.dcm", "/in/b.png"] and cut.by_reason == failures.by_reason
     assert earlier.files[0].detail == "no file name first"
+
+
+@pytest.mark.parametrize(("paths", "folder", "names"), [
+    (["/data/incoming/2026/a.dcm", "/data/incoming/2026/b.png"], "/data/incoming/2026", ["a.dcm", "b.png"]),
+    (["/data/incoming/x/a.dcm", "/data/incoming/y/b.dcm"], "/data/incoming", ["x/a.dcm", "y/b.dcm"]),
+    (["/data/in/a.dcm", "/data/incoming/b.dcm"], "/data", ["in/a.dcm", "incoming/b.dcm"]),  # folders, not prefixes
+    (["/data/a.dcm", "/other/b.dcm"], "", ["/data/a.dcm", "/other/b.dcm"]),  # only the root in common
+    (["/a.dcm"], "", ["/a.dcm"]),
+    (["relative/a.dcm"], "", ["relative/a.dcm"]),
+    ([], "", []),
+])
+def test_failed_files_are_named_from_the_folder_they_share(paths, folder, names):
+    failures = overview.RunFailures(1, {}, [overview.FailedFile("corrupt", path, "what is wrong") for path in paths])
+    assert failures.folder == folder
+    assert [failures.name_in_folder(f) for f in failures.files] == names
 
 
 def test_prior_studies_are_the_same_patients_other_images_newest_first(engine):
