@@ -9,6 +9,7 @@ import datetime as dt
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from sqlalchemy import Integer, cast, exists, func, select
 from sqlalchemy.orm import Session
@@ -70,7 +71,7 @@ class RunFailures:
     by_reason: dict[str, int]  # every failure of the run, the most frequent reason first
     files: list[FailedFile]  # the first FAILED_FILES_SHOWN, in the order they failed
 
-    @property
+    @cached_property
     def folder(self) -> str:
         """The deepest folder every listed file is in ("" when they share no more than the root): the Overview
         names the files from there, so that long absolute paths leave room for what is wrong with them."""
