@@ -27,18 +27,13 @@ def open_case(me: Account, image_id: int) -> CaseDraft:
     return draft
 
 
-def current_case() -> int | None:
-    """The case on the reader's screen (the one the last run opened), if any."""
-    return reading_session().current
-
-
 def on_screen(draft: CaseDraft) -> bool:
     """Whether the case a button acting on ``draft`` was drawn for is still the reader's case. The case page's
     buttons keep their keys from case to case, and a press that reaches the server while the next case is being
     drawn (its film shows first) comes with the callback of the case before: applied, a label meant for the new film
     went to the case just saved, and S could store it there as a second review. Such a press is dropped, and the
     reader told."""
-    if current_case() == draft.image_id:
+    if reading_session().current == draft.image_id:  # the case the last run opened
         return True
     st.session_state["case_notice"] = ("A key arrived while the case was changing and was not applied to any case: "
                                        "press it again.")

@@ -145,7 +145,7 @@ def test_a_reviewers_round(browser, site):
         page.get_by_text("Grad-CAM (layer4) for class").first.wait_for()
     except Exception as error:
         state = page.evaluate("""() => [document.activeElement.tagName, document.activeElement.className,
-            !!document.querySelector('[data-testid=stStatusWidget]'),
+            document.querySelector('[data-testid=stApp]').dataset.testScriptState,
             Array.from(document.querySelectorAll('button')).map(b => b.innerText + (b.disabled ? '(disabled)' : ''))
               .join('|')]""")
         raise AssertionError(f"no overlay after O: {state}; {page.url}") from error
