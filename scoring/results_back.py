@@ -34,12 +34,12 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from sqlalchemy import Engine
 
 from db import result_objects
-from db.clitools import one_line
 from db.engine import read_session, write_session
 from db.errors import CannotRun
 from db.models import ModelVersion, utcnow
 from db.result_objects import StudyImage
 from scoring import dicomweb
+from scoring.imaging.errors import scrub
 
 log = logging.getLogger("cxr.score")
 
@@ -323,7 +323,9 @@ def send_study(sender, study_uid: str, images: list[StudyImage], model: ModelInf
         return exc
     except Exception as exc:  # one study's report: recorded, tried again next run, the others still go
         log.debug("the report of a study could not be sent", exc_info=True)
-        return exc if isinstance(exc, ValueError) else ValueError(one_line(exc))
+        # pydicom and highdicom quote the header value they refused (a birth date, a name): the message goes
+        # to the log and the database, so it is scrubbed as the reader's failure messages are
+        return ValueError(scrub(exc))
 
 
 def model_info(version: ModelVersion | None) -> ModelInfo:

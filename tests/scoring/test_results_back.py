@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -266,3 +267,22 @@ def test_results_to_cannot_go_with_an_explicit_model(tmp_path, tiny_checkpoint, 
                   "dicom://PACS@127.0.0.1:104", str(tmp_path)])
     assert stopped.value.code == 2
     assert "cannot go with --model" in capsys.readouterr().err
+
+
+def test_a_refused_header_value_stays_out_of_the_error_that_is_logged_and_stored(tmp_path, pydicom_data):
+    ds = pydicom.dcmread(pydicom_data("RG1_UNCR.dcm"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.PatientBirthDate = "1970-01-01"  # written with dashes by a modality: read with a warning, refused by the SR
+    path = tmp_path / "film.dcm"
+    ds.save_as(path)
+
+    class Sender:
+        def send(self, report):
+            raise AssertionError("a report that could not be built was sent")
+
+    [image] = study_images([path], [{"covid": 0.2, "normal": 0.1, "pneumonia": 0.7}])
+    error = results_back.send_study(Sender(), ds.StudyInstanceUID, [image], MODEL, None)
+    assert isinstance(error, ValueError)
+    assert "1970" not in str(error)
+    assert "convert" in str(error)  # still says what went wrong
