@@ -14,6 +14,7 @@ import secrets
 from pathlib import Path
 
 PSEUDONYM_KEY_FILE = "pseudonym.key"
+MIN_PSEUDONYM_KEY_BYTES = 16
 
 
 def cxr_home() -> Path:
@@ -46,32 +47,67 @@ def pseudonym_key() -> bytes:
     """The secret that keys patient pseudonyms, created once per installation.
 
     ``CXR_PSEUDONYM_KEY`` (hex) wins, so that several machines sharing one database can agree;
-    otherwise ``$CXR_HOME/pseudonym.key`` is created with mode 0600 on first use.
+    otherwise ``$CXR_HOME/pseudonym.key`` is created with mode 0600 on first use. A key shorter than
+    ``MIN_PSEUDONYM_KEY_BYTES`` is refused: with a short (or empty) key anyone could recompute every
+    pseudonym from a list of patient IDs.
     """
     env = os.environ.get("CXR_PSEUDONYM_KEY")
     if env:
         try:
-            return bytes.fromhex(env)
+            key = bytes.fromhex(env)
         except ValueError as exc:
             raise ValueError("CXR_PSEUDONYM_KEY must be hexadecimal") from exc
+        return _long_enough(key, "CXR_PSEUDONYM_KEY")
     path = ensure_home() / PSEUDONYM_KEY_FILE
     if not path.exists():
         _create_key_file(path)
-    return bytes.fromhex(path.read_text().strip())
+    try:
+        key = bytes.fromhex(path.read_text().strip())
+    except ValueError as exc:
+        raise ValueError(f"{path} must hold the key in hexadecimal") from exc
+    return _long_enough(key, str(path))
+
+
+def _long_enough(key: bytes, source: str) -> bytes:
+    if len(key) < MIN_PSEUDONYM_KEY_BYTES:
+        # Never replaced by a new key here: that would give every patient a new pseudonym and cut them off
+        # from their earlier studies. The operator restores the key (from a backup or another machine).
+        raise ValueError(f"{source} holds a key of {len(key)} bytes; a pseudonym key needs at least "
+                         f"{MIN_PSEUDONYM_KEY_BYTES} ({2 * MIN_PSEUDONYM_KEY_BYTES} hexadecimal digits). Restore "
+                         "this installation's key from its backup; a new key gives every patient a new pseudonym")
+    return key
 
 
 def _create_key_file(path: Path) -> None:
-    # Written aside and hard-linked into place, so a concurrent reader never sees a half-written key.
+    # Written aside, flushed to disk and hard-linked into place, so that neither a concurrent reader nor a
+    # machine that crashed just after finds a half-written or empty key.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
         handle.write(secrets.token_hex(32))
+        handle.flush()
+        os.fsync(handle.fileno())
     try:
         os.link(tmp, path)
     except FileExistsError:
         pass  # another process won the race; its key stands
     finally:
         tmp.unlink()
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def pseudonym_key_fingerprint() -> str:
+    """Names this installation's pseudonym key without revealing it, so that machines that must agree on the
+    key (the nodes of a Ray cluster, say) can compare theirs."""
+    return hmac.new(pseudonym_key(), b"cxr-review pseudonym key fingerprint", hashlib.sha256).hexdigest()[:16]
 
 
 def pseudonymise(patient_id: str | None) -> str | None:

@@ -12,7 +12,8 @@ GPU of the cluster, or one CPU actor. A task or actor whose worker process dies 
 killed keeps every committed batch, and the next run finishes the rest.
 
 Without ``--ray-address`` a local Ray is started on this machine; with one, the run joins that cluster (every node
-needs this package installed, and the files at the same paths). Ray is an optional extra:
+needs this package installed, the files at the same paths, and the driver's pseudonym key: checked before the
+run, and again by each decode task). Ray is an optional extra:
 ``pip install -e ".[ray]"``.
 """
 
@@ -21,12 +22,14 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
+from db.config import pseudonym_key_fingerprint
 from db.errors import CannotRun
 from scoring.decoding import DecodeDataset, collate_decoded, decode_side, input_preprocessings
 from scoring.pipeline import BatchScorer, Job, ScoredBatch, ScoringPass
@@ -51,6 +54,7 @@ class RayRunner:
     def __call__(self, scoring: ScoringPass, jobs: list[Job]) -> None:
         if jobs:
             connect(self.address)
+            check_node_keys()
             scoring.store_scored(jobs, scored_batches(jobs, scoring))
 
 
@@ -106,7 +110,7 @@ def scored_batches(jobs: list[Job], scoring: ScoringPass) -> Iterator[ScoredBatc
         decode_batches, batch_size=1, num_cpus=decode_cpus,
         compute=ray.data.TaskPoolStrategy(size=decoders if decoders != actors else decoders + 1),
         fn_kwargs={"preprocessings": input_preprocessings(checkpoint, challengers),
-                   "read_timeout": options.read_timeout,
+                   "read_timeout": options.read_timeout, "key_fingerprint": pseudonym_key_fingerprint(),
                    "min_side": decode_side(checkpoint, challengers) if options.reduced_decode else None})
     # The models go to the object store once; the actors get a reference to them inside a list, which Ray passes
     # as it is (a restarted actor fetches them again while this driver holds the reference).
@@ -121,9 +125,51 @@ def scored_batches(jobs: list[Job], scoring: ScoringPass) -> Iterator[ScoredBatc
         yield pickle.loads(row["scored"])
 
 
+class PseudonymKeyMismatch(Exception):
+    """A node's pseudonym key is not the driver's: its films' patients would get other pseudonyms."""
+
+
+def check_node_keys() -> None:
+    """Every node of the cluster holds the driver's pseudonym key, or the run does not start: pseudonyms are
+    computed where a film is decoded, and a node with another key would give its patients other ones."""
+    ray = ray_module()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    expected = pseudonym_key_fingerprint()
+    probe = ray.remote(num_cpus=0)(node_key_fingerprint)
+    answers = ray.get([probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                       .remote() for node in ray.nodes() if node["Alive"]])
+    wrong = [f"{host} ({fingerprint})" for host, fingerprint in answers if fingerprint != expected]
+    if wrong:
+        raise CannotRun(key_mismatch(", ".join(wrong), expected))
+
+
+def node_key_fingerprint() -> tuple[str, str]:
+    """A Ray task: this node's name and its pseudonym key's fingerprint (or what is wrong with its key)."""
+    try:
+        return socket.gethostname(), pseudonym_key_fingerprint()
+    except ValueError as exc:
+        return socket.gethostname(), str(exc)
+
+
+def check_pseudonym_key(driver_fingerprint: str) -> None:
+    """Also in each decode task, for a node that joined the cluster after the run started (see
+    :func:`check_node_keys`)."""
+    fingerprint = pseudonym_key_fingerprint()
+    if fingerprint != driver_fingerprint:
+        raise PseudonymKeyMismatch(key_mismatch(f"{socket.gethostname()} ({fingerprint})", driver_fingerprint))
+
+
+def key_mismatch(nodes: str, driver_fingerprint: str) -> str:
+    return (f"the pseudonym key of Ray node(s) {nodes} is not the driver's ({driver_fingerprint}): the same patient "
+            "would get another pseudonym there. Give every node the driver's key (CXR_PSEUDONYM_KEY, or a copy of "
+            "its $CXR_HOME/pseudonym.key)")
+
+
 def decode_batches(rows: dict[str, np.ndarray], preprocessings: Sequence[Any], read_timeout: float,
-                   min_side: int | None) -> dict[str, np.ndarray]:
+                   key_fingerprint: str, min_side: int | None) -> dict[str, np.ndarray]:
     """A Ray task: decode each batch of files as a local DataLoader worker does, indices into the run's jobs."""
+    check_pseudonym_key(key_fingerprint)
     decoded = []
     for payload in rows["batch"]:
         start, paths, scored_by = pickle.loads(payload)

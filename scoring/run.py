@@ -28,6 +28,7 @@ from sqlalchemy import Engine
 
 from db import migrate, model_versions, results
 from db.clitools import one_line, run_command
+from db.config import pseudonym_key
 from db.engine import get_engine, read_session, write_session
 from db.errors import EXIT_CANNOT_RUN, CannotRun
 from scoring import dicomweb, imaging, pipeline, results_back
@@ -163,6 +164,10 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
     if missing:
         raise CannotRun(f"codecs missing on this machine (`pip install -r requirements.txt` installs them): "
                         f"{'; '.join(missing)}")
+    try:
+        pseudonym_key()  # a missing key is created now, before any worker; a bad one refused before the run
+    except ValueError as exc:
+        raise CannotRun(str(exc)) from None
     with RunLock(engine):  # before the schema check, so two runs on a new database don't both create it
         migrate.ensure_schema(engine)
         with write_session(engine) as session:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -20,10 +21,11 @@ import torch
 from sqlalchemy import func, select
 
 from benchmarks.bench_score import replicate
-from db import model_versions
+from db import config, model_versions
 from db.engine import create_database_engine, read_session, write_session
 from db.models import Image, Prediction, ScoringFailure
-from scoring import cli
+from scoring import cli, ray_engine
+from scoring.decoding import input_preprocessings
 from scoring.imaging import TEST_DELAY_ENV
 from scoring.lock import RunLock
 from scoring.model import Checkpoint, Preprocessing, build_model, checkpoint_sha256, load_checkpoint, save_checkpoint
@@ -32,17 +34,27 @@ from tests.conftest import active_model_database, missing_tool
 pytestmark = pytest.mark.slow
 
 BATCH = "4"
+CLUSTER_KEY = "5e" * 32  # every node's and the driver's (CXR_HOME differs from test to test)
+
+
+@pytest.fixture(autouse=True)
+def cluster_key(monkeypatch):
+    monkeypatch.setenv("CXR_PSEUDONYM_KEY", CLUSTER_KEY)
 
 
 @pytest.fixture(scope="module")
-def local_ray():
-    """A local Ray of two CPUs whose reads each take 50 ms longer (a window to kill a decoding worker in)."""
+def local_ray(tmp_path_factory):
+    """A local Ray of two CPUs whose reads each take 50 ms longer (a window to kill a decoding worker in); its
+    nodes hold the tests' pseudonym key, also for a driver of its own (a job without this runtime_env)."""
     try:
         import ray
     except ImportError:
         missing_tool('ray (pip install -e ".[ray]"; requirements-dev.txt installs it)')
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {TEST_DELAY_ENV: "0.05"}})
+    with pytest.MonkeyPatch.context() as patch:  # what the raylet, and so every worker it starts, inherits
+        patch.setenv("CXR_HOME", str(tmp_path_factory.mktemp("ray-node-home")))
+        patch.setenv("CXR_PSEUDONYM_KEY", CLUSTER_KEY)
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {TEST_DELAY_ENV: "0.05"}})
     yield ray
     ray.shutdown()
 
@@ -244,3 +256,30 @@ def test_a_ray_address_needs_the_ray_engine(sqlite_url, inbox, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["--db", sqlite_url, "--ray-address", "ray://head:10001", str(inbox)])
     assert stopped.value.code == 2 and "--ray-address applies to --engine ray" in capsys.readouterr().err
+
+
+def test_a_node_with_another_pseudonym_key_stops_the_run_before_anything_is_stored(local_ray, sqlite_url, inbox,
+                                                                                    tiny_checkpoint, monkeypatch,
+                                                                                    caplog):
+    active_model_database(sqlite_url, tiny_checkpoint)
+    # the driver's fingerprint as a node with another key sees it (the nodes compute theirs in their own process)
+    monkeypatch.setattr(ray_engine, "pseudonym_key_fingerprint", lambda: "0" * 16)
+    code = cli.main(["--db", sqlite_url, "--settle-seconds", "0", "--engine", "ray", str(inbox)])
+    assert code == 2
+    assert "is not the driver's (0000000000000000)" in caplog.text and "CXR_PSEUDONYM_KEY" in caplog.text
+    assert config.pseudonym_key_fingerprint() in caplog.text  # the node's own, named
+    engine = create_database_engine(sqlite_url)
+    try:
+        with read_session(engine) as session:
+            assert session.scalar(select(func.count()).select_from(Prediction)) == 0
+    finally:
+        engine.dispose()
+
+
+def test_a_decode_task_on_a_node_with_another_key_decodes_nothing(inbox, tiny_checkpoint):
+    rows = {"batch": [pickle.dumps((0, [str(inbox / "RG1_UNCR.dcm")], [[]]))]}
+    preprocessings = input_preprocessings(load_checkpoint(tiny_checkpoint), [])
+    with pytest.raises(ray_engine.PseudonymKeyMismatch, match="is not the driver's"):
+        ray_engine.decode_batches(rows, preprocessings, 30.0, "0" * 16, None)
+    decoded = ray_engine.decode_batches(rows, preprocessings, 30.0, config.pseudonym_key_fingerprint(), None)
+    assert decoded["decoded"].size == 1

@@ -251,6 +251,14 @@ def test_fp16_on_the_cpu_is_refused_before_a_run_starts(capsys, sqlite_url, tiny
     assert "fp16" in caplog.text
 
 
+def test_a_short_pseudonym_key_is_refused_before_a_run_starts(capsys, sqlite_url, tiny_checkpoint, corpus, caplog,
+                                                             monkeypatch):
+    monkeypatch.setenv("CXR_PSEUDONYM_KEY", "00")
+    code, summary = score(capsys, sqlite_url, tiny_checkpoint, corpus)
+    assert code == 2 and summary["run_id"] is None
+    assert "CXR_PSEUDONYM_KEY holds a key of 1 bytes" in caplog.text
+
+
 @pytest.mark.parametrize("where", ["missing_folder", "a_folder"])
 def test_a_log_file_that_cannot_be_opened_is_exit_2_and_one_line(tmp_path, tiny_checkpoint, where):
     """Exit 1 means "finished, some files failed": a run that cannot open its --log-file must not say that,
