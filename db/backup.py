@@ -4,7 +4,8 @@ The copy is taken in one step, inside one read transaction: in WAL mode writers 
 copy is the database as of one commit, never half of a batch. It is written beside the destination in a folder
 of its own with a unique name (so backups at once never share a file), checked with ``PRAGMA integrity_check``,
 made a standalone file (rollback journal, not WAL) and only then put in place, so a crash or a full disk leaves
-the old backup or none. A dated copy never replaces another one.
+the old backup or none. A dated copy never replaces another one. A new copy is readable by its owner only (mode
+0600); a file replaced keeps its permissions.
 
 Refused before anything is written: a destination that is the database itself or one of its side files (by
 file identity, so also through symbolic and hard links: replacing the live file under its writers loses their
@@ -62,11 +63,19 @@ def backup_database(url: str, destination: Path) -> Backup:
     try:
         partial = staging / "copy.db"
         integrity = _copy_and_check(source, partial, destination)
+        os.chmod(partial, _copy_permissions(destination))
         target = _place(partial, destination)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     fsync_folder(target.parent)
     return Backup(target, target.stat().st_size, round(time.perf_counter() - started, 3), integrity)
+
+
+def _copy_permissions(destination: Path) -> int:
+    """A new copy is readable by its owner only: it holds everything the database does (patients' file paths,
+    readings, password hashes). A file replaced each night keeps the permissions it was given, as an export does."""
+    mode = _mode(destination)
+    return stat.S_IMODE(mode) if mode is not None and stat.S_ISREG(mode) else 0o600
 
 
 def sqlite_path(url: str) -> Path:

@@ -141,6 +141,8 @@ def _create_empty_database(path: Path) -> None:
     """An empty file is an empty SQLite database; it must exist before it has an inode to lock on."""
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        # Patient data: readable by its owner only (the scorer, the dashboard and the receiver run as one user;
+        # SQLite gives its -wal and -shm files the database's permissions)
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     except FileExistsError:
         pass  # another process created it first: the same file

@@ -43,6 +43,28 @@ def test_backup_into_a_folder_gets_a_dated_name(tmp_path, sqlite_url):
     assert made.path.parent == tmp_path / "backups" and made.path.name.startswith("cxr-")
 
 
+@pytest.mark.parametrize("into", ["file", "folder"])
+def test_a_new_copy_is_readable_by_its_owner_only(tmp_path, sqlite_url, into):
+    migrate.ensure_schema(create_database_engine(sqlite_url))
+    old_umask = os.umask(0o022)
+    try:
+        destination = tmp_path / "copy.db" if into == "file" else tmp_path
+        made = backup_database(sqlite_url, destination)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(made.path.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("mode", [0o600, 0o640])
+def test_a_replaced_copy_keeps_its_permissions(tmp_path, sqlite_url, mode):
+    migrate.ensure_schema(create_database_engine(sqlite_url))
+    destination = tmp_path / "copy.db"
+    backup_database(sqlite_url, destination)
+    destination.chmod(mode)  # as the operator set it, for a backup agent of their group say
+    backup_database(sqlite_url, destination)
+    assert stat.S_IMODE(destination.stat().st_mode) == mode
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("postgresql+psycopg://cxr@localhost/cxr", "pg_dump"),
     ("sqlite://", "in-memory"),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import subprocess
 import sys
 import time
@@ -119,6 +120,18 @@ def test_a_database_that_does_not_exist_yet_is_locked_by_identity_too(tmp_path, 
     with pytest.raises(RunLockHeld):
         with RunLock(create_database_engine(f"sqlite:///{tmp_path / 'alias.db'}")):
             pass
+
+
+def test_a_database_the_lock_creates_is_readable_by_its_owner_only(tmp_path):
+    engine = create_database_engine(f"sqlite:///{tmp_path / 'cxr.db'}")
+    try:
+        with RunLock(engine):
+            migrate.ensure_schema(engine)
+    finally:
+        engine.dispose()
+    for name in ("cxr.db", "cxr.db-wal", "cxr.db-shm"):
+        if (tmp_path / name).exists():
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
 
 
 def test_different_databases_do_not_share_a_lock(tmp_path, lock_held_by_another_process):
