@@ -30,10 +30,10 @@ def sign_in(username: str, password: str, client: str | None) -> signin.SignInRe
         return signin.sign_in(session, username, password, client=client)
 
 
-def sign_in_with_identity(email: str | None, issuer: str, email_verified: bool | None,
+def sign_in_with_identity(found: signin.Identity, trust_unverified_email: bool,
                           client: str | None) -> signin.SignInResult:
     with write_session(data.engine()) as session:
-        return signin.sign_in_with_identity(session, email, issuer=issuer, email_verified=email_verified,
+        return signin.sign_in_with_identity(session, found, trust_unverified_email=trust_unverified_email,
                                             client=client)
 
 

@@ -5,7 +5,8 @@ the epoch, which ends every other session of that account at its next interactio
 
 Besides the password form, single sign-on through Streamlit's ``st.login`` (OpenID Connect) is offered when an
 ``[auth]`` section is configured in ``dashboard/.streamlit/secrets.toml``: the provider's verified e-mail address
-opens the active account of that user name (see :func:`db.signin.sign_in_with_identity`)."""
+opens the active account of that user name the first time, its user only from then on (see
+:func:`db.signin.sign_in_with_identity`)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,22 @@ def single_sign_on_configured() -> bool:
         return False
 
 
-def identity() -> tuple[str | None, str, bool | None] | None:
-    """The provider's (e-mail, issuer, email_verified) when this browser is signed in through st.login."""
+def identity() -> signin.Identity | None:
+    """Who the provider says this browser is, when it is signed in through st.login."""
     if not single_sign_on_configured() or not st.user.get("is_logged_in"):
         return None
-    verified = st.user.get("email_verified")
-    return st.user.get("email"), str(st.user.get("iss") or "oidc"), None if verified is None else bool(verified)
+    verified, subject = st.user.get("email_verified"), st.user.get("sub")
+    return signin.Identity(st.user.get("email"), str(st.user.get("iss") or "oidc"),
+                           None if subject is None else str(subject), None if verified is None else bool(verified))
+
+
+def trust_unverified_email() -> bool:
+    """``trust_unverified_email = true`` under ``[cxr_review]`` in secrets.toml: for a provider that sends no
+    ``email_verified`` claim but only ever gives its users addresses it manages."""
+    try:
+        return st.secrets.get("cxr_review", {}).get("trust_unverified_email") is True
+    except FileNotFoundError:
+        return False
 
 
 def client_address() -> str:
@@ -65,7 +76,12 @@ def forget_session() -> None:
     account_id = st.session_state.get(ACCOUNT_KEY)
     with read_session(data.engine()) as session:
         still_active = account_id is not None and signin.current_account(session, account_id) is not None
+    through_provider = identity() is not None
     _forget()
+    if through_provider:
+        # The provider's identity cookie outlives this session: without this, the next rerun would sign the browser
+        # in again with no credential asked. Signing in again goes through the provider's sign-out and sign-in.
+        st.session_state[IDENTITY_TRIED_KEY] = True
     st.session_state[NOTICE_KEY] = (
         "You were signed out: this account signed out in another window, or its password was changed."
         if still_active else "Your account was deactivated. Ask an admin.")
@@ -79,15 +95,22 @@ def _account_from_identity() -> signin.Account | None:
     if found is None:
         return None
     st.session_state[IDENTITY_TRIED_KEY] = True
-    email, issuer, verified = found
-    result = actions.sign_in_with_identity(email, issuer, verified, client_address())
+    result = actions.sign_in_with_identity(found, trust_unverified_email(), client_address())
     if result.account is None:
-        st.session_state[NOTICE_KEY] = (f"No active CXR Review account has the user name {email or '(no e-mail)'}"
-                                        + (" (the provider has not verified it)" if verified is False else "")
-                                        + ". Ask an admin to create one.")
+        st.session_state[NOTICE_KEY] = _refusal(result.outcome, found.email or "(no e-mail)")
         return None
     remember(result.account)
     return result.account
+
+
+def _refusal(outcome: str, email: str) -> str:
+    if outcome == "unverified_identity":
+        return (f"The provider does not say that {email} is verified, so it cannot open the CXR Review account of "
+                "that name. Ask an admin.")
+    if outcome == "bound_to_another":
+        return (f"The CXR Review account {email} is bound to another user of this sign-on provider. Ask an admin "
+                "(cxr-db reset-sign-on).")
+    return f"No active CXR Review account has the user name {email}. Ask an admin to create one."
 
 
 def remember(account: signin.Account) -> None:

@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         commands.add_parser(verb, help=f"{verb} a reviewer account (its reviews stay)").add_argument("name")
     commands.add_parser("unlock", help="lift the sign-in delays of an account after failed attempts (they count "
                                        "from zero again)").add_argument("name")
+    commands.add_parser("reset-sign-on", help="unbind an account from the single sign-on user that opened it first "
+                                              "(the next verified sign-in binds it again)").add_argument("name")
     return parser
 
 
@@ -157,6 +159,9 @@ def _change_reviewer(engine, args) -> int:
             elif args.command == "set-password":
                 reviewers.set_password(session, args.name, password)
                 log.info("password of %r changed; its signed-in sessions end", args.name)
+            elif args.command == "reset-sign-on":
+                reviewers.reset_sign_on(session, args.name)
+                log.info("single sign-on binding of %r lifted; its signed-in sessions end", args.name)
             elif args.command == "unlock":
                 signin.unlock(session, args.name)
                 log.info("sign-in delays of %r lifted: its failed attempts count from zero again", args.name)

@@ -243,6 +243,7 @@ class Prediction(Base):
 
 class Reviewer(Base):
     __tablename__ = "reviewers"
+    __table_args__ = (Index("uq_reviewers_identity", "identity_issuer", "identity_subject", unique=True),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     username: Mapped[str] = mapped_column(String(64), unique=True)
@@ -253,6 +254,10 @@ class Reviewer(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     session_epoch: Mapped[int] = mapped_column(default=0, server_default="0",
                                                doc="raised to end every signed-in session of the account")
+    identity_issuer: Mapped[str | None] = mapped_column(
+        String(255), doc="the single sign-on provider whose user opened this account first (OpenID Connect iss)")
+    identity_subject: Mapped[str | None] = mapped_column(
+        String(255), doc="that provider's stable id of its user (sub): only it opens the account from then on")
 
     reviews: Mapped[list[Review]] = relationship(back_populates="reviewer")
 

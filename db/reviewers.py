@@ -74,6 +74,15 @@ def set_active(session: Session, username: str, active: bool) -> Reviewer:
     return reviewer
 
 
+def reset_sign_on(session: Session, username: str) -> Reviewer:
+    """Lift the account's binding to a single sign-on user (after the provider moved the person to a new id, say):
+    the next verified sign-in with the account's e-mail address binds it again. Ends its signed-in sessions."""
+    reviewer = _existing(session, username)
+    reviewer.identity_issuer = reviewer.identity_subject = None
+    raise_session_epoch(session, reviewer)
+    return reviewer
+
+
 def raise_session_epoch(session: Session, reviewer: Reviewer) -> int:
     """Raise the account's session epoch, so that every browser session signed in with an older one ends at its
     next interaction; the new epoch. Incremented in SQL, so that two at once both count."""

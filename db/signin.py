@@ -20,6 +20,7 @@ import datetime as dt
 import logging
 from dataclasses import dataclass
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db import events
@@ -113,24 +114,61 @@ def sign_in(session: Session, username: str, password: str, *, client: str | Non
     return SignInResult(account_of(reviewer), "ok")
 
 
-def sign_in_with_identity(session: Session, email: str | None, *, issuer: str, email_verified: bool | None,
+@dataclass(frozen=True)
+class Identity:
+    """Who an OpenID Connect provider says signed in: the claims ``email``, ``iss``, ``sub`` and
+    ``email_verified`` (None when the provider does not send it)."""
+
+    email: str | None
+    issuer: str
+    subject: str | None
+    email_verified: bool | None
+
+
+def sign_in_with_identity(session: Session, identity: Identity, *, trust_unverified_email: bool = False,
                           client: str | None = None, now: dt.datetime | None = None) -> SignInResult:
-    """A sign-in vouched for by an OpenID Connect provider (Streamlit's ``st.login``). It opens the active account
-    whose user name is the identity's e-mail address: an admin creates that account first, because signing in
-    at the provider must not create an account here. An address the provider says is unverified is refused."""
+    """A sign-in vouched for by an OpenID Connect provider (Streamlit's ``st.login``).
+
+    The account bound to the provider's user (``issuer`` and ``subject``, its ``iss`` and ``sub``) is opened if
+    there is one. Otherwise the identity's e-mail address opens the active account of that user name, which an
+    admin creates first (signing in at the provider never creates an account here), and the account is bound to
+    that provider's user from then on, so that another user who later gets or claims the address cannot open it.
+    That first sign-in needs an address the provider says is verified (``email_verified``); a provider that sends
+    no such claim is trusted only with ``trust_unverified_email``. An account bound to another user of the same
+    provider is refused (``cxr-db reset-sign-on NAME`` lifts the binding)."""
     now = now or utcnow()
-    name = (email or "").strip()
-    reviewer = find_reviewer(session, name) if name and email_verified is not False else None
-    details = {"method": "oidc", "issuer": issuer}
-    if reviewer is None or not reviewer.is_active:
-        events.record(session, events.SIGN_IN_FAILED, username=name or None, client=client, details=details,
-                      now=now)
-        log.warning("single sign-on identity %r has no active account", name)
-        return SignInResult(None, "unknown_identity")
+    name = (identity.email or "").strip()
+    details = {"method": "oidc", "issuer": identity.issuer}
+    reviewer, outcome = _identity_account(session, name, identity, trust_unverified_email)
+    if reviewer is None:
+        events.record(session, events.SIGN_IN_FAILED, username=name or None, client=client,
+                      details=details | {"refused": outcome}, now=now)
+        log.warning("single sign-on identity %r refused: %s", name, outcome)
+        return SignInResult(None, outcome)
     events.record(session, events.SIGN_IN, username=reviewer.username, reviewer_id=reviewer.id, client=client,
                   details=details, now=now)
-    log.info("%s signed in through %s", reviewer.username, issuer)
+    log.info("%s signed in through %s", reviewer.username, identity.issuer)
     return SignInResult(account_of(reviewer), "ok")
+
+
+def _identity_account(session: Session, name: str, identity: Identity,
+                      trust_unverified_email: bool) -> tuple[Reviewer | None, str]:
+    if not identity.subject:
+        return None, "unknown_identity"  # OpenID Connect always names its user; without it nothing can be bound
+    bound = session.scalar(select(Reviewer).where(Reviewer.identity_issuer == identity.issuer,
+                                                  Reviewer.identity_subject == identity.subject))
+    if bound is not None:
+        return (bound, "ok") if bound.is_active else (None, "unknown_identity")
+    reviewer = find_reviewer(session, name) if name else None
+    if reviewer is None or not reviewer.is_active:
+        return None, "unknown_identity"
+    verified = identity.email_verified
+    if not (verified or (verified is None and trust_unverified_email)):
+        return None, "unverified_identity"
+    if reviewer.identity_subject is not None:
+        return None, "bound_to_another"
+    reviewer.identity_issuer, reviewer.identity_subject = identity.issuer, identity.subject
+    return reviewer, "ok"
 
 
 def wait_before_attempt(session: Session, username: str, *, client: str | None = None,

@@ -16,6 +16,7 @@ from db.export import export_classes, flagged_csv
 from db.models import Event, Review
 from db.reviewers import add_reviewer, set_active
 from db.reviews import add_review, flagged_cases
+from db.signin import Identity
 from tests.dashboard.conftest import account, viewer_data
 
 PAGES = ["views/worklist.py", "views/case.py", "views/flagged.py", "views/models.py", "views/overview.py"]
@@ -134,7 +135,7 @@ def test_single_sign_on_opens_the_account_of_that_name_only(filled, monkeypatch,
     from dashboard import auth
 
     monkeypatch.setattr(auth, "single_sign_on_configured", lambda: True)
-    monkeypatch.setattr(auth, "identity", lambda: (who, "https://idp.example", True))
+    monkeypatch.setattr(auth, "identity", lambda: Identity(who, "https://idp.example", "user-1", True))
     at = app(None)
     assert not at.exception
     assert ("Signed in as" in texts(at)) == signed_in
@@ -142,6 +143,31 @@ def test_single_sign_on_opens_the_account_of_that_name_only(filled, monkeypatch,
         assert not at.dataframe and not at.metric and "Case" not in texts(at)
         assert [b.label for b in at.button] == ["Sign out of single sign-on", "Sign in"]
         assert plain("No active CXR Review account has the user name stranger@example.org") in at.warning[0].value
+
+
+def test_single_sign_on_without_a_verified_address_opens_nothing(filled, monkeypatch, app, texts):
+    from dashboard import auth
+
+    monkeypatch.setattr(auth, "single_sign_on_configured", lambda: True)
+    monkeypatch.setattr(auth, "identity", lambda: Identity("synthetic1", "https://idp.example", "user-1", None))
+    at = app(None)
+    assert "Signed in as" not in texts(at)
+    assert plain("The provider does not say that synthetic1 is verified") in at.warning[0].value
+
+
+def test_signing_out_everywhere_ends_a_single_sign_on_session_too(filled, monkeypatch, app, texts):
+    """The provider's cookie outlives the session: the browser must not be signed in again by it."""
+    from dashboard import auth
+
+    monkeypatch.setattr(auth, "single_sign_on_configured", lambda: True)
+    monkeypatch.setattr(auth, "identity", lambda: Identity("synthetic1", "https://idp.example", "user-1", True))
+    at = app(None)
+    assert "Signed in as" in texts(at)
+    actions.sign_out(account(at.session_state["account_id"]))  # "Sign out" pressed in another browser
+    for _ in range(2):  # its next interactions
+        at.run()
+        assert "Signed in as" not in texts(at)
+    assert [b.label for b in at.button] == ["Sign out of single sign-on", "Sign in"]
 
 
 def test_a_reviewer_cannot_promote_or_manage_accounts_even_directly(filled, app):

@@ -212,3 +212,21 @@ def test_the_help_says_how_text_is_escaped():
         result = subprocess.run([sys.executable, "-m", "db", *argv], capture_output=True, text=True)
         shown = " ".join(result.stdout.split())
         assert result.returncode == 0 and "escapes of stored file paths" in shown and "\\x1b ESC" in shown
+
+
+def test_reset_sign_on_lifts_an_accounts_binding_to_a_provider_user(monkeypatch, db_url, caplog):
+    run_cli(monkeypatch, "--db", db_url, "upgrade")
+    run_cli(monkeypatch, "--db", db_url, "add-reviewer", "alice@example.org", "--password-stdin",
+            stdin="first password\n")
+    engine = create_database_engine(db_url)
+    first, second = (signin.Identity("alice@example.org", "https://idp.example", subject, True)
+                     for subject in ("old-id", "new-id"))
+    with write_session(engine) as session:
+        assert signin.sign_in_with_identity(session, first).outcome == "ok"
+    with write_session(engine) as session:
+        assert signin.sign_in_with_identity(session, second).outcome == "bound_to_another"
+    assert run_cli(monkeypatch, "--db", db_url, "reset-sign-on", "alice@example.org") == 0
+    assert "single sign-on binding of 'alice@example.org' lifted" in caplog.text
+    with write_session(engine) as session:
+        assert signin.sign_in_with_identity(session, second).outcome == "ok"
+    assert run_cli(monkeypatch, "--db", db_url, "reset-sign-on", "nobody") == 1

@@ -277,19 +277,58 @@ def test_a_claim_holds_a_case_until_it_expires_or_is_released(engine, accounts):
         assert claims.purge_expired(session, now=later) == 1
 
 
-@pytest.mark.parametrize(("email", "verified", "outcome"), [
-    ("rad", True, "ok"), ("rad", None, "ok"),  # a provider that says nothing about verification
-    ("rad", False, "unknown_identity"), ("nobody@example.org", True, "unknown_identity"),
-    (None, True, "unknown_identity"), ("retired", True, "unknown_identity")])
-def test_single_sign_on_opens_only_an_existing_active_account(engine, accounts, email, verified, outcome):
+IDP = "https://idp.example"
+
+
+def _sign_in_with(engine, email, subject="user-1", verified=True, trust=False, issuer=IDP) -> signin.SignInResult:
+    with write_session(engine) as session:
+        return signin.sign_in_with_identity(session, signin.Identity(email, issuer, subject, verified),
+                                            trust_unverified_email=trust)
+
+
+@pytest.mark.parametrize(("email", "verified", "trust", "outcome"), [
+    ("rad", True, False, "ok"),
+    ("rad", None, False, "unverified_identity"),  # a provider that says nothing about verification...
+    ("rad", None, True, "ok"),  # ...is trusted only when the site says so
+    ("rad", False, True, "unverified_identity"),
+    ("nobody@example.org", True, False, "unknown_identity"), (None, True, False, "unknown_identity"),
+    ("retired", True, False, "unknown_identity")])
+def test_single_sign_on_opens_only_an_existing_active_account(engine, accounts, email, verified, trust, outcome):
     with write_session(engine) as session:
         add_reviewer(session, "retired", PASSWORD)
         set_active(session, "retired", False)
-    with write_session(engine) as session:
-        result = signin.sign_in_with_identity(session, email, issuer="https://idp.example", email_verified=verified)
+    result = _sign_in_with(engine, email, verified=verified, trust=trust)
     assert result.outcome == outcome
     assert (result.account is not None and result.account.id == accounts["rad"]) == (outcome == "ok")
     with read_session(engine) as session:
         event = session.scalars(select(Event).order_by(Event.id.desc())).first()
     assert event.kind == (events.SIGN_IN if outcome == "ok" else events.SIGN_IN_FAILED)
-    assert event.details == {"method": "oidc", "issuer": "https://idp.example"}
+    assert event.details == {"method": "oidc", "issuer": IDP} | ({} if outcome == "ok" else {"refused": outcome})
+
+
+def test_single_sign_on_binds_the_account_to_the_provider_user_that_opened_it(engine, accounts):
+    assert _sign_in_with(engine, "rad", subject="user-1").outcome == "ok"
+    # the provider renames its user: the binding, not the address, opens the account
+    assert _sign_in_with(engine, "dr.rad@example.org", subject="user-1", verified=None).account.id == accounts["rad"]
+    # another user who gets (or claims) the address cannot open it, verified or not
+    assert _sign_in_with(engine, "rad", subject="user-2").outcome == "bound_to_another"
+    # the same subject at another provider is another user
+    assert _sign_in_with(engine, "rad", subject="user-1", issuer="https://other.example").outcome == "bound_to_another"
+    with write_session(engine) as session:
+        epoch = reviewers.find_reviewer(session, "rad").session_epoch
+        reviewers.reset_sign_on(session, "rad")
+    with read_session(engine) as session:
+        assert reviewers.find_reviewer(session, "rad").session_epoch == epoch + 1  # its sessions end
+    assert _sign_in_with(engine, "rad", subject="user-2").outcome == "ok"
+    assert _sign_in_with(engine, "rad", subject="user-1").outcome == "bound_to_another"
+
+
+def test_a_deactivated_bound_account_stays_closed(engine, accounts):
+    assert _sign_in_with(engine, "rad").outcome == "ok"
+    with write_session(engine) as session:
+        set_active(session, "rad", False)
+    assert _sign_in_with(engine, "rad").outcome == "unknown_identity"
+
+
+def test_an_identity_without_a_subject_is_refused(engine, accounts):
+    assert _sign_in_with(engine, "rad", subject=None).outcome == "unknown_identity"
