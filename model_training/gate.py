@@ -5,9 +5,9 @@ The rule (the README quotes it):
 - a first promotion (no version active, or only the synthetic demo model, whose output means nothing to compare
   with) and a rollback (to a version that was active before) are not gated;
 - any other version must have been scored in the shadow as a challenger, and on the prospective evidence
-  (:func:`db.evidence.prospective_cases`: cases read after it was trained that neither version trained on)
-  there must be at least ``MIN_CASES`` cases with at least ``MIN_PER_CLASS`` in two classes or more, and, with
-  paired bootstrap intervals resampled by patient:
+  (:func:`db.evidence.prospective_cases`: cases read after it was trained that neither version trained on, nor
+  on a film of the same patient) there must be at least ``MIN_CASES`` cases with at least ``MIN_PER_CLASS`` in
+  two classes or more, and, with paired bootstrap intervals resampled by patient:
   - the lower end of the 95 % interval of (challenger − active) balanced accuracy above 0 (it is better), and
   - the lower end of the 95 % interval of (challenger − active) macro-AUROC above −``AUROC_MARGIN`` (its
     ranking is not worse by more than the margin).
@@ -47,6 +47,7 @@ class Comparison:
     cases: int
     per_class: dict[str, int]
     patients: int
+    without_patient_id: int = 0  # cases whose film has no pseudonym (PNG/JPEG): each counts as its own patient
     champion: dict[str, float | None] = field(default_factory=dict)
     challenger: dict[str, float | None] = field(default_factory=dict)
     difference: dict[str, metrics.Interval] = field(default_factory=dict)  # challenger − champion, paired
@@ -129,7 +130,8 @@ def compare(session: Session, champion: ModelVersion, challenger: ModelVersion, 
     cases = evidence.prospective_cases(session, champion, challenger)
     per_class = {name: sum(case.label == name for case in cases) for name in classes}
     base = Comparison(champion.id, challenger.id, classes, len(cases), per_class,
-                      len({case.patient or f"image {case.image_id}" for case in cases}))
+                      len({case.patient or f"image {case.image_id}" for case in cases}),
+                      sum(case.patient is None for case in cases))
     if len({case.label for case in cases}) < 2:
         return base  # one class or none: balanced accuracy and AUROC are not defined
     y = np.array([classes.index(case.label) for case in cases])
@@ -140,7 +142,7 @@ def compare(session: Session, champion: ModelVersion, challenger: ModelVersion, 
     difference = {name: metrics.paired_bootstrap_difference(stat, y, champion_p, challenger_p, groups,
                                                             n_resamples=resamples) for name, stat in stats.items()}
     return Comparison(base.champion_id, base.challenger_id, classes, base.cases, per_class, base.patients,
-                      champion={name: stat(y, champion_p) for name, stat in stats.items()},
+                      base.without_patient_id, champion={name: stat(y, champion_p) for name, stat in stats.items()},
                       challenger={name: stat(y, challenger_p) for name, stat in stats.items()},
                       difference=difference)
 
@@ -195,7 +197,8 @@ def comparison_rows(comparison: Comparison) -> list[dict[str, str]]:
 
 def comparison_text(comparison: Comparison) -> str:
     head = (f"prospective cases: {comparison.cases} ({_counts(comparison.per_class)}), {comparison.patients} "
-            f"patients; active = version {comparison.champion_id}, challenger = version {comparison.challenger_id}")
+            f"patients ({comparison.without_patient_id} case(s) without a patient id, each its own patient); "
+            f"active = version {comparison.champion_id}, challenger = version {comparison.challenger_id}")
     more = comparison.more_cases_needed
     if more:
         head += f"\nroughly {more} more reviewed cases before the balanced-accuracy interval can exclude 0 " \

@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from db import model_versions
 from db.engine import read_session, write_session
-from db.evidence import prospective_cases
+from db.evidence import prospective_cases, trained_content
 from db.models import Event, Image, ModelVersion, Prediction, Review, Reviewer, ReviewTrainingUse, utcnow
 from model_training import cli, gate
 
@@ -147,6 +147,55 @@ def test_the_challengers_training_data_and_earlier_readings_never_count(engine, 
     with read_session(engine) as session:
         cases = prospective_cases(session, session.get(ModelVersion, v1), session.get(ModelVersion, v2))
     assert sorted(case.review_id for case in cases) == counted
+
+
+def _image_of(session, review_id: int) -> Image:
+    return session.get(Image, session.get(Review, review_id).image_id)
+
+
+def test_a_follow_up_film_of_a_patient_either_version_trained_on_never_counts(engine, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        # ten films read after the challenger, two per patient (P-4-0 .. P-4-4)
+        reviews = _cases(session, champion, challenger, 10, champion_right=0.5, challenger_right=0.5, seed=4,
+                         reviewed=NOW)
+        images = [_image_of(session, r) for r in reviews]
+        # the challenger trained on the first film of P-4-0 and P-4-1, the champion on that of P-4-2: films of
+        # other content, read before the challenger existed (never evidence themselves)
+        for version, patient in ((v2, "P-4-0"), (v2, "P-4-1"), (v1, "P-4-2")):
+            earlier = Image(sha256=patient.ljust(64, "e"), path=f"/site/{patient}-earlier.dcm", size_bytes=1,
+                            mtime=0.0, format="dicom", patient_pseudonym=patient, first_seen_at=NOW)
+            session.add(earlier)
+            session.flush()
+            model_versions.record_training_images(session, version, [earlier.sha256])
+        # films without a patient id cannot be matched by patient: they count, each as its own patient
+        for image in images[8:]:
+            image.patient_pseudonym = None
+        counted = reviews[6:]
+    with read_session(engine) as session:
+        cases = prospective_cases(session, session.get(ModelVersion, v1), session.get(ModelVersion, v2))
+        comparison = gate.compare(session, session.get(ModelVersion, v1), session.get(ModelVersion, v2),
+                                  resamples=10)
+    assert sorted(case.review_id for case in cases) == counted
+    assert [case.patient for case in cases] == ["P-4-3", "P-4-3", None, None]
+    assert (comparison.cases, comparison.patients, comparison.without_patient_id) == (4, 3, 2)
+    assert "3 patients (2 case(s) without a patient id, each its own patient)" in gate.comparison_text(comparison)
+
+
+def test_the_content_a_version_must_not_be_fitted_on_includes_its_patients_other_films(engine, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        reviews = _cases(session, champion, challenger, 6, champion_right=0.5, challenger_right=0.5, seed=5,
+                         reviewed=NOW)
+        images = [_image_of(session, r) for r in reviews]  # patients P-5-0, P-5-0, P-5-1, P-5-1, P-5-2, P-5-2
+        images[2].patient_pseudonym = images[3].patient_pseudonym = None  # P-5-1's films as PNGs: no patient id
+        model_versions.record_training_images(session, v2, [images[0].sha256, images[2].sha256, "f" * 64])
+        shas = [image.sha256 for image in images]
+    with read_session(engine) as session:
+        assert trained_content(session, v2) == {shas[0], shas[1], shas[2], "f" * 64}
+        assert trained_content(session, v1) == set()
 
 
 def test_an_override_promotes_and_is_audited(engine, db_url, versions):
