@@ -198,6 +198,58 @@ def test_the_content_a_version_must_not_be_fitted_on_includes_its_patients_other
         assert trained_content(session, v1) == set()
 
 
+def _normal_films(session, champion, challenger, films: int, *, patients: int) -> None:
+    """``films`` normal films of ``patients`` patients, read now: the challenger right on every one, the champion
+    wrong on every one."""
+    reviewer = session.scalar(select(Reviewer.id))
+    for i in range(films):
+        image = Image(sha256=f"{9:08x}{i:056x}", path=f"/site/normal/{i}.dcm", size_bytes=1, mtime=0.0,
+                      format="dicom", patient_pseudonym=f"N-{i % patients}", first_seen_at=NOW)
+        session.add(image)
+        session.flush()
+        for version, p in ((champion, {"covid": 0.8, "normal": 0.1, "pneumonia": 0.1}),
+                           (challenger, {"covid": 0.1, "normal": 0.8, "pneumonia": 0.1})):
+            top = max(p, key=p.get)
+            session.add(Prediction(image_id=image.id, model_version_id=version.id, probabilities=p,
+                                   predicted_class=top, confidence=p[top], entropy=0.5))
+        session.add(Review(image_id=image.id, reviewer_id=reviewer, label="normal", created_at=NOW))
+
+
+@pytest.mark.parametrize(("films", "patients"), [(1, 1), (4, 4), (9, 9), (12, 2)])
+def test_a_class_of_too_few_patients_cannot_carry_a_worse_challenger_through(engine, versions, films, patients):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        # worse on covid and pneumonia (40 patients of each), better on the few normal films
+        _cases(session, champion, challenger, 80, champion_right=0.9, challenger_right=0.75, reviewed=NOW)
+        _normal_films(session, champion, challenger, films, patients=patients)
+    with read_session(engine) as session:
+        decision = gate.decide(session, session.get(ModelVersion, v2), resamples=300)
+    comparison = decision.comparison
+    assert not decision.allowed
+    assert comparison.judged == ("covid", "pneumonia") and comparison.left_out == {"normal": patients}
+    assert f"(normal {patients} patient(s) left out: fewer than {gate.MIN_PER_CLASS} patients" in decision.reason
+    assert "left out of balanced accuracy and macro-AUROC: normal" in gate.comparison_text(comparison)
+    recall = comparison.difference["recall_normal"]
+    assert recall.estimate == 1.0 and recall.low is None  # one film's +1 is not a precise figure
+    assert "(too few patients for an interval)" in {row["metric"]: row for row in gate.comparison_rows(comparison)}[
+        "recall_normal"]["challenger − active (95 % CI)"]
+
+
+def test_fewer_than_two_classes_with_enough_patients_hold_the_challenger(engine, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        _cases(session, champion, challenger, 30, champion_right=0.5, challenger_right=1.0, reviewed=NOW,
+               labels=("covid",))
+        _normal_films(session, champion, challenger, 20, patients=9)
+    with read_session(engine) as session:
+        decision = gate.decide(session, session.get(ModelVersion, v2), resamples=50)
+    assert not decision.allowed and decision.comparison.difference == {}
+    assert "fewer than 10 patients of every class but one (patients: covid 15, normal 9, pneumonia 0)" in \
+        decision.reason
+
+
 def test_an_override_promotes_and_is_audited(engine, db_url, versions):
     v1, v2 = versions
     assert _promote(db_url, v2, "--override-reason", "vendor update, validated offline on 400 films") == 0
