@@ -41,6 +41,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from model_training.metrics import too_few_patients_text
+
 CARD_FORMAT = "cxr-review-model-card"
 CARD_VERSION = 1
 SYNTHETIC_WARNING = "Trained on synthetic demo data — not for clinical use"
@@ -450,9 +452,13 @@ def _intervals_section(metrics: Mapping[str, Any]) -> str:
                 for key, v in intervals.items() if isinstance(v, Mapping) and not key.startswith("_")]
         parts += [f"{name}: {method.get('interval', 'percentile')} bootstrap, {method.get('resamples')} resamples "
                   f"(seed {method.get('seed')}), stratified by {method.get('stratified_by', 'class')}. The sets are "
-                  "small: read the interval, not the point.", "",
+                  "small: read the interval, not the point." + _sentence(too_few_patients_text(method)), "",
                   _table(["figure", "estimate", "95 % interval", "resamples"], rows), ""]
     return "\n".join(parts).rstrip()
+
+
+def _sentence(text: str) -> str:
+    return f" {text[0].upper()}{text[1:]}." if text else ""
 
 
 def _recipe_section(config: Mapping[str, Any]) -> str:

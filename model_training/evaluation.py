@@ -1,17 +1,22 @@
 """Metrics of any checkpoint on any labelled set, alone or side by side with another version.
 
 Every headline figure carries a bootstrap 95 % interval (by patient where the set has patient ids); a
-comparison adds the paired bootstrap interval of the difference (second minus first) on the same images.
+comparison adds the paired bootstrap interval of the difference (second minus first) on the same images. A figure
+that weighs a class with fewer than ``metrics.MIN_PATIENTS_PER_CLASS`` patients as a whole class (balanced accuracy,
+macro-AUROC, that class's AUROCs) gets no interval, and the output says which classes those are.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from model_training import data
-from model_training.metrics import DEFAULT_RESAMPLES, interval_text, paired_bootstrap_summary
+from model_training.metrics import DEFAULT_RESAMPLES, interval_text, paired_bootstrap_summary, too_few_patients_text
 from model_training.predictions import Predictions, predict_items, prediction_metrics
 from scoring.model import checkpoint_sha256, load_checkpoint, resolve_device
+
+log = logging.getLogger(__name__)
 
 # The rows of the comparison table: (label, key in the metrics, key in the intervals).
 _ROWS = [("accuracy", "accuracy"), ("balanced acc.", "balanced_accuracy"), ("macro-AUROC", "macro_auroc")]
@@ -34,7 +39,9 @@ def evaluate_checkpoint(checkpoint_path: Path, items: list[data.LabelledImage], 
     labels it knows."""
     predictions, classes = predict_checkpoint(checkpoint_path, items, device=device, batch_size=batch_size,
                                               workers=workers)
-    return _described(prediction_metrics(predictions, classes, n_resamples=n_resamples), checkpoint_path)
+    metrics = prediction_metrics(predictions, classes, n_resamples=n_resamples)
+    _warn_too_few_patients(metrics["intervals"]["_method"])
+    return _described(metrics, checkpoint_path)
 
 
 def compare_checkpoints(first_path: Path, second_path: Path, items: list[data.LabelledImage], *,
@@ -49,9 +56,15 @@ def compare_checkpoints(first_path: Path, second_path: Path, items: list[data.La
         raise data.DataError(f"cannot compare versions with different classes: {classes} and {second_classes}")
     difference = paired_bootstrap_summary(first.labels, first.probabilities, second.probabilities, classes,
                                           first.patients, n_resamples=n_resamples)
+    _warn_too_few_patients(difference["_method"])
     return {"model": _described(prediction_metrics(first, classes, n_resamples=n_resamples), first_path),
             "compare": _described(prediction_metrics(second, classes, n_resamples=n_resamples), second_path),
             "difference": difference}
+
+
+def _warn_too_few_patients(method: dict) -> None:
+    if method.get("too_few_patients"):
+        log.warning("evaluate: %s", too_few_patients_text(method))
 
 
 def _described(metrics: dict, path: Path) -> dict:
@@ -87,6 +100,8 @@ def comparison_table(comparison: dict) -> str:
     if method:
         lines.append(f"95% intervals: {method['interval']} bootstrap, {method['resamples']} resamples, seed "
                      f"{method['seed']}, stratified by {method['stratified_by']}")
+    if too_few_patients_text(method):
+        lines.append(too_few_patients_text(method))
     return "\n".join(lines)
 
 

@@ -281,16 +281,50 @@ def accuracy_by_group(groups: Sequence[str | None], y_true: Any, probabilities: 
 # by patient where patient ids exist (a patient's films are resampled together: films of one patient are not
 # independent). A statistic that is undefined in a resample (an AUROC without positives) leaves that resample
 # out; ``resamples`` in the result says how many counted.
+#
+# Stratifying by class puts every patient of a class with one patient in every resample, so that class's recall
+# (and AUROC) is the same in all of them, while balanced accuracy and macro-AUROC give it the weight of a whole
+# class: the interval would look precise around a figure one film decides. A figure that depends on a class with
+# fewer than ``MIN_PATIENTS_PER_CLASS`` patients therefore gets its estimate and no interval, and the summary's
+# ``_method`` names those classes (``too_few_patients``).
 
 DEFAULT_RESAMPLES = 1000
 DEFAULT_SEED = 0
+# With n patients a class's recall moves in steps of 1/n, and the bootstrap variance of it is (n - 1)/n of the
+# binomial one: at 10 one patient moves the recall by 0.1 (a three-class balanced accuracy by 0.033) and the
+# interval is about 5 % too narrow; at 1 it has no variance at all. docs/models.md gives the reasoning.
+MIN_PATIENTS_PER_CLASS = 10
 
 
-def balanced_accuracy(y_true: Any, probabilities: Any) -> float:
-    """Mean recall over the classes present in ``y_true`` (scikit-learn's ``balanced_accuracy_score``)."""
+def balanced_accuracy(y_true: Any, probabilities: Any, among: Sequence[int] | None = None) -> float | None:
+    """Mean recall over the classes present in ``y_true`` (scikit-learn's ``balanced_accuracy_score``); with
+    ``among``, over those of the classes present that ``among`` lists (None when none of them is present)."""
     p, y = validate_probabilities(probabilities, y_true)
     predicted = p.argmax(axis=1)
-    return float(np.mean([(predicted[y == c] == c).mean() for c in np.unique(y)]))
+    counted = [c for c in np.unique(y) if among is None or c in among]
+    return float(np.mean([(predicted[y == c] == c).mean() for c in counted])) if counted else None
+
+
+def macro_auroc(y_true: Any, probabilities: Any, among: Sequence[int] | None = None) -> float | None:
+    """Mean one-vs-rest AUROC over the classes where it is defined (among ``among`` where given)."""
+    p, y = validate_probabilities(probabilities, y_true)
+    return _macro_auroc(y, p, among)
+
+
+def patients_per_class(y_true: Any, groups: Sequence[Any] | None, classes: Sequence[str]) -> dict[str, int]:
+    """How many patients have a film of each class (``groups`` as in :func:`bootstrap_resamples`: ``None``, or
+    ``None`` or empty for a film, means the film is its own patient)."""
+    y = validate_labels(y_true, num_classes=len(classes))
+    if groups is not None and len(groups) != len(y):
+        raise ValueError(f"{len(groups)} group ids for {len(y)} samples")
+    keys = [("image", i) if groups is None or groups[i] in (None, "") else ("group", groups[i]) for i in range(len(y))]
+    return {name: len({keys[i] for i in np.flatnonzero(y == c)}) for c, name in enumerate(classes)}
+
+
+def too_few_patients(y_true: Any, groups: Sequence[Any] | None, classes: Sequence[str],
+                     minimum: int = MIN_PATIENTS_PER_CLASS) -> dict[str, int]:
+    """The classes present with fewer than ``minimum`` patients, and how many they have."""
+    return {name: n for name, n in patients_per_class(y_true, groups, classes).items() if 0 < n < minimum}
 
 
 def pairwise_auroc(y_true: Any, probabilities: Any, positive: int, negative: int) -> float | None:
@@ -423,8 +457,22 @@ def headline_statistics(classes: Sequence[str]) -> dict[str, Statistic]:
     return stats
 
 
-def _macro_auroc(y: np.ndarray, p: np.ndarray) -> float | None:
-    return _mean_defined([binary_auroc(y == c, p[:, c]) for c in range(p.shape[1])])
+def statistic_classes(classes: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The classes each of :func:`headline_statistics` weighs as a whole, whatever their size: a class with too
+    few patients makes that figure imprecise. Accuracy weighs films, not classes."""
+    depends: dict[str, tuple[str, ...]] = {"accuracy": (), "balanced_accuracy": tuple(classes),
+                                           "macro_auroc": tuple(classes)}
+    depends.update({f"auroc_{name}": (name,) for name in classes})
+    for a, first in enumerate(classes):
+        for b, second in enumerate(classes):
+            if a < b:
+                depends[f"auroc_{first}_vs_{second}"] = (first, second)
+    return depends
+
+
+def _macro_auroc(y: np.ndarray, p: np.ndarray, among: Sequence[int] | None = None) -> float | None:
+    counted = range(p.shape[1]) if among is None else among
+    return _mean_defined([binary_auroc(y == c, p[:, c]) for c in counted])
 
 
 def resampled_headlines(y: np.ndarray, p: np.ndarray, classes: Sequence[str], resamples: Sequence[np.ndarray],
@@ -513,7 +561,19 @@ def bootstrap_summary(y_true: Any, probabilities: Any, classes: Sequence[str], g
         out[name] = percentile_interval(statistic(y, p), resampled[name], level).to_dict()
     out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile",
                       "stratified_by": "class" + (" and patient" if groups is not None else "")}
-    return out
+    return _without_imprecise_intervals(out, too_few_patients(y, groups, classes), classes)
+
+
+def _without_imprecise_intervals(summary: dict[str, dict[str, Any]], small: dict[str, int],
+                                 classes: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``summary`` with no interval on the figures that weigh a class with too few patients (``small``), and
+    those classes named in its ``_method``."""
+    for name, depends in statistic_classes(classes).items():
+        if set(depends) & set(small):
+            summary[name] = {**summary[name], "low": None, "high": None}
+    summary["_method"] = {**summary["_method"], "min_patients_per_class": MIN_PATIENTS_PER_CLASS,
+                          "too_few_patients": dict(small)}
+    return summary
 
 
 def paired_bootstrap_summary(y_true: Any, probabilities_a: Any, probabilities_b: Any, classes: Sequence[str],
@@ -535,7 +595,17 @@ def paired_bootstrap_summary(y_true: Any, probabilities_a: Any, probabilities_b:
         out[name] = percentile_interval(None if a is None or b is None else b - a, differences, level).to_dict()
     out["_method"] = {"resamples": int(n_resamples), "seed": seed, "level": level, "interval": "percentile, paired",
                       "stratified_by": "class" + (" and patient" if groups is not None else "")}
-    return out
+    return _without_imprecise_intervals(out, too_few_patients(y, groups, classes), classes)
+
+
+def too_few_patients_text(method: dict | None) -> str:
+    """What a summary's ``_method`` says about classes too small for an interval, as a sentence ("" if none)."""
+    small = (method or {}).get("too_few_patients") or {}
+    if not small:
+        return ""
+    counts = ", ".join(f"{name} {n}" for name, n in small.items())
+    return (f"no interval on the figures that give a whole class's weight to a class with fewer than "
+            f"{method['min_patients_per_class']} patients ({counts}): the bootstrap cannot show how uncertain they are")
 
 
 def interval_text(found: dict | None, signed: bool = False, digits: int = 4) -> str:

@@ -15,8 +15,10 @@ from model_training.metrics import (
     paired_bootstrap_difference,
     paired_bootstrap_summary,
     pairwise_auroc,
+    patients_per_class,
     percentile_interval,
     resampled_headlines,
+    too_few_patients_text,
 )
 
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -169,3 +171,40 @@ def test_undefined_statistic_is_left_out_or_none():
     assert interval.resamples == 2 and interval.low == pytest.approx(0.405)
     with pytest.raises(ValueError, match="level"):
         percentile_interval(0.5, [0.5], level=1.5)
+
+
+def _with_normal_films(films: int, patients: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """120 covid and pneumonia films of their own patients, then ``films`` normal films of ``patients`` patients;
+    two models' probabilities (the second right on every normal film, the first on none)."""
+    y, first = _noisy(120, seed=7)
+    y = np.where(y == 1, 0, y)
+    normal = np.full(films, 1)
+    second = first.copy()
+    first = np.vstack([first, np.tile([0.7, 0.1, 0.2], (films, 1))])
+    second = np.vstack([second, np.tile([0.1, 0.8, 0.1], (films, 1))])
+    groups = [f"P{i}" for i in range(120)] + [f"N{i % patients}" for i in range(films)]
+    return np.concatenate([y, normal]), first, second, groups
+
+
+IMPRECISE = {"balanced_accuracy", "macro_auroc", "auroc_normal", "auroc_covid_vs_normal", "auroc_normal_vs_pneumonia"}
+
+
+@pytest.mark.parametrize(("films", "patients", "too_few"), [
+    (1, 1, {"normal": 1}),  # one film of a class decides a third of balanced accuracy
+    (12, 1, {"normal": 1}),  # twelve films, but one patient: resampled whole, the same in every resample
+    (12, 9, {"normal": 9}),
+    (12, 10, {}),
+])
+def test_a_figure_that_weighs_a_class_of_too_few_patients_gets_no_interval(films, patients, too_few):
+    y, first, second, groups = _with_normal_films(films, patients)
+    assert patients_per_class(y, groups, CLASSES)["normal"] == patients
+    for summary in (bootstrap_summary(y, second, CLASSES, groups, n_resamples=100),
+                    paired_bootstrap_summary(y, first, second, CLASSES, groups, n_resamples=100)):
+        assert summary["_method"]["too_few_patients"] == too_few
+        assert summary["_method"]["min_patients_per_class"] == 10
+        for name, found in summary.items():
+            if not name.startswith("_"):
+                assert found["estimate"] is not None, name
+                assert (found["low"] is None) == (bool(too_few) and name in IMPRECISE), name
+    assert "normal 1" in too_few_patients_text(bootstrap_summary(y[:121], second[:121], CLASSES, n_resamples=10)[
+        "_method"])

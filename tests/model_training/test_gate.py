@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 
 from db import model_versions
 from db.engine import read_session, write_session
-from db.evidence import prospective_cases
+from db.evidence import prospective_cases, trained_content
 from db.models import Event, Image, ModelVersion, Prediction, Review, Reviewer, ReviewTrainingUse, utcnow
 from model_training import cli, gate
 
@@ -147,6 +147,107 @@ def test_the_challengers_training_data_and_earlier_readings_never_count(engine, 
     with read_session(engine) as session:
         cases = prospective_cases(session, session.get(ModelVersion, v1), session.get(ModelVersion, v2))
     assert sorted(case.review_id for case in cases) == counted
+
+
+def _image_of(session, review_id: int) -> Image:
+    return session.get(Image, session.get(Review, review_id).image_id)
+
+
+def test_a_follow_up_film_of_a_patient_either_version_trained_on_never_counts(engine, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        # ten films read after the challenger, two per patient (P-4-0 .. P-4-4)
+        reviews = _cases(session, champion, challenger, 10, champion_right=0.5, challenger_right=0.5, seed=4,
+                         reviewed=NOW)
+        images = [_image_of(session, r) for r in reviews]
+        # the challenger trained on the first film of P-4-0 and P-4-1, the champion on that of P-4-2: films of
+        # other content, read before the challenger existed (never evidence themselves)
+        for version, patient in ((v2, "P-4-0"), (v2, "P-4-1"), (v1, "P-4-2")):
+            earlier = Image(sha256=patient.ljust(64, "e"), path=f"/site/{patient}-earlier.dcm", size_bytes=1,
+                            mtime=0.0, format="dicom", patient_pseudonym=patient, first_seen_at=NOW)
+            session.add(earlier)
+            session.flush()
+            model_versions.record_training_images(session, version, [earlier.sha256])
+        # films without a patient id cannot be matched by patient: they count, each as its own patient
+        for image in images[8:]:
+            image.patient_pseudonym = None
+        counted = reviews[6:]
+    with read_session(engine) as session:
+        cases = prospective_cases(session, session.get(ModelVersion, v1), session.get(ModelVersion, v2))
+        comparison = gate.compare(session, session.get(ModelVersion, v1), session.get(ModelVersion, v2),
+                                  resamples=10)
+    assert sorted(case.review_id for case in cases) == counted
+    assert [case.patient for case in cases] == ["P-4-3", "P-4-3", None, None]
+    assert (comparison.cases, comparison.patients, comparison.without_patient_id) == (4, 3, 2)
+    assert "3 patients (2 case(s) without a patient id, each its own patient)" in gate.comparison_text(comparison)
+
+
+def test_the_content_a_version_must_not_be_fitted_on_includes_its_patients_other_films(engine, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        reviews = _cases(session, champion, challenger, 6, champion_right=0.5, challenger_right=0.5, seed=5,
+                         reviewed=NOW)
+        images = [_image_of(session, r) for r in reviews]  # patients P-5-0, P-5-0, P-5-1, P-5-1, P-5-2, P-5-2
+        images[2].patient_pseudonym = images[3].patient_pseudonym = None  # P-5-1's films as PNGs: no patient id
+        model_versions.record_training_images(session, v2, [images[0].sha256, images[2].sha256, "f" * 64])
+        shas = [image.sha256 for image in images]
+    with read_session(engine) as session:
+        assert trained_content(session, v2) == {shas[0], shas[1], shas[2], "f" * 64}
+        assert trained_content(session, v1) == set()
+
+
+def _normal_films(session, champion, challenger, films: int, *, patients: int) -> None:
+    """``films`` normal films of ``patients`` patients, read now: the challenger right on every one, the champion
+    wrong on every one."""
+    reviewer = session.scalar(select(Reviewer.id))
+    for i in range(films):
+        image = Image(sha256=f"{9:08x}{i:056x}", path=f"/site/normal/{i}.dcm", size_bytes=1, mtime=0.0,
+                      format="dicom", patient_pseudonym=f"N-{i % patients}", first_seen_at=NOW)
+        session.add(image)
+        session.flush()
+        for version, p in ((champion, {"covid": 0.8, "normal": 0.1, "pneumonia": 0.1}),
+                           (challenger, {"covid": 0.1, "normal": 0.8, "pneumonia": 0.1})):
+            top = max(p, key=p.get)
+            session.add(Prediction(image_id=image.id, model_version_id=version.id, probabilities=p,
+                                   predicted_class=top, confidence=p[top], entropy=0.5))
+        session.add(Review(image_id=image.id, reviewer_id=reviewer, label="normal", created_at=NOW))
+
+
+@pytest.mark.parametrize(("films", "patients"), [(1, 1), (4, 4), (9, 9), (12, 2)])
+def test_a_class_of_too_few_patients_cannot_carry_a_worse_challenger_through(engine, versions, films, patients):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        # worse on covid and pneumonia (40 patients of each), better on the few normal films
+        _cases(session, champion, challenger, 80, champion_right=0.9, challenger_right=0.75, reviewed=NOW)
+        _normal_films(session, champion, challenger, films, patients=patients)
+    with read_session(engine) as session:
+        decision = gate.decide(session, session.get(ModelVersion, v2), resamples=300)
+    comparison = decision.comparison
+    assert not decision.allowed
+    assert comparison.judged == ("covid", "pneumonia") and comparison.left_out == {"normal": patients}
+    assert f"(normal {patients} patient(s) left out: fewer than {gate.MIN_PER_CLASS} patients" in decision.reason
+    assert "left out of balanced accuracy and macro-AUROC: normal" in gate.comparison_text(comparison)
+    recall = comparison.difference["recall_normal"]
+    assert recall.estimate == 1.0 and recall.low is None  # one film's +1 is not a precise figure
+    assert "(too few patients for an interval)" in {row["metric"]: row for row in gate.comparison_rows(comparison)}[
+        "recall_normal"]["challenger − active (95 % CI)"]
+
+
+def test_fewer_than_two_classes_with_enough_patients_hold_the_challenger(engine, versions):
+    v1, v2 = versions
+    with write_session(engine) as session:
+        champion, challenger = session.get(ModelVersion, v1), session.get(ModelVersion, v2)
+        _cases(session, champion, challenger, 30, champion_right=0.5, challenger_right=1.0, reviewed=NOW,
+               labels=("covid",))
+        _normal_films(session, champion, challenger, 20, patients=9)
+    with read_session(engine) as session:
+        decision = gate.decide(session, session.get(ModelVersion, v2), resamples=50)
+    assert not decision.allowed and decision.comparison.difference == {}
+    assert "fewer than 10 patients of every class but one (patients: covid 15, normal 9, pneumonia 0)" in \
+        decision.reason
 
 
 def test_an_override_promotes_and_is_audited(engine, db_url, versions):
