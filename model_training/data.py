@@ -8,8 +8,8 @@ Every image goes through the project's reader and the one shared ``preprocess`` 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
-import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -183,45 +183,36 @@ def patients_by_main_label(items: list[LabelledImage]) -> tuple[dict[str, list[L
     return groups, by_label
 
 
+def validation_draw(group: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the group and the seed alone (a hash of the group keyed with the seed)."""
+    digest = hashlib.blake2b(group.encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def patient_split(items: list[LabelledImage], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Train/validation split by patient (no patient in both), stratified by each patient's main label."""
+    """Train/validation split by patient (no patient in both): a patient (an image without a patient id on its own)
+    is in validation when its :func:`validation_draw` is below ``val_fraction``. The assignment depends on nothing
+    else in the data, so with the same seed and fraction every version puts a film in the same split: adding
+    reviews, or reviewing a dataset image, never moves a film that an earlier version trained on into the
+    validation split of a version retrained from it. Each split keeps the order of ``items``.
+
+    Classes get ``val_fraction`` of their patients in validation on average, not exactly. A class none of whose
+    patients draws training would not be learnt: its patient with the highest draw trains (logged), until more
+    patients of that class arrive."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     groups, by_label = patients_by_main_label(items)
-    rng = random.Random(seed)
-    val_groups: set[str] = set()
-    for label in sorted(by_label):
-        names = by_label[label]
-        rng.shuffle(names)
-        target = val_fraction * sum(len(groups[n]) for n in names)
-        taken = 0
-        for name in names[:-1]:  # the last group of each label always stays in training
-            if taken >= target:
-                break
-            val_groups.add(name)
-            taken += len(groups[name])
-    train = [item for name, members in groups.items() if name not in val_groups for item in members]
-    val = [item for name, members in groups.items() if name in val_groups for item in members]
+    val_groups = {name for name in groups if validation_draw(name, seed) < val_fraction}
+    for label, names in sorted(by_label.items()):
+        if set(names) <= val_groups:
+            kept = max(names, key=lambda name: validation_draw(name, seed))
+            val_groups.discard(kept)
+            log.warning("split: all %d patients of class %r draw validation with seed %d; one of them is trained "
+                        "on instead, and may move to validation once more patients of that class arrive",
+                        len(names), label, seed)
+    train = [item for item in items if item.group not in val_groups]
+    val = [item for item in items if item.group in val_groups]
     return train, val
-
-
-def split_keeping_dataset_split(items: list[LabelledImage], val_fraction: float,
-                                seed: int) -> tuple[list, list]:
-    """:func:`patient_split` of the dataset's images, as without reviews, plus a split of the reviewed cases of
-    their own: adding reviews never moves a dataset image between training and validation, so a retrained
-    version is validated on the same dataset images as the version it replaces (same seed and fraction). A
-    reviewed case of a patient already in the dataset goes where that patient is."""
-    dataset = [item for item in items if item.review_id is None]
-    reviews = [item for item in items if item.review_id is not None]
-    train, val = patient_split(dataset, val_fraction, seed) if dataset else ([], [])
-    if not reviews:
-        return train, val
-    train_groups, val_groups = {i.group for i in train}, {i.group for i in val}
-    known_train = [i for i in reviews if i.group in train_groups]
-    known_val = [i for i in reviews if i.group in val_groups]
-    new = [i for i in reviews if i.group not in train_groups | val_groups]
-    new_train, new_val = patient_split(new, val_fraction, seed) if new else ([], [])
-    return train + known_train + new_train, val + known_val + new_val
 
 
 # --- augmentation ---------------------------------------------------------------------------------------

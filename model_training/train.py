@@ -322,7 +322,7 @@ def validation_items(config: TrainConfig) -> list[data.LabelledImage]:
     """The validation split of a run with this configuration, made again as :func:`train` makes it (same data,
     reviews, fraction and seed)."""
     items, _, _ = prepare_data(config)
-    return data.split_keeping_dataset_split(items, config.val_fraction, config.seed)[1]
+    return data.patient_split(items, config.val_fraction, config.seed)[1]
 
 
 def active_checkpoint(config: TrainConfig) -> str | None:
@@ -374,7 +374,7 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         raise TrainError(f"need at least two classes to train, found {classes}")
     state = _load_state(out, config) if resume else None
     if state is None:
-        train_items, val_items = data.split_keeping_dataset_split(items, config.val_fraction, config.seed)
+        train_items, val_items = data.patient_split(items, config.val_fraction, config.seed)
     else:
         val_shas = set(state["val_sha256"])
         train_items = [item for item in items if item.sha256 not in val_shas]
