@@ -376,7 +376,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     if state is None:
         train_items, val_items = data.patient_split(items, config.val_fraction, config.seed)
     else:
-        val_shas = set(state["val_sha256"])
+        val_shas = set(state["val_sha256"])  # the killed run's, so reviews added since do not change it
+        # in the items' order, as patient_split gives them: the same indices, hence the same draws and augmentations
         train_items = [item for item in items if item.sha256 not in val_shas]
         val_items = [item for item in items if item.sha256 in val_shas]
     overlap = {i.group for i in train_items} & {i.group for i in val_items}

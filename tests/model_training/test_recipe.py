@@ -137,3 +137,12 @@ def test_a_class_whose_patients_all_draw_validation_is_still_trained_on(seed):
     items.append(data.LabelledImage("/d/n.png", "normal", "pn", sha256="n"))
     train_items, val_items = data.patient_split(items, 0.99, seed)
     assert {i.label for i in train_items} == {"covid", "normal"}
+
+
+def test_each_split_keeps_the_order_of_the_items():
+    # --resume rebuilds the training list from the items and the saved validation hashes, in the items' order: the
+    # split must give that order too, or the resumed run's shuffle draws other images
+    items = [data.LabelledImage(f"/d/{i}.png", ("covid", "normal")[i % 2], f"p{i % 7}", sha256=f"d{i}")
+             for i in range(42)]
+    train_items, val_items = data.patient_split(items, 0.3, 1)
+    assert train_items == [i for i in items if i in train_items] and val_items == [i for i in items if i in val_items]

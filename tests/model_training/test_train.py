@@ -67,21 +67,22 @@ def test_the_patient_split_never_shares_a_patient(small_set):
 
 
 @pytest.mark.slow
-def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, small_set, sqlite_url, monkeypatch):
+def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, interleaved_set, sqlite_url, monkeypatch):
     config = dict(epochs=3, patience=10)
-    reference = train.train(tiny_config(small_set, tmp_path / "whole", sqlite_url, **config))
+    reference = train.train(tiny_config(interleaved_set, tmp_path / "whole", sqlite_url, **config))
 
     real_epoch = kill_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(tiny_config(small_set, tmp_path / "killed", sqlite_url, **config))
+        train.train(tiny_config(interleaved_set, tmp_path / "killed", sqlite_url, **config))
     assert (tmp_path / "killed" / "last.pt").is_file()
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    resumed = train.train(tiny_config(small_set, tmp_path / "killed", sqlite_url, **config), resume=True)
+    resumed = train.train(tiny_config(interleaved_set, tmp_path / "killed", sqlite_url, **config), resume=True)
 
     epochs = [row.split(",")[0] for row in (tmp_path / "killed" / "history.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
     a, b = load_checkpoint(reference.checkpoint).state_dict, load_checkpoint(resumed.checkpoint).state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["temperature"] == reference.metrics["temperature"]
 
 
 def test_resume_refuses_a_changed_configuration(tmp_path, small_set, sqlite_url, monkeypatch):
