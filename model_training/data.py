@@ -162,10 +162,25 @@ def deduplicate(items: list[LabelledImage]) -> list[LabelledImage]:
     return list(seen.values())
 
 
-def without(items: list[LabelledImage], excluded: Iterable[LabelledImage]) -> list[LabelledImage]:
-    """``items`` minus any content that is in ``excluded`` (e.g. a fixed evaluation set)."""
+@dataclass(frozen=True)
+class HeldOut:
+    """Training candidates without a held-out set: what is kept, and how many films were removed for each reason."""
+
+    kept: list[LabelledImage]
+    same_content: int   # identical to a held-out film
+    same_patient: int   # another film of a held-out patient
+
+
+def without(items: list[LabelledImage], excluded: Iterable[LabelledImage]) -> HeldOut:
+    """``items`` minus any content that is in ``excluded`` (e.g. a fixed evaluation set), and minus every other film
+    of ``excluded``'s patients, where both name the patient with the same patient id (a model that saw a patient's
+    other film would be evaluated on a patient it knows)."""
+    excluded = list(excluded)
     shas = {item.sha256 for item in excluded}
-    return [item for item in items if item.sha256 not in shas]
+    patients = {item.patient_id for item in excluded if item.patient_id}
+    kept = [item for item in items if item.sha256 not in shas]
+    unseen = [item for item in kept if item.patient_id not in patients]
+    return HeldOut(unseen, len(items) - len(kept), len(kept) - len(unseen))
 
 
 # --- splitting ------------------------------------------------------------------------------------------

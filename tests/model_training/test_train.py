@@ -229,16 +229,33 @@ def test_a_version_records_every_image_it_was_trained_or_validated_on_and_no_oth
     assert recorded == dataset - held_out  # train and validation splits, reviewed cases included
 
 
-def test_eval_data_is_never_trained_on(tmp_path, small_set, sqlite_url):
-    rows = small_set.read_text().splitlines()
+def test_eval_data_and_its_patients_other_films_are_never_trained_on(tmp_path, interleaved_set, sqlite_url):
+    rows = interleaved_set.read_text().splitlines()  # rows 1-12: three films each of four covid patients
     eval_csv = tmp_path / "eval.csv"
-    eval_csv.write_text("\n".join([rows[0], *rows[1:4], *rows[1 + PER_CLASS:4 + PER_CLASS],
+    eval_csv.write_text("\n".join([rows[0], *rows[1:3], *rows[1 + PER_CLASS:4 + PER_CLASS],
                                    *rows[1 + 2 * PER_CLASS:4 + 2 * PER_CLASS]]) + "\n")
-    result = train.train(tiny_config(small_set, tmp_path / "run", sqlite_url, epochs=1, eval_data=str(eval_csv)))
+    result = train.train(tiny_config(interleaved_set, tmp_path / "run", sqlite_url, epochs=1,
+                                     eval_data=str(eval_csv)))
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
     summary = card["data_summary"]
-    assert summary["train"]["images"] + summary["validation"]["images"] == 3 * PER_CLASS - 9
-    assert result.metrics["evaluation_set"]["n"] == 9
+    assert (summary["removed_as_in_evaluation_set"], summary["removed_as_evaluation_set_patients"]) == (8, 4)
+    assert summary["train"]["images"] + summary["validation"]["images"] == 3 * PER_CLASS - 8 - 4
+    assert result.metrics["evaluation_set"]["n"] == 8
+
+
+@pytest.mark.parametrize(("held_out", "kept", "same_content", "same_patient"), [
+    ([("a1", "pa")], ["b1", "b2", "n1"], 1, 1),  # a patient's other film goes too
+    ([("x", "pa")], ["b1", "b2", "n1"], 0, 2),  # a held-out film not in the data still takes its patient's
+    ([("n1", None)], ["a1", "a2", "b1", "b2"], 1, 0),  # no patient id: the identical film only
+    ([("b2", "pb"), ("n1", None)], ["a1", "a2"], 2, 1),
+])
+def test_without_removes_the_held_out_films_and_their_patients_others(held_out, kept, same_content, same_patient):
+    items = [data.LabelledImage(f"/{sha}.png", "covid", patient, sha256=sha)
+             for sha, patient in (("a1", "pa"), ("a2", "pa"), ("b1", "pb"), ("b2", "pb"), ("n1", None))]
+    excluded = [data.LabelledImage(f"/e/{sha}.png", "covid", patient, sha256=sha) for sha, patient in held_out]
+    result = data.without(items, excluded)
+    assert ([i.sha256 for i in result.kept], result.same_content, result.same_patient) == (kept,
+                                                                                          same_content, same_patient)
 
 
 def test_promote_and_roll_back(tmp_path, small_set, sqlite_url, capsys, caplog):
