@@ -303,19 +303,22 @@ class LabelledDataset(Dataset):
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentations depend on (seed, epoch, index) only, so a run is reproducible and resumable."""
+        """Augmentations depend on (seed, epoch, draw) only, so a run is reproducible and resumable."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: an index, or ``(draw, index)`` (see :class:`~model_training.predictions.NumberedDraws`), the
+        draw's position in the epoch seeding its augmentation, so a case drawn twice is augmented twice."""
+        draw, index = key if isinstance(key, tuple) else (key, key)
         item = self.items[index]
         # Decoded as the scorer decodes it (at twice the input side), so training sees what scoring sees.
         image = imaging.read_xray(item.path, min_side=2 * self.preprocessing.size)
         if self.augmentation is None:
             return self.preprocessing(image.pixels, image.stored_shape), self.classes.index(item.label)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, self.epoch, draw])
         tensor = self.preprocessing(self.augmentation.intensity(image.pixels, rng), image.stored_shape)
         pad = (self.preprocessing.pad_value - self.preprocessing.mean) / self.preprocessing.std
         tensor = self.augmentation.mask_border(self.augmentation.geometry(tensor, rng, pad), rng, pad)

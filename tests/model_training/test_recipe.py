@@ -14,8 +14,9 @@ from db import model_versions
 from db.engine import write_session
 from db.models import ModelVersion
 from model_training import data, train
+from model_training.predictions import make_loader
 from model_training.train import PLAIN_RECIPE, RETRAIN_RECIPE, Recipe, TrainError
-from scoring.model import build_model, load_checkpoint
+from scoring.model import Preprocessing, build_model, load_checkpoint
 from tests.model_training.conftest import tiny_config
 from tests.model_training.test_train import reviewed  # noqa: F401  (a fixture)
 
@@ -146,3 +147,19 @@ def test_each_split_keeps_the_order_of_the_items():
              for i in range(42)]
     train_items, val_items = data.patient_split(items, 0.3, 1)
     assert train_items == [i for i in items if i in train_items] and val_items == [i for i in items if i in val_items]
+
+
+def test_a_case_drawn_twice_in_an_epoch_is_augmented_anew_and_reproducibly(small_set):
+    items = data.load_labelled(small_set)[:3]
+    dataset = data.LabelledDataset(items, sorted({i.label for i in items}), Preprocessing(32), data.Augmentation(),
+                                   seed=0)
+    dataset.set_epoch(1)
+
+    def first_batch() -> torch.Tensor:
+        loader = make_loader(dataset, batch_size=3, workers=0, device=torch.device("cpu"), shuffle_seed=1,
+                             sample_weights=torch.tensor([1.0, 0.0, 0.0]))  # every draw is the first case
+        return next(iter(loader))[0]
+
+    batch = first_batch()
+    assert all(not torch.equal(batch[i], batch[j]) for i in range(3) for j in range(i))
+    assert torch.equal(batch, first_batch())
