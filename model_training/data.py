@@ -339,6 +339,15 @@ def readable(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[tupl
     return good, bad
 
 
+def log_left_out(rejected: list[tuple[str, str]], step: str) -> None:
+    """How many files ``step`` leaves out for each reason, at WARNING; their file names at DEBUG only (``-v``), as
+    names carry patient names and record numbers at many sites."""
+    for reason, count in sorted(Counter(reason for _, reason in rejected).items()):
+        log.warning("%s: %d file(s) left out (%s); -v lists them", step, count, reason)
+    for path, reason in rejected:
+        log.debug("%s: left out (%s): %s", step, reason, Path(path).name)
+
+
 def summary(items: list[LabelledImage]) -> dict:
     """Counts per class and per source, for the model card."""
     return {"images": len(items),

@@ -319,8 +319,7 @@ def prepare_data(config: TrainConfig) -> tuple[list[data.LabelledImage], list[da
         notes = {"removed_as_in_evaluation_set": held_out.same_content,
                  "removed_as_evaluation_set_patients": held_out.same_patient}
     items, rejected = data.readable(items)
-    for path, reason in rejected:
-        log.warning("left out of training (%s): %s", reason, Path(path).name)
+    data.log_left_out(rejected, "training")
     return items, eval_items, {**notes, "rejected": len(rejected)}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -256,6 +257,22 @@ def test_without_removes_the_held_out_films_and_their_patients_others(held_out, 
     result = data.without(items, excluded)
     assert ([i.sha256 for i in result.kept], result.same_content, result.same_patient) == (kept,
                                                                                           same_content, same_patient)
+
+
+def test_files_left_out_are_counted_in_the_log_and_named_at_debug_only(tmp_path, small_set, sqlite_url, caplog):
+    empty = tmp_path / "DOE^JOHN_MRN1234567_DOB1970-01-01.png"  # a site's file name: a patient's name and number
+    empty.write_bytes(b"")
+    with_empty = tmp_path / "with_empty.csv"
+    with_empty.write_text(small_set.read_text() + f"{empty},covid,,site\n")
+    config = tiny_config(with_empty, tmp_path / "run", sqlite_url)
+    with caplog.at_level(logging.INFO, logger="cxr"):
+        _, _, notes = train.prepare_data(config)
+    assert notes["rejected"] == 1
+    assert "training: 1 file(s) left out (empty)" in caplog.text and "MRN1234567" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="cxr"):
+        train.prepare_data(config)
+    assert f"training: left out (empty): {empty.name}" in caplog.text
 
 
 def test_promote_and_roll_back(tmp_path, small_set, sqlite_url, capsys, caplog):
