@@ -172,8 +172,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     items = data.load_labelled(args.data)
     readable, rejected = data.readable(items)
-    for path, reason in rejected:
-        log.warning("left out (%s): %s", reason, Path(path).name)
+    data.log_left_out(rejected, "evaluate")
     options = dict(device=args.device, n_resamples=args.resamples, workers=args.workers)
     if args.compare:
         comparison = compare_checkpoints(args.model, args.compare, readable, **options)

@@ -8,8 +8,8 @@ Every image goes through the project's reader and the one shared ``preprocess`` 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
-import random
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -162,10 +162,25 @@ def deduplicate(items: list[LabelledImage]) -> list[LabelledImage]:
     return list(seen.values())
 
 
-def without(items: list[LabelledImage], excluded: Iterable[LabelledImage]) -> list[LabelledImage]:
-    """``items`` minus any content that is in ``excluded`` (e.g. a fixed evaluation set)."""
+@dataclass(frozen=True)
+class HeldOut:
+    """Training candidates without a held-out set: what is kept, and how many films were removed for each reason."""
+
+    kept: list[LabelledImage]
+    same_content: int   # identical to a held-out film
+    same_patient: int   # another film of a held-out patient
+
+
+def without(items: list[LabelledImage], excluded: Iterable[LabelledImage]) -> HeldOut:
+    """``items`` minus any content that is in ``excluded`` (e.g. a fixed evaluation set), and minus every other film
+    of ``excluded``'s patients, where both name the patient with the same patient id (a model that saw a patient's
+    other film would be evaluated on a patient it knows)."""
+    excluded = list(excluded)
     shas = {item.sha256 for item in excluded}
-    return [item for item in items if item.sha256 not in shas]
+    patients = {item.patient_id for item in excluded if item.patient_id}
+    kept = [item for item in items if item.sha256 not in shas]
+    unseen = [item for item in kept if item.patient_id not in patients]
+    return HeldOut(unseen, len(items) - len(kept), len(kept) - len(unseen))
 
 
 # --- splitting ------------------------------------------------------------------------------------------
@@ -183,45 +198,36 @@ def patients_by_main_label(items: list[LabelledImage]) -> tuple[dict[str, list[L
     return groups, by_label
 
 
+def validation_draw(group: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the group and the seed alone (a hash of the group keyed with the seed)."""
+    digest = hashlib.blake2b(group.encode(), digest_size=8, key=str(seed).encode()).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
 def patient_split(items: list[LabelledImage], val_fraction: float, seed: int) -> tuple[list, list]:
-    """Train/validation split by patient (no patient in both), stratified by each patient's main label."""
+    """Train/validation split by patient (no patient in both): a patient (an image without a patient id on its own)
+    is in validation when its :func:`validation_draw` is below ``val_fraction``. The assignment depends on nothing
+    else in the data, so with the same seed and fraction every version puts a film in the same split: adding
+    reviews, or reviewing a dataset image, never moves a film that an earlier version trained on into the
+    validation split of a version retrained from it. Each split keeps the order of ``items``.
+
+    Classes get ``val_fraction`` of their patients in validation on average, not exactly. A class none of whose
+    patients draws training would not be learnt: its patient with the highest draw trains (logged), until more
+    patients of that class arrive."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
     groups, by_label = patients_by_main_label(items)
-    rng = random.Random(seed)
-    val_groups: set[str] = set()
-    for label in sorted(by_label):
-        names = by_label[label]
-        rng.shuffle(names)
-        target = val_fraction * sum(len(groups[n]) for n in names)
-        taken = 0
-        for name in names[:-1]:  # the last group of each label always stays in training
-            if taken >= target:
-                break
-            val_groups.add(name)
-            taken += len(groups[name])
-    train = [item for name, members in groups.items() if name not in val_groups for item in members]
-    val = [item for name, members in groups.items() if name in val_groups for item in members]
+    val_groups = {name for name in groups if validation_draw(name, seed) < val_fraction}
+    for label, names in sorted(by_label.items()):
+        if set(names) <= val_groups:
+            kept = max(names, key=lambda name: validation_draw(name, seed))
+            val_groups.discard(kept)
+            log.warning("split: all %d patients of class %r draw validation with seed %d; one of them is trained "
+                        "on instead, and may move to validation once more patients of that class arrive",
+                        len(names), label, seed)
+    train = [item for item in items if item.group not in val_groups]
+    val = [item for item in items if item.group in val_groups]
     return train, val
-
-
-def split_keeping_dataset_split(items: list[LabelledImage], val_fraction: float,
-                                seed: int) -> tuple[list, list]:
-    """:func:`patient_split` of the dataset's images, as without reviews, plus a split of the reviewed cases of
-    their own: adding reviews never moves a dataset image between training and validation, so a retrained
-    version is validated on the same dataset images as the version it replaces (same seed and fraction). A
-    reviewed case of a patient already in the dataset goes where that patient is."""
-    dataset = [item for item in items if item.review_id is None]
-    reviews = [item for item in items if item.review_id is not None]
-    train, val = patient_split(dataset, val_fraction, seed) if dataset else ([], [])
-    if not reviews:
-        return train, val
-    train_groups, val_groups = {i.group for i in train}, {i.group for i in val}
-    known_train = [i for i in reviews if i.group in train_groups]
-    known_val = [i for i in reviews if i.group in val_groups]
-    new = [i for i in reviews if i.group not in train_groups | val_groups]
-    new_train, new_val = patient_split(new, val_fraction, seed) if new else ([], [])
-    return train + known_train + new_train, val + known_val + new_val
 
 
 # --- augmentation ---------------------------------------------------------------------------------------
@@ -297,19 +303,22 @@ class LabelledDataset(Dataset):
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Augmentations depend on (seed, epoch, index) only, so a run is reproducible and resumable."""
+        """Augmentations depend on (seed, epoch, draw) only, so a run is reproducible and resumable."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        """``key``: an index, or ``(draw, index)`` (see :class:`~model_training.predictions.NumberedDraws`), the
+        draw's position in the epoch seeding its augmentation, so a case drawn twice is augmented twice."""
+        draw, index = key if isinstance(key, tuple) else (key, key)
         item = self.items[index]
         # Decoded as the scorer decodes it (at twice the input side), so training sees what scoring sees.
         image = imaging.read_xray(item.path, min_side=2 * self.preprocessing.size)
         if self.augmentation is None:
             return self.preprocessing(image.pixels, image.stored_shape), self.classes.index(item.label)
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        rng = np.random.default_rng([self.seed, self.epoch, draw])
         tensor = self.preprocessing(self.augmentation.intensity(image.pixels, rng), image.stored_shape)
         pad = (self.preprocessing.pad_value - self.preprocessing.mean) / self.preprocessing.std
         tensor = self.augmentation.mask_border(self.augmentation.geometry(tensor, rng, pad), rng, pad)
@@ -328,6 +337,15 @@ def readable(items: list[LabelledImage]) -> tuple[list[LabelledImage], list[tupl
         ok, reason = imaging.in_scope(meta)
         (good.append(item) if ok else bad.append((item.path, reason)))
     return good, bad
+
+
+def log_left_out(rejected: list[tuple[str, str]], step: str) -> None:
+    """How many files ``step`` leaves out for each reason, at WARNING; their file names at DEBUG only (``-v``), as
+    names carry patient names and record numbers at many sites."""
+    for reason, count in sorted(Counter(reason for _, reason in rejected).items()):
+        log.warning("%s: %d file(s) left out (%s); -v lists them", step, count, reason)
+    for path, reason in rejected:
+        log.debug("%s: left out (%s): %s", step, reason, Path(path).name)
 
 
 def summary(items: list[LabelledImage]) -> dict:

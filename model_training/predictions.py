@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler, WeightedRandomSampler
 
 from model_training import data
 from model_training.metrics import (
@@ -26,17 +26,32 @@ from scoring.model import Preprocessing, autocast, autocast_dtype, calibrated_pr
 from scoring.workers import exits_with_this_process
 
 
+class NumberedDraws(Sampler):
+    """A sampler's draws as ``(position in the epoch, index)``: :class:`~model_training.data.LabelledDataset`
+    seeds a draw's augmentation by its position, so a case drawn twice in an epoch is augmented twice."""
+
+    def __init__(self, draws: Sampler):
+        self.draws = draws
+
+    def __iter__(self):
+        return enumerate(self.draws)
+
+    def __len__(self) -> int:
+        return len(self.draws)
+
+
 def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int, device: torch.device,
                 shuffle_seed: int | None = None, sample_weights: torch.Tensor | None = None) -> DataLoader:
     """Batches of a dataset; with ``shuffle_seed`` in a reproducible shuffled order, or with ``sample_weights``
-    too drawn with replacement in proportion to them (as many draws as items)."""
-    generator = None if shuffle_seed is None else torch.Generator().manual_seed(shuffle_seed)
+    too drawn with replacement in proportion to them (as many draws as items), each draw numbered."""
     sampler = None
-    if sample_weights is not None:
-        sampler = WeightedRandomSampler(sample_weights.double(), len(dataset), replacement=True, generator=generator)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle_seed is not None and sampler is None,
-                      sampler=sampler, num_workers=workers, pin_memory=device.type == "cuda",
-                      generator=generator if sampler is None else None,
+    if shuffle_seed is not None:
+        generator = torch.Generator().manual_seed(shuffle_seed)
+        draws = (RandomSampler(dataset, generator=generator) if sample_weights is None else
+                 WeightedRandomSampler(sample_weights.double(), len(dataset), replacement=True, generator=generator))
+        sampler = NumberedDraws(draws)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=device.type == "cuda",
                       worker_init_fn=exits_with_this_process() if workers > 0 else None)
 
 

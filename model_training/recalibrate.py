@@ -102,8 +102,7 @@ def fitting_cases(db: str | None, origin_version_id: int | None, classes: list[s
         log.info("recalibrate: %d reviewed cases left out: the weights were trained or validated on them",
                  len(by_content) - len(kept))
     readable, rejected = data.readable(kept)
-    for path, reason in rejected:
-        log.warning("left out (%s): %s", reason, Path(path).name)
+    data.log_left_out(rejected, "recalibrate")
     return readable
 
 

@@ -301,28 +301,33 @@ def write_history(path: Path, history: list[dict[str, Any]]) -> None:
 
 
 def prepare_data(config: TrainConfig) -> tuple[list[data.LabelledImage], list[data.LabelledImage] | None, dict]:
-    """Training candidates (dataset + reviews, minus the evaluation set) and the evaluation set."""
+    """Training candidates (dataset + reviews, minus the evaluation set and its patients' other films), the
+    evaluation set, and counts for the model card."""
     items = data.deduplicate(data.with_hashes(data.load_labelled(config.data)))
+    notes: dict[str, int] = {}
     if config.include_reviews:
         with read_session(database(config)) as session:
             items = data.merge_reviews(items, data.with_hashes(data.reviewed_cases(session)))
     eval_items = None
     if config.eval_data:
         eval_items = data.deduplicate(data.with_hashes(data.load_labelled(config.eval_data)))
-        before = len(items)
-        items = data.without(items, eval_items)
-        log.info("evaluation set: %d images, %d removed from training", len(eval_items), before - len(items))
+        held_out = data.without(items, eval_items)
+        items = held_out.kept
+        log.info("evaluation set: %d images of %d patients; removed from training: %d identical images, %d other "
+                 "images of the evaluation set's patients", len(eval_items),
+                 len({item.group for item in eval_items}), held_out.same_content, held_out.same_patient)
+        notes = {"removed_as_in_evaluation_set": held_out.same_content,
+                 "removed_as_evaluation_set_patients": held_out.same_patient}
     items, rejected = data.readable(items)
-    for path, reason in rejected:
-        log.warning("left out of training (%s): %s", reason, Path(path).name)
-    return items, eval_items, {"rejected": len(rejected)}
+    data.log_left_out(rejected, "training")
+    return items, eval_items, {**notes, "rejected": len(rejected)}
 
 
 def validation_items(config: TrainConfig) -> list[data.LabelledImage]:
     """The validation split of a run with this configuration, made again as :func:`train` makes it (same data,
     reviews, fraction and seed)."""
     items, _, _ = prepare_data(config)
-    return data.split_keeping_dataset_split(items, config.val_fraction, config.seed)[1]
+    return data.patient_split(items, config.val_fraction, config.seed)[1]
 
 
 def active_checkpoint(config: TrainConfig) -> str | None:
@@ -374,9 +379,10 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         raise TrainError(f"need at least two classes to train, found {classes}")
     state = _load_state(out, config) if resume else None
     if state is None:
-        train_items, val_items = data.split_keeping_dataset_split(items, config.val_fraction, config.seed)
+        train_items, val_items = data.patient_split(items, config.val_fraction, config.seed)
     else:
-        val_shas = set(state["val_sha256"])
+        val_shas = set(state["val_sha256"])  # the killed run's, so reviews added since do not change it
+        # in the items' order, as patient_split gives them: the same indices, hence the same draws and augmentations
         train_items = [item for item in items if item.sha256 not in val_shas]
         val_items = [item for item in items if item.sha256 in val_shas]
     overlap = {i.group for i in train_items} & {i.group for i in val_items}

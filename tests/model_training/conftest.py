@@ -25,6 +25,23 @@ def small_set(tmp_path_factory, cxr_dev) -> Path:
     return write_training_csv(cxr_dev, chosen, tmp_path_factory.mktemp("small") / "small.csv")
 
 
+@pytest.fixture(scope="module")
+def interleaved_set(tmp_path_factory, cxr_dev) -> Path:
+    """Like ``small_set``, but its covid images are three films each of four patients, interleaved (each patient's
+    first film, then each one's second, ...): a CSV in which no patient's films are together."""
+    with open(cxr_dev / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    films: dict[str, list[dict[str, str]]] = {}
+    for row in rows:
+        if row["label"] == "covid":
+            films.setdefault(row["patient_id"], []).append(row)
+    patients = [members[:3] for members in films.values() if len(members) >= 3][:4]
+    chosen = [patient[k] for k in range(3) for patient in patients]
+    for label in ("normal", "pneumonia"):
+        chosen += [row for row in rows if row["label"] == label][:PER_CLASS]
+    return write_training_csv(cxr_dev, chosen, tmp_path_factory.mktemp("interleaved") / "interleaved.csv")
+
+
 def write_training_csv(cxr_dev: Path, rows: list[dict[str, str]], path: Path) -> Path:
     """A training CSV of these rows of cxr-dev's labels.csv, with absolute file paths."""
     with open(path, "w", newline="") as handle:

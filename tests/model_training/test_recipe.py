@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,8 +14,9 @@ from db import model_versions
 from db.engine import write_session
 from db.models import ModelVersion
 from model_training import data, train
+from model_training.predictions import make_loader
 from model_training.train import PLAIN_RECIPE, RETRAIN_RECIPE, Recipe, TrainError
-from scoring.model import build_model, load_checkpoint
+from scoring.model import Preprocessing, build_model, load_checkpoint
 from tests.model_training.conftest import tiny_config
 from tests.model_training.test_train import reviewed  # noqa: F401  (a fixture)
 
@@ -95,16 +97,69 @@ def test_include_reviews_starts_from_the_active_version_and_records_the_recipe(t
         assert "validation_reviewed_cases" not in result.metrics
 
 
-def test_adding_reviews_never_moves_a_dataset_image_between_the_splits():
+def _split_of(items: list[data.LabelledImage]) -> dict[str, str]:
+    train_items, val_items = data.patient_split(items, 0.25, 7)
+    assert {i.group for i in train_items}.isdisjoint({i.group for i in val_items})
+    return {**{i.sha256: "train" for i in train_items}, **{i.sha256: "validation" for i in val_items}}
+
+
+def test_retraining_never_moves_a_film_between_the_splits():
     dataset = [data.LabelledImage(f"/d/{i}.png", ("covid", "normal")[i % 2], f"p{i // 2}", sha256=f"d{i}")
                for i in range(40)]
-    reviews = [data.LabelledImage(f"/r/{i}.png", ("covid", "pneumonia")[i % 2], None, "review", f"r{i}", i + 1)
-               for i in range(20)]
-    reviews.append(data.LabelledImage("/r/x.png", "covid", "p3", "review", "rx", 99))  # a dataset patient
-    before = data.patient_split(dataset, 0.25, 7)
-    train_items, val_items = data.split_keeping_dataset_split(dataset + reviews, 0.25, 7)
-    assert [i for i in train_items if i.review_id is None] == before[0]
-    assert [i for i in val_items if i.review_id is None] == before[1]
-    assert {i.group for i in train_items}.isdisjoint({i.group for i in val_items})
-    assert any(i.review_id for i in val_items) and any(i.review_id for i in train_items)
-    assert len(train_items) + len(val_items) == 61
+
+    def reviews(first: int, last: int) -> list[data.LabelledImage]:
+        return [data.LabelledImage(f"/r/{i}.png", ("covid", "pneumonia")[i % 2], None, "review", f"r{i}", i + 1)
+                for i in range(first, last)]
+
+    v1 = _split_of(dataset)
+    v2_items = data.merge_reviews(dataset, reviews(0, 20))
+    v2 = _split_of(v2_items)
+    # before v3, a dataset film of each split is reviewed (relabelled), and twenty more reviews arrive
+    in_train, in_val = (next(i for i in dataset if v1[i.sha256] == split) for split in ("train", "validation"))
+    relabelled = [replace(i, label="pneumonia", source="review", review_id=100 + n)
+                  for n, i in enumerate((in_train, in_val))]
+    v3 = _split_of(data.merge_reviews(v2_items, reviews(20, 40) + relabelled))
+    assert {sha: v2[sha] for sha in v1} == v1 and {sha: v3[sha] for sha in v2} == v2
+    assert (v3[in_train.sha256], v3[in_val.sha256]) == ("train", "validation")
+    assert {v3[f"r{i}"] for i in range(40)} == {"train", "validation"}  # reviews go to both splits
+
+
+def test_a_patient_reviewed_later_joins_the_patients_split():
+    dataset = [data.LabelledImage(f"/d/{i}.png", "covid", f"p{i}", sha256=f"d{i}") for i in range(20)]
+    split = _split_of(dataset)
+    for i in range(20):
+        review = data.LabelledImage(f"/r/{i}.png", "pneumonia", f"p{i}", "review", f"r{i}", i + 1)
+        assert _split_of(dataset + [review])[f"r{i}"] == split[f"d{i}"]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_class_whose_patients_all_draw_validation_is_still_trained_on(seed):
+    items = [data.LabelledImage(f"/d/{i}.png", "covid", f"p{i}", sha256=f"d{i}") for i in range(30)]
+    items.append(data.LabelledImage("/d/n.png", "normal", "pn", sha256="n"))
+    train_items, val_items = data.patient_split(items, 0.99, seed)
+    assert {i.label for i in train_items} == {"covid", "normal"}
+
+
+def test_each_split_keeps_the_order_of_the_items():
+    # --resume rebuilds the training list from the items and the saved validation hashes, in the items' order: the
+    # split must give that order too, or the resumed run's shuffle draws other images
+    items = [data.LabelledImage(f"/d/{i}.png", ("covid", "normal")[i % 2], f"p{i % 7}", sha256=f"d{i}")
+             for i in range(42)]
+    train_items, val_items = data.patient_split(items, 0.3, 1)
+    assert train_items == [i for i in items if i in train_items] and val_items == [i for i in items if i in val_items]
+
+
+def test_a_case_drawn_twice_in_an_epoch_is_augmented_anew_and_reproducibly(small_set):
+    items = data.load_labelled(small_set)[:3]
+    dataset = data.LabelledDataset(items, sorted({i.label for i in items}), Preprocessing(32), data.Augmentation(),
+                                   seed=0)
+    dataset.set_epoch(1)
+
+    def first_batch() -> torch.Tensor:
+        loader = make_loader(dataset, batch_size=3, workers=0, device=torch.device("cpu"), shuffle_seed=1,
+                             sample_weights=torch.tensor([1.0, 0.0, 0.0]))  # every draw is the first case
+        return next(iter(loader))[0]
+
+    batch = first_batch()
+    assert all(not torch.equal(batch[i], batch[j]) for i in range(3) for j in range(i))
+    assert torch.equal(batch, first_batch())

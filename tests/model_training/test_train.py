@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -63,25 +64,26 @@ def test_the_patient_split_never_shares_a_patient(small_set):
         train_items, val_items = data.patient_split(doubled, 0.25, seed)
         assert {i.group for i in train_items}.isdisjoint({i.group for i in val_items})
         assert len(train_items) + len(val_items) == len(doubled)
-        assert {i.label for i in val_items} == {"covid", "normal", "pneumonia"}  # stratified
+        assert {i.label for i in train_items} == {"covid", "normal", "pneumonia"}
 
 
 @pytest.mark.slow
-def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, small_set, sqlite_url, monkeypatch):
+def test_resume_continues_a_killed_run_to_the_same_weights(tmp_path, interleaved_set, sqlite_url, monkeypatch):
     config = dict(epochs=3, patience=10)
-    reference = train.train(tiny_config(small_set, tmp_path / "whole", sqlite_url, **config))
+    reference = train.train(tiny_config(interleaved_set, tmp_path / "whole", sqlite_url, **config))
 
     real_epoch = kill_at_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        train.train(tiny_config(small_set, tmp_path / "killed", sqlite_url, **config))
+        train.train(tiny_config(interleaved_set, tmp_path / "killed", sqlite_url, **config))
     assert (tmp_path / "killed" / "last.pt").is_file()
     monkeypatch.setattr(train, "train_one_epoch", real_epoch)
-    resumed = train.train(tiny_config(small_set, tmp_path / "killed", sqlite_url, **config), resume=True)
+    resumed = train.train(tiny_config(interleaved_set, tmp_path / "killed", sqlite_url, **config), resume=True)
 
     epochs = [row.split(",")[0] for row in (tmp_path / "killed" / "history.csv").read_text().splitlines()[1:]]
     assert epochs == ["1", "2", "3"]
     a, b = load_checkpoint(reference.checkpoint).state_dict, load_checkpoint(resumed.checkpoint).state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.metrics["temperature"] == reference.metrics["temperature"]
 
 
 def test_resume_refuses_a_changed_configuration(tmp_path, small_set, sqlite_url, monkeypatch):
@@ -228,16 +230,49 @@ def test_a_version_records_every_image_it_was_trained_or_validated_on_and_no_oth
     assert recorded == dataset - held_out  # train and validation splits, reviewed cases included
 
 
-def test_eval_data_is_never_trained_on(tmp_path, small_set, sqlite_url):
-    rows = small_set.read_text().splitlines()
+def test_eval_data_and_its_patients_other_films_are_never_trained_on(tmp_path, interleaved_set, sqlite_url):
+    rows = interleaved_set.read_text().splitlines()  # rows 1-12: three films each of four covid patients
     eval_csv = tmp_path / "eval.csv"
-    eval_csv.write_text("\n".join([rows[0], *rows[1:4], *rows[1 + PER_CLASS:4 + PER_CLASS],
+    eval_csv.write_text("\n".join([rows[0], *rows[1:3], *rows[1 + PER_CLASS:4 + PER_CLASS],
                                    *rows[1 + 2 * PER_CLASS:4 + 2 * PER_CLASS]]) + "\n")
-    result = train.train(tiny_config(small_set, tmp_path / "run", sqlite_url, epochs=1, eval_data=str(eval_csv)))
+    result = train.train(tiny_config(interleaved_set, tmp_path / "run", sqlite_url, epochs=1,
+                                     eval_data=str(eval_csv)))
     card = json.loads((tmp_path / "run" / "model_card.json").read_text())
     summary = card["data_summary"]
-    assert summary["train"]["images"] + summary["validation"]["images"] == 3 * PER_CLASS - 9
-    assert result.metrics["evaluation_set"]["n"] == 9
+    assert (summary["removed_as_in_evaluation_set"], summary["removed_as_evaluation_set_patients"]) == (8, 4)
+    assert summary["train"]["images"] + summary["validation"]["images"] == 3 * PER_CLASS - 8 - 4
+    assert result.metrics["evaluation_set"]["n"] == 8
+
+
+@pytest.mark.parametrize(("held_out", "kept", "same_content", "same_patient"), [
+    ([("a1", "pa")], ["b1", "b2", "n1"], 1, 1),  # a patient's other film goes too
+    ([("x", "pa")], ["b1", "b2", "n1"], 0, 2),  # a held-out film not in the data still takes its patient's
+    ([("n1", None)], ["a1", "a2", "b1", "b2"], 1, 0),  # no patient id: the identical film only
+    ([("b2", "pb"), ("n1", None)], ["a1", "a2"], 2, 1),
+])
+def test_without_removes_the_held_out_films_and_their_patients_others(held_out, kept, same_content, same_patient):
+    items = [data.LabelledImage(f"/{sha}.png", "covid", patient, sha256=sha)
+             for sha, patient in (("a1", "pa"), ("a2", "pa"), ("b1", "pb"), ("b2", "pb"), ("n1", None))]
+    excluded = [data.LabelledImage(f"/e/{sha}.png", "covid", patient, sha256=sha) for sha, patient in held_out]
+    result = data.without(items, excluded)
+    assert ([i.sha256 for i in result.kept], result.same_content, result.same_patient) == (kept,
+                                                                                          same_content, same_patient)
+
+
+def test_files_left_out_are_counted_in_the_log_and_named_at_debug_only(tmp_path, small_set, sqlite_url, caplog):
+    empty = tmp_path / "DOE^JOHN_MRN1234567_DOB1970-01-01.png"  # a site's file name: a patient's name and number
+    empty.write_bytes(b"")
+    with_empty = tmp_path / "with_empty.csv"
+    with_empty.write_text(small_set.read_text() + f"{empty},covid,,site\n")
+    config = tiny_config(with_empty, tmp_path / "run", sqlite_url)
+    with caplog.at_level(logging.INFO, logger="cxr"):
+        _, _, notes = train.prepare_data(config)
+    assert notes["rejected"] == 1
+    assert "training: 1 file(s) left out (empty)" in caplog.text and "MRN1234567" not in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="cxr"):
+        train.prepare_data(config)
+    assert f"training: left out (empty): {empty.name}" in caplog.text
 
 
 def test_promote_and_roll_back(tmp_path, small_set, sqlite_url, capsys, caplog):
