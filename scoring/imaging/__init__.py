@@ -14,7 +14,7 @@ One module per stage, each documenting its part:
 - ``files``: file checks, format sniffing (from content, never the name), size limits
 - ``raster``: PNG and JPEG
 - ``dicom``, ``header``, ``pixel_data``: DICOM parsing, header values, transfer syntaxes and codecs
-- ``display``: modality LUT, VOI LUT or window, percentile window, MONOCHROME1
+- ``display``: modality LUT, VOI LUT or window, percentile window (pixel padding left out), MONOCHROME1
 - ``downsample``: the reduced decode for a model's input (``min_side``) and the area downsample
 - ``scope``: ``in_scope``
 - ``decode``: one file in this process, third-party warnings and logs kept quiet

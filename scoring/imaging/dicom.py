@@ -3,7 +3,11 @@
 pydicom parses; the checks around it are ours. The transfer syntax is read from the file meta group
 alone and refused unless it is in ``SUPPORTED_TRANSFER_SYNTAXES``; a deflated dataset is inflated
 once up front, bounded by ``MAX_FILE_BYTES``, before pydicom inflates it in one go; a file cut short
-anywhere is ``truncated`` (pydicom silently accepts most cuts).
+anywhere is ``truncated`` (pydicom silently accepts most cuts). One ending is not a cut: 1 to 7 bytes
+after the last complete element, too few to be the next element's header, in a dataset that has its
+Pixel Data (a writer's stray padding, or the start of an element after the pixels): pydicom ignores
+them and so does the reader. Without Pixel Data such an ending is ``truncated``, as it may be a cut
+through the Pixel Data element's header.
 
 Multi-frame policy: only the first frame is decoded; ``meta["frames"]`` holds Number of Frames and
 ``in_scope`` returns ``(False, "multi_frame:N")`` for N > 1. ``MAX_PIXELS`` applies to that one
@@ -78,17 +82,23 @@ _TEXT_KEYWORDS = {
 _NOTES_SHOWN = 3
 
 
+_ELEMENT_HEADER = 8  # bytes pydicom reads for the next element's tag, VR and length (or tag and length)
+
+
 class _CutShortReader(io.BytesIO):
     """Counts reads that came back short: pydicom silently accepts a file cut almost anywhere.
 
     A complete file gives exactly one empty read (the next element header at the end); a cut file
-    gives a partial read, or several empty ones.
+    gives a partial read, or several empty ones. A complete dataset followed by fewer bytes than an
+    element header gives one partial read of an element header and nothing else (pydicom stops
+    there): :attr:`ends_with_a_stub`.
     """
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.partial_reads = 0
         self.empty_reads = 0
+        self.first_short_read: tuple[int, int] | None = None  # (bytes asked for, bytes there)
 
     def read(self, size: int | None = -1, /) -> bytes:
         chunk = super().read(size)
@@ -97,11 +107,19 @@ class _CutShortReader(io.BytesIO):
                 self.partial_reads += 1
             else:
                 self.empty_reads += 1
+            if self.first_short_read is None:
+                self.first_short_read = (size, len(chunk))
         return chunk
 
     @property
     def cut_short(self) -> bool:
         return self.partial_reads > 0 or self.empty_reads > 1
+
+    @property
+    def ends_with_a_stub(self) -> bool:
+        """The only short read was of the next element's header, with 1 to 7 of its 8 bytes there."""
+        return (self.partial_reads, self.empty_reads) == (1, 0) and self.first_short_read is not None \
+            and self.first_short_read[0] == _ELEMENT_HEADER
 
 
 def read_dicom(data: bytes, path: bytes, min_side: int | None = None) -> Decoded:
@@ -206,7 +224,8 @@ def _parse_dataset(data: bytes, path: bytes) -> Any:
             reason = TRUNCATED if reader.cut_short else CORRUPT
             raise error(reason, path, f"cannot parse the dataset: {scrub(exc)}") from None
     ended_early = [w for w in caught if "end of file" in str(w.message).lower()]
-    if ended_early or reader.cut_short:
+    trailing_stub = reader.ends_with_a_stub and any(keyword in ds for keyword in _PIXEL_KEYWORDS)
+    if ended_early or (reader.cut_short and not trailing_stub):
         detail = scrub(ended_early[0].message) if ended_early else "inside a data element"
         raise error(TRUNCATED, path, f"file ends early, at byte {len(data)} ({detail})")
     return ds

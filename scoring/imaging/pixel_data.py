@@ -11,7 +11,17 @@ RLE: pylibjpeg-rle, pydicom. The GPL pylibjpeg-libjpeg is never asked for, even 
 
 A reduced decode (the scorer needs a few hundred pixels a side) takes a codec's resolution shortcut where there is
 one: JPEG 2000 through Pillow's OpenJPEG reduce, HTJ2K through OpenJPH's skipped resolutions, 8-bit JPEG through
-Pillow's DCT scaling.
+Pillow's DCT scaling. None of them is taken for signed pixels (Pillow and the codestream headers read them as
+unsigned): those are decoded in full, then averaged down.
+
+A lossless syntax reads as the native file it encodes: the bits above Bits Stored (an old overlay, noise, which a
+codestream of a higher precision than Bits Stored keeps) are cleared, or for signed pixels set from the sign bit, as
+pydicom does for native pixel data (:func:`clear_unused_bits`), after a full decode of lossless JPEG, JPEG-LS
+lossless, JPEG 2000 lossless, HTJ2K lossless and RLE, whichever decoder ran (pydicom itself does it after RLE and
+JPEG, not after JPEG-LS and JPEG 2000). Lossy outputs (12-bit and 8-bit JPEG, JPEG-LS near-lossless, JPEG 2000 and
+HTJ2K 1.2.840.10008.1.2.4.203, which may be lossy) and the reduced decodes are kept as the codec gives them: such a
+value may overshoot its precision by a little, and clearing its high bits would wrap white to black (a codestream
+whose precision is Bits Stored, the usual case, has no such bits anyway).
 
 Before any codec runs, the encapsulation is walked, the first frame must end with its
 end-of-codestream marker (the JPEG-LS and JPEG 2000 decoders pad a cut stream silently) and a JPEG
@@ -73,6 +83,9 @@ NATIVE_SYNTAXES = frozenset(uid for uid, plugins in PLUGINS.items() if plugins =
 # Every JPEG, JPEG-LS and JPEG 2000 codestream ends with FF D9 (EOI / EOC).
 _CODESTREAMS_ENDING_FFD9 = frozenset(PLUGINS) - NATIVE_SYNTAXES - {RLE}
 _JPEG_FAMILY = _CODESTREAMS_ENDING_FFD9 - set(_J2K_SYNTAXES) - set(HTJ2K_SYNTAXES)
+# Lossless by definition: a full decode gives the stored pixel cells, bits above Bits Stored and all
+LOSSLESS_SYNTAXES = frozenset(("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80",
+                               _J2K_SYNTAXES[0], *HTJ2K_SYNTAXES[:2], RLE))
 
 
 # The package that provides each pydicom plugin the reader asks for, to say what to install.
@@ -150,21 +163,32 @@ def decode_compressed(
     if syntax in _IMAGECODECS_DECODERS and (syntax != JPEG_EXTENDED or jpeg12):
         decoded = _decode_with_imagecodecs(ds, syntax, geometry, frame)
         if decoded is not None:
-            return decoded, geometry.photometric, 1
+            return _stored_values(decoded, syntax, geometry), geometry.photometric, 1
     if jpeg12:
         return _decode_jpeg12_with_gdcm(frame, geometry, ds, path), geometry.photometric, 1
     if min_side is not None:
         reduced = decode_reduced(ds, syntax, geometry, frame, min_side, precision)
         if reduced is not None:
             return reduced[0], geometry.photometric, reduced[1]
-    return *decode_with_pydicom(ds, syntax, PLUGINS[syntax], path), 1
+    array, photometric = decode_with_pydicom(ds, syntax, PLUGINS[syntax], path)
+    return _stored_values(array, syntax, geometry), photometric, 1
+
+
+def _stored_values(array: np.ndarray, syntax: str, geometry: Geometry) -> np.ndarray:
+    """A full decode's pixels as the native file would read: the bits above Bits Stored cleared (or sign-extended)
+    after a lossless syntax, one sample per pixel; anything else as decoded (see the module's docstring)."""
+    if syntax not in LOSSLESS_SYNTAXES or geometry.samples != 1 or array.dtype.kind not in "ui":
+        return array
+    return clear_unused_bits(array if array.flags.writeable else array.copy(), geometry.bits_stored)
 
 
 def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: bytes) -> np.ndarray | None:
     """Frame 0 of an unsigned one-sample image through imagecodecs (libjpeg-turbo 3 for 12-bit and lossless JPEG,
-    CharLS for JPEG-LS, OpenJPH for HTJ2K, PackBits for RLE): the same pixels as GDCM, pyjpegls, pylibjpeg-openjpeg
-    and pylibjpeg-rle, several times faster. None where it does not apply or the codec refuses the frame (or warns):
-    the pydicom plugins then decode it, or give the failure its proper reason."""
+    CharLS for JPEG-LS, OpenJPH for HTJ2K, PackBits for RLE), several times faster: the values GDCM, pyjpegls,
+    pylibjpeg-openjpeg and pylibjpeg-rle decode, as the codestream holds them (``decode_compressed`` then clears the
+    bits above Bits Stored after a lossless syntax, whichever decoder ran, so the reader's pixels are the same
+    either way). None where it does not apply or the codec refuses the frame (or warns): the pydicom plugins then
+    decode it, or give the failure its proper reason."""
     if geometry.samples != 1 or int_value(ds, "PixelRepresentation") != 0:
         return None
     try:
@@ -184,11 +208,21 @@ def _decode_with_imagecodecs(ds: Any, syntax: str, geometry: Geometry, frame: by
     return array.astype(np.uint16, copy=False) if geometry.bits_allocated == 16 else array
 
 
+def clear_unused_bits(array: np.ndarray, bits_stored: int) -> np.ndarray:
+    """The bits above Bits Stored, in place, as pydicom sets them (PS3.5 8.1.1: their content is not the pixel's):
+    cleared for unsigned values, copies of the sign bit for signed ones (12-bit 0x0800 is -2048)."""
+    width = array.dtype.itemsize * 8
+    if not 0 < bits_stored < width:
+        return array
+    if array.dtype.kind == "u":
+        return np.bitwise_and(array, (1 << bits_stored) - 1, out=array)
+    np.left_shift(array, width - bits_stored, out=array)
+    return np.right_shift(array, width - bits_stored, out=array)
+
+
 def _imagecodecs_rle(frame: bytes, geometry: Geometry) -> np.ndarray | None:
     """An RLE frame's byte segments put back together by imagecodecs (under a third of pydicom's time with
-    pylibjpeg-rle). The segments carry no shape, so every decoded byte must be accounted for; the bits above Bits
-    Stored are cleared, as pydicom does, because RLE keeps whatever a writer left in them. (Only here: a lossy
-    codec's output may overshoot its precision by a unit, and masking would wrap white to black.)"""
+    pylibjpeg-rle). The segments carry no shape, so every decoded byte must be accounted for."""
     import imagecodecs
 
     if geometry.bits_allocated not in (8, 16):
@@ -198,10 +232,7 @@ def _imagecodecs_rle(frame: bytes, geometry: Geometry) -> np.ndarray | None:
     decoded = imagecodecs.dicomrle_decode(frame, dtype.str, out=out)
     if decoded is not out or len(decoded) != out.size:
         return None
-    array = out.view(dtype).reshape(geometry.rows, geometry.cols)
-    if 0 < geometry.bits_stored < geometry.bits_allocated:
-        np.bitwise_and(array, (1 << geometry.bits_stored) - 1, out=array)
-    return array
+    return out.view(dtype).reshape(geometry.rows, geometry.cols)
 
 
 def decode_reduced(
@@ -211,6 +242,8 @@ def decode_reduced(
     least ``min_side``), with the reduction factor; None where there is no shortcut or the codestream refuses
     it, and the caller decodes in full (which also gives any failure its proper reason)."""
     if geometry.samples != 1 or geometry.photometric not in MONOCHROME:
+        return None
+    if int_value(ds, "PixelRepresentation") not in (None, 0):  # every shortcut reads its samples as unsigned
         return None
     try:
         with warnings.catch_warnings():
@@ -252,11 +285,12 @@ def _j2k_reduced(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tu
 
 
 def _reduction_level(frame: bytes, geometry: Geometry, ds: Any, min_side: int) -> tuple[int, int] | None:
-    """For a (HT)JPEG 2000 codestream of one unsigned component the size the dataset says: the coarsest
+    """For a (HT)JPEG 2000 codestream of one unsigned component the size the dataset says (the caller has checked
+    that the dataset's pixels are unsigned too): the coarsest
     resolution level whose shorter side is still at least ``min_side``, no coarser than its decomposition levels,
     and the sample precision; None where the shortcut does not apply."""
     header = _j2k_header(frame)
-    if header is None or int_value(ds, "PixelRepresentation") not in (None, 0):
+    if header is None:
         return None
     cols, rows, components, precision, signed, levels = header
     if (rows, cols) != (geometry.rows, geometry.cols) or components != 1 or signed or not 1 <= precision <= 16:

@@ -4,7 +4,9 @@ The reader (``read_xray``) returns the one display the model sees. A reviewer al
 for DICOM the modality-LUT output (Rescale Slope/Intercept or the Modality LUT Sequence) before VOI, every
 Window Centre/Width pair the header holds (with its explanation), the reader's percentile window ("auto")
 and the full range of values; MONOCHROME1 is inverted after windowing, as in the reader. PNG and JPEG have
-no header windows: their values are the reader's grey levels in [0, 1].
+no header windows: their values are the reader's grey levels in [0, 1]. The header windows on offer are those the
+reader could apply (``display.usable_window``), and "auto" is the reader's percentile window, padding left out; the
+reader's VOI LUT, where the header has one, is the display "as read by the model" (the reader's own pixels).
 
 The file is read by ``read_xray`` first (isolated, with its time limit), so a file that crashes or hangs a
 decoder fails there; only then are its raw values decoded again here, in this process.
@@ -65,13 +67,11 @@ def read_for_viewing(path: str | os.PathLike[str]) -> ViewingImage:
     from . import read_xray
 
     image = read_xray(path)
-    values, invert, windows = image.pixels, False, ()
+    values, invert, windows, keep = image.pixels, False, (), None
     if image.meta["format"] == "dicom" and image.meta.get("photometric") in MONOCHROME:
-        values, invert, windows = _dicom_values(os.fsencode(path))
+        values, invert, windows, keep = _dicom_values(os.fsencode(path))
     low, high = float(values.min()), float(values.max())
-    p_low, p_high = (float(v) for v in np.percentile(values, display._PERCENTILES))
-    if p_high <= p_low:
-        p_low, p_high = low, high
+    p_low, p_high = display.percentile_range(values, keep)  # the reader's: padding left out
     return ViewingImage(
         pixels=image.pixels, values=values, invert=invert, header_windows=windows,
         auto=_window_between(AUTO, p_low, p_high), full=_window_between(FULL_RANGE, low, high), meta=image.meta)
@@ -91,7 +91,8 @@ def _window_between(label: str, low: float, high: float) -> Window:
     return Window(label, low + width / 2, width, "LINEAR_EXACT")
 
 
-def _dicom_values(path: bytes) -> tuple[np.ndarray, bool, tuple[Window, ...]]:
+def _dicom_values(path: bytes) -> tuple[np.ndarray, bool, tuple[Window, ...], np.ndarray | None]:
+    """The modality LUT's output, whether it is MONOCHROME1, the header windows, and where it is not padding."""
     with quiet_third_parties():
         data = load(path)
         syntax, _ = _transfer_syntax(data, path)
@@ -106,17 +107,18 @@ def _dicom_values(path: bytes) -> tuple[np.ndarray, bool, tuple[Window, ...]]:
             values = np.asarray(display._modality_lut(raw, ds), dtype=np.float32)
         if not np.isfinite(values).all():
             values = raw.astype(np.float32)
-        return values, photometric == "MONOCHROME1", header_windows(ds)
+        return values, photometric == "MONOCHROME1", header_windows(ds), display.not_padding(raw, ds, geometry)
 
 
 def header_windows(ds: Any) -> tuple[Window, ...]:
-    """Every valid Window Centre/Width pair of the header, labelled with its explanation when it has one."""
+    """Every Window Centre/Width pair of the header the reader could apply (``display.usable_window``), labelled
+    with its explanation when it has one."""
     centers, widths = _numbers(ds.get("WindowCenter")), _numbers(ds.get("WindowWidth"))
     explanations = _texts(ds.get("WindowCenterWidthExplanation"))
     function = upper(ds.get("VOILUTFunction")) or "LINEAR"
     windows = []
     for i, (center, width) in enumerate(zip(centers, widths, strict=False)):
-        if center is None or width is None or not (width > 0 if function != "LINEAR" else width >= 1):
+        if not display.usable_window(center, width, function):
             continue
         name = explanations[i] if i < len(explanations) and explanations[i] else f"header window {i + 1}"
         windows.append(Window(f"{name} (C {center:g} / W {width:g})", center, width, function))

@@ -33,8 +33,9 @@ def window_linear(values: np.ndarray, center: float, width: float) -> np.ndarray
     return out
 
 
-def percentile_window(values: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(values.astype(np.float64), [0.5, 99.5])
+def percentile_window(values: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
+    """The 0.5-99.5 percentile window, its percentiles taken where ``keep`` (all pixels where None)."""
+    low, high = np.percentile(values.astype(np.float64)[keep if keep is not None else ...], [0.5, 99.5])
     return ((values - low) / (high - low)).clip(0, 1)
 
 

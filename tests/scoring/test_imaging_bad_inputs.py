@@ -58,6 +58,13 @@ def truncate(path: Path, keep: Callable[[int], int]) -> Path:
     return path
 
 
+def cut_into_pixel_data_header(path: Path, keep: int) -> Path:
+    """Cut ``keep`` bytes into the (7FE0,0010) Pixel Data element's header: fewer bytes than a header left."""
+    data = path.read_bytes()
+    path.write_bytes(data[: data.rindex(b"\xe0\x7f\x10\x00") + keep])
+    return path
+
+
 def with_transfer_syntax(path: Path, syntax: str) -> Path:
     ds = pydicom.dcmread(path)
     ds.file_meta.TransferSyntaxUID = syntax
@@ -173,6 +180,14 @@ BAD_INPUTS = [
         "truncated",
         "ends early",
     ),
+    # fewer than 8 bytes short, but cut inside an element: not a harmless stub of trailing bytes
+    ("dicom_without_last_byte", lambda s: truncate(s.dcm("explicit_le"), lambda n: n - 1), "truncated", "ends early"),
+    ("dicom_cut_3_bytes_into_the_pixel_data_header", lambda s: cut_into_pixel_data_header(s.dcm("explicit_le"), 3),
+     "truncated", "ends early"),
+    ("dicom_cut_7_bytes_into_the_pixel_data_header", lambda s: cut_into_pixel_data_header(s.dcm("explicit_le"), 7),
+     "truncated", "ends early"),
+    ("j2k_cut_in_the_sequence_delimiter", lambda s: truncate(s.dcm("j2k_lossless"), lambda n: n - 3), "truncated",
+     "ends early"),
     ("deflated_cut", lambda s: truncate(s.dcm("deflated"), lambda n: n - 100), "truncated", "deflated"),
     (
         "j2k_cut_mid_frame",

@@ -142,19 +142,59 @@ def test_a_real_rle_file_gives_the_pixels_of_the_plugins(pydicom_data, monkeypat
                                   pixels_without_imagecodecs(path, monkeypatch))
 
 
-def test_rle_clears_the_bits_a_writer_left_above_bits_stored(films, dicom_factory, monkeypatch):
-    """RLE keeps whatever the high bits held (an old overlay, noise); pydicom clears them, and so must we."""
+# The lossless encodings: their decoders give the pixel cells, with whatever a writer left above Bits Stored
+LOSSLESS = ("rle", "jpeg_lossless_p14", "jpeg_lossless_sv1", "jpeg_ls_lossless", "j2k_lossless", "htj2k_lossless")
+
+
+@pytest.mark.parametrize("encoding", LOSSLESS)
+def test_lossless_syntaxes_read_as_the_native_file_with_bits_above_bits_stored(films, dicom_factory, monkeypatch,
+                                                                              encoding):
+    """RG1's 15-bit film with bit 15 set in every third pixel (an old overlay, noise), encoded at 16 bits and then
+    labelled Bits Stored 15: the high bit is no part of the pixel (PS3.5 8.1.1), and every lossless syntax reads as
+    the native file does (pydicom clears it there, and after RLE and JPEG, but not after JPEG-LS and JPEG 2000),
+    through imagecodecs or the plugins."""
     pixels = films["RG1"]  # 15 bits stored
     dirty = pixels | (np.arange(pixels.size, dtype=np.uint16).reshape(pixels.shape) % 3 == 0).astype(np.uint16) << 15
-    path = dicom_factory("dirty.dcm", dirty, "rle", BitsStored=16)
+    native = dicom_factory("dirty-native.dcm", dirty, BitsStored=15)
+    path = dicom_factory(f"dirty-{encoding}.dcm", dirty, encoding, BitsStored=16)
     ds = pydicom.dcmread(path)
     ds.BitsStored, ds.HighBit = 15, 14
     ds.save_as(path, enforce_file_format=True)
+    syntax = ds.file_meta.TransferSyntaxUID
     frame = pixel_data.first_frame(ds, geometry(ds), b"x")
 
-    np.testing.assert_array_equal(pixel_data._decode_with_imagecodecs(ds, RLE, geometry(ds), frame), pixels)
-    np.testing.assert_array_equal(imaging.read_xray(path, timeout=None).pixels,
-                                  pixels_without_imagecodecs(path, monkeypatch))
+    decoded, _, _ = pixel_data.decode_compressed(ds, syntax, geometry(ds), frame, b"x")
+    np.testing.assert_array_equal(decoded, pixels)
+    expected = imaging.read_xray(native, timeout=None).pixels
+    np.testing.assert_array_equal(imaging.read_xray(path, timeout=None).pixels, expected)
+    np.testing.assert_array_equal(pixels_without_imagecodecs(path, monkeypatch), expected)
+
+
+# (dtype, Bits Stored): pydicom's reading of native pixel data whose every bit is random is the reference
+UNUSED_BITS = [(np.uint16, 12), (np.uint16, 15), (np.uint16, 16), (np.int16, 12), (np.int16, 14), (np.uint8, 6),
+               (np.int8, 5)]
+
+
+@pytest.mark.parametrize(("dtype", "bits_stored"), UNUSED_BITS, ids=[f"{np.dtype(d).name}-{b}" for d, b in UNUSED_BITS])
+def test_clear_unused_bits_reads_as_pydicom(chest_dataset_factory, tmp_path, dtype, bits_stored):
+    """Unsigned: the high bits cleared; signed: copies of Bits Stored's sign bit (12-bit 0x800 is -2048)."""
+    raw = np.random.default_rng(bits_stored).integers(0, 256, 64 * 64 * np.dtype(dtype).itemsize, dtype=np.uint8)
+    values = raw.view(dtype).reshape(64, 64)
+    ds = chest_dataset_factory(values.view(np.uint16 if values.itemsize == 2 else np.uint8), BitsStored=bits_stored)
+    ds.PixelRepresentation = int(np.dtype(dtype).kind == "i")
+    ds.save_as(tmp_path / "bits.dcm", enforce_file_format=True)
+    expected = pydicom.dcmread(tmp_path / "bits.dcm").pixel_array
+
+    cleared = pixel_data.clear_unused_bits(values.copy(), bits_stored)
+    assert cleared.dtype == expected.dtype
+    np.testing.assert_array_equal(cleared, expected)
+
+
+def test_lossy_outputs_keep_their_high_bits():
+    """A lossy value may overshoot its precision; clearing its high bits would wrap white to black."""
+    lossy = {pixel_data.JPEG_BASELINE, pixel_data.JPEG_EXTENDED, "1.2.840.10008.1.2.4.81",
+             "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.203"}
+    assert lossy <= set(pixel_data.PLUGINS) and not lossy & pixel_data.LOSSLESS_SYNTAXES
 
 
 def test_an_rle_frame_short_of_pixels_keeps_its_reason(films, dicom_factory, monkeypatch):

@@ -1,14 +1,19 @@
-"""scoring.imaging's display transforms: windowing computed by hand, poisoned rescale/window/LUT values,
-MONOCHROME1 inversion, colour DICOMs and multi-frame files."""
+"""scoring.imaging's display transforms: windowing computed by hand, VOI LUT bit depths, pixel padding, the
+Presentation LUT Shape, poisoned rescale/window/LUT values, MONOCHROME1 inversion, colour DICOMs and multi-frame
+files."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset
+from pydicom.pixels import apply_modality_lut, apply_voi
 
 from scoring.imaging import INVALID_PIXELS, XRayReadError, in_scope, read_xray
+from scoring.imaging.display import lut_bits
 from tests.scoring.imaging_checks import EXACT, check_image, percentile_window, window_linear, with_pixel_bytes
 
 MIRROR = 4095  # 12-bit maximum, for MONOCHROME1 copies of 12-bit data
@@ -65,6 +70,174 @@ def test_voi_lut_sequence(dicom_factory, ramp) -> None:
     assert image.meta["voi"] == "voi_lut"
     index = (ramp.astype(np.int64) - first_mapped).clip(0, entries - 1)
     np.testing.assert_allclose(image.pixels, lut[index] / 65535, atol=EXACT)
+
+
+# (LUT Descriptor bits, largest LUT entry, bits the output is scaled by). The data are read at their own depth only
+# when it is at least 4 bits below the declared one (the Agfa CR deviation: 12-bit data declared 16).
+VOI_LUT_DEPTHS = [
+    (16, 65535, 16),  # conforming, reaching its top
+    (16, 30000, 16),  # conforming, 46 % of its range: dcm4che's rule (top bit unused) would double it
+    (16, 8191, 16),  # 3 bits short: taken at its word
+    (16, 4095, 12),  # the Agfa CR deviation
+    (16, 3000, 12),  # the same, its data not reaching their own top either
+    (16, 255, 8),
+    (12, 4095, 12),
+    (12, 255, 8),
+    (10, 63, 10),  # 8 is the least depth: 2 bits short
+]
+
+
+@pytest.mark.parametrize(("declared", "largest", "used"), VOI_LUT_DEPTHS,
+                         ids=[f"{d}bit-max{m}" for d, m, _ in VOI_LUT_DEPTHS])
+def test_voi_lut_data_narrower_than_declared(dicom_factory, ramp, declared, largest, used) -> None:
+    lut = np.round(np.linspace(0, largest, 4096)).astype(np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, declared]
+    item.add_new(0x00283006, "OW", lut.astype("<u2").tobytes())  # LUT Data as OW, as CR writers store it
+    image = read_xray(dicom_factory("lutd.dcm", ramp, VOILUTSequence=[item]), timeout=None)
+    assert lut_bits(declared, largest) == used
+    assert image.meta["voi"] == ("voi_lut" if used == declared else f"voi_lut_{used}bit")
+    np.testing.assert_allclose(image.pixels, lut[ramp] / (2**used - 1), atol=EXACT)
+
+
+def test_a_real_conforming_voi_lut_keeps_its_depth(pydicom_data) -> None:
+    """pydicom-data's vlut_04 (a 256-entry LUT declared 16 bits, reaching 65535): read at its word."""
+    path = pydicom_data("vlut_04.dcm")
+    ds = pydicom.dcmread(path)
+    image = read_xray(path, timeout=None)
+    assert image.meta["voi"] == "voi_lut"
+    np.testing.assert_allclose(image.pixels, apply_voi(ds.pixel_array, ds) / 65535, atol=EXACT)
+
+
+# --------------------------------------------------------------------------------------------
+# Pixel padding (PS3.3 C.7.5.1.1.2): left out of the percentile window, then clipped by it.
+# The real films: pydicom-data's 693 CT (signed, 14 bits stored, Pixel Padding Value -2000 on 21 % of the
+# pixels), without its window so that the percentile window applies.
+
+CT_PADDING = -2000
+
+
+def with_elements(path: Path, **changes) -> Path:
+    """``path`` rewritten with each change: a value, or (VR, value) for an element written with that VR."""
+    ds = pydicom.dcmread(path)
+    for keyword, value in changes.items():
+        if isinstance(value, tuple):
+            ds.pop(keyword, None)
+            ds.add_new(keyword, *value)
+        else:
+            setattr(ds, keyword, value)
+    ds.save_as(path)
+    return path
+
+
+def ct_693(pydicom_data, tmp_path: Path, name: str = "693_UNCR.dcm", **changes) -> Path:
+    ds = pydicom.dcmread(pydicom_data(name))
+    del ds.WindowCenter, ds.WindowWidth
+    path = tmp_path / f"ct-{name}"
+    ds.save_as(path)
+    return with_elements(path, **changes)
+
+
+def twelve_bit_film(dicom_factory, ramp, name: str, padding_value: int, pad: slice, **changes) -> Path:
+    """The 12-bit ramp with the columns ``pad`` set to ``padding_value``."""
+    pixels = ramp.copy()
+    pixels[:, pad] = padding_value
+    return with_elements(dicom_factory(name, pixels), **changes)
+
+
+# (id, builder -> path, the stored values that are padding -> mask)
+PADDING = [
+    ("693_real", lambda d, f, r, t: ct_693(d, t), lambda v: v == CT_PADDING),
+    ("693_real_jpeg2000_lossless", lambda d, f, r, t: ct_693(d, t, "693_J2KR.dcm"), lambda v: v == CT_PADDING),
+    # the value written with VR US (63536 is -2000 in 16 bits): the bits are what the pixels hold
+    ("693_real_value_as_us", lambda d, f, r, t: ct_693(d, t, PixelPaddingValue=("US", 63536)),
+     lambda v: v == CT_PADDING),
+    ("693_real_range_limit", lambda d, f, r, t: ct_693(d, t, PixelPaddingRangeLimit=("SS", -1990)),
+     lambda v: (v >= CT_PADDING) & (v <= -1990)),
+    # declares padding its pixels do not hold: the same percentiles as without
+    ("ct_small_real_no_padded_pixel", lambda d, f, r, t: Path(d("CT_small.dcm")), lambda v: v == CT_PADDING),
+    ("monochrome2_padding_0", lambda d, f, r, t: twelve_bit_film(
+        f, r, "p0.dcm", 0, slice(0, 80), PixelPaddingValue=("US", 0)), lambda v: v == 0),
+    ("monochrome1_padding_4095", lambda d, f, r, t: twelve_bit_film(
+        f, r, "p1.dcm", 4095, slice(0, 80), PixelPaddingValue=("US", 4095), PhotometricInterpretation="MONOCHROME1"),
+     lambda v: v == 4095),
+    # 12-bit unsigned, the value written with VR SS: -1 is 4095 in 12 bits
+    ("unsigned_value_as_ss", lambda d, f, r, t: twelve_bit_film(
+        f, r, "pss.dcm", 4095, slice(-60, None), PixelPaddingValue=("SS", -1)), lambda v: v == 4095),
+    # a range given limit first, holding noisy padding 0..40, part of the anatomy's darkest values too
+    ("range_limit_below_value", lambda d, f, r, t: twelve_bit_film(
+        f, r, "pr.dcm", 0, slice(0, 80), PixelPaddingValue=("US", 40), PixelPaddingRangeLimit=("US", 0)),
+     lambda v: v <= 40),
+    # every pixel in the padding range: nothing would be left, so all of them are used, as without padding
+    ("all_padding", lambda d, f, r, t: twelve_bit_film(
+        f, r, "pa.dcm", 0, slice(0, 0), PixelPaddingValue=("US", 0), PixelPaddingRangeLimit=("US", 4095)),
+     lambda v: np.ones(v.shape, bool)),
+]
+
+
+@pytest.mark.parametrize(("builder", "padding"), [case[1:] for case in PADDING], ids=[case[0] for case in PADDING])
+@pytest.mark.parametrize("isolated", [False, True], ids=["in_process", "isolated"])
+def test_padding_is_left_out_of_the_percentile_window(pydicom_data, dicom_factory, ramp, tmp_path, builder,
+                                                      padding, isolated) -> None:
+    path = builder(pydicom_data, dicom_factory, ramp, tmp_path)
+    ds = pydicom.dcmread(path)
+    stored = ds.pixel_array
+    padded = padding(stored)
+    expected = percentile_window(apply_modality_lut(stored, ds), None if padded.all() else ~padded)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        expected = 1 - expected
+    image = read_xray(path, timeout=10 if isolated else None)
+    assert image.meta["voi"] == "percentile"
+    np.testing.assert_allclose(image.pixels, expected, atol=EXACT)
+    if padded.any() and not padded.all():  # clipped by the window, to one end of it (here black, or white at 4095)
+        assert np.unique(image.pixels[padded]).tolist() in ([0.0], [1.0])
+
+
+def test_padding_changes_nothing_under_a_header_window(pydicom_data) -> None:
+    """693's own window (C 40 / W 100 after the rescale): applied to every pixel, padding or not."""
+    path = pydicom_data("693_UNCR.dcm")
+    ds = pydicom.dcmread(path)
+    image = read_xray(path, timeout=None)
+    assert image.meta["voi"] == "window"
+    np.testing.assert_allclose(image.pixels, window_linear(apply_modality_lut(ds.pixel_array, ds), 40, 100),
+                               atol=EXACT)
+
+
+# --------------------------------------------------------------------------------------------
+# Presentation LUT Shape: ignored, polarity from the Photometric Interpretation alone (see display.py)
+
+# (id, builder -> path) of films with the same pixels and window, each read with every shape
+PRESENTATION_SOURCES = [
+    # pydicom-data's lossless JPEG ultrasound: MONOCHROME2, Presentation LUT Shape IDENTITY, window 127/254
+    ("real_monochrome2", lambda d, f, r: Path(d("JPGLosslessP14SV1_1s_1f_8b.dcm"))),
+    ("monochrome1", lambda d, f, r: f("pm1.dcm", r, PhotometricInterpretation="MONOCHROME1",
+                                      WindowCenter=1000, WindowWidth=400)),
+]
+
+
+@pytest.mark.parametrize("shape", ["IDENTITY", "INVERSE", None], ids=lambda s: str(s))
+@pytest.mark.parametrize("builder", [case[1] for case in PRESENTATION_SOURCES],
+                         ids=[case[0] for case in PRESENTATION_SOURCES])
+def test_presentation_lut_shape_is_ignored(pydicom_data, dicom_factory, ramp, tmp_path, builder, shape) -> None:
+    """The polarity is the Photometric Interpretation's: MONOCHROME1 inverted, whatever the shape says (PS3.3 asks
+    for IDENTITY with MONOCHROME2 and INVERSE with MONOCHROME1, where a conforming file gives the same polarity;
+    a file where they disagree is malformed). Pinned so that a change of this choice is a decision."""
+    source = builder(pydicom_data, dicom_factory, ramp)
+    ds = pydicom.dcmread(source)
+    reference = read_xray(source, timeout=None).pixels
+    if shape is None:
+        ds.pop("PresentationLUTShape", None)
+    else:
+        ds.PresentationLUTShape = shape
+    path = tmp_path / "shape.dcm"
+    ds.save_as(path)
+    image = read_xray(path, timeout=None)
+    np.testing.assert_array_equal(image.pixels, reference)
+    stored = ds.pixel_array.astype(np.float64)
+    centre, width = float(ds.WindowCenter), float(ds.WindowWidth)
+    expected = window_linear(stored, centre, width)
+    np.testing.assert_allclose(image.pixels, 1 - expected if ds.PhotometricInterpretation == "MONOCHROME1"
+                               else expected, atol=EXACT)
 
 
 def test_no_window_means_percentile_window(dicom_factory, ramp) -> None:

@@ -98,6 +98,32 @@ def test_rg1_monochrome1_is_inverted_so_bone_is_white(pydicom_data) -> None:
     np.testing.assert_allclose(image.pixels, 1.0 - window_linear(raw, 15000, 30000), atol=EXACT)
 
 
+# (id, real file, bytes after its last element): fewer than an element header (8 bytes) after a complete dataset
+# with its pixels, which pydicom ignores; 8 or more are an element pydicom reads (the all-zero (0000,0000) here).
+TRAILING_BYTES = [
+    ("siim_cr_1_zero_byte", MONOCHROME2_CR, b"\0"),
+    ("siim_cr_2_zero_bytes", MONOCHROME2_CR, b"\0\0"),
+    ("siim_cr_7_bytes", MONOCHROME2_CR, b"\xff" * 7),
+    ("siim_cr_8_zero_bytes", MONOCHROME2_CR, b"\0" * 8),
+    ("rg1_uncr_3_bytes", "RG1_UNCR.dcm", b"END"),  # native, 15 bits
+    ("jpeg2000_1_byte", "JPEG2000.dcm", b"\0"),  # encapsulated, after the sequence delimiter
+]
+
+
+@pytest.mark.parametrize("isolated", [False, True], ids=["in_process", "isolated"])
+@pytest.mark.parametrize(("name", "extra"), [case[1:] for case in TRAILING_BYTES],
+                         ids=[case[0] for case in TRAILING_BYTES])
+def test_trailing_bytes_after_a_complete_file_are_ignored(dicom_dir, pydicom_data, tmp_path, name, extra,
+                                                          isolated) -> None:
+    """A complete film with a few stray bytes at its end reads as without them (it was refused as truncated).
+    A file cut inside an element stays truncated: test_imaging_bad_inputs.py's table."""
+    source = dicom_dir / name if name == MONOCHROME2_CR else pydicom_data(name)
+    path = tmp_path / "trailing.dcm"
+    path.write_bytes(Path(source).read_bytes() + extra)
+    image = read_xray(path, timeout=10 if isolated else None)
+    np.testing.assert_array_equal(image.pixels, read_xray(source, timeout=None).pixels)
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [

@@ -7,7 +7,9 @@ the last partial block rounds differently) and 0.25 on the small test archive (0
 cxr-dev PNG at 64 px (min_side 128), mean at most 0.01 and largest at most 0.15 (measured over 60 PNGs: 0.0066
 and 0.102). ``preprocess`` takes the stored shape (``source_shape``) with a reduced decode: rounding the
 reduced sides (404 x 512 read as 135 x 171) would otherwise resize to 51 rows instead of 50 and move the
-padding by a row (mean 0.026, largest 0.89 before).
+padding by a row (mean 0.026, largest 0.89 before). Signed films take no codec shortcut: decoded in full and
+averaged down, they are compared with the full display averaged down (their hard edges make the model-input
+tolerances meaningless there).
 
 The model is a ResNet-18 trained here for a few steps on real cxr-dev images until it separates the three
 classes of its training set: its predictions depend on the image content, so agreement between the two
@@ -40,6 +42,7 @@ MEAN_TOLERANCE = 0.005
 MAX_TOLERANCE_REAL = 0.15
 MEAN_TOLERANCE_64PX = 0.01
 MAX_TOLERANCE_ARCHIVE = 0.25
+SIGNED_MEAN_TOLERANCE = 0.02
 PROBABILITY_TOLERANCE = 0.1
 MODEL_SIZE = 64
 CLASSES = ["covid", "normal", "pneumonia"]
@@ -151,6 +154,43 @@ def test_a_refused_codestream_falls_back_to_the_full_decode(real_films, monkeypa
     reduced, mean, largest = _input_difference(real_films["RG1_J2KR"], 224)
     assert reduced.meta["decode_scale"] == 0.25  # the area downsample alone
     assert mean <= MEAN_TOLERANCE and largest <= MAX_TOLERANCE_REAL
+
+
+def _signed_jpeg_baseline(pydicom_data, dicom_factory, source_pixels) -> Path:
+    """A real chest film as 8-bit JPEG baseline, its Pixel Representation 1: the same bytes read as -128..127."""
+    path = dicom_factory("signed-jpeg.dcm", source_pixels, "jpeg_baseline")
+    ds = pydicom.dcmread(path)
+    ds.PixelRepresentation = 1
+    ds.save_as(path)
+    return path
+
+
+# (id, builder) of films with signed pixels, which every codec shortcut would read as unsigned
+SIGNED_FILMS = [
+    ("693_j2k_lossless_real", lambda d, f, s: Path(d("693_J2KR.dcm"))),  # pydicom-data's CT, 14 bits signed
+    ("jpeg_baseline_8bit", _signed_jpeg_baseline),
+]
+
+
+@pytest.mark.parametrize("builder", [case[1] for case in SIGNED_FILMS], ids=[case[0] for case in SIGNED_FILMS])
+def test_signed_pixels_take_no_codec_shortcut(pydicom_data, dicom_factory, source_pixels, builder):
+    """Decoded in full (as signed values) and averaged down. Pillow's DCT scaling read a signed JPEG's samples as
+    unsigned, so the grey levels of the reduced film were those of another picture. Against the full display
+    averaged down the same way, mean difference measured 0.011 (JPEG) and 0.010 (CT); 0.51 for the JPEG before.
+    (The model-input tolerances above are for chest films: these have hard edges everywhere, the JPEG's where
+    its values wrap from 127 to -128, the CT's at its padding.)"""
+    path = builder(pydicom_data, dicom_factory, source_pixels)
+    ds = pydicom.dcmread(path)
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    geometry = Geometry(ds.Rows, ds.Columns, 1, 1, ds.BitsAllocated, ds.BitsStored, ds.PhotometricInterpretation)
+    precision = 8 if ds.BitsAllocated == 8 else None
+    assert pixel_data.decode_reduced(ds, ds.file_meta.TransferSyntaxUID, geometry, frame, 128, precision) is None
+    full = imaging.read_xray(path, timeout=None)
+    reduced = imaging.read_xray(path, timeout=None, min_side=128)
+    factor = round(1 / reduced.meta["decode_scale"])
+    assert factor > 1
+    averaged = area_downsample(np.rint(full.pixels * 1e6).astype(np.int64), factor) / 1e6
+    assert float(np.abs(averaged - reduced.pixels).mean()) <= SIGNED_MEAN_TOLERANCE
 
 
 def test_png_pixels_are_area_downsampled(cxr_dev):
