@@ -22,7 +22,7 @@ from db.engine import get_engine, read_session, write_session
 from db.models import ModelVersion
 from model_training import gate
 from model_training.config import ARCHITECTURE_NAMES, RecalibrateConfig, TrainConfig
-from model_training.metrics import interval_text
+from model_training.metrics import interval_text, too_few_patients_text
 
 log = logging.getLogger("cxr.train")
 
@@ -206,6 +206,9 @@ def _summary_text(metrics: dict) -> str:
     if method:
         lines.append(f"[95% intervals: {method['interval']} bootstrap, {method['resamples']} resamples, "
                      f"seed {method['seed']}, stratified by {method['stratified_by']}]")
+        small = too_few_patients_text(method)
+        if small:
+            lines.append(f"[{small}]")
     return "\n".join(lines)
 
 

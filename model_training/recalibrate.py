@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from db import model_versions
+from db import evidence, model_versions
 from db.engine import read_session
 from db.errors import CannotRun
 from model_training import data
@@ -90,16 +90,16 @@ def weights_origin(checkpoint: Checkpoint, parent: Parent) -> dict[str, Any]:
 
 def fitting_cases(db: str | None, origin_version_id: int | None, classes: list[str]) -> list[data.LabelledImage]:
     """The latest review of every reviewed image whose label is one of ``classes`` and whose file is readable,
-    one per content, except the images the weights were trained or validated on (``origin_version_id``'s): a fit
-    on what the weights learnt from would learn their over-confidence there."""
+    one per content, except the images the weights were trained or validated on (``origin_version_id``'s) and the
+    other films of their patients: a fit on what the weights learnt from would learn their over-confidence there."""
     with read_session(database_at(db)) as session:
         cases = data.with_hashes(data.reviewed_cases(session))
-        trained = (model_versions.training_image_shas(session, origin_version_id)
-                   if origin_version_id is not None else set())
+        trained = evidence.trained_content(session, origin_version_id) if origin_version_id is not None else set()
     by_content = {case.sha256: case for case in cases if case.label in classes}  # reviews in order: the latest wins
     kept = [case for sha, case in by_content.items() if sha not in trained]
     if len(kept) < len(by_content):
-        log.info("recalibrate: %d reviewed cases left out: the weights were trained or validated on them",
+        log.info("recalibrate: %d reviewed cases left out: the weights were trained or validated on them or "
+                 "their patients",
                  len(by_content) - len(kept))
     readable, rejected = data.readable(kept)
     data.log_left_out(rejected, "recalibrate")

@@ -38,3 +38,15 @@ def test_list_promote_and_challenge_start_without_torch():
                              "print(sorted(m for m in ('torch', 'torchvision', 'matplotlib') if m in sys.modules))"],
                             capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_the_evaluate_summary_says_which_classes_are_too_small_for_an_interval():
+    method = {"interval": "percentile", "resamples": 1000, "seed": 0, "stratified_by": "class, then patient",
+              "min_patients_per_class": 10, "too_few_patients": {"normal": 1}}
+    metrics = {"name": "v2", "n": 30, "accuracy": 0.8, "balanced_accuracy": 0.7, "macro_f1": 0.6, "macro_auroc": 0.9,
+               "ece": 0.05, "per_class": {}, "intervals": {"_method": method}}
+    text = cli._summary_text(metrics)
+    assert "balanced accuracy 0.7000 " in text  # the estimate, no interval
+    assert "fewer than 10 patients (normal 1)" in text
+    every_class_large = {"_method": method | {"too_few_patients": {}}}
+    assert "fewer than" not in cli._summary_text(metrics | {"intervals": every_class_large})
