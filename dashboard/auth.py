@@ -1,7 +1,8 @@
 """Who is signed in to this browser session. The account is read from the database at every rerun, so a
 deactivated account is signed out at its next interaction, not only at its next sign-in. A session remembers the
 account's session epoch from its sign-in: signing out (in any window), a deactivation or a new password raises
-the epoch, which ends every other session of that account at its next interaction too.
+the epoch, which ends every other session of that account at its next interaction too. A session left without
+activity for ``idle_minutes`` (30 by default) is signed out, and its page replaced by the sign-in screen.
 
 Besides the password form, single sign-on through Streamlit's ``st.login`` (OpenID Connect) is offered when an
 ``[auth]`` section is configured in ``dashboard/.streamlit/secrets.toml``: the provider's verified e-mail address
@@ -10,9 +11,11 @@ opens the active account of that user name the first time, its user only from th
 
 from __future__ import annotations
 
+import time
+
 import streamlit as st
 
-from dashboard import actions, data
+from dashboard import actions, data, reading
 from db import signin
 from db.engine import read_session
 
@@ -20,6 +23,9 @@ ACCOUNT_KEY = "account_id"
 EPOCH_KEY = "session_epoch"
 NOTICE_KEY = "signin_notice"
 IDENTITY_TRIED_KEY = "identity_tried"
+ACTIVE_AT_KEY = "active_at"  # time.monotonic() of this session's last rerun by the reader
+DEFAULT_IDLE_MINUTES = 30.0  # an unattended reading-room screen signs out, and hides the film, after this
+IDLE_CHECK_SECONDS = 30
 
 
 def single_sign_on_configured() -> bool:
@@ -68,7 +74,44 @@ def current_account() -> signin.Account | None:
         account = signin.current_account(session, account_id, st.session_state.get(EPOCH_KEY))
     if account is None:
         forget_session()
+        return None
+    minutes = idle_minutes()
+    if idle_expired(st.session_state.get(ACTIVE_AT_KEY), time.monotonic(), minutes):
+        _sign_out_idle(account, minutes)
+        return None
+    st.session_state[ACTIVE_AT_KEY] = time.monotonic()  # a whole-app rerun is the reader's doing (see idle_watchdog)
     return account
+
+
+def idle_minutes() -> float:
+    """``idle_minutes`` under ``[cxr_review]`` in secrets.toml (0: never), else ``DEFAULT_IDLE_MINUTES``."""
+    try:
+        value = st.secrets.get("cxr_review", {}).get("idle_minutes", DEFAULT_IDLE_MINUTES)
+    except FileNotFoundError:
+        return DEFAULT_IDLE_MINUTES
+    return float(value) if isinstance(value, int | float) and value >= 0 else DEFAULT_IDLE_MINUTES
+
+
+def idle_expired(active_at: float | None, now: float, minutes: float) -> bool:
+    return bool(minutes) and active_at is not None and now - active_at > minutes * 60
+
+
+@st.fragment(run_every=IDLE_CHECK_SECONDS)
+def idle_watchdog() -> None:
+    """Reruns the app once the session has been idle too long, so that the sign-in screen replaces the film on an
+    unattended screen instead of waiting for the next click. Its own runs are not activity (they do not run
+    :func:`current_account`)."""
+    if idle_expired(st.session_state.get(ACTIVE_AT_KEY), time.monotonic(), idle_minutes()):
+        st.rerun(scope="app")
+
+
+def _sign_out_idle(account: signin.Account, minutes: float) -> None:
+    reading.leave_case(account)  # the case on screen is free for others at once, as when it is left
+    through_provider = identity() is not None
+    _forget()
+    if through_provider:
+        st.session_state[IDENTITY_TRIED_KEY] = True  # as in forget_session: the provider's cookie must not sign in
+    st.session_state[NOTICE_KEY] = f"You were signed out after {minutes:g} minutes without activity."
 
 
 def forget_session() -> None:

@@ -35,6 +35,8 @@ else:
         reading.leave_case(account)  # its clock stops and it is free for others
     layout.sidebar(account)
     layout.page_frame()
+    if auth.idle_minutes():
+        auth.idle_watchdog()
 # One page config per run, once the page is known: the case page collapses the sidebar for the film's sake, every
 # other page opens it again. (A second call in the same run, expanded then collapsed, sometimes reached the browser
 # as no change at all and left the case page's sidebar open.) An emoji icon is drawn in the page itself; a Material

@@ -18,7 +18,7 @@ import pytest
 from dashboard.local_server import CASE_HEADING, case_heading, serve, sign_in, wait_until_idle
 from db import migrate, model_versions
 from db.engine import create_database_engine, read_session, write_session
-from db.models import Prediction, Review, Reviewer
+from db.models import CaseClaim, Prediction, Review, Reviewer
 from db.reviewers import add_reviewer
 from db.reviews import add_review
 
@@ -83,7 +83,7 @@ def site(tmp_path_factory, cxr_dev, dicom_dir):
         newer_study = session.query(Prediction).join(Prediction.image).filter_by(path=str(studies[1])).one().image_id
     try:
         with serve(env) as base:
-            yield dict(base=base, engine=engine, evil_image=evil_image, newer_study=newer_study)
+            yield dict(base=base, engine=engine, evil_image=evil_image, newer_study=newer_study, env=env)
     finally:
         engine.dispose()
 
@@ -215,6 +215,27 @@ def test_the_worklists_name_in_the_url_leads_to_it(browser, site):
     page.get_by_role("heading", name="Worklist").wait_for()
     wait_until_idle(page)
     assert page.get_by_text("Page not found").count() == 0
+
+
+def test_an_unattended_screen_signs_out_and_hides_the_film_by_itself(browser, site, tmp_path):
+    """With no click and no key, the idle watchdog replaces the case on screen by the sign-in (here after 3 s of
+    idleness, set in Streamlit's global secrets file; the watchdog looks every 30 s)."""
+    home = tmp_path / "home"
+    (home / ".streamlit").mkdir(parents=True)
+    (home / ".streamlit" / "secrets.toml").write_text("[cxr_review]\nidle_minutes = 0.05\n")
+    with serve({**site["env"], "HOME": str(home)}) as base:
+        page = browser.new_page(viewport={"width": 1440, "height": 900})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(f"{base}/case?image={site['newer_study']}")
+        _sign_in(page, "reader")
+        page.get_by_text(case_heading(site["newer_study"])).wait_for()
+        page.locator(".cxr-viewer").first.wait_for()
+        page.get_by_text("You were signed out after 0.05 minutes without activity").wait_for(timeout=90_000)
+        page.get_by_role("button", name="Sign in").wait_for()
+        wait_until_idle(page)
+        assert page.locator(".cxr-viewer").count() == 0
+    with read_session(site["engine"]) as session:  # the case it held is free for others at once
+        assert not session.query(CaseClaim).filter_by(image_id=site["newer_study"]).count()
 
 
 def test_stored_html_shows_as_text(browser, site):

@@ -4,6 +4,7 @@ admin; admin actions refused to a reviewer whatever the page shows."""
 from __future__ import annotations
 
 import datetime as dt
+import time
 
 import pytest
 from sqlalchemy import select
@@ -168,6 +169,29 @@ def test_signing_out_everywhere_ends_a_single_sign_on_session_too(filled, monkey
         at.run()
         assert "Signed in as" not in texts(at)
     assert [b.label for b in at.button] == ["Sign out of single sign-on", "Sign in"]
+
+
+@pytest.mark.parametrize(("idle_minutes", "signed_in"), [(29, True), (31, False)])
+def test_a_session_left_idle_is_signed_out(filled, app, texts, idle_minutes, signed_in):
+    at = app(filled.reviewer_id)
+    assert "Signed in as" in texts(at)
+    at.session_state["active_at"] = time.monotonic() - idle_minutes * 60  # the default allows 30
+    at.run()
+    assert ("Signed in as" in texts(at)) == signed_in
+    if not signed_in:
+        assert not at.dataframe
+        assert plain("You were signed out after 30 minutes without activity.") in at.warning[0].value
+
+
+@pytest.mark.parametrize(("active_at", "now", "minutes", "expired"), [
+    (None, 10_000.0, 30, False),  # not signed in by this session yet
+    (0.0, 1800.0, 30, False), (0.0, 1800.5, 30, True),
+    (0.0, 10**9, 0, False),  # 0: never
+])
+def test_idle_expiry(active_at, now, minutes, expired):
+    from dashboard import auth
+
+    assert auth.idle_expired(active_at, now, minutes) is expired
 
 
 def test_a_reviewer_cannot_promote_or_manage_accounts_even_directly(filled, app):
