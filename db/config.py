@@ -13,6 +13,8 @@ import os
 import secrets
 from pathlib import Path
 
+from db.files import fsync_folder
+
 PSEUDONYM_KEY_FILE = "pseudonym.key"
 MIN_PSEUDONYM_KEY_BYTES = 16
 
@@ -93,15 +95,7 @@ def _create_key_file(path: Path) -> None:
         pass  # another process won the race; its key stands
     finally:
         tmp.unlink()
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_folder(path.parent)
 
 
 def pseudonym_key_fingerprint() -> str:

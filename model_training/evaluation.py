@@ -16,7 +16,7 @@ from model_training.metrics import DEFAULT_RESAMPLES, interval_text, paired_boot
 from model_training.predictions import Predictions, predict_items, prediction_metrics
 from scoring.model import checkpoint_sha256, load_checkpoint, resolve_device
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cxr.train")
 
 # The rows of the comparison table: (label, key in the metrics, key in the intervals).
 _ROWS = [("accuracy", "accuracy"), ("balanced acc.", "balanced_accuracy"), ("macro-AUROC", "macro_auroc")]
