@@ -153,9 +153,14 @@ def _voi_lut(values: np.ndarray, ds: Any) -> tuple[np.ndarray, str] | None:
             return None
         if not np.issubdtype(values.dtype, np.integer):
             values = np.rint(values).astype(np.int64)
-        mapped = apply_voi(values, ds, index=0)
+        last = first + (entries or 65536) - 1
+        # Inputs outside the table take its first or last entry (PS3.3 C.11.2.1.1), as pydicom maps them too, but
+        # clipped here first: pydicom keeps an 8-bit LUT's indices in uint8, so an input 256 or more past the first
+        # one mapped would wrap round to an entry near the start (pydicom 3.0)
+        limits = np.iinfo(values.dtype)
+        mapped = apply_voi(np.clip(values, max(first, limits.min), min(last, limits.max)), ds, index=0)
         # Every entry of the table, as pydicom reads it (at most 65536): the first input value mapped onwards.
-        table = apply_voi(np.arange(first, first + (entries or 65536), dtype=np.int64), ds, index=0)
+        table = apply_voi(np.arange(first, last + 1, dtype=np.int64), ds, index=0)
     except Exception:  # unusable LUT: fall back to the window, then the percentiles
         return None
     used = lut_bits(bits, int(table.max(initial=0)))

@@ -72,6 +72,21 @@ def test_voi_lut_sequence(dicom_factory, ramp) -> None:
     np.testing.assert_allclose(image.pixels, lut[index] / 65535, atol=EXACT)
 
 
+def test_an_8_bit_voi_lut_maps_inputs_past_its_end_to_its_last_entry(dicom_factory, ramp) -> None:
+    """An 8-bit LUT of 256 entries over a 12-bit ramp: every input from the first mapped + 256 on takes the last entry
+    (pydicom 3.0's apply_voi alone wraps them round to the first entries)."""
+    first_mapped, entries = 1000, 256
+    lut = np.arange(entries, dtype=np.uint8)  # entry i is i: the identity over its range
+    item = Dataset()
+    item.LUTDescriptor = [entries, first_mapped, 8]
+    item.LUTData = lut.tolist()
+    item["LUTData"].VR = "US"
+    image = read_xray(dicom_factory("lut8.dcm", ramp, VOILUTSequence=[item]), timeout=None)
+    index = (ramp.astype(np.int64) - first_mapped).clip(0, entries - 1)
+    assert ramp.max() >= first_mapped + 2 * entries  # inputs well past the table's end
+    np.testing.assert_allclose(image.pixels, lut[index] / 255, atol=EXACT)
+
+
 # (LUT Descriptor bits, largest LUT entry, bits the output is scaled by). The data are read at their own depth only
 # when it is at least 4 bits below the declared one (the Agfa CR deviation: 12-bit data declared 16).
 VOI_LUT_DEPTHS = [
