@@ -107,11 +107,7 @@ def idle_watchdog() -> None:
 
 def _sign_out_idle(account: signin.Account, minutes: float) -> None:
     reading.leave_case(account)  # the case on screen is free for others at once, as when it is left
-    through_provider = identity() is not None
-    _forget()
-    if through_provider:
-        st.session_state[IDENTITY_TRIED_KEY] = True  # as in forget_session: the provider's cookie must not sign in
-    st.session_state[NOTICE_KEY] = f"You were signed out after {minutes:g} minutes without activity."
+    _end_session(f"You were signed out after {minutes:g} minutes without activity.")
 
 
 def forget_session() -> None:
@@ -119,15 +115,19 @@ def forget_session() -> None:
     account_id = st.session_state.get(ACCOUNT_KEY)
     with read_session(data.engine()) as session:
         still_active = account_id is not None and signin.current_account(session, account_id) is not None
+    _end_session("You were signed out: this account signed out in another window, or its password was changed."
+                 if still_active else "Your account was deactivated. Ask an admin.")
+
+
+def _end_session(notice: str) -> None:
+    """Signs this browser out, saying why on the sign-in screen."""
     through_provider = identity() is not None
     _forget()
     if through_provider:
         # The provider's identity cookie outlives this session: without this, the next rerun would sign the browser
         # in again with no credential asked. Signing in again goes through the provider's sign-out and sign-in.
         st.session_state[IDENTITY_TRIED_KEY] = True
-    st.session_state[NOTICE_KEY] = (
-        "You were signed out: this account signed out in another window, or its password was changed."
-        if still_active else "Your account was deactivated. Ask an admin.")
+    st.session_state[NOTICE_KEY] = notice
 
 
 def _account_from_identity() -> signin.Account | None:
