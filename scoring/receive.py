@@ -63,6 +63,9 @@ class ReceiverSettings:
     stop_grace_seconds: float = 30.0  # transfers in flight at shutdown may finish within this
 
 
+_ENDING_PDUS = {"A_RELEASE_RQ": "released", "A_ABORT_RQ": "aborted"}  # pynetdicom.pdu's classes, by name
+
+
 @dataclass
 class Tally:
     """One association's counts, for its summary line."""
@@ -106,7 +109,8 @@ class Receiver:
 
         handlers = [(evt.EVT_C_STORE, self.handle_store), (evt.EVT_ACCEPTED, self.on_accepted),
                     (evt.EVT_REJECTED, self.on_rejected), (evt.EVT_ABORTED, self.on_aborted),
-                    (evt.EVT_RELEASED, self.on_released), (evt.EVT_CONN_CLOSE, self.on_closed)]
+                    (evt.EVT_RELEASED, self.on_released), (evt.EVT_PDU_RECV, self.on_pdu),
+                    (evt.EVT_CONN_CLOSE, self.on_closed)]
         address = (self.settings.host, self.settings.port)
         self.server = self.ae.start_server(address, block=False, ssl_context=ssl_context, evt_handlers=handlers)
 
@@ -164,6 +168,17 @@ class Receiver:
 
     def on_released(self, event: Any) -> None:
         self.tally(event.assoc).ended = "released"
+
+    def on_pdu(self, event: Any) -> None:
+        """A release or abort request seen as it arrives. EVT_RELEASED comes from the association's thread after
+        the reply is sent, so the connection's close (the network thread's, once the modality hangs up) could come
+        first and the summary say "closed"; this event and the close come from the same thread, in order."""
+        ended = _ENDING_PDUS.get(type(event.pdu).__name__)
+        if ended is not None:
+            with self._lock:
+                tally = self._tallies.get(id(event.assoc))  # None: a rejected association, already logged
+            if tally is not None:
+                tally.ended = ended
 
     def on_closed(self, event: Any) -> None:
         with self._lock:

@@ -13,6 +13,7 @@ import sys
 import time
 from io import BytesIO
 from pathlib import Path
+from types import SimpleNamespace
 
 import pydicom
 import pytest
@@ -20,6 +21,7 @@ from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
+from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RQ
 from sqlalchemy import func, select
 
 from db.engine import create_database_engine, read_session
@@ -258,6 +260,21 @@ def test_the_log_names_callers_and_counts_but_no_patient(receiver, folder, film,
     for ds in (film, cr_image):
         for value in (str(ds.PatientName), str(ds.PatientID)):
             assert value and value not in caplog.text
+
+
+@pytest.mark.parametrize(("pdu", "ended"), [(A_RELEASE_RQ(), "released"), (A_ABORT_RQ(), "aborted"),
+                                            (None, "closed")])
+def test_the_summary_says_how_the_association_ended_whichever_thread_is_first(folder, caplog, pdu, ended):
+    """The connection's close (network thread) before EVT_RELEASED (association thread), as happens under load:
+    the release or abort request, seen on the network thread before the close, still names the ending."""
+    receiver = receive.Receiver(ReceiverSettings(folder, "CXR", ()))
+    assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="MODALITY1", address="127.0.0.1"))
+    caplog.set_level(logging.INFO, logger="cxr.receive")
+    receiver.on_accepted(SimpleNamespace(assoc=assoc))
+    if pdu is not None:
+        receiver.on_pdu(SimpleNamespace(assoc=assoc, pdu=pdu))
+    receiver.on_closed(SimpleNamespace(assoc=assoc))
+    assert f"association from 'MODALITY1' {ended}: 0 stored, 0 refused" in caplog.text
 
 
 def test_the_association_limit_holds(folder):
