@@ -77,7 +77,12 @@ from model_training import cli as train_cli
 from model_training import data
 from model_training.config import TrainConfig
 from model_training.evaluation import compare_checkpoints, interval_text, predict_checkpoint
-from model_training.metrics import expected_calibration_error, paired_bootstrap_difference, paired_bootstrap_summary
+from model_training.metrics import (
+    MIN_PATIENTS_PER_CLASS,
+    expected_calibration_error,
+    paired_bootstrap_difference,
+    paired_bootstrap_summary,
+)
 from model_training.predictions import Predictions, prediction_metrics
 from model_training.train import validation_items
 from scoring import cli as score_cli
@@ -372,6 +377,8 @@ def _brief(comparison: dict) -> dict:
                          for site, g in m.get("per_source", {}).items()},
         }
     out["difference"] = {k: comparison["difference"].get(k) for k in [*keys, "ece"]}
+    # the classes whose figures carry no interval (too few patients for the bootstrap to show their spread)
+    out["too_few_patients"] = comparison["difference"]["_method"]["too_few_patients"]
     return out
 
 
@@ -394,6 +401,9 @@ def table(results: dict) -> str:
                 f"{_ci(e['v2']['balanced_accuracy']):>22} {_ci(e['difference']['balanced_accuracy'], True):>24} "
                 f"{_ci(e['v1'][PAIR]):>22} {_ci(e['v2'][PAIR]):>22} {_ci(e['difference'][PAIR], True):>24} "
                 f"{e['v1']['ece']:>7.3f} {e['v2']['ece']:>7.3f}   {dev}")
+            if e.get("too_few_patients"):
+                lines.append(f"     no interval where a class has fewer than {MIN_PATIENTS_PER_CLASS} patients: "
+                             + ", ".join(f"{c} {n}" for c, n in e["too_few_patients"].items()))
     lines += ["", "each fold alone (its own evaluate --compare)"]
     for run in results["runs"]:
         for name, r in run["recipes"].items():

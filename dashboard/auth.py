@@ -45,12 +45,17 @@ def identity() -> signin.Identity | None:
 
 
 def trust_unverified_email() -> bool:
-    """``trust_unverified_email = true`` under ``[cxr_review]`` in secrets.toml: for a provider that sends no
-    ``email_verified`` claim but only ever gives its users addresses it manages."""
+    """``trust_unverified_email = true``: for a provider that sends no ``email_verified`` claim but only ever gives
+    its users addresses it manages."""
+    return _site_setting("trust_unverified_email", False) is True
+
+
+def _site_setting(name: str, default: object) -> object:
+    """A setting under ``[cxr_review]`` in secrets.toml (beside Streamlit's own ``[auth]``), else ``default``."""
     try:
-        return st.secrets.get("cxr_review", {}).get("trust_unverified_email") is True
-    except FileNotFoundError:
-        return False
+        return st.secrets.get("cxr_review", {}).get(name, default)
+    except FileNotFoundError:  # no secrets.toml at all
+        return default
 
 
 def client_address() -> str:
@@ -84,11 +89,8 @@ def current_account() -> signin.Account | None:
 
 
 def idle_minutes() -> float:
-    """``idle_minutes`` under ``[cxr_review]`` in secrets.toml (0: never), else ``DEFAULT_IDLE_MINUTES``."""
-    try:
-        value = st.secrets.get("cxr_review", {}).get("idle_minutes", DEFAULT_IDLE_MINUTES)
-    except FileNotFoundError:
-        return DEFAULT_IDLE_MINUTES
+    """``idle_minutes`` (0: never), else ``DEFAULT_IDLE_MINUTES``."""
+    value = _site_setting("idle_minutes", DEFAULT_IDLE_MINUTES)
     return float(value) if isinstance(value, int | float) and value >= 0 else DEFAULT_IDLE_MINUTES
 
 

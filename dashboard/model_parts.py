@@ -80,10 +80,11 @@ def _promote(me: Account, version: dict, override_reason: str | None = None) -> 
 
 def comparison(found: gate.Comparison) -> None:
     counts = ", ".join(f"{name} {count}" for name, count in found.per_class.items())
+    without_id = (f", {found.without_patient_id} of the cases without a patient id, each counted as its own"
+                  if found.without_patient_id else "")
     st.markdown(f"**Prospective comparison** on the site's own cases: {found.cases} cases read after the challenger "
-                f"was trained and never trained on ({plain(counts)}; {found.patients} patients, "
-                f"{found.without_patient_id} case(s) without a patient id counted each as its own), intervals by "
-                "patient.")
+                f"was trained and never trained on ({plain(counts)}; {found.patients} patients{without_id}), "
+                "intervals by patient.")
     if found.more_cases_needed:
         st.caption(f"Roughly {found.more_cases_needed} more reviewed cases before the balanced-accuracy interval "
                    "can exclude zero, if the difference holds.")

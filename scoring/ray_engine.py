@@ -155,9 +155,9 @@ def node_key_fingerprint() -> tuple[str, str]:
 def check_pseudonym_key(driver_fingerprint: str) -> None:
     """Also in each decode task, for a node that joined the cluster after the run started (see
     :func:`check_node_keys`)."""
-    fingerprint = pseudonym_key_fingerprint()
+    host, fingerprint = node_key_fingerprint()
     if fingerprint != driver_fingerprint:
-        raise PseudonymKeyMismatch(key_mismatch(f"{socket.gethostname()} ({fingerprint})", driver_fingerprint))
+        raise PseudonymKeyMismatch(key_mismatch(f"{host} ({fingerprint})", driver_fingerprint))
 
 
 def key_mismatch(nodes: str, driver_fingerprint: str) -> str:
