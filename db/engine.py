@@ -10,6 +10,8 @@ On PostgreSQL the same code runs unchanged; only the URL differs.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,12 +50,27 @@ def _configure_sqlite_connection(dbapi_connection, _record) -> None:
     dbapi_connection.isolation_level = None  # SQLAlchemy, not pysqlite, decides when to BEGIN
     cursor = dbapi_connection.cursor()
     try:
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
     finally:
         cursor.close()
+
+
+def _switch_to_wal(cursor) -> None:
+    """``PRAGMA journal_mode=WAL``, retried within the busy timeout: converting a new database needs its exclusive
+    lock, and SQLite answers "database is locked" at once, without its busy handler, when another connection is
+    converting or writing it (two commands started together on a fresh cxr.db; seen in CI)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _begin_sqlite_transaction(connection) -> None:
