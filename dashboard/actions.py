@@ -42,7 +42,6 @@ def sign_out(me: signin.Account) -> None:
     cases it held."""
     with write_session(data.engine()) as session:
         signin.end_sessions(session, me.id)
-        claims.release_all(session, me.id)
         events.record(session, events.SIGN_OUT, username=me.username, reviewer_id=me.id)
 
 

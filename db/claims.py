@@ -1,6 +1,7 @@
 """Case claims: an opened case is held for a few minutes, so that two reviewers do not read it at once by
 accident. A second reading is a deliberate choice (``second_reading=True``). Saving a review, leaving the case
-and signing out release the claim; an abandoned one (a closed browser) simply expires. Functions take a Session
+and signing out release the claim, as does anything that ends the account's sessions (deactivation, a new
+password); an abandoned one (a closed browser) simply expires. Functions take a Session
 and never commit.
 """
 

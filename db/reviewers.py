@@ -7,6 +7,7 @@ import re
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from db import claims
 from db.models import ROLES, Reviewer
 from db.passwords import check_password, hash_password, needs_rehash, verify_password
 
@@ -85,8 +86,11 @@ def reset_sign_on(session: Session, username: str) -> Reviewer:
 
 def raise_session_epoch(session: Session, reviewer: Reviewer) -> int:
     """Raise the account's session epoch, so that every browser session signed in with an older one ends at its
-    next interaction; the new epoch. Incremented in SQL, so that two at once both count."""
+    next interaction, and give back the cases it held (no session is left to read them: a deactivated reader's
+    case would otherwise stay held from others until the claim expires); the new epoch. Incremented in SQL, so
+    that two at once both count."""
     reviewer.session_epoch = Reviewer.session_epoch + 1
+    claims.release_all(session, reviewer.id)
     session.flush()
     session.refresh(reviewer, ["session_epoch"])
     return reviewer.session_epoch

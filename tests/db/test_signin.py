@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from unittest.mock import ANY
 
 import pytest
 import sqlalchemy
@@ -275,6 +276,23 @@ def test_a_claim_holds_a_case_until_it_expires_or_is_released(engine, accounts):
             minutes=claims.CLAIM_MINUTES))}
         assert claims.holders(session, [image], boss, now=later) == {}
         assert claims.purge_expired(session, now=later) == 1
+
+
+@pytest.mark.parametrize("end", [
+    lambda session: set_active(session, "rad", False),
+    lambda session: set_password(session, "rad", "another long enough passphrase"),
+    lambda session: reviewers.reset_sign_on(session, "rad"),
+], ids=["deactivated", "new_password", "sign_on_reset"])
+def test_ending_an_accounts_sessions_gives_back_the_cases_it_held(engine, accounts, end):
+    image, rad, boss = accounts["image"], accounts["rad"], accounts["boss"]
+    with write_session(engine) as session:
+        assert claims.claim(session, image, rad).claimed
+        assert claims.claim(session, image, boss, second_reading=True).claimed
+    with write_session(engine) as session:
+        end(session)
+    with read_session(engine) as session:
+        assert claims.holders(session, [image], rad) == {image: claims.Holder("boss", ANY)}
+        assert claims.holders(session, [image], boss) == {}
 
 
 IDP = "https://idp.example"
