@@ -1,8 +1,10 @@
 """The audit trail beyond reviews: an append-only table of who did what, when.
 
 Sign-ins (successful, failed, refused by the rate limit), sign-outs, exports, promotions and account
-changes, with the network address (client) a sign-in came from. A password never reaches an event. Functions take
-a Session and never commit.
+changes, with the network address (client) a sign-in came from. A password never reaches an event, except one
+typed as the user name: a failed sign-in keeps the name given, known or not, because the rate limit counts per
+name (and must treat unknown names like accounts); :func:`recent_events` does not show a name that is no account.
+Functions take a Session and never commit.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from db.models import Event, utcnow
+from db.models import Event, Reviewer, utcnow
 
 SIGN_IN = "sign_in"
 SIGN_IN_FAILED = "sign_in_failed"
@@ -65,13 +67,32 @@ def record(session: Session, kind: str, *, username: str | None = None, reviewer
     session.flush()
 
 
+UNKNOWN_NAME = "(not an account)"
+
+
 def recent_events(session: Session, *, limit: int = 200, kinds: Sequence[str] = ()) -> list[EventRow]:
-    """The latest events, newest first."""
+    """The latest events, newest first. The name a failed or refused password sign-in gave is replaced by
+    :data:`UNKNOWN_NAME` unless it is an account's (a single sign-on's address came from the provider, not from a
+    keyboard, and tells an admin whom to give an account)."""
     query = select(Event).order_by(Event.created_at.desc(), Event.id.desc()).limit(limit)
     if kinds:
         query = query.where(Event.kind.in_(kinds))
-    return [EventRow(e.id, e.created_at, e.kind, e.username, e.reviewer_id, dict(e.details), e.client)
-            for e in session.scalars(query)]
+    rows = list(session.scalars(query))
+    attempted = {e.username for e in rows if e.kind in _ATTEMPTS and e.username}
+    accounts = set(session.scalars(select(Reviewer.username).where(Reviewer.username.in_(attempted)))) if attempted \
+        else set()
+    return [EventRow(e.id, e.created_at, e.kind, _shown_name(e, accounts), e.reviewer_id, dict(e.details), e.client)
+            for e in rows]
+
+
+_ATTEMPTS = (SIGN_IN_FAILED, SIGN_IN_REFUSED)
+
+
+def _shown_name(event: Event, accounts: set[str]) -> str | None:
+    typed = event.kind in _ATTEMPTS and event.details.get("method") != "oidc"
+    if typed and event.username and event.username not in accounts:
+        return UNKNOWN_NAME
+    return event.username
 
 
 def tally(session: Session, kind: str, since: dt.datetime, *, username: str | None = None,

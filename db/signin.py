@@ -101,12 +101,13 @@ def sign_in(session: Session, username: str, password: str, *, client: str | Non
     wait = wait_before_attempt(session, username, client=client, now=now)
     if wait is not None:
         events.record(session, events.SIGN_IN_REFUSED, username=username or None, client=client, now=now)
-        log.warning("sign-in refused for %r from %s: too many failed attempts, next in %s", username, client, wait)
+        log.warning("sign-in refused for %s from %s: too many failed attempts, next in %s",
+                    _logged_name(session, username), client, wait)
         return SignInResult(None, "rate_limited", wait)
     reviewer = _check_credentials(session, username, password)
     if reviewer is None:
         events.record(session, events.SIGN_IN_FAILED, username=username or None, client=client, now=now)
-        log.warning("failed sign-in for %r from %s", username, client)
+        log.warning("failed sign-in for %s from %s", _logged_name(session, username), client)
         return SignInResult(None, "bad_credentials")
     events.record(session, events.SIGN_IN, username=reviewer.username, reviewer_id=reviewer.id, client=client,
                   now=now)
@@ -219,6 +220,12 @@ def end_sessions(session: Session, reviewer_id: int) -> int:
     if reviewer is None:
         raise ReviewerError(f"no reviewer with id {reviewer_id}")
     return raise_session_epoch(session, reviewer)
+
+
+def _logged_name(session: Session, username: str) -> str:
+    """The name of an account, quoted; a name that is no account is not repeated: it is often a password typed
+    into the wrong field, or one that belongs to another system."""
+    return repr(username) if username and find_reviewer(session, username) is not None else "an unknown user name"
 
 
 def _check_credentials(session: Session, username: str, password: str) -> Reviewer | None:

@@ -64,16 +64,25 @@ def _seconds(wait: dt.timedelta | None) -> float:
 
 
 def test_sign_in_records_every_attempt_without_the_password(engine, accounts, caplog):
+    typed_in_the_name_field = "Tr0ub4dor&3-horse"
     assert _sign_in(engine, "rad", PASSWORD, client="10.0.0.1").account.username == "rad"
     assert _sign_in(engine, "rad", "wrong-password", client="10.0.0.2").outcome == "bad_credentials"
-    assert _sign_in(engine, "nobody", "wrong-password").outcome == "bad_credentials"
+    assert _sign_in(engine, typed_in_the_name_field, "").outcome == "bad_credentials"
     assert _sign_in(engine, "nobody", "wrong-password", client="f" * 80).outcome == "bad_credentials"
     with read_session(engine) as session:
         rows = [(e.kind, e.username, e.reviewer_id, e.client) for e in events.recent_events(session)][::-1]
     assert rows == [("sign_in", "rad", accounts["rad"], "10.0.0.1"), ("sign_in_failed", "rad", None, "10.0.0.2"),
-                    ("sign_in_failed", "nobody", None, signin.UNKNOWN_CLIENT),
-                    ("sign_in_failed", "nobody", None, "f" * events.CLIENT_LENGTH)]
-    assert "wrong-password" not in caplog.text and PASSWORD not in caplog.text
+                    ("sign_in_failed", events.UNKNOWN_NAME, None, signin.UNKNOWN_CLIENT),
+                    ("sign_in_failed", events.UNKNOWN_NAME, None, "f" * events.CLIENT_LENGTH)]
+    assert "failed sign-in for 'rad' from 10.0.0.2" in caplog.text
+    assert "failed sign-in for an unknown user name" in caplog.text
+    for secret in ("wrong-password", PASSWORD, typed_in_the_name_field, "nobody"):
+        assert secret not in caplog.text
+    # the rate limit still counts the unknown name as given (so that it treats it like an account's)
+    with read_session(engine) as session:
+        counted = events.tally(session, events.SIGN_IN_FAILED, utcnow() - dt.timedelta(hours=1),
+                               username=typed_in_the_name_field)
+    assert counted.count == 1
 
 
 @pytest.mark.parametrize(("rule", "failures", "seconds"), [
@@ -322,6 +331,8 @@ def test_single_sign_on_opens_only_an_existing_active_account(engine, accounts, 
         event = session.scalars(select(Event).order_by(Event.id.desc())).first()
     assert event.kind == (events.SIGN_IN if outcome == "ok" else events.SIGN_IN_FAILED)
     assert event.details == {"method": "oidc", "issuer": IDP} | ({} if outcome == "ok" else {"refused": outcome})
+    with read_session(engine) as session:  # the provider's address, not typed, tells an admin whom to add
+        assert events.recent_events(session, limit=1)[0].username == email
 
 
 def test_single_sign_on_binds_the_account_to_the_provider_user_that_opened_it(engine, accounts):
