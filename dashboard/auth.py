@@ -109,7 +109,15 @@ def idle_watchdog() -> None:
 
 def _sign_out_idle(account: signin.Account, minutes: float) -> None:
     reading.leave_case(account)  # the case on screen is free for others at once, as when it is left
-    _end_session(f"You were signed out after {minutes:g} minutes without activity.")
+    _end_session(f"You were signed out after {idle_span(minutes)} without activity.")
+
+
+def idle_span(minutes: float) -> str:
+    """'30 minutes', '1 minute', under a minute in seconds ('3 seconds', not '0.05 minutes')."""
+    if minutes < 1:
+        seconds = max(1, round(minutes * 60))
+        return f"{seconds} second{'s' * (seconds != 1)}"
+    return f"{minutes:g} minute{'s' * (minutes != 1)}"
 
 
 def forget_session() -> None:

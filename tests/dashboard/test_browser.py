@@ -230,7 +230,7 @@ def test_an_unattended_screen_signs_out_and_hides_the_film_by_itself(browser, si
         _sign_in(page, "reader")
         page.get_by_text(case_heading(site["newer_study"])).wait_for()
         page.locator(".cxr-viewer").first.wait_for()
-        page.get_by_text("You were signed out after 0.05 minutes without activity").wait_for(timeout=90_000)
+        page.get_by_text("You were signed out after 3 seconds without activity").wait_for(timeout=90_000)
         page.get_by_role("button", name="Sign in").wait_for()
         wait_until_idle(page)
         assert page.locator(".cxr-viewer").count() == 0

@@ -194,6 +194,14 @@ def test_idle_expiry(active_at, now, minutes, expired):
     assert auth.idle_expired(active_at, now, minutes) is expired
 
 
+@pytest.mark.parametrize(("minutes", "said"), [(30, "30 minutes"), (1, "1 minute"), (2.5, "2.5 minutes"),
+                                                (0.05, "3 seconds"), (1 / 60, "1 second"), (0.001, "1 second")])
+def test_the_idle_notice_names_its_span_plainly(minutes, said):
+    from dashboard import auth
+
+    assert auth.idle_span(minutes) == said
+
+
 def test_a_reviewer_cannot_promote_or_manage_accounts_even_directly(filled, app):
     with pytest.raises(ValueError, match="Could not find a navigation page"):
         app(filled.reviewer_id, page="views/accounts.py")  # not in a reviewer's navigation at all
