@@ -287,7 +287,7 @@ def train_v2(settings: Settings, db_path: Path, fold: Fold, recipe: str, out: Pa
     argv = ["train", "--data", str(settings.dev), "--include-reviews", "--db", f"sqlite:///{db_path}",
             "--eval-data", str(fold.evaluation_csv), "--out", str(out), "--img-size", str(settings.img_size),
             "--epochs", str(settings.epochs_v2), "--batch-size", str(settings.batch_size), "--workers", "0",
-            "--seed", str(v1_seed(settings)), *RECIPES[recipe]]
+            *split_options(settings.v1 or settings.work / "v1" / "model.pt"), *RECIPES[recipe]]
     if settings.quick:
         argv[2] = str(settings.work / "dev-quick.csv")
     if settings.lr_v2 is not None:
@@ -296,10 +296,12 @@ def train_v2(settings: Settings, db_path: Path, fold: Fold, recipe: str, out: Pa
     return out / "model.pt"
 
 
-def v1_seed(settings: Settings) -> int:
-    """v2 trains with v1's seed and validation fraction, so both are validated on the same cxr-dev images."""
-    v1 = settings.v1 or settings.work / "v1" / "model.pt"
-    return int(load_checkpoint(v1).training.get("config", {}).get("seed", 0))
+def split_options(parent: Path) -> list[str]:
+    """``--seed`` and ``--val-fraction`` of the version a candidate starts from: the training split is a hash of
+    each patient and these two, so the same pair keeps the parent's training patients out of the candidate's
+    validation split (the stream's own seed would not)."""
+    recorded = load_checkpoint(parent).training.get("config", {})
+    return ["--seed", str(int(recorded.get("seed", 0))), "--val-fraction", str(recorded.get("val_fraction", 0.2))]
 
 
 def compare(settings: Settings, v1: Path, v2: Path, data_path: Path) -> dict:

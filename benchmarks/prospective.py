@@ -182,7 +182,7 @@ class Site:
         engine = self.engine()
         with read_session(engine) as session:
             live = active_version(session)
-            live_id = live.id
+            live_id, live_path = live.id, live.path
         engine.dispose()
         started = time.perf_counter()
         if self.settings.recipe == "recalibrate":
@@ -195,7 +195,7 @@ class Site:
             self.cli(train_cli.main, "train", "--data", str(self.settings.dev), "--include-reviews", "--db",
                      self.url, "--out", str(out), "--img-size", str(self.settings.img_size), "--epochs",
                      str(self.settings.epochs_v2), "--batch-size", str(self.settings.batch_size), "--workers", "0",
-                     "--seed", str(self.seed))
+                     *closed_loop.split_options(Path(live_path)))
         log.info("seed %d %s: candidate after batch %d in %.0f s", self.seed, self.policy, after_batch,
                  time.perf_counter() - started)
         return out / "model.pt"

@@ -344,6 +344,27 @@ def active_checkpoint(config: TrainConfig) -> str | None:
     return path
 
 
+def check_same_split(spec: str, config: TrainConfig, *, retraining: bool) -> None:
+    """Refuse to start from a CXR Review checkpoint that split the same patients with another ``--seed`` or
+    ``--val-fraction``. The split is a keyed hash of each patient with these two, so another pair would put patients
+    the starting weights trained on into this run's validation split: early stopping, the temperature and the
+    reported figures would partly measure memory. Checked when retraining from the active version, or when the
+    starting version recorded the same data folder; weights trained on other data split other patients."""
+    try:
+        recorded = load_checkpoint(Path(spec)).training.get("config", {})
+    except Exception:  # not our checkpoint (torchvision or torchxrayvision weights): it recorded no split
+        return
+    same_data = bool(recorded.get("data")) and Path(recorded["data"]).resolve() == Path(config.data).resolve()
+    if not (retraining or same_data):
+        return
+    differ = [f"--{key.replace('_', '-')} {getattr(config, key)} (it used {recorded[key]})"
+              for key in ("seed", "val_fraction") if key in recorded and recorded[key] != getattr(config, key)]
+    if differ:
+        raise TrainError(f"this run would split patients unlike the version it starts from ({spec}): "
+                         f"{', '.join(differ)}; patients that version trained on would land in this run's "
+                         "validation split. Use its values, or start from other weights")
+
+
 def recipe_record(recipe: Recipe, config: TrainConfig, init_note: str) -> dict[str, Any]:
     """The recipe as the checkpoint and the model card record it."""
     return {**dataclasses.asdict(recipe), "base": "retrain" if config.include_reviews else "plain",
@@ -398,6 +419,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
                              batch_size=config.batch_size, workers=config.workers, device=device)
     model = build_model(config.arch, len(classes))
     initial = config.pretrained or (active_checkpoint(config) if recipe.from_active else None)
+    if initial and initial != "imagenet":
+        check_same_split(initial, config, retraining=not config.pretrained)
     init_note = load_pretrained(model, initial, config.arch, preprocessing) if initial else "random"
     frozen = frozen_modules(model, recipe.freeze_blocks)
     model = model.to(device)

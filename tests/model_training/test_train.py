@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -228,6 +229,35 @@ def test_a_version_records_every_image_it_was_trained_or_validated_on_and_no_oth
     held_out = {item.sha256 for item in data.with_hashes(data.load_labelled(eval_csv))}
     assert len(held_out) == 9 and reviewed_shas <= dataset - held_out
     assert recorded == dataset - held_out  # train and validation splits, reviewed cases included
+
+
+@pytest.mark.parametrize(("seed", "val_fraction", "data_of_parent", "retraining", "refused"), [
+    (3, 0.2, "same", True, None),
+    (4, 0.2, "same", True, "--seed 4 (it used 3)"),  # retraining the active version with another seed
+    (3, 0.25, "other", True, "--val-fraction 0.25 (it used 0.2)"),  # the active version: same site, whatever path
+    (4, 0.2, "same", False, "--seed 4 (it used 3)"),  # --pretrained, trained on the same folder
+    (4, 0.2, "other", False, None),  # --pretrained weights from other data split other patients
+])
+def test_a_run_splits_patients_as_the_version_it_starts_from(tmp_path, small_set, seed, val_fraction,
+                                                             data_of_parent, retraining, refused):
+    """The split is a hash of each patient with --seed and --val-fraction: another pair would put the starting
+    version's training patients into this run's validation split."""
+    from scoring.model import Checkpoint, Preprocessing, build_model, save_checkpoint
+
+    parent_data = str(small_set) if data_of_parent == "same" else str(tmp_path / "elsewhere.csv")
+    parent = save_checkpoint(tmp_path / "parent.pt", Checkpoint(
+        "resnet18", ["covid", "normal", "pneumonia"], Preprocessing(32), build_model("resnet18", 3).state_dict(),
+        training={"config": {"data": parent_data, "seed": 3, "val_fraction": 0.2}}))
+    config = tiny_config(small_set, tmp_path / "out", None, seed=seed, val_fraction=val_fraction)
+    if refused is None:
+        train.check_same_split(str(parent), config, retraining=retraining)
+    else:
+        with pytest.raises(TrainError, match=re.escape(refused)):
+            train.check_same_split(str(parent), config, retraining=retraining)
+    if not retraining and refused:  # and training asks before it starts
+        config.pretrained = str(parent)
+        with pytest.raises(TrainError, match=re.escape(refused)):
+            train.train(config)
 
 
 def test_eval_data_and_its_patients_other_films_are_never_trained_on(tmp_path, interleaved_set, sqlite_url):
