@@ -20,6 +20,7 @@ import datetime as dt
 import errno
 import hashlib
 import io
+import ipaddress
 import logging
 import os
 import re
@@ -107,6 +108,17 @@ def check_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def is_protected(url: str) -> bool:
+    """Whether what is sent to ``url`` is safe from the network: https, or plain http that stays on this machine."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" or parts.hostname == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:  # a host name: only DNS knows where it goes
+        return False
+
+
 def server_name(url: str) -> str:
     """The server as the log and the cache folder name it: host and port (the path may hold a tenant)."""
     return urlsplit(url).netloc
@@ -169,6 +181,9 @@ def http_session(credentials: dict[str, str]) -> requests.Session:
 def dicomweb_client(url: str, credentials: dict[str, str]):
     from dicomweb_client.api import DICOMwebClient
 
+    if not is_protected(url):
+        log.warning("DICOMweb %s over plain http: films, reports%s cross the network unencrypted; use https (or a "
+                    "TLS proxy in front of the server)", server_name(url), " and credentials" if credentials else "")
     session = http_session(credentials)
     # requests has no default timeout: a server that stops answering must not hang the nightly run
     session.request = _with_timeout(session.request)  # type: ignore[method-assign]

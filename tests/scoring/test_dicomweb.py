@@ -266,3 +266,23 @@ def test_a_bearer_token_goes_in_the_authorization_header():
     session = dicomweb.http_session({"token": "t0ken"})
     assert session.headers["Authorization"] == "Bearer t0ken" and session.auth is None
     assert dicomweb.http_session({"user": "u", "password": "p"}).auth == ("u", "p")
+
+
+@pytest.mark.parametrize(("url", "credentials", "warned"), [
+    ("https://pacs.example.org/dicom-web", {"token": "t"}, None),
+    ("http://127.0.0.1:8042/dicom-web", {"token": "t"}, None),  # never leaves this machine
+    ("http://localhost:8042/dicom-web", {}, None),
+    ("http://[::1]:8042/dicom-web", {}, None),
+    ("http://10.1.2.3:8042/dicom-web", {}, "DICOMweb 10.1.2.3:8042 over plain http: films, reports cross"),
+    ("http://pacs.hospital.local/dicom-web", {"user": "u", "password": "p"},
+     "DICOMweb pacs.hospital.local over plain http: films, reports and credentials cross"),
+])
+def test_plain_http_to_another_machine_is_warned_about(url, credentials, warned, caplog):
+    with caplog.at_level(logging.WARNING, logger="cxr"):
+        dicomweb.dicomweb_client(url, credentials)
+    said = [record.getMessage() for record in caplog.records if "plain http" in record.getMessage()]
+    if warned is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and said[0].startswith(warned), said
+        assert "use https" in said[0]
