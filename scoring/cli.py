@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="with --engine ray: the cluster to join (default: start a local Ray)")
     parser.add_argument("--results-to", type=results_destination, metavar="DESTINATION",
                         help="after scoring, send each newly scored study a Structured Report of its predictions "
-                             "(not for diagnostic use): dicom://CALLED_AE@host:port (C-STORE) or a DICOMweb URL "
+                             "(not for diagnostic use): dicom://CALLED_AE@host:port (C-STORE), dicom+tls://... "
+                             "(C-STORE over TLS: CXR_DICOM_TLS_CA, _CERT, _KEY) or a DICOMweb URL "
                              "(STOW-RS, credentials as for --dicomweb); once per study and model version")
     parser.add_argument("--results-calling-ae", default=DEFAULTS["results_calling_ae"], metavar="TITLE",
                         help="the calling AE title of --results-to dicom://... (default: %(default)s)")

@@ -8,7 +8,9 @@ no reader has checked. Its patient and study attributes are copied from the imag
 it beside the images.
 
 DESTINATION is ``dicom://CALLED_AE@host:port`` (C-STORE over one association per run, calling as
-``--results-calling-ae``) or the http(s) URL of a DICOMweb service (STOW-RS, with the same credentials as
+``--results-calling-ae``), ``dicom+tls://CALLED_AE@host:port`` (the same over TLS, the server's certificate checked
+against the system's CAs or ``CXR_DICOM_TLS_CA``; ``CXR_DICOM_TLS_CERT`` and ``CXR_DICOM_TLS_KEY`` give this side's
+certificate where the PACS asks for one) or the http(s) URL of a DICOMweb service (STOW-RS, with the same credentials as
 ``--dicomweb``). Each study is sent once per model version and destination (the ``result_objects`` table); a send
 that fails is tried again by the next run within the 7 days, with the same SOP Instance UID (derived from the study
 and the model's checksum), so a PACS that stored an object whose answer was lost keeps one copy. A study that gains
@@ -21,7 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import re
+import ssl
 import time
 import warnings
 from dataclasses import dataclass
@@ -52,7 +56,7 @@ MANUFACTURER = "CXR Review"
 DEFAULT_CALLING_AE = "CXRREVIEW"
 SUCCESS_STATUSES = {0x0000, 0xB000, 0xB006, 0xB007}  # success, and the warnings by which the object was stored
 SCHEME = "99CXRREVIEW"  # a private coding scheme (PS3.16 8.2: private designators start with 99)
-_DIMSE = re.compile(r"dicom://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})/?")
+_DIMSE = re.compile(r"(?P<scheme>dicom|dicom\+tls)://(?P<ae>[^@/]{1,16})@(?P<host>[^:/]+):(?P<port>\d{1,5})/?")
 
 
 def _code(value: str, scheme: str, meaning: str):
@@ -69,6 +73,7 @@ class Destination:
     called_ae: str | None = None  # C-STORE; None: STOW-RS to ``url``
     host: str | None = None
     port: int | None = None
+    tls: bool = False
 
     @property
     def is_dimse(self) -> bool:
@@ -81,14 +86,42 @@ def parse_destination(text: str) -> Destination:
         port = int(match["port"])
         if not 0 < port < 65536:
             raise ValueError(f"port {port} of {text!r} is not a TCP port")
-        return Destination(text.strip().rstrip("/"), match["ae"].strip(), match["host"], port)
+        tls = match["scheme"] == "dicom+tls"
+        if tls:
+            try:
+                tls_context()  # a missing or unreadable certificate file stops the command before it scores
+            except CannotRun as exc:
+                raise ValueError(str(exc)) from None
+        return Destination(text.strip().rstrip("/"), match["ae"].strip(), match["host"], port, tls)
     if text.startswith(("http://", "https://")):
         try:
             return Destination(dicomweb.check_url(text))
         except CannotRun as exc:
             raise ValueError(str(exc)) from None
-    raise ValueError(f"{text!r} is neither dicom://CALLED_AE@host:port (C-STORE) nor the http(s) URL of a DICOMweb "
-                     f"service (STOW-RS)")
+    raise ValueError(f"{text!r} is neither dicom://CALLED_AE@host:port (C-STORE; dicom+tls:// over TLS) nor the "
+                     f"http(s) URL of a DICOMweb service (STOW-RS)")
+
+
+TLS_CA, TLS_CERT, TLS_KEY = "CXR_DICOM_TLS_CA", "CXR_DICOM_TLS_CERT", "CXR_DICOM_TLS_KEY"
+
+
+def tls_context(environ: dict[str, str] | None = None) -> ssl.SSLContext:
+    """The client side of DICOM TLS: the PACS's certificate and host name checked (against ``CXR_DICOM_TLS_CA``,
+    else the system's CAs), TLS 1.2 or later, and this side's certificate where one is given."""
+    environ = os.environ if environ is None else environ
+    variable = TLS_CA
+    try:
+        context = ssl.create_default_context(cafile=environ.get(TLS_CA) or None)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if environ.get(TLS_CERT):
+            variable = TLS_CERT
+            context.load_cert_chain(environ[TLS_CERT], environ.get(TLS_KEY) or None)
+        elif environ.get(TLS_KEY):
+            raise CannotRun(f"{TLS_KEY} is set without {TLS_CERT}")
+    except (OSError, ssl.SSLError) as exc:
+        raise CannotRun(f"DICOM TLS: {variable} {environ.get(variable)!r} cannot be used: "
+                        f"{getattr(exc, 'strerror', None) or exc}") from None
+    return context
 
 
 @dataclass
@@ -242,9 +275,11 @@ class DimseSender:
         ae.add_requested_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         d = self.destination
-        association = ae.associate(d.host, d.port, ae_title=d.called_ae)
+        tls = (tls_context(), d.host) if d.tls else None
+        association = ae.associate(d.host, d.port, ae_title=d.called_ae, tls_args=tls)
         if not association.is_established:
-            raise Unreachable(f"no association with {d.called_ae} at {d.host}:{d.port} (refused, or nobody answers)")
+            why = "refused, nobody answers, or the TLS handshake failed" if d.tls else "refused, or nobody answers"
+            raise Unreachable(f"no association with {d.called_ae} at {d.host}:{d.port} ({why})")
         return association
 
     def close(self) -> None:

@@ -5,6 +5,8 @@ to a storage service that fails on purpose."""
 from __future__ import annotations
 
 import json
+import re
+import ssl
 import threading
 import warnings
 from pathlib import Path
@@ -21,6 +23,7 @@ from scoring import cli, dicomweb, results_back
 from scoring.results_back import ModelInfo, parse_destination
 from tests.conftest import active_model_database
 from tests.scoring.orthanc import ORTHANC_AET, free_port, report_numbers, running_orthanc
+from tests.scoring.tls import Authority, make_authority
 
 USER, PASSWORD = "cxr-results", "results-s3cret-41b0"
 RG1 = ("RG1_UNCR.dcm", "RG1_J2KR.dcm")  # one CR chest study of pydicom-data, native and JPEG 2000
@@ -108,12 +111,14 @@ def test_a_study_whose_files_are_gone_has_no_report(tmp_path):
 @pytest.mark.parametrize("text, expected", [
     ("dicom://PACS@10.0.0.5:104", ("PACS", "10.0.0.5", 104)),
     ("dicom://ORTHANC@pacs.example.org:4242/", ("ORTHANC", "pacs.example.org", 4242)),
+    ("dicom+tls://PACS@pacs.example.org:2762", ("PACS", "pacs.example.org", 2762)),
     ("https://pacs.example.org/dicom-web/", (None, None, None)),
 ])
 def test_destinations(text, expected):
     destination = parse_destination(text)
     assert (destination.called_ae, destination.host, destination.port) == expected
     assert destination.is_dimse == (expected[0] is not None)
+    assert destination.tls == text.startswith("dicom+tls://")
 
 
 @pytest.mark.parametrize("text, refused", [
@@ -204,9 +209,10 @@ def test_reports_stored_in_orthanc_once_with_c_store_and_stow_rs(tmp_path, rg1_f
 
 
 class FlakyStore:
-    """A C-STORE service that answers "out of resources" to its first ``failures`` requests."""
+    """A C-STORE service that answers "out of resources" to its first ``failures`` requests (over TLS with
+    ``ssl_context``)."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, ssl_context=None) -> None:
         from pynetdicom import AE, evt
         from pynetdicom.sop_class import ComprehensiveSRStorage
 
@@ -214,7 +220,7 @@ class FlakyStore:
         ae = AE(ae_title="FLAKYPACS")
         ae.add_supported_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
         self.port = free_port()
-        self.server = ae.start_server(("127.0.0.1", self.port), block=False,
+        self.server = ae.start_server(("127.0.0.1", self.port), block=False, ssl_context=ssl_context,
                                       evt_handlers=[(evt.EVT_C_STORE, self.on_store)])
         self.lock = threading.Lock()
 
@@ -247,6 +253,65 @@ def test_a_refused_report_is_sent_again_by_the_next_run_under_the_same_uid(tmp_p
         assert len(store.received) == 2 and store.received[0] == store.received[1]
     finally:
         store.stop()
+
+
+def tls_server_context(authority: Authority, *, client_certificate: bool) -> ssl.SSLContext:
+    """A PACS's side of DICOM TLS: its certificate, and (when asked) the client's checked against the CA."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(authority.server.cert, authority.server.key)
+    if client_certificate:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(authority.ca)
+    return context
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory) -> Authority:
+    return make_authority(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.mark.parametrize(("trusted", "client_certificate", "stored"), [
+    ("own CA", True, True),  # mutual TLS, as PACS that take DICOM TLS usually ask
+    ("own CA", False, False),  # the PACS asks for a client certificate, none given
+    ("system CAs", False, False),  # the PACS's certificate is signed by no CA this machine trusts
+])
+def test_reports_go_over_dicom_tls_only_to_a_pacs_whose_certificate_checks_out(
+        tmp_path, rg1_folder, tiny_checkpoint, monkeypatch, capsys, caplog, authority, trusted, client_certificate,
+        stored):
+    monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    if trusted == "own CA":
+        monkeypatch.setenv(results_back.TLS_CA, str(authority.ca))
+    if client_certificate:
+        monkeypatch.setenv(results_back.TLS_CERT, str(authority.client.cert))
+        monkeypatch.setenv(results_back.TLS_KEY, str(authority.client.key))
+    url = f"sqlite:///{tmp_path / 'cxr.db'}"
+    active_model_database(url, tiny_checkpoint)
+    store = FlakyStore(failures=0, ssl_context=tls_server_context(authority, client_certificate=True))
+    try:
+        code, summary = score(url, "--results-to", f"dicom+tls://FLAKYPACS@127.0.0.1:{store.port}",
+                              str(rg1_folder), capsys=capsys)
+    finally:
+        store.stop()
+    assert summary["scored"] == 2
+    assert (code, summary["results_back"]["sent"], len(store.received)) == ((0, 1, 1) if stored else (1, 0, 0))
+    if not stored:
+        assert "the TLS handshake failed" in caplog.text
+
+
+@pytest.mark.parametrize(("variables", "refused"), [
+    ({results_back.TLS_CA: "/nowhere/ca.pem"}, "CXR_DICOM_TLS_CA '/nowhere/ca.pem' cannot be used"),
+    ({results_back.TLS_CERT: "/nowhere/client.pem"}, "CXR_DICOM_TLS_CERT '/nowhere/client.pem' cannot be used"),
+    ({results_back.TLS_KEY: "/some/client.key"}, "CXR_DICOM_TLS_KEY is set without CXR_DICOM_TLS_CERT"),
+])
+def test_unusable_tls_settings_stop_the_command_before_it_scores(monkeypatch, tmp_path, capsys, variables, refused):
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        parse_destination("dicom+tls://PACS@127.0.0.1:2762")
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--db", f"sqlite:///{tmp_path / 'x.db'}", "--results-to", "dicom+tls://PACS@127.0.0.1:2762",
+                  str(tmp_path)])
+    assert stopped.value.code == 2 and refused in capsys.readouterr().err
 
 
 def test_an_unreachable_destination_does_not_hold_back_the_scores(tmp_path, rg1_folder, tiny_checkpoint,
