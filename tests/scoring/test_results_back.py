@@ -9,6 +9,7 @@ import re
 import ssl
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pydicom
@@ -21,9 +22,8 @@ from db.models import ResultObject
 from db.result_objects import StudyImage
 from scoring import cli, dicomweb, results_back
 from scoring.results_back import ModelInfo, parse_destination
-from tests.conftest import active_model_database
+from tests.conftest import active_model_database, self_signed_certificate
 from tests.scoring.orthanc import ORTHANC_AET, free_port, report_numbers, running_orthanc
-from tests.scoring.tls import Authority, make_authority
 
 USER, PASSWORD = "cxr-results", "results-s3cret-41b0"
 RG1 = ("RG1_UNCR.dcm", "RG1_J2KR.dcm")  # one CR chest study of pydicom-data, native and JPEG 2000
@@ -255,38 +255,45 @@ def test_a_refused_report_is_sent_again_by_the_next_run_under_the_same_uid(tmp_p
         store.stop()
 
 
-def tls_server_context(authority: Authority, *, client_certificate: bool) -> ssl.SSLContext:
-    """A PACS's side of DICOM TLS: its certificate, and (when asked) the client's checked against the CA."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(authority.server.cert, authority.server.key)
-    if client_certificate:
+@dataclass(frozen=True)
+class TlsPeers:
+    """Self-signed certificates of a PACS and of this side; each trusts the other's as its CA."""
+
+    pacs: tuple[Path, Path]
+    ours: tuple[Path, Path]
+
+    def pacs_context(self) -> ssl.SSLContext:
+        """The PACS's side: its certificate, and a client certificate required and checked."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(*self.pacs)
         context.verify_mode = ssl.CERT_REQUIRED
-        context.load_verify_locations(authority.ca)
-    return context
+        context.load_verify_locations(self.ours[0])
+        return context
 
 
 @pytest.fixture(scope="module")
-def authority(tmp_path_factory) -> Authority:
-    return make_authority(tmp_path_factory.mktemp("tls"))
+def tls_peers(tmp_path_factory) -> TlsPeers:
+    return TlsPeers(self_signed_certificate(tmp_path_factory.mktemp("pacs")),
+                    self_signed_certificate(tmp_path_factory.mktemp("ours")))
 
 
 @pytest.mark.parametrize(("trusted", "client_certificate", "stored"), [
-    ("own CA", True, True),  # mutual TLS, as PACS that take DICOM TLS usually ask
-    ("own CA", False, False),  # the PACS asks for a client certificate, none given
-    ("system CAs", False, False),  # the PACS's certificate is signed by no CA this machine trusts
+    ("the PACS's CA", True, True),  # mutual TLS, as PACS that take DICOM TLS usually ask
+    ("the PACS's CA", False, False),  # the PACS asks for a client certificate, none given
+    ("system CAs", True, False),  # the PACS's certificate is signed by no CA this machine trusts
 ])
 def test_reports_go_over_dicom_tls_only_to_a_pacs_whose_certificate_checks_out(
-        tmp_path, rg1_folder, tiny_checkpoint, monkeypatch, capsys, caplog, authority, trusted, client_certificate,
+        tmp_path, rg1_folder, tiny_checkpoint, monkeypatch, capsys, caplog, tls_peers, trusted, client_certificate,
         stored):
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
-    if trusted == "own CA":
-        monkeypatch.setenv(results_back.TLS_CA, str(authority.ca))
+    if trusted == "the PACS's CA":
+        monkeypatch.setenv(results_back.TLS_CA, str(tls_peers.pacs[0]))
     if client_certificate:
-        monkeypatch.setenv(results_back.TLS_CERT, str(authority.client.cert))
-        monkeypatch.setenv(results_back.TLS_KEY, str(authority.client.key))
+        monkeypatch.setenv(results_back.TLS_CERT, str(tls_peers.ours[0]))
+        monkeypatch.setenv(results_back.TLS_KEY, str(tls_peers.ours[1]))
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
     active_model_database(url, tiny_checkpoint)
-    store = FlakyStore(failures=0, ssl_context=tls_server_context(authority, client_certificate=True))
+    store = FlakyStore(failures=0, ssl_context=tls_peers.pacs_context())
     try:
         code, summary = score(url, "--results-to", f"dicom+tls://FLAKYPACS@127.0.0.1:{store.port}",
                               str(rg1_folder), capsys=capsys)
