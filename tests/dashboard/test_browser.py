@@ -234,6 +234,8 @@ def test_an_unattended_screen_signs_out_and_hides_the_film_by_itself(browser, si
         page.get_by_role("button", name="Sign in").wait_for()
         wait_until_idle(page)
         assert page.locator(".cxr-viewer").count() == 0
+        # the sign-in screen has no sidebar, so no arrow to open one (the case page had collapsed it)
+        assert not page.get_by_test_id("stExpandSidebarButton").is_visible()
     with read_session(site["engine"]) as session:  # the case it held is free for others at once
         assert not session.query(CaseClaim).filter_by(image_id=site["newer_study"]).count()
 
