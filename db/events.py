@@ -79,8 +79,7 @@ def recent_events(session: Session, *, limit: int = 200, kinds: Sequence[str] = 
         query = query.where(Event.kind.in_(kinds))
     rows = list(session.scalars(query))
     attempted = {e.username for e in rows if e.kind in _ATTEMPTS and e.username}
-    accounts = set(session.scalars(select(Reviewer.username).where(Reviewer.username.in_(attempted)))) if attempted \
-        else set()
+    accounts = set(session.scalars(select(Reviewer.username).where(Reviewer.username.in_(attempted))))
     return [EventRow(e.id, e.created_at, e.kind, _shown_name(e, accounts), e.reviewer_id, dict(e.details), e.client)
             for e in rows]
 
