@@ -8,8 +8,13 @@ import streamlit as st
 from dashboard import actions, auth, data
 from dashboard.layout import plain
 
+# Signed out there is no sidebar; but after leaving the case page (which collapses it) Streamlit sometimes keeps
+# its expand arrow in the corner, opening an empty panel.
+NO_SIDEBAR_CSS = "<style>[data-testid='stExpandSidebarButton'] { display: none; }</style>"
+
 
 def render() -> None:
+    st.html(NO_SIDEBAR_CSS)
     st.title("CXR Review")
     st.caption("Clinical review of chest X-ray AI. Sign in to see cases.")
     problem = data.schema_problem()
