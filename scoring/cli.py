@@ -48,8 +48,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--results-to", type=results_destination, metavar="DESTINATION",
                         help="after scoring, send each newly scored study a Structured Report of its predictions "
                              "(not for diagnostic use): dicom://CALLED_AE@host:port (C-STORE), dicom+tls://... "
-                             "(C-STORE over TLS: CXR_DICOM_TLS_CA, _CERT, _KEY) or a DICOMweb URL "
-                             "(STOW-RS, credentials as for --dicomweb); once per study and model version")
+                             "(C-STORE over TLS 1.2+) or a DICOMweb URL (STOW-RS, credentials as for --dicomweb); "
+                             "once per study and model version")
+    parser.add_argument("--results-tls-ca", type=Path, metavar="F",
+                        help="with --results-to dicom+tls://: PEM CA certificate(s) that signed the PACS's "
+                             "certificate (default: the system's CAs); its host name is checked too")
+    parser.add_argument("--results-tls-cert", type=Path, metavar="F",
+                        help="with --results-to dicom+tls://: this side's PEM certificate (chain), for a PACS that "
+                             "asks for one (mutual TLS)")
+    parser.add_argument("--results-tls-key", type=Path, metavar="F",
+                        help="the PEM private key of --results-tls-cert (default: in the certificate's file)")
     parser.add_argument("--results-calling-ae", default=DEFAULTS["results_calling_ae"], metavar="TITLE",
                         help="the calling AE title of --results-to dicom://... (default: %(default)s)")
     parser.add_argument("--model", metavar="CKPT", type=Path,
@@ -128,6 +136,16 @@ def checked_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--ray-address applies to --engine ray")
     if args.results_to and args.model:
         parser.error("--results-to sends the active model version's results; it cannot go with --model")
+    tls_files = (args.results_tls_ca, args.results_tls_cert, args.results_tls_key)
+    if any(tls_files):
+        from scoring.results_back import ClientTls, with_client_tls
+
+        if args.results_to is None:
+            parser.error("--results-tls-ca, --results-tls-cert and --results-tls-key apply to --results-to")
+        try:
+            args.results_to = with_client_tls(args.results_to, ClientTls(*tls_files))
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 

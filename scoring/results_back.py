@@ -9,7 +9,7 @@ it beside the images.
 
 DESTINATION is ``dicom://CALLED_AE@host:port`` (C-STORE over one association per run, calling as
 ``--results-calling-ae``), ``dicom+tls://CALLED_AE@host:port`` (the same over TLS, the server's certificate checked
-against the system's CAs or ``CXR_DICOM_TLS_CA``; ``CXR_DICOM_TLS_CERT`` and ``CXR_DICOM_TLS_KEY`` give this side's
+against the system's CAs or ``--results-tls-ca``; ``--results-tls-cert`` and ``--results-tls-key`` give this side's
 certificate where the PACS asks for one) or the http(s) URL of a DICOMweb service (STOW-RS, with the same credentials as
 ``--dicomweb``). Each study is sent once per model version and destination (the ``result_objects`` table); a send
 that fails is tried again by the next run within the 7 days, with the same SOP Instance UID (derived from the study
@@ -21,14 +21,15 @@ Sequence. An unreachable destination stops the sending for this run; the scores 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
-import os
 import re
 import ssl
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -66,6 +67,16 @@ def _code(value: str, scheme: str, meaning: str):
 
 
 @dataclass(frozen=True)
+class ClientTls:
+    """This side of DICOM TLS (``--results-tls-*``): ``ca`` checks the PACS's certificate (None: the system's CAs);
+    ``cert`` and ``key`` are this side's certificate, for a PACS that asks for one (mutual TLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None  # None with a cert: the key is in the cert's file
+
+
+@dataclass(frozen=True)
 class Destination:
     """Where results go: ``url`` is what the database records (never credentials)."""
 
@@ -73,7 +84,7 @@ class Destination:
     called_ae: str | None = None  # C-STORE; None: STOW-RS to ``url``
     host: str | None = None
     port: int | None = None
-    tls: bool = False
+    tls: ClientTls | None = None  # dicom+tls://
 
     @property
     def is_dimse(self) -> bool:
@@ -86,12 +97,7 @@ def parse_destination(text: str) -> Destination:
         port = int(match["port"])
         if not 0 < port < 65536:
             raise ValueError(f"port {port} of {text!r} is not a TCP port")
-        tls = match["scheme"] == "dicom+tls"
-        if tls:
-            try:
-                tls_context()  # a missing or unreadable certificate file stops the command before it scores
-            except CannotRun as exc:
-                raise ValueError(str(exc)) from None
+        tls = ClientTls() if match["scheme"] == "dicom+tls" else None
         return Destination(text.strip().rstrip("/"), match["ae"].strip(), match["host"], port, tls)
     if text.startswith(("http://", "https://")):
         try:
@@ -102,25 +108,33 @@ def parse_destination(text: str) -> Destination:
                      f"http(s) URL of a DICOMweb service (STOW-RS)")
 
 
-TLS_CA, TLS_CERT, TLS_KEY = "CXR_DICOM_TLS_CA", "CXR_DICOM_TLS_CERT", "CXR_DICOM_TLS_KEY"
-
-
-def tls_context(environ: dict[str, str] | None = None) -> ssl.SSLContext:
-    """The client side of DICOM TLS: the PACS's certificate and host name checked (against ``CXR_DICOM_TLS_CA``,
-    else the system's CAs), TLS 1.2 or later, and this side's certificate where one is given."""
-    environ = os.environ if environ is None else environ
-    variable = TLS_CA
+def with_client_tls(destination: Destination, tls: ClientTls) -> Destination:
+    """``destination`` (a ``dicom+tls://`` one) with these files, checked now: a missing or unreadable file stops
+    the command before it scores, not at the first send after a night's scoring (ValueError)."""
+    if destination.tls is None:
+        raise ValueError("--results-tls-ca, --results-tls-cert and --results-tls-key apply to --results-to "
+                         "dicom+tls://...")
+    if tls.key is not None and tls.cert is None:
+        raise ValueError("--results-tls-key needs --results-tls-cert")
     try:
-        context = ssl.create_default_context(cafile=environ.get(TLS_CA) or None)
+        tls_context(tls)
+    except CannotRun as exc:
+        raise ValueError(str(exc)) from None
+    return dataclasses.replace(destination, tls=tls)
+
+
+def tls_context(tls: ClientTls) -> ssl.SSLContext:
+    """The client side of DICOM TLS: the PACS's certificate and host name checked (against ``tls.ca``, else the
+    system's CAs), TLS 1.2 or later, and this side's certificate where one is given."""
+    what = f"--results-tls-ca {tls.ca}" if tls.ca is not None else "the system's CA certificates"
+    try:
+        context = ssl.create_default_context(cafile=tls.ca)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if environ.get(TLS_CERT):
-            variable = TLS_CERT
-            context.load_cert_chain(environ[TLS_CERT], environ.get(TLS_KEY) or None)
-        elif environ.get(TLS_KEY):
-            raise CannotRun(f"{TLS_KEY} is set without {TLS_CERT}")
+        if tls.cert is not None:
+            what = f"--results-tls-cert {tls.cert}" + (f" with --results-tls-key {tls.key}" if tls.key else "")
+            context.load_cert_chain(tls.cert, tls.key)
     except (OSError, ssl.SSLError) as exc:
-        raise CannotRun(f"DICOM TLS: {variable} {environ.get(variable)!r} cannot be used: "
-                        f"{getattr(exc, 'strerror', None) or exc}") from None
+        raise CannotRun(f"DICOM TLS: cannot load {what}: {getattr(exc, 'strerror', None) or exc}") from None
     return context
 
 
@@ -275,10 +289,10 @@ class DimseSender:
         ae.add_requested_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         d = self.destination
-        tls = (tls_context(), d.host) if d.tls else None
+        tls = (tls_context(d.tls), d.host) if d.tls is not None else None
         association = ae.associate(d.host, d.port, ae_title=d.called_ae, tls_args=tls)
         if not association.is_established:
-            why = "refused, nobody answers, or the TLS handshake failed" if d.tls else "refused, or nobody answers"
+            why = "refused, or nobody answers" + (", or the TLS handshake failed" if d.tls is not None else "")
             raise Unreachable(f"no association with {d.called_ae} at {d.host}:{d.port} ({why})")
         return association
 

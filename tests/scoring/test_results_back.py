@@ -5,7 +5,6 @@ to a storage service that fails on purpose."""
 from __future__ import annotations
 
 import json
-import re
 import ssl
 import threading
 import warnings
@@ -118,7 +117,7 @@ def test_destinations(text, expected):
     destination = parse_destination(text)
     assert (destination.called_ae, destination.host, destination.port) == expected
     assert destination.is_dimse == (expected[0] is not None)
-    assert destination.tls == text.startswith("dicom+tls://")
+    assert (destination.tls is not None) == text.startswith("dicom+tls://")
 
 
 @pytest.mark.parametrize("text, refused", [
@@ -286,16 +285,16 @@ def test_reports_go_over_dicom_tls_only_to_a_pacs_whose_certificate_checks_out(
         tmp_path, rg1_folder, tiny_checkpoint, monkeypatch, capsys, caplog, tls_peers, trusted, client_certificate,
         stored):
     monkeypatch.setenv("CXR_HOME", str(tmp_path / "home"))
+    options = []
     if trusted == "the PACS's CA":
-        monkeypatch.setenv(results_back.TLS_CA, str(tls_peers.pacs[0]))
+        options += ["--results-tls-ca", str(tls_peers.pacs[0])]
     if client_certificate:
-        monkeypatch.setenv(results_back.TLS_CERT, str(tls_peers.ours[0]))
-        monkeypatch.setenv(results_back.TLS_KEY, str(tls_peers.ours[1]))
+        options += ["--results-tls-cert", str(tls_peers.ours[0]), "--results-tls-key", str(tls_peers.ours[1])]
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
     active_model_database(url, tiny_checkpoint)
     store = FlakyStore(failures=0, ssl_context=tls_peers.pacs_context())
     try:
-        code, summary = score(url, "--results-to", f"dicom+tls://FLAKYPACS@127.0.0.1:{store.port}",
+        code, summary = score(url, "--results-to", f"dicom+tls://FLAKYPACS@127.0.0.1:{store.port}", *options,
                               str(rg1_folder), capsys=capsys)
     finally:
         store.stop()
@@ -305,20 +304,32 @@ def test_reports_go_over_dicom_tls_only_to_a_pacs_whose_certificate_checks_out(
         assert "the TLS handshake failed" in caplog.text
 
 
-@pytest.mark.parametrize(("variables", "refused"), [
-    ({results_back.TLS_CA: "/nowhere/ca.pem"}, "CXR_DICOM_TLS_CA '/nowhere/ca.pem' cannot be used"),
-    ({results_back.TLS_CERT: "/nowhere/client.pem"}, "CXR_DICOM_TLS_CERT '/nowhere/client.pem' cannot be used"),
-    ({results_back.TLS_KEY: "/some/client.key"}, "CXR_DICOM_TLS_KEY is set without CXR_DICOM_TLS_CERT"),
+@pytest.mark.parametrize(("destination", "options", "refused"), [
+    ("dicom+tls://PACS@127.0.0.1:2762", ["--results-tls-ca", "/nowhere/ca.pem"],
+     "cannot load --results-tls-ca /nowhere/ca.pem: No such file or directory"),
+    ("dicom+tls://PACS@127.0.0.1:2762", ["--results-tls-cert", "/nowhere/client.pem"],
+     "cannot load --results-tls-cert /nowhere/client.pem: No such file or directory"),
+    ("dicom+tls://PACS@127.0.0.1:2762", ["--results-tls-key", "/some/client.key"],
+     "--results-tls-key needs --results-tls-cert"),
+    ("dicom://PACS@127.0.0.1:104", ["--results-tls-ca", "/etc/ssl/certs/ca-certificates.crt"],
+     "apply to --results-to dicom+tls://"),
+    (None, ["--results-tls-ca", "/etc/ssl/certs/ca-certificates.crt"], "apply to --results-to"),
 ])
-def test_unusable_tls_settings_stop_the_command_before_it_scores(monkeypatch, tmp_path, capsys, variables, refused):
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    with pytest.raises(ValueError, match=re.escape(refused)):
-        parse_destination("dicom+tls://PACS@127.0.0.1:2762")
+def test_unusable_tls_settings_stop_the_command_before_it_scores(tmp_path, capsys, destination, options, refused):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["--db", f"sqlite:///{tmp_path / 'x.db'}", *(["--results-to", destination] if destination else []),
+                  *options, str(tmp_path)])
+    assert stopped.value.code == 2 and refused in capsys.readouterr().err
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_a_certificate_whose_key_is_wrong_is_refused_before_scoring(tls_peers, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
         cli.main(["--db", f"sqlite:///{tmp_path / 'x.db'}", "--results-to", "dicom+tls://PACS@127.0.0.1:2762",
+                  "--results-tls-cert", str(tls_peers.ours[0]), "--results-tls-key", str(tls_peers.pacs[1]),
                   str(tmp_path)])
-    assert stopped.value.code == 2 and refused in capsys.readouterr().err
+    assert stopped.value.code == 2
+    assert f"cannot load --results-tls-cert {tls_peers.ours[0]} with --results-tls-key" in capsys.readouterr().err
 
 
 def test_an_unreachable_destination_does_not_hold_back_the_scores(tmp_path, rg1_folder, tiny_checkpoint,
