@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "once per study and model version")
     parser.add_argument("--results-tls-ca", type=Path, metavar="F",
                         help="with --results-to dicom+tls://: PEM CA certificate(s) that signed the PACS's "
-                             "certificate (default: the system's CAs); its host name is checked too")
+                             "certificate (default: the system's CAs); the host must match its certificate")
     parser.add_argument("--results-tls-cert", type=Path, metavar="F",
                         help="with --results-to dicom+tls://: this side's PEM certificate (chain), for a PACS that "
                              "asks for one (mutual TLS)")
