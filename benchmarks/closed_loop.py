@@ -242,9 +242,16 @@ def scored_database(settings: Settings, fold: Fold, v1: Path) -> Path:
     path.unlink(missing_ok=True)
     url = f"sqlite:///{path}"
     run_cli(score_cli.main, ["--db", url, "--model", str(v1), "--settle-seconds", "0", "--workers", "0",
-                             *[i.path for i in fold.reviewed]], capture=True)
+                             *patient_ids_option(settings.adult), *[i.path for i in fold.reviewed]], capture=True)
     run_cli(train_cli.main, ["promote", checkpoint_sha256(v1)[:16], "--db", url])
     return path
+
+
+def patient_ids_option(adult: Path) -> list[str]:
+    """``--patient-ids`` for the new site's PNGs, as a site with a labels.csv would score them: a patient's films
+    then share one pseudonym (the training split, the gate's evidence), instead of each film being a patient."""
+    labels = adult / data.LABELS_FILE
+    return ["--patient-ids", str(labels)] if labels.is_file() else []
 
 
 def copy_database(source: Path, target: Path) -> None:

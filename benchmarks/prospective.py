@@ -147,7 +147,8 @@ class Site:
 
     def score(self, batch: list[data.LabelledImage], model: Path | None = None) -> None:
         self.cli(score_cli.main, "--db", self.url, *(["--model", str(model)] if model else []), "--settle-seconds",
-                 "0", "--workers", "0", *[item.path for item in batch], expect=(0, 1))
+                 "0", "--workers", "0", *closed_loop.patient_ids_option(self.settings.adult),
+                 *[item.path for item in batch], expect=(0, 1))
 
     def engine(self):
         engine = create_database_engine(self.url)

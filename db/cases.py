@@ -155,7 +155,8 @@ def case_detail(session: Session, image_id: int, model_version_id: int | None) -
 def prior_studies(session: Session, image_id: int, model_version_id: int | None, *,
                   limit: int = 20) -> list[PriorStudy]:
     """The same patient's other images (same pseudonym), newest study first (images without a study date last,
-    by when they were first seen); empty when the image carries no pseudonym (PNG, JPEG, no PatientID)."""
+    by when they were first seen); empty when the image carries no pseudonym (no PatientID; a PNG or JPEG film
+    that ``cxr-score --patient-ids`` gave no patient)."""
     pseudonym = session.scalar(select(Image.patient_pseudonym).where(Image.id == image_id))
     if not pseudonym:
         return []

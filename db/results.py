@@ -236,6 +236,33 @@ def record_files(session: Session, locations: Sequence[tuple[FileStat, int]]) ->
          "image_id": image_id, "last_seen_at": now} for stat, image_id in locations])
 
 
+def set_patient_pseudonyms(session: Session, pseudonyms: dict[str, str]) -> tuple[int, int]:
+    """Give the PNG and JPEG images held at these stored paths these patient pseudonyms (their files carry no
+    Patient ID); a DICOM image keeps the pseudonym of its own Patient ID. Returns how many of the paths hold an
+    image the database knows, and how many images got a new or changed pseudonym."""
+    known, changes = 0, {}
+    for chunk in _chunks(list(pseudonyms), 500):
+        rows = session.execute(select(ImageFile.path, Image.id, Image.format, Image.patient_pseudonym)
+                               .join(Image, Image.id == ImageFile.image_id).where(ImageFile.path.in_(chunk)))
+        for path, image_id, image_format, current in rows:
+            known += 1
+            if image_format != "dicom" and current != pseudonyms[path]:
+                changes[image_id] = pseudonyms[path]
+    if changes:
+        session.execute(update(Image), [{"id": image_id, "patient_pseudonym": pseudonym}
+                                        for image_id, pseudonym in changes.items()])
+    return known, len(changes)
+
+
+def films_without_patient(session: Session, paths: Sequence[str]) -> int:
+    """How many PNG and JPEG images held at these stored paths have no patient pseudonym."""
+    images: set[int] = set()
+    for chunk in _chunks(list(paths), 500):
+        images.update(session.scalars(select(ImageFile.image_id).join(Image, Image.id == ImageFile.image_id).where(
+            ImageFile.path.in_(chunk), Image.format != "dicom", Image.patient_pseudonym.is_(None))))
+    return len(images)
+
+
 def add_predictions(session: Session, model_version_id: int, run_id: int,
                     scores: Sequence[tuple[int, Score]]) -> None:
     """Inserts each (image id, score), or does nothing for an image this model version already scored."""

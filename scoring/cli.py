@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the PEM private key of --results-tls-cert (default: in the certificate's file)")
     parser.add_argument("--results-calling-ae", default=DEFAULTS["results_calling_ae"], metavar="TITLE",
                         help="the calling AE title of --results-to dicom://... (default: %(default)s)")
+    parser.add_argument("--patient-ids", type=Path, metavar="CSV",
+                        help="the patients of PNG and JPEG films, which carry no Patient ID: a CSV with the columns "
+                             "file (relative to the CSV's folder) and patient_id, e.g. cxr-train's labels.csv; "
+                             "stored as pseudonyms, films of earlier runs included")
     parser.add_argument("--model", metavar="CKPT", type=Path,
                         help="checkpoint to use (registered on first use), scored alone; default: the active model "
                              "version, with every challenger scored in its shadow")
@@ -165,7 +169,7 @@ def request_from(args: argparse.Namespace) -> ScoringRequest:
         read_timeout=args.read_timeout, retry_failed=args.retry_failed, log_every=args.log_every,
         progress_bar=sys.stderr.isatty(), attributions=args.attributions, attributions_top=args.attributions_top,
         results_to=args.results_to, results_calling_ae=args.results_calling_ae, engine=args.engine,
-        ray_address=args.ray_address)
+        ray_address=args.ray_address, patient_ids=args.patient_ids)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ from scoring.model import (
     load_checkpoint,
     resolve_device,
 )
+from scoring.patient_ids import assign_patients, read_patient_ids
 from scoring.results_back import Destination
 
 log = logging.getLogger("cxr.score")
@@ -86,6 +87,7 @@ class ScoringRequest:
     ray_address: str | None = None  # the cluster to join; None: a local Ray
     results_to: Destination | None = None  # send each scored study's report there (scoring.results_back)
     results_calling_ae: str = results_back.DEFAULT_CALLING_AE
+    patient_ids: Path | None = None  # a CSV of file, patient_id for PNG/JPEG films (scoring.patient_ids)
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,7 @@ class ScoringSummary:
     challengers: list[dict[str, Any]] | None = None  # per challenger: what it scored in the shadow, or why not
     dicomweb: dict[str, Any] | None = None  # dicomweb.PullCounts.as_dict(), when pulling
     results_back: dict[str, Any] | None = None  # results_back.ResultsCounts.as_dict(), when sending results
+    patients: dict[str, Any] | None = None  # what --patient-ids assigned (patient_ids.assign_patients)
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON summary: run and model version (once a run started), counts, challengers and phase timings
@@ -115,6 +118,8 @@ class ScoringSummary:
             summary["dicomweb"] = self.dicomweb
         if self.results_back is not None:
             summary["results_back"] = self.results_back
+        if self.patients is not None:
+            summary["patients"] = self.patients
         summary.update(seconds=self.seconds, exit_code=self.exit_code)
         return summary
 
@@ -131,6 +136,7 @@ class _Progress:
     challengers: list[dict[str, Any]] | None = None
     dicomweb: dict[str, Any] | None = None
     results_back: dict[str, Any] | None = None
+    patients: dict[str, Any] | None = None
 
 
 def run_scoring(request: ScoringRequest) -> ScoringSummary:
@@ -151,7 +157,7 @@ def run_scoring(request: ScoringRequest) -> ScoringSummary:
                           model_version_id=progress.model_version_id, counts=progress.counts,
                           phase_seconds=progress.phase_seconds or None, attributions=progress.attributions,
                           challengers=progress.challengers, dicomweb=progress.dicomweb,
-                          results_back=progress.results_back)
+                          results_back=progress.results_back, patients=progress.patients)
 
 
 def _run(request: ScoringRequest, progress: _Progress) -> int:
@@ -168,6 +174,7 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         pseudonym_key()  # a missing key is created now, before any worker; a bad one refused before the run
     except ValueError as exc:
         raise CannotRun(str(exc)) from None
+    patients = read_patient_ids(request.patient_ids) if request.patient_ids is not None else None
     with RunLock(engine):  # before the schema check, so two runs on a new database don't both create it
         migrate.ensure_schema(engine)
         with write_session(engine) as session:
@@ -201,6 +208,8 @@ def _run(request: ScoringRequest, progress: _Progress) -> int:
         with interrupted_run_marker(engine, run_id):
             timings.update(pipeline.score(engine, checkpoint, found.files, model_version_id, run_id, options,
                                           counts, challengers, run_engine))
+            if patients is not None:  # every batch is committed: this run's films are in the database
+                progress.patients = assign_patients(engine, patients, [f.path for f in found.files])
             if request.attributions:  # every batch's predictions are committed by now: a kill loses none
                 progress.attributions = precompute_attributions(engine, request, model_version_id)
                 timings["attributions"] = progress.attributions["seconds"]
@@ -373,7 +382,8 @@ def run_arguments(request: ScoringRequest, options: pipeline.ScoringOptions,
             "challengers_unavailable": {str(v): why for v, why in (unavailable or {}).items()},
             "dicomweb": None if source is None else {"url": source.url,
                                                      "since": source.since and source.since.isoformat()},
-            "results_to": request.results_to and request.results_to.url}
+            "results_to": request.results_to and request.results_to.url,
+            "patient_ids": str(request.patient_ids) if request.patient_ids else None}
 
 
 @contextlib.contextmanager
