@@ -80,8 +80,8 @@ def _promote(me: Account, version: dict, override_reason: str | None = None) -> 
 
 def comparison(found: gate.Comparison) -> None:
     counts = ", ".join(f"{name} {count}" for name, count in found.per_class.items())
-    without_id = (f", {found.without_patient_id} of the cases without a patient id, each counted as its own"
-                  if found.without_patient_id else "")
+    without_id = (f", {found.without_patient_id} of the cases without a patient id, each counted as its own "
+                  "(`cxr-score --patient-ids` gives PNG and JPEG films theirs)" if found.without_patient_id else "")
     st.markdown(f"**Prospective comparison** on the site's own cases: {found.cases} cases read after the challenger "
                 f"was trained and never trained on ({plain(counts)}; {found.patients} patients{without_id}), "
                 "intervals by patient.")
