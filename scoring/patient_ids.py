@@ -64,9 +64,9 @@ def _pseudonyms(reader: csv.DictReader, source: Path) -> dict[str, str]:
         if not file or pseudonym is None:
             continue
         path = results.storable_path(os.path.abspath(os.path.join(folder, file)))
-        if pseudonyms.setdefault(path, pseudonym) != pseudonym:  # the message names lines, never patients
-            raise CannotRun(f"--patient-ids {source}: lines {first_line[path]} and {reader.line_num} give the file "
-                            f"{file!r} different patients")
+        if pseudonyms.setdefault(path, pseudonym) != pseudonym:  # lines, never a patient or a file's name
+            raise CannotRun(f"--patient-ids {source}: lines {first_line[path]} and {reader.line_num} give one file "
+                            "two different patients")
         first_line.setdefault(path, reader.line_num)
     return pseudonyms
 

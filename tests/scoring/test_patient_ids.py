@@ -98,8 +98,8 @@ def test_films_scored_before_get_their_patients_and_a_corrected_csv_corrects(cap
     (None, "cannot read --patient-ids"),
     ("file,label\na.png,covid\n", "has no column patient_id"),
     ("path,patient\na.png,p1\n", "has no column file or patient_id"),
-    ("file,patient_id\na.png,secret-1\nb.png,secret-2\na.png,secret-3\n",
-     "lines 2 and 4 give the file 'a.png' different patients"),
+    ("file,patient_id\nDOE_JOHN.png,secret-1\nb.png,secret-2\nDOE_JOHN.png,secret-3\n",
+     "lines 2 and 4 give one file two different patients"),
 ])
 def test_a_csv_that_cannot_be_used_stops_the_run_before_it_scores(capsys, caplog, sqlite_url, tiny_checkpoint, site,
                                                                   content, refused):
@@ -108,4 +108,4 @@ def test_a_csv_that_cannot_be_used_stops_the_run_before_it_scores(capsys, caplog
         csv_path.write_text(content)
     code, summary = score(capsys, sqlite_url, tiny_checkpoint, "--patient-ids", csv_path, site)
     assert (code, summary["run_id"]) == (2, None)
-    assert refused in caplog.text and "secret" not in caplog.text
+    assert refused in caplog.text and "secret" not in caplog.text and "DOE" not in caplog.text
