@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train, calibrate, write a checkpoint and model card, register it")
     train.add_argument("--data", required=True, metavar="DIR|CSV",
-                       help="a folder per class, a folder with labels.csv, or a CSV file,label[,patient_id]")
+                       help="a folder per class, a folder with labels.csv, or a CSV file,label[,patient_id][,source]")
     train.add_argument("--out", required=True, metavar="DIR")
     train.add_argument("--arch", choices=ARCHITECTURE_NAMES, default=DEFAULTS["arch"])
     train.add_argument("--img-size", type=int, default=DEFAULTS["img_size"], help="(default: %(default)s)")

@@ -3,7 +3,7 @@
 Exit codes: 0 all fine; 1 finished, but some files failed (recorded in the database), an instance could not be
 fetched from --dicomweb or a report not sent to --results-to (each tried again by the next run); 2 could not run (no
 model, database unreachable or on an old schema, a codec or device missing); 75 another run holds the lock
-on this database (EX_TEMPFAIL: try later).
+on this database (EX_TEMPFAIL: try later); 130 stopped by SIGTERM or Ctrl-C (committed batches are kept).
 
 Challengers (`cxr-train challenge VERSION`) are scored in the shadow of the active version: each image the
 run decodes is decoded once and scored by every model; readers see only the active version's predictions.
@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the calling AE title of --results-to dicom://... (default: %(default)s)")
     parser.add_argument("--patient-ids", type=Path, metavar="CSV",
                         help="the patients of PNG and JPEG films, which carry no Patient ID: a CSV with the columns "
-                             "file (relative to the CSV's folder) and patient_id, e.g. cxr-train's labels.csv; "
+                             "file (relative to the CSV's folder, or absolute) and patient_id, e.g. cxr-train's labels.csv; "
                              "stored as pseudonyms, films of earlier runs included")
     parser.add_argument("--model", metavar="CKPT", type=Path,
                         help="checkpoint to use (registered on first use), scored alone; default: the active model "
