@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the calling AE title of --results-to dicom://... (default: %(default)s)")
     parser.add_argument("--patient-ids", type=Path, metavar="CSV",
                         help="the patients of PNG and JPEG films, which carry no Patient ID: a CSV with the columns "
-                             "file (relative to the CSV's folder, or absolute) and patient_id, e.g. cxr-train's labels.csv; "
-                             "stored as pseudonyms, films of earlier runs included")
+                             "file (relative to the CSV's folder, or absolute) and patient_id, e.g. cxr-train's "
+                             "labels.csv; stored as pseudonyms, films of earlier runs included")
     parser.add_argument("--model", metavar="CKPT", type=Path,
                         help="checkpoint to use (registered on first use), scored alone; default: the active model "
                              "version, with every challenger scored in its shadow")
