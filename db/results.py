@@ -19,7 +19,7 @@ from sqlalchemy import Table, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from db.models import Image, ImageFile, Prediction, ScoringFailure, ScoringRun, utcnow
+from db.models import Image, ImageFile, ModelTrainingImage, Prediction, ScoringFailure, ScoringRun, utcnow
 from db.paths import to_stored
 
 IMAGE_META_COLUMNS = (
@@ -236,10 +236,16 @@ def record_files(session: Session, locations: Sequence[tuple[FileStat, int]]) ->
          "image_id": image_id, "last_seen_at": now} for stat, image_id in locations])
 
 
-def set_patient_pseudonyms(session: Session, pseudonyms: dict[str, str]) -> tuple[int, int]:
+@dataclass(frozen=True)
+class PatientAssignment:
+    known: int  # paths that hold an image the database knows
+    changed: int  # PNG/JPEG images given a new or changed pseudonym
+    changed_trained_on: int  # ... whose content a model version trained or validated on
+
+
+def set_patient_pseudonyms(session: Session, pseudonyms: dict[str, str]) -> PatientAssignment:
     """Give the PNG and JPEG images held at these stored paths these patient pseudonyms (their files carry no
-    Patient ID); a DICOM image keeps the pseudonym of its own Patient ID. Returns how many of the paths hold an
-    image the database knows, and how many images got a new or changed pseudonym."""
+    Patient ID); a DICOM image keeps the pseudonym of its own Patient ID."""
     known, changes = 0, {}
     for chunk in _chunks(list(pseudonyms), 500):
         rows = session.execute(select(ImageFile.path, Image.id, Image.format, Image.patient_pseudonym)
@@ -248,10 +254,14 @@ def set_patient_pseudonyms(session: Session, pseudonyms: dict[str, str]) -> tupl
             known += 1
             if image_format != "dicom" and current != pseudonyms[path]:
                 changes[image_id] = pseudonyms[path]
+    trained_on = 0
+    for chunk in _chunks(list(changes), 500):
+        trained_on += session.scalar(select(func.count(func.distinct(Image.id))).join(
+            ModelTrainingImage, ModelTrainingImage.sha256 == Image.sha256).where(Image.id.in_(chunk)))
     if changes:
         session.execute(update(Image), [{"id": image_id, "patient_pseudonym": pseudonym}
                                         for image_id, pseudonym in changes.items()])
-    return known, len(changes)
+    return PatientAssignment(known, len(changes), trained_on)
 
 
 def films_without_patient(session: Session, paths: Sequence[str]) -> int:

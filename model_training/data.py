@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from torch.utils.data import Dataset
 
 from db import attributions
+from db.config import pseudonymise
 from db.errors import CannotRun
 from db.hashing import file_sha256
 from db.models import Image, Review
@@ -134,12 +135,13 @@ def reviewed_cases(session: Session) -> list[LabelledImage]:
 
 
 def merge_reviews(items: list[LabelledImage], reviews: list[LabelledImage]) -> list[LabelledImage]:
-    """Dataset plus reviewed cases, de-duplicated by content; a reviewer's label overrides the dataset's."""
+    """Dataset plus reviewed cases, de-duplicated by content; a reviewer's label overrides the dataset's, and a
+    reviewed film of a dataset's patient joins that patient (:func:`dataset_patients`)."""
     by_sha = {item.sha256: item for item in items}
     if None in by_sha:
         raise ValueError("merge_reviews needs hashed items (with_hashes)")
     overridden = 0
-    for review in reviews:
+    for review in dataset_patients(items, reviews):
         existing = by_sha.get(review.sha256)
         if existing is None:
             by_sha[review.sha256] = review
@@ -149,6 +151,14 @@ def merge_reviews(items: list[LabelledImage], reviews: list[LabelledImage]) -> l
     log.info("reviews: %d cases, %d new to the data, %d relabelled", len(reviews),
              len(by_sha) - len(items), overridden)
     return list(by_sha.values())
+
+
+def dataset_patients(items: list[LabelledImage], reviews: list[LabelledImage]) -> list[LabelledImage]:
+    """``reviews`` with the patient named as the dataset names it where the dataset has films of that patient: a
+    dataset gives patient ids, a reviewed case the pseudonym (the keyed hash) of its id, so one patient would
+    otherwise be two groups, and its films could land on both sides of the split."""
+    by_pseudonym = {pseudonymise(item.patient_id): item.patient_id for item in items if item.patient_id}
+    return [replace(review, patient_id=by_pseudonym.get(review.patient_id, review.patient_id)) for review in reviews]
 
 
 def deduplicate(items: list[LabelledImage]) -> list[LabelledImage]:

@@ -75,11 +75,16 @@ def assign_patients(engine: Engine, patient_ids: PatientIds, found: Sequence[str
     """Give the CSV's PNG and JPEG films their patients; say how many of the run's ``found`` files (as discovered)
     hold such a film still without one."""
     with write_session(engine) as session:
-        known, changed = results.set_patient_pseudonyms(session, patient_ids.pseudonyms)
+        done = results.set_patient_pseudonyms(session, patient_ids.pseudonyms)
         without = results.films_without_patient(session, [results.storable_path(path) for path in found])
     log.info("--patient-ids: %d of its %d files hold films the database knows; %d PNG/JPEG films got a patient "
-             "(new or changed)", known, len(patient_ids.pseudonyms), changed)
+             "(new or changed)", done.known, len(patient_ids.pseudonyms), done.changed)
+    if done.changed_trained_on:
+        log.warning("%d of them were trained or validated on by a model version: a retraining from that version "
+                    "splits them with their patient now, so its validation may hold some films its starting weights "
+                    "trained on (give --patient-ids from the first run on)", done.changed_trained_on)
     if without:
         log.warning("%d PNG/JPEG films found by this run have no row in --patient-ids %s: each counts as a patient "
                     "of its own", without, patient_ids.source)
-    return {"files": len(patient_ids.pseudonyms), "known": known, "changed": changed, "without_patient": without}
+    return {"files": len(patient_ids.pseudonyms), "known": done.known, "changed": done.changed,
+            "changed_trained_on": done.changed_trained_on, "without_patient": without}

@@ -11,6 +11,7 @@ import torch
 from sqlalchemy import select
 
 from db import model_versions
+from db.config import pseudonymise
 from db.engine import write_session
 from db.models import ModelVersion
 from model_training import data, train
@@ -127,9 +128,13 @@ def test_retraining_never_moves_a_film_between_the_splits():
 def test_a_patient_reviewed_later_joins_the_patients_split():
     dataset = [data.LabelledImage(f"/d/{i}.png", "covid", f"p{i}", sha256=f"d{i}") for i in range(20)]
     split = _split_of(dataset)
-    for i in range(20):
-        review = data.LabelledImage(f"/r/{i}.png", "pneumonia", f"p{i}", "review", f"r{i}", i + 1)
-        assert _split_of(dataset + [review])[f"r{i}"] == split[f"d{i}"]
+    for i in range(20):  # a reviewed case carries the pseudonym of its patient's id, as the scorer stored it
+        review = data.LabelledImage(f"/r/{i}.png", "pneumonia", pseudonymise(f"p{i}"), "review", f"r{i}", i + 1)
+        merged = data.merge_reviews(dataset, [review])
+        assert next(item.patient_id for item in merged if item.sha256 == f"r{i}") == f"p{i}"
+        assert _split_of(merged)[f"r{i}"] == split[f"d{i}"]
+    unknown = data.LabelledImage("/r/x.png", "pneumonia", pseudonymise("another"), "review", "rx", 99)
+    assert data.merge_reviews(dataset, [unknown])[-1].patient_id == pseudonymise("another")
 
 
 @pytest.mark.parametrize("seed", range(5))

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from db import cases
+from db import cases, model_versions
 from db.config import pseudonymise
-from db.engine import create_database_engine, read_session
-from db.models import Image
+from db.engine import create_database_engine, read_session, write_session
+from db.models import Image, ModelVersion
 from scoring import cli
 
 PROGRESSION = "ieee8023-205"  # seven films of one patient, day 1 to day 28, in cxr-adult
@@ -61,7 +61,8 @@ def stored_patients(db_url: str) -> dict[str, str | None]:
 def test_the_csvs_films_get_their_patients_and_dicom_keeps_its_own(capsys, caplog, db_url, tiny_checkpoint, site):
     code, summary = score(capsys, db_url, tiny_checkpoint, "--patient-ids", site / "labels.csv", site)
     assert (code, summary["scored"]) == (0, 12)
-    assert summary["patients"] == {"files": 11, "known": 11, "changed": 10, "without_patient": 1}
+    assert summary["patients"] == {"files": 11, "known": 11, "changed": 10, "changed_trained_on": 0,
+                                   "without_patient": 1}
     patients = stored_patients(db_url)
     progression = {name: p for name, p in patients.items() if "progression" in name}
     assert len(progression) == 7 and set(progression.values()) == {pseudonymise(PROGRESSION)}
@@ -78,13 +79,19 @@ def test_the_csvs_films_get_their_patients_and_dicom_keeps_its_own(capsys, caplo
     engine.dispose()
 
 
-def test_films_scored_before_get_their_patients_and_a_corrected_csv_corrects(capsys, sqlite_url, tiny_checkpoint,
-                                                                             site):
+def test_films_scored_before_get_their_patients_and_a_corrected_csv_corrects(capsys, caplog, sqlite_url,
+                                                                             tiny_checkpoint, site):
     assert score(capsys, sqlite_url, tiny_checkpoint, site)[0] == 0
     assert {p for name, p in stored_patients(sqlite_url).items() if name != "rg1.dcm"} == {None}
+    engine = create_database_engine(sqlite_url)
+    with write_session(engine) as session:  # a version trained on three of the films before they had patients
+        trained = session.scalars(select(Image.sha256).where(Image.path.like("%progression%")).limit(3))
+        model_versions.record_training_images(session, session.scalar(select(ModelVersion.id)), list(trained))
+    engine.dispose()
 
     code, summary = score(capsys, sqlite_url, tiny_checkpoint, "--patient-ids", site / "labels.csv", site)
     assert (code, summary["scored"], summary["patients"]["changed"]) == (0, 0, 10)
+    assert summary["patients"]["changed_trained_on"] == 3 and "3 of them were trained or validated on" in caplog.text
     day6 = next(name for name in stored_patients(sqlite_url) if name.endswith("day6.png"))
 
     text = (site / "labels.csv").read_text()
