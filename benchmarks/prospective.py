@@ -37,6 +37,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import random
 import shutil
 import tempfile
@@ -476,6 +477,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging(verbose=False)
+    os.environ["CXR_PSEUDONYM_KEY"] = closed_loop.BENCHMARK_PSEUDONYM_KEY
     settings, out, report, again = parse_args(argv)
     if report is not None:
         print(table(json.loads(report.read_text())))

@@ -42,18 +42,25 @@ def fold_figures(fold: Path, recipe: str) -> dict:
     validation = validation_items(TrainConfig.load(run))
     reviewed = [item for item in validation if item.review_id is not None]
     on_validation, _ = predict_checkpoint(run / "model.pt", validation, device="cpu")
-    on_reviewed, _ = predict_checkpoint(run / "model.pt", reviewed, device="cpu")
     evaluation, _ = predict_checkpoint(run / "model.pt", data.load_labelled(fold / "evaluation.csv"), device="cpu")
     own = json.loads((run / "model_card.json").read_text())["metrics"]["calibration"]["temperature"]
     refit = fit_temperature(on_validation.logits, on_validation.labels)
     if not math.isclose(refit, own, rel_tol=1e-4):
         raise SystemExit(f"{run}: the recomputed validation split gives temperature {refit:.4f}, the version's own "
                          f"is {own:.4f}; the split was not reproduced")
-    on_reviews = fit_temperature(on_reviewed.logits, on_reviewed.labels)
+    on_reviews = None  # a split may draw none of the reviewed patients into validation: nothing to refit on
+    if reviewed:
+        on_reviewed, _ = predict_checkpoint(run / "model.pt", reviewed, device="cpu")
+        on_reviews = fit_temperature(on_reviewed.logits, on_reviewed.labels)
+    temperatures = {"none": 1.0, "own": own, "reviews": on_reviews}
     return {"fold": str(fold), "validation": len(validation), "reviewed_in_validation": len(reviewed),
             "temperature": {"own": own, "reviews": on_reviews},
-            "evaluation_ece": {name: ece_at(evaluation.logits, evaluation.labels, t)
-                               for name, t in (("none", 1.0), ("own", own), ("reviews", on_reviews))}}
+            "evaluation_ece": {name: None if t is None else ece_at(evaluation.logits, evaluation.labels, t)
+                               for name, t in temperatures.items()}}
+
+
+def cell(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,13 +78,16 @@ def main(argv: list[str] | None = None) -> int:
     for row in figures:
         t, ece = row["temperature"], row["evaluation_ece"]
         print(f"| {Path(row['fold']).parent.name}/{Path(row['fold']).name} | {row['reviewed_in_validation']} | "
-              f"{t['own']:.2f} | {t['reviews']:.2f} | {ece['none']:.3f} | {ece['own']:.3f} | {ece['reviews']:.3f} |")
-    means = {name: float(np.mean([row["evaluation_ece"][name] for row in figures])) for name in ("none", "own",
-                                                                                                 "reviews")}
-    print(f"mean ECE over {len(figures)} folds: none {means['none']:.3f}, own {means['own']:.3f}, "
-          f"reviews {means['reviews']:.3f}")
+              f"{t['own']:.2f} | {cell(t['reviews'], 2)} | {ece['none']:.3f} | {ece['own']:.3f} | "
+              f"{cell(ece['reviews'], 3)} |")
+    compared = [row for row in figures if row["temperature"]["reviews"] is not None]  # the means stay paired
+    means = {name: float(np.mean([row["evaluation_ece"][name] for row in compared])) if compared else None
+             for name in ("none", "own", "reviews")}
+    print(f"mean ECE over the {len(compared)} of {len(figures)} folds with reviewed cases in validation: "
+          f"none {cell(means['none'], 3)}, own {cell(means['own'], 3)}, reviews {cell(means['reviews'], 3)}")
     if args.out:
-        args.out.write_text(json.dumps({"folds": figures, "mean_evaluation_ece": means}, indent=2) + "\n")
+        args.out.write_text(json.dumps({"folds": figures, "mean_evaluation_ece": means,
+                                        "folds_compared": len(compared)}, indent=2) + "\n")
     return 0
 
 

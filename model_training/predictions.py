@@ -50,7 +50,10 @@ def make_loader(dataset: data.LabelledDataset, *, batch_size: int, workers: int,
         draws = (RandomSampler(dataset, generator=generator) if sample_weights is None else
                  WeightedRandomSampler(sample_weights.double(), len(dataset), replacement=True, generator=generator))
         sampler = NumberedDraws(draws)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+    # A shuffled (training) epoch never ends in a batch of one draw: batch norm cannot train on a single image
+    # and raises. The draw left out is a random one, another in every epoch.
+    drop_last = shuffle_seed is not None and len(dataset) > 1 and len(dataset) % batch_size == 1
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
                       pin_memory=device.type == "cuda",
                       worker_init_fn=exits_with_this_process() if workers > 0 else None)
 

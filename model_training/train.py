@@ -384,6 +384,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
     config.name = config.name or out.name
     if len(config.name) > 128:
         raise TrainError(f"version name too long: {len(config.name)} characters, at most 128")
+    if config.batch_size < 2:  # batch norm cannot train on a batch of one image
+        raise TrainError(f"--batch-size must be at least 2, got {config.batch_size}")
     recipe = resolve_recipe(config)
     for key, value in dataclasses.asdict(recipe).items():
         setattr(config, key, value)  # config.json records the values the run used
@@ -408,6 +410,8 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = False) 
         val_items = [item for item in items if item.sha256 in val_shas]
     overlap = {i.group for i in train_items} & {i.group for i in val_items}
     assert not overlap, f"patients in both splits: {sorted(overlap)[:5]}"
+    if len(train_items) < 2:
+        raise TrainError(f"{len(train_items)} training image(s) after the validation split; need at least 2")
     log.info("data: %d training, %d validation images; classes %s", len(train_items), len(val_items), classes)
     config.save(out)
 
