@@ -1,15 +1,17 @@
 """The audit trail beyond reviews: an append-only table of who did what, when.
 
 Sign-ins (successful, failed, refused by the rate limit), sign-outs, exports, promotions and account
-changes, with the network address (client) a sign-in came from. A password never reaches an event, except one
-typed as the user name: a failed sign-in keeps the name given, known or not, because the rate limit counts per
-name (and must treat unknown names like accounts); :func:`recent_events` does not show a name that is no account.
+changes, with the network address (client) a sign-in came from. A password never reaches an event, not even one
+typed as the user name: a password sign-in attempt with a name that is no account is recorded under a keyed hash
+of the name (:func:`attempt_name`), which the rate limit counts as it counts an account's name.
 Functions take a Session and never commit.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +19,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from db.config import pseudonym_key
 from db.models import Event, Reviewer, utcnow
 
 SIGN_IN = "sign_in"
@@ -68,10 +71,24 @@ def record(session: Session, kind: str, *, username: str | None = None, reviewer
 
 
 UNKNOWN_NAME = "(not an account)"
+HIDDEN_NAME_PREFIX = "unknown:"  # no user name has a colon, so no account's name starts so
+
+
+def attempt_name(session: Session, name: str) -> str | None:
+    """The name a password sign-in attempt with ``name`` is recorded and counted under: an account's name as it
+    is, any other name as a keyed hash of it. A name that is no account is often a password typed into the wrong
+    field, so it is never stored; the same name gives the same hash, so the rate limit still counts attempts per
+    name and treats unknown names like accounts."""
+    if not name:
+        return None
+    if session.scalar(select(Reviewer.id).where(Reviewer.username == name)) is not None:
+        return name
+    digest = hmac.new(pseudonym_key(), b"cxr-review sign-in name\0" + name.encode("utf-8"), hashlib.sha256)
+    return HIDDEN_NAME_PREFIX + digest.hexdigest()[:32]
 
 
 def recent_events(session: Session, *, limit: int = 200, kinds: Sequence[str] = ()) -> list[EventRow]:
-    """The latest events, newest first. The name a failed or refused password sign-in gave is replaced by
+    """The latest events, newest first. The name a failed or refused password sign-in gave is shown as
     :data:`UNKNOWN_NAME` unless it is an account's (a single sign-on's address came from the provider, not from a
     keyboard, and tells an admin whom to give an account)."""
     query = select(Event).order_by(Event.created_at.desc(), Event.id.desc()).limit(limit)

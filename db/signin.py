@@ -100,13 +100,15 @@ def sign_in(session: Session, username: str, password: str, *, client: str | Non
     client = client or UNKNOWN_CLIENT
     wait = wait_before_attempt(session, username, client=client, now=now)
     if wait is not None:
-        events.record(session, events.SIGN_IN_REFUSED, username=username or None, client=client, now=now)
+        events.record(session, events.SIGN_IN_REFUSED, username=events.attempt_name(session, username),
+                      client=client, now=now)
         log.warning("sign-in refused for %s from %s: too many failed attempts, next in %s",
                     _logged_name(session, username), client, wait)
         return SignInResult(None, "rate_limited", wait)
     reviewer = _check_credentials(session, username, password)
     if reviewer is None:
-        events.record(session, events.SIGN_IN_FAILED, username=username or None, client=client, now=now)
+        events.record(session, events.SIGN_IN_FAILED, username=events.attempt_name(session, username),
+                      client=client, now=now)
         log.warning("failed sign-in for %s from %s", _logged_name(session, username), client)
         return SignInResult(None, "bad_credentials")
     events.record(session, events.SIGN_IN, username=reviewer.username, reviewer_id=reviewer.id, client=client,
@@ -180,10 +182,12 @@ def wait_before_attempt(session: Session, username: str, *, client: str | None =
     client = client or UNKNOWN_CLIENT
     window_start = now - WINDOW
     account_start = _account_counts_since(session, username, window_start)
+    recorded_as = events.attempt_name(session, username) or ""  # "": no attempt is recorded under an empty name
     counted = (
-        (PAIR_RULE, events.tally(session, events.SIGN_IN_FAILED, account_start, username=username, client=client)),
+        (PAIR_RULE, events.tally(session, events.SIGN_IN_FAILED, account_start, username=recorded_as,
+                                 client=client)),
         (CLIENT_RULE, events.tally(session, events.SIGN_IN_FAILED, window_start, client=client)),
-        (ACCOUNT_RULE, events.tally(session, events.SIGN_IN_FAILED, account_start, username=username)),
+        (ACCOUNT_RULE, events.tally(session, events.SIGN_IN_FAILED, account_start, username=recorded_as)),
     )
     ends = [tally.latest + rule.delay(tally.count) for rule, tally in counted if tally.count > rule.allowance]
     wait = max(ends, default=now) - now

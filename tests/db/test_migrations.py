@@ -151,3 +151,33 @@ def test_concurrent_upgrades_each_log_what_they_did(db_url, tmp_path):
     said = sorted(err.strip().rsplit(": ", 1)[-1] for _, err in results)
     head = migrate.head_revision()
     assert said == [f"already at {head}", f"already at {head}", f"migrated empty -> {head}"], results
+
+
+def test_upgrading_to_0010_blanks_the_names_typed_at_failed_password_sign_ins(db_url):
+    import datetime as dt
+
+    import sqlalchemy as sa
+    from sqlalchemy.exc import DatabaseError
+
+    engine = create_database_engine(db_url)
+    migrate.upgrade(engine, "0009")
+    events = sa.table("events", sa.column("id", sa.Integer), sa.column("kind", sa.String),
+                      sa.column("username", sa.String), sa.column("details", sa.JSON),
+                      sa.column("created_at", sa.DateTime))
+    typed = "Tr0ub4dor&3-horse"  # a password typed into the name field
+    rows = [("sign_in_failed", "rad", {}), ("sign_in_failed", typed, {}), ("sign_in_refused", typed, {}),
+            ("sign_in_failed", "ann@example.org", {"method": "oidc", "refused": "unknown_identity"}),
+            ("sign_in_failed", None, {}), ("sign_in", "rad", {}), ("export_flagged", "rad", {})]
+    with engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO reviewers (username, role, password_hash, is_active, created_at) "
+                                   "VALUES ('rad', 'reviewer', 'x', true, CURRENT_TIMESTAMP)"))
+        connection.execute(sa.insert(events), [{"kind": kind, "username": name, "details": details,
+                                                "created_at": dt.datetime(2026, 12, 1)}
+                                               for kind, name, details in rows])
+    migrate.upgrade(engine)
+    with engine.connect() as connection:
+        names = connection.execute(sa.select(events.c.username).order_by(events.c.id)).scalars().all()
+    assert names == ["rad", None, None, "ann@example.org", None, "rad", "rad"]
+    with pytest.raises(DatabaseError, match="append-only"), engine.begin() as connection:
+        connection.execute(sa.text("UPDATE events SET username = 'x'"))  # the table is append-only again
+    engine.dispose()

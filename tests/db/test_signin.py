@@ -78,11 +78,17 @@ def test_sign_in_records_every_attempt_without_the_password(engine, accounts, ca
     assert "failed sign-in for an unknown user name" in caplog.text
     for secret in ("wrong-password", PASSWORD, typed_in_the_name_field, "nobody"):
         assert secret not in caplog.text
-    # the rate limit still counts the unknown name as given (so that it treats it like an account's)
+    # nor does the database: a name that is no account is stored as a keyed hash, the same for the same name, so
+    # that the rate limit counts it like an account's name
+    assert _sign_in(engine, typed_in_the_name_field, "", client="10.0.0.3").outcome == "bad_credentials"
     with read_session(engine) as session:
-        counted = events.tally(session, events.SIGN_IN_FAILED, utcnow() - dt.timedelta(hours=1),
-                               username=typed_in_the_name_field)
-    assert counted.count == 1
+        stored = session.execute(select(Event.username, Event.client).where(Event.kind == events.SIGN_IN_FAILED)
+                                 .order_by(Event.id)).all()
+        assert events.attempt_name(session, "rad") == "rad"
+    hidden = [name for name, _ in stored if name != "rad"]
+    assert len(hidden) == 3 and all(name.startswith(events.HIDDEN_NAME_PREFIX) for name in hidden)
+    assert hidden[0] == hidden[2] != hidden[1]  # the typed field twice, "nobody" once
+    assert not any(secret in str(row) for row in stored for secret in (typed_in_the_name_field, "nobody"))
 
 
 @pytest.mark.parametrize(("rule", "failures", "seconds"), [
