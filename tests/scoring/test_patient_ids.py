@@ -79,6 +79,21 @@ def test_the_csvs_films_get_their_patients_and_dicom_keeps_its_own(capsys, caplo
     engine.dispose()
 
 
+
+@pytest.mark.parametrize("linked", ["csv", "films"])
+def test_a_site_reached_through_a_symbolic_link_is_matched_either_way(capsys, sqlite_url, tiny_checkpoint, site,
+                                                                       tmp_path, linked):
+    # the scorer stores a file at the path it was given; the CSV names it through the other path
+    link = tmp_path / "site-link"
+    link.symlink_to(site, target_is_directory=True)
+    csv_folder, films = (link, site) if linked == "csv" else (site, link)
+    code, summary = score(capsys, sqlite_url, tiny_checkpoint, "--patient-ids", csv_folder / "labels.csv", films)
+    assert (code, summary["scored"]) == (0, 12)
+    assert summary["patients"] == {"files": 11, "known": 11, "changed": 10,
+                                   "changed_trained_on": 0, "without_patient": 1}
+    progression = {name: p for name, p in stored_patients(sqlite_url).items() if "progression" in name}
+    assert len(progression) == 7 and set(progression.values()) == {pseudonymise(PROGRESSION)}
+
 def test_films_scored_before_get_their_patients_and_a_corrected_csv_corrects(capsys, caplog, sqlite_url,
                                                                              tiny_checkpoint, site):
     assert score(capsys, sqlite_url, tiny_checkpoint, site)[0] == 0
