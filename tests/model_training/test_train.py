@@ -59,7 +59,7 @@ def test_a_tiny_run_gives_a_scoreable_registered_checkpoint_with_a_card(tmp_path
 
 def test_a_training_set_one_image_past_whole_batches_trains(tmp_path, small_set, sqlite_url):
     # batch norm raises on a batch of one image whose last block is one pixel (32 px in), so such an epoch's last
-    # draw is left out (CI once hit this when a fresh pseudonym key moved the split)
+    # draw is left out (CI hit this in the quick closed-loop benchmark, whose split had such a size)
     items = data.with_hashes(data.load_labelled(small_set))
     train_items, _ = data.patient_split(items, 0.2, 3)
     batch_size = len(train_items) - 1

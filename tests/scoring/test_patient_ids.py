@@ -79,7 +79,6 @@ def test_the_csvs_films_get_their_patients_and_dicom_keeps_its_own(capsys, caplo
     engine.dispose()
 
 
-
 @pytest.mark.parametrize("linked", ["csv", "films"])
 def test_a_site_reached_through_a_symbolic_link_is_matched_either_way(capsys, sqlite_url, tiny_checkpoint, site,
                                                                        tmp_path, linked):
@@ -93,6 +92,7 @@ def test_a_site_reached_through_a_symbolic_link_is_matched_either_way(capsys, sq
                                    "changed_trained_on": 0, "without_patient": 1}
     progression = {name: p for name, p in stored_patients(sqlite_url).items() if "progression" in name}
     assert len(progression) == 7 and set(progression.values()) == {pseudonymise(PROGRESSION)}
+
 
 def test_films_scored_before_get_their_patients_and_a_corrected_csv_corrects(capsys, caplog, sqlite_url,
                                                                              tiny_checkpoint, site):
