@@ -744,8 +744,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, Path | None, Pa
     work = args.work or Path(tempfile.mkdtemp(prefix="cxr-closed-loop-"))
     settings = Settings(
         dev=args.dev, adult=args.adult, work=work, v1=args.v1, seeds=tuple(pick(args.seeds, [0, 1, 2], [0])),
-        # quick nested runs 64 px: its fine-tunes can end an epoch on a batch of one film, whose layer4 maps at
-        # 32 px are 1x1, which batch norm refuses
+        # quick nested runs 64 px, chosen when its fine-tunes could end an epoch on a batch of one film (layer4's
+        # maps are 1x1 at 32 px, and batch norm refuses one value per channel); make_loader now leaves that out
         folds=args.folds, img_size=pick(args.img_size, 224, 64 if args.nested else 32),
         epochs_v1=pick(args.epochs_v1, 20, 1), epochs_v2=pick(args.epochs_v2, 6, 1),
         batch_size=pick(None if args.batch_size == 32 else args.batch_size, 32, 8), lr_v2=args.lr_v2,
