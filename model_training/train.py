@@ -72,10 +72,12 @@ class TrainError(CannotRun, RuntimeError):
 @dataclass(frozen=True)
 class Recipe:
     """How a version is trained beyond the optimiser settings. ``RETRAIN_RECIPE`` was chosen with
-    ``benchmarks/closed_loop.py`` (cross-fitted on cxr-adult; the README has the figures): with a hundred-odd
-    reviews, freezing the network up to ``layer3`` and drawing most of each epoch from reviewed cases gave the
-    largest balanced-accuracy gain on unseen adult patients, at no measurable cost on cxr-dev. The features up
-    to ``layer3`` stay the active version's, so a ranking those features cannot make is not learned either."""
+    ``benchmarks/closed_loop.py`` (cross-fitted on cxr-adult; docs/benchmarks.md has the figures): with a
+    hundred-odd reviews, freezing the network up to ``layer3`` and drawing most of each epoch from reviewed cases
+    gave the largest balanced-accuracy gain on unseen adult patients, at no measurable cost on cxr-dev; re-run with
+    the current v1 it is still first, though within noise of freezing less, and training the head alone stays
+    clearly worse. The features up to ``layer3`` stay the active version's, so a ranking those features cannot
+    make is not learned either."""
 
     from_active: bool      # start from the active version's weights (unless --pretrained names others)
     review_share: float    # share of each epoch's draws that are reviewed cases, class-balanced; 0: no resampling
