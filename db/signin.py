@@ -98,18 +98,17 @@ def sign_in(session: Session, username: str, password: str, *, client: str | Non
     now = now or utcnow()
     username = username.strip()
     client = client or UNKNOWN_CLIENT
-    wait = wait_before_attempt(session, username, client=client, now=now)
+    recorded_as = events.attempt_name(session, username)
+    wait = _wait(session, username, recorded_as, client, now)
     if wait is not None:
-        events.record(session, events.SIGN_IN_REFUSED, username=events.attempt_name(session, username),
-                      client=client, now=now)
+        events.record(session, events.SIGN_IN_REFUSED, username=recorded_as, client=client, now=now)
         log.warning("sign-in refused for %s from %s: too many failed attempts, next in %s",
-                    _logged_name(session, username), client, wait)
+                    _logged_name(username, recorded_as), client, wait)
         return SignInResult(None, "rate_limited", wait)
     reviewer = _check_credentials(session, username, password)
     if reviewer is None:
-        events.record(session, events.SIGN_IN_FAILED, username=events.attempt_name(session, username),
-                      client=client, now=now)
-        log.warning("failed sign-in for %s from %s", _logged_name(session, username), client)
+        events.record(session, events.SIGN_IN_FAILED, username=recorded_as, client=client, now=now)
+        log.warning("failed sign-in for %s from %s", _logged_name(username, recorded_as), client)
         return SignInResult(None, "bad_credentials")
     events.record(session, events.SIGN_IN, username=reviewer.username, reviewer_id=reviewer.id, client=client,
                   now=now)
@@ -178,11 +177,16 @@ def wait_before_attempt(session: Session, username: str, *, client: str | None =
                         now: dt.datetime | None = None) -> dt.timedelta | None:
     """How long a sign-in as ``username`` from ``client`` must wait before its password is checked, or None: the
     longest delay still running of the three counters."""
-    now = now or utcnow()
-    client = client or UNKNOWN_CLIENT
+    return _wait(session, username, events.attempt_name(session, username), client or UNKNOWN_CLIENT,
+                 now or utcnow())
+
+
+def _wait(session: Session, username: str, recorded_as: str | None, client: str,
+          now: dt.datetime) -> dt.timedelta | None:
+    """``wait_before_attempt`` for a name whose attempts are recorded as ``recorded_as`` (``events.attempt_name``)."""
     window_start = now - WINDOW
     account_start = _account_counts_since(session, username, window_start)
-    recorded_as = events.attempt_name(session, username) or ""  # "": no attempt is recorded under an empty name
+    recorded_as = recorded_as or ""  # "": no attempt is recorded under an empty name
     counted = (
         (PAIR_RULE, events.tally(session, events.SIGN_IN_FAILED, account_start, username=recorded_as,
                                  client=client)),
@@ -226,10 +230,10 @@ def end_sessions(session: Session, reviewer_id: int) -> int:
     return raise_session_epoch(session, reviewer)
 
 
-def _logged_name(session: Session, username: str) -> str:
-    """The name of an account, quoted; a name that is no account is not repeated: it is often a password typed
-    into the wrong field, or one that belongs to another system."""
-    return repr(username) if username and find_reviewer(session, username) is not None else "an unknown user name"
+def _logged_name(username: str, recorded_as: str | None) -> str:
+    """The name of an account, quoted; a name that is no account (recorded under its hash) is not repeated: it is
+    often a password typed into the wrong field, or one that belongs to another system."""
+    return repr(username) if username and recorded_as == username else "an unknown user name"
 
 
 def _check_credentials(session: Session, username: str, password: str) -> Reviewer | None:
