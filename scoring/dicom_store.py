@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from scoring.imaging.pixel_data import DEFLATED, NATIVE_SYNTAXES, SUPPORTED_TRANSFER_SYNTAXES
-from scoring.imaging.scope import RADIOGRAPH_MODALITIES
+from scoring.imaging.scope import DX_FOR_PROCESSING, RADIOGRAPH_MODALITIES
 
 CR_IMAGE = "1.2.840.10008.5.1.4.1.1.1"
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 # Digitised films and many exports (the SIIM-ACR chest films among them) are Secondary Capture with Modality CR
 # or DX; any other Secondary Capture is refused by its Modality.
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"

@@ -76,6 +76,8 @@ _TEXT_KEYWORDS = {
     "study_uid": "StudyInstanceUID",
     "series_uid": "SeriesInstanceUID",
     "sop_uid": "SOPInstanceUID",
+    "sop_class": "SOPClassUID",
+    "presentation_intent": "PresentationIntentType",
     "manufacturer": "Manufacturer",
     "burned_in_annotation": "BurnedInAnnotation",
 }

@@ -4,10 +4,10 @@ Every ``meta`` has the same keys: ``format`` ("png" | "jpeg" | "dicom"), ``rows`
 stored size, before any processing: EXIF orientations 5-8 transpose ``pixels``), ``mode`` and
 ``exif_orientation`` (PNG/JPEG; None for DICOM), ``bits_stored`` (8 or 16 for PNG, 8 for JPEG) and
 the DICOM keys ``modality``, ``body_part``, ``view_position``, ``study_date``, ``study_uid``,
-``series_uid``, ``sop_uid``, ``manufacturer``, ``photometric``, ``pixel_spacing`` ([row, col] mm
-from Pixel Spacing, else Imager Pixel Spacing), ``burned_in_annotation``, ``transfer_syntax``,
-``frames``, ``voi`` and ``patient_pseudonym``, which are None for PNG/JPEG and for absent values;
-``decode_scale`` (1.0, or less after a reduced decode: see ``downsample``). No
+``series_uid``, ``sop_uid``, ``sop_class``, ``presentation_intent``, ``manufacturer``, ``photometric``,
+``pixel_spacing`` ([row, col] mm from Pixel Spacing, else Imager Pixel Spacing), ``burned_in_annotation``,
+``transfer_syntax``, ``frames``, ``voi`` and ``patient_pseudonym``, which are None for PNG/JPEG and for absent
+values; ``decode_scale`` (1.0, or less after a reduced decode: see ``downsample``). No
 PatientName, PatientID, BirthDate or other identifying data: ``patient_pseudonym`` is
 ``db.config.pseudonymise(PatientID)``, computed in the calling process (so it uses the caller's
 ``CXR_HOME`` and key).
@@ -28,6 +28,8 @@ DICOM_META_KEYS = (
     "study_uid",
     "series_uid",
     "sop_uid",
+    "sop_class",
+    "presentation_intent",
     "manufacturer",
     "photometric",
     "bits_stored",

@@ -1,10 +1,15 @@
 """The scope check: whether a frontal chest classifier should see an image at all.
 
 Only DICOM carries the metadata to decide; PNG and JPEG are in scope ("no_metadata"). A DICOM image
-is in scope when it is a radiograph (CR or DX), one frame, monochrome, of the chest where Body Part
-Examined says so, and not a lateral view. The "why" is short and machine-readable, such as
-``modality:CT``, ``multi_frame:10``, ``photometric:RGB``, ``body_part:EXTREMITY`` or
+is in scope when it is a radiograph (CR or DX) meant for viewing, one frame, monochrome, of the chest where
+Body Part Examined says so, and not a lateral view. The "why" is short and machine-readable, such as
+``modality:CT``, ``for_processing``, ``multi_frame:10``, ``photometric:RGB``, ``body_part:EXTREMITY`` or
 ``lateral_view:LL``; in scope it is ``ok``, or ``body_part_missing``.
+
+A DX image "for processing" (its SOP class, or Presentation Intent Type FOR PROCESSING) holds the detector's raw
+values, before the manufacturer's processing that makes the film a radiologist reads (and that every training film
+went through): it looks nothing like one, and a score of it would mean nothing. A modality sends it beside the
+processed "for presentation" image of the same exposure, which is scored.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from .header import MONOCHROME, upper
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "TORACE"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "LEFT LATERAL", "RIGHT LATERAL"})
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
+DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"  # Digital X-Ray Image Storage - For Processing
 
 
 def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
@@ -25,6 +31,8 @@ def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
     modality = upper(meta.get("modality"))
     if modality not in RADIOGRAPH_MODALITIES:
         return False, f"modality:{modality or 'missing'}"
+    if meta.get("sop_class") == DX_FOR_PROCESSING or upper(meta.get("presentation_intent")) == "FOR PROCESSING":
+        return False, "for_processing"
     frames = meta.get("frames") or 1
     if frames > 1:
         return False, f"multi_frame:{frames}"

@@ -12,6 +12,7 @@ from pydicom import uid
 
 from db.config import pseudonymise
 from scoring.imaging import in_scope, read_xray
+from scoring.imaging.scope import DX_FOR_PROCESSING
 from tests.scoring.imaging_checks import EXACT, check_image, percentile_window, window_linear
 
 PATIENT_ID = "TEST-PATIENT-0042"
@@ -144,6 +145,30 @@ def test_trailing_bytes_after_a_complete_file_are_ignored(dicom_dir, pydicom_dat
 def test_scope_of_real_files(pydicom_data, name: str, expected: tuple[bool, str]) -> None:
     image = read_xray(pydicom_data(name), timeout=None)
     check_image(image)
+    assert in_scope(image.meta) == expected
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "intent", "expected"),
+    [
+        (DX_FOR_PROCESSING, "FOR PROCESSING", (False, "for_processing")),
+        (DX_FOR_PROCESSING, None, (False, "for_processing")),  # the SOP class alone says so
+        (uid.DigitalXRayImageStorageForPresentation, "FOR PROCESSING", (False, "for_processing")),
+        (uid.DigitalXRayImageStorageForPresentation, "FOR PRESENTATION", (True, "ok")),
+    ],
+    ids=["for_processing", "sop_class_only", "intent_only", "for_presentation"],
+)
+def test_a_dx_film_for_processing_is_out_of_scope(pydicom_data, tmp_path, sop_class, intent, expected) -> None:
+    """The real CR chest film as a DX: its raw "for processing" form is not scored, its processed one is. Read
+    through the isolated decoder, so the two values are known to cross from it."""
+    ds = pydicom.dcmread(pydicom_data("RG1_UNCR.dcm"))
+    ds.Modality = "DX"
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    if intent is not None:
+        ds.PresentationIntentType = intent
+    ds.save_as(tmp_path / "dx.dcm")
+    image = read_xray(tmp_path / "dx.dcm")
+    assert (image.meta["sop_class"], image.meta["presentation_intent"]) == (sop_class, intent)
     assert in_scope(image.meta) == expected
 
 

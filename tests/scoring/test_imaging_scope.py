@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scoring.imaging import in_scope
+from scoring.imaging.scope import DX_FOR_PROCESSING
 
 # --------------------------------------------------------------------------------------------
 # in_scope
@@ -75,6 +76,25 @@ from scoring.imaging import in_scope
             (False, "multi_frame:3"),
         ),
         ({"format": "dicom", "modality": "CR", "photometric": "RGB"}, (False, "photometric:RGB")),
+        (
+            {"format": "dicom", "modality": "DX", "presentation_intent": "FOR PROCESSING",
+             "photometric": "MONOCHROME2"},
+            (False, "for_processing"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "sop_class": DX_FOR_PROCESSING, "photometric": "MONOCHROME2"},
+            (False, "for_processing"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "presentation_intent": "for processing ", "body_part": "CHEST",
+             "photometric": "MONOCHROME2"},
+            (False, "for_processing"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "presentation_intent": "FOR PRESENTATION", "body_part": "CHEST",
+             "sop_class": "1.2.840.10008.5.1.4.1.1.1.1", "photometric": "MONOCHROME2"},
+            (True, "ok"),
+        ),
     ],
 )
 def test_in_scope(meta, expected) -> None:
