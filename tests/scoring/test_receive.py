@@ -4,6 +4,7 @@ pynetdicom's own SCU with the real CR films, then the real scorer reading what i
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import signal
@@ -17,17 +18,19 @@ from types import SimpleNamespace
 
 import pydicom
 import pytest
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode
 from pynetdicom.pdu import A_ABORT_RQ, A_RELEASE_RQ
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from db.engine import create_database_engine, read_session
 from db.models import Image, Prediction
 from scoring import cli, dicom_store, imaging, receive
 from scoring.discovery import discover
+from scoring.imaging.scope import DX_FOR_PROCESSING
 from scoring.receive import ReceiverSettings, TlsFiles, start_receiver
 from tests.conftest import self_signed_certificate
 
@@ -109,22 +112,35 @@ def test_c_echo(receiver):
 
 
 def test_real_films_are_stored_per_study_and_scored(receiver, folder, film, cr_image, tiny_checkpoint, tmp_path):
-    for ds in (film, cr_image):
+    raw = for_processing(cr_image)  # stored like the films, then recorded out of scope, not scored
+    for ds in (film, cr_image, raw):
         assert send(receiver.port, ds) == 0x0000
-    for ds in (film, cr_image):
+    for ds in (film, cr_image, raw):
         stored = pydicom.dcmread(folder / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm")
         assert stored == ds and stored.PixelData == ds.PixelData
         assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
         assert stored.file_meta.MediaStorageSOPInstanceUID == ds.SOPInstanceUID
-    assert len(files_under(folder)) == 2
+    assert len(files_under(folder)) == 3
 
     url = f"sqlite:///{tmp_path / 'cxr.db'}"
     assert cli.main(["--db", url, "--model", str(tiny_checkpoint), "--settle-seconds", "0", str(folder)]) == 0
     engine = create_database_engine(url)
     with read_session(engine) as session:
-        assert session.scalar(select(func.count()).select_from(Image)) == 2
-        assert session.scalar(select(func.count(func.distinct(Prediction.image_id)))) == 2
+        scopes = dict(session.execute(select(Image.sop_uid, Image.scope_reason)).all())
+        assert scopes == {film.SOPInstanceUID: "ok", cr_image.SOPInstanceUID: "ok",
+                          raw.SOPInstanceUID: "for_processing"}
+        scored = session.scalars(select(Image.sop_uid).join(Prediction, Prediction.image_id == Image.id)).all()
+        assert sorted(scored) == sorted([film.SOPInstanceUID, cr_image.SOPInstanceUID])
     engine.dispose()
+
+
+def for_processing(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A copy of ``ds`` as the raw DX image a modality sends beside the processed one: another instance."""
+    raw = copy.deepcopy(ds)
+    raw.Modality, raw.PresentationIntentType = "DX", "FOR PROCESSING"
+    raw.SOPClassUID = raw.file_meta.MediaStorageSOPClassUID = DX_FOR_PROCESSING
+    raw.SOPInstanceUID = raw.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    return raw
 
 
 def test_a_ct_instance_is_refused_by_negotiation(receiver, folder, pydicom_data):
