@@ -274,8 +274,22 @@ def _dicom_meta(ds: Any, syntax: str, geometry: Geometry, voi: str) -> dict[str,
         transfer_syntax=syntax,
         frames=geometry.frames,
         voi=voi,
+        view_code=_view_code(ds),
     )
     return meta
+
+
+def _view_code(ds: Any) -> str | None:
+    """The first item of View Code Sequence as "SCHEME:VALUE" (``SCT:399173006``), when it is a plain code; None
+    otherwise, so that no free text a writer put there travels with the metadata."""
+    try:
+        item = ds.ViewCodeSequence[0]
+        scheme, value = str(item.CodingSchemeDesignator).strip(), str(item.CodeValue).strip()
+    except Exception:
+        return None
+    plain = all(part and len(part) <= 16 and part.replace("-", "").replace(".", "").isalnum()
+                for part in (scheme, value))
+    return f"{scheme.upper()}:{value.upper()}" if plain else None
 
 
 def _pixel_spacing(ds: Any) -> list[float] | None:

@@ -1,10 +1,11 @@
 """The scope check: whether a frontal chest classifier should see an image at all.
 
-Only DICOM carries the metadata to decide; PNG and JPEG are in scope ("no_metadata"). A DICOM image
-is in scope when it is a radiograph (CR or DX) meant for viewing, one frame, monochrome, of the chest where
-Body Part Examined says so, and not a lateral view. The "why" is short and machine-readable, such as
-``modality:CT``, ``for_processing``, ``multi_frame:10``, ``photometric:RGB``, ``body_part:EXTREMITY`` or
-``lateral_view:LL``; in scope it is ``ok``, or ``body_part_missing``.
+Only DICOM carries the metadata to decide; PNG and JPEG are in scope ("no_metadata"). A DICOM image is in scope when
+it is a radiograph (CR or DX) meant for viewing, one frame, monochrome, of the chest where Body Part Examined says
+so, and not a lateral view (by View Position or by View Code Sequence, either one enough). The "why" is short and
+machine-readable, such as ``modality:CT``, ``for_processing``, ``multi_frame:10``, ``photometric:RGB``,
+``body_part:EXTREMITY``, ``lateral_view:LL`` or ``lateral_view:left lateral`` (coded); in scope it is ``ok``, or
+``body_part_missing``.
 
 A DX image "for processing" (its SOP class, or Presentation Intent Type FOR PROCESSING) holds the detector's raw
 values, before the manufacturer's processing that makes the film a radiologist reads (and that every training film
@@ -20,6 +21,15 @@ from .header import MONOCHROME, upper
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "TORACE"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "LEFT LATERAL", "RIGHT LATERAL"})
+# The lateral views of DICOM's DX View list (CID 4010) as View Code Sequence gives them: SNOMED CT codes, and the
+# SNOMED RT codes older modalities write (pairs as in pydicom's SNOMED mapping).
+LATERAL_VIEW_CODES = {
+    "SCT:399198007": "right lateral", "SRT:R-10232": "right lateral",
+    "SCT:399173006": "left lateral", "SRT:R-10236": "left lateral",
+    "SCT:399067008": "lateral", "SRT:R-102CD": "lateral",
+    "SCT:399352003": "lateral-medial", "SRT:R-10228": "lateral-medial",
+    "SCT:399260004": "medial-lateral", "SRT:R-10224": "medial-lateral",
+}
 RADIOGRAPH_MODALITIES = frozenset({"CR", "DX"})
 DX_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"  # Digital X-Ray Image Storage - For Processing
 
@@ -45,6 +55,9 @@ def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
     view = upper(meta.get("view_position"))
     if view in LATERAL_VIEWS:
         return False, f"lateral_view:{view}"
+    coded = LATERAL_VIEW_CODES.get(meta.get("view_code") or "")
+    if coded:
+        return False, f"lateral_view:{coded}"
     return True, "ok" if body_part else "body_part_missing"
 
 

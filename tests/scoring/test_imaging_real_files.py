@@ -172,6 +172,30 @@ def test_a_dx_film_for_processing_is_out_of_scope(pydicom_data, tmp_path, sop_cl
     assert in_scope(image.meta) == expected
 
 
+@pytest.mark.parametrize(
+    ("scheme", "value", "view_code", "expected"),
+    [
+        ("SCT", "399173006", "SCT:399173006", (False, "lateral_view:left lateral")),
+        ("SRT", "R-10232", "SRT:R-10232", (False, "lateral_view:right lateral")),
+        ("SCT", "399033003", "SCT:399033003", (True, "ok")),  # frontal
+        ("99LOCAL", "DOE^JOHN 1961", None, (True, "ok")),  # free text is not a code, and does not travel
+    ],
+    ids=["left_lateral", "right_lateral_snomed_rt", "frontal", "free_text"],
+)
+def test_a_view_coded_as_lateral_is_out_of_scope(pydicom_data, tmp_path, scheme, value, view_code, expected) -> None:
+    """The real CR chest film with no View Position and its view in View Code Sequence, read through the isolated
+    decoder."""
+    ds = pydicom.dcmread(pydicom_data("RG1_UNCR.dcm"))
+    ds.ViewPosition = ""
+    view = pydicom.Dataset()
+    view.CodeValue, view.CodingSchemeDesignator, view.CodeMeaning = value, scheme, "as written"
+    ds.ViewCodeSequence = [view]
+    ds.save_as(tmp_path / "coded.dcm")
+    image = read_xray(tmp_path / "coded.dcm")
+    assert image.meta["view_code"] == view_code
+    assert in_scope(image.meta) == expected
+
+
 def test_dicom_meta_has_no_phi_and_a_pseudonym(dicom_factory, source_pixels) -> None:
     path = dicom_factory("meta.dcm", source_pixels, PixelSpacing=[0.15, 0.16], BurnedInAnnotation="NO")
     image = read_xray(path)

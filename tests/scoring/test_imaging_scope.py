@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scoring.imaging import in_scope
-from scoring.imaging.scope import DX_FOR_PROCESSING
+from scoring.imaging.scope import DX_FOR_PROCESSING, LATERAL_VIEW_CODES
 
 # --------------------------------------------------------------------------------------------
 # in_scope
@@ -77,6 +77,24 @@ from scoring.imaging.scope import DX_FOR_PROCESSING
         ),
         ({"format": "dicom", "modality": "CR", "photometric": "RGB"}, (False, "photometric:RGB")),
         (
+            {"format": "dicom", "modality": "DX", "view_code": "SCT:399173006", "photometric": "MONOCHROME2"},
+            (False, "lateral_view:left lateral"),
+        ),
+        (
+            {"format": "dicom", "modality": "CR", "view_code": "SRT:R-10232", "photometric": "MONOCHROME1"},
+            (False, "lateral_view:right lateral"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "PA", "view_code": "SCT:399067008",
+             "body_part": "CHEST", "photometric": "MONOCHROME2"},
+            (False, "lateral_view:lateral"),  # the two disagree: not scored as a frontal film
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "PA", "view_code": "SCT:272479007",
+             "body_part": "CHEST", "photometric": "MONOCHROME2"},
+            (True, "ok"),  # postero-anterior
+        ),
+        (
             {"format": "dicom", "modality": "DX", "presentation_intent": "FOR PROCESSING",
              "photometric": "MONOCHROME2"},
             (False, "for_processing"),
@@ -99,3 +117,18 @@ from scoring.imaging.scope import DX_FOR_PROCESSING
 )
 def test_in_scope(meta, expected) -> None:
     assert in_scope(meta) == expected
+
+
+def test_the_lateral_view_codes_are_dicoms_lateral_dx_views() -> None:
+    """Pinned to pydicom's copy of DICOM's DX View list (CID 4010) and its SNOMED CT to SNOMED RT mapping: every
+    true lateral there is in the table, under both codes, and nothing else is."""
+    from pydicom.sr._cid_dict import cid_concepts
+    from pydicom.sr._snomed_dict import mapping
+    from pydicom.sr.codedict import codes
+
+    dx_views = [getattr(codes.SCT, name) for name in cid_concepts[4010]["SCT"]]
+    laterals = {code.value: code.meaning for code in dx_views
+                if "lateral" in code.meaning.lower() and "oblique" not in code.meaning.lower()}
+    expected = {f"SCT:{value}": meaning for value, meaning in laterals.items()}
+    expected |= {f"SRT:{mapping['SCT'][value]}": meaning for value, meaning in laterals.items()}
+    assert LATERAL_VIEW_CODES == expected
