@@ -15,6 +15,7 @@ processed "for presentation" image of the same exposure, which is scored.
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Any
 
 from .header import MONOCHROME, upper
@@ -62,5 +63,7 @@ def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
 
 
 def _is_chest(body_part: str) -> bool:
-    words = "".join(c if c.isalnum() else " " for c in body_part).split()
+    # Accents dropped: Body Part Examined is plain ASCII by the standard, but a localised modality may write TÓRAX.
+    plain = unicodedata.normalize("NFKD", body_part).encode("ascii", "ignore").decode()
+    words = "".join(c if c.isalnum() else " " for c in plain).split()
     return any(word in CHEST_BODY_PARTS for word in words)

@@ -37,6 +37,14 @@ from scoring.imaging.scope import DX_FOR_PROCESSING, LATERAL_VIEW_CODES
             (True, "body_part_missing"),
         ),
         (
+            {"format": "dicom", "modality": "CR", "body_part": "TÓRAX", "photometric": "MONOCHROME1"},
+            (True, "ok"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "body_part": "Torace PA", "photometric": "MONOCHROME2"},
+            (True, "ok"),
+        ),
+        (
             {"format": "dicom", "modality": "CT", "body_part": "CHEST", "photometric": "MONOCHROME2"},
             (False, "modality:CT"),
         ),
