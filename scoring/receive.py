@@ -4,8 +4,7 @@ Only callers named with --allow-ae, calling this service by its --ae-title, get 
 rejected at association (calling or called AE title not recognised). Accepted are CR, DX (for presentation and
 for processing) and Secondary Capture radiographs (Modality CR or DX), in the transfer syntaxes the scorer decodes;
 anything else is refused by presentation-context negotiation or with a failure status, and nothing is stored. A DX
-image for processing is stored, not refused (a modality would retry it, or raise an alarm, for ever), and the
-scorer records it out of scope (``for_processing``).
+image for processing is stored like the others, and the scorer records it out of scope (``for_processing``).
 
 Each instance goes to FOLDER/<StudyInstanceUID>/<SOPInstanceUID>.dcm, written atomically (a hidden .part file the
 scorer skips, fsynced, renamed); a second copy of an instance replaces the first. A full disk answers 0xA700 (out

@@ -1,17 +1,16 @@
 """What a successful read returns: :class:`XRayImage` and the metadata every format shares.
 
-Every ``meta`` has the same keys: ``format`` ("png" | "jpeg" | "dicom"), ``rows``, ``cols`` (the
-stored size, before any processing: EXIF orientations 5-8 transpose ``pixels``), ``mode`` and
-``exif_orientation`` (PNG/JPEG; None for DICOM), ``bits_stored`` (8 or 16 for PNG, 8 for JPEG) and
-the DICOM keys ``modality``, ``body_part``, ``view_position``, ``study_date``, ``study_uid``,
-``series_uid``, ``sop_uid``, ``sop_class``, ``presentation_intent``, ``view_code`` (View Code Sequence's first code,
-"SCHEME:VALUE"), ``manufacturer``, ``photometric``,
-``pixel_spacing`` ([row, col] mm from Pixel Spacing, else Imager Pixel Spacing), ``burned_in_annotation``,
-``transfer_syntax``, ``frames``, ``voi`` and ``patient_pseudonym``, which are None for PNG/JPEG and for absent
-values; ``decode_scale`` (1.0, or less after a reduced decode: see ``downsample``). No
+Every ``meta`` has the same keys: ``format`` ("png" | "jpeg" | "dicom"), ``rows``, ``cols`` (the stored size, before
+any processing: EXIF orientations 5-8 transpose ``pixels``), ``mode`` and ``exif_orientation`` (PNG/JPEG; None for
+DICOM), ``bits_stored`` (8 or 16 for PNG, 8 for JPEG) and the DICOM keys ``modality``, ``body_part``,
+``view_position``, ``study_date``, ``study_uid``, ``series_uid``, ``sop_uid``, ``sop_class``,
+``presentation_intent``, ``view_code`` (View Code Sequence's first code, "SCHEME:VALUE"), ``manufacturer``,
+``photometric``, ``pixel_spacing`` ([row, col] mm from Pixel Spacing, else Imager Pixel Spacing),
+``burned_in_annotation``, ``transfer_syntax``, ``frames``, ``voi`` and ``patient_pseudonym``, which are None for
+PNG/JPEG and for absent values; ``decode_scale`` (1.0, or less after a reduced decode: see ``downsample``). No
 PatientName, PatientID, BirthDate or other identifying data: ``patient_pseudonym`` is
-``db.config.pseudonymise(PatientID)``, computed in the calling process (so it uses the caller's
-``CXR_HOME`` and key).
+``db.config.pseudonymise(PatientID)``, computed in the calling process (so it uses the caller's ``CXR_HOME`` and
+key).
 """
 
 from __future__ import annotations

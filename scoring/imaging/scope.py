@@ -9,8 +9,8 @@ machine-readable, such as ``modality:CT``, ``for_processing``, ``multi_frame:10`
 
 A DX image "for processing" (its SOP class, or Presentation Intent Type FOR PROCESSING) holds the detector's raw
 values, before the manufacturer's processing that makes the film a radiologist reads (and that every training film
-went through): it looks nothing like one, and a score of it would mean nothing. A modality sends it beside the
-processed "for presentation" image of the same exposure, which is scored.
+went through): it looks nothing like one, and a score of it would mean nothing. The processed image of the same
+exposure is a separate "for presentation" instance, and that one is scored.
 """
 
 from __future__ import annotations
