@@ -2,10 +2,10 @@
 
 Only DICOM carries the metadata to decide; PNG and JPEG are in scope ("no_metadata"). A DICOM image is in scope when
 it is a radiograph (CR or DX) meant for viewing, one frame, monochrome, of the chest where Body Part Examined says
-so, and not a lateral view (by View Position or by View Code Sequence, either one enough). The "why" is short and
-machine-readable, such as ``modality:CT``, ``for_processing``, ``multi_frame:10``, ``photometric:RGB``,
-``body_part:EXTREMITY``, ``lateral_view:LL`` or ``lateral_view:left lateral`` (coded); in scope it is ``ok``, or
-``body_part_missing``.
+so, and not a lateral view (by View Position or by View Code Sequence, either one enough), an oblique or a
+decubitus one. The "why" is short and machine-readable, such as ``modality:CT``, ``for_processing``,
+``multi_frame:10``, ``photometric:RGB``, ``body_part:EXTREMITY``, ``lateral_view:LL``, ``lateral_view:left lateral``
+(coded), ``oblique_view:RLO`` or ``decubitus_view:LLD``; in scope it is ``ok``, or ``body_part_missing``.
 
 A DX image "for processing" (its SOP class, or Presentation Intent Type FOR PROCESSING) holds the detector's raw
 values, before the manufacturer's processing that makes the film a radiologist reads (and that every training film
@@ -22,6 +22,11 @@ from .header import MONOCHROME, upper
 
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "TORACE"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "LEFT LATERAL", "RIGHT LATERAL"})
+# View Position's other defined terms (PS3.3 C.8.1.1, C.8.11.5) for views that are not a frontal film: the lateral
+# obliques (with the usual abbreviations of the anterior and posterior ones) and the lateral decubitus views (a frontal
+# projection of a patient lying on one side, taken with a horizontal beam: the chest lies across the film).
+OBLIQUE_VIEWS = frozenset({"RLO", "LLO", "RAO", "LAO", "RPO", "LPO"})
+DECUBITUS_VIEWS = frozenset({"RLD", "LLD"})
 # The lateral views of DICOM's DX View list (CID 4010) as View Code Sequence gives them: SNOMED CT codes, and the
 # SNOMED RT codes older modalities write (pairs as in pydicom's SNOMED mapping).
 LATERAL_VIEW_CODES = {
@@ -54,8 +59,10 @@ def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
     if body_part and not _is_chest(body_part):
         return False, f"body_part:{body_part}"
     view = upper(meta.get("view_position"))
-    if view in LATERAL_VIEWS:
-        return False, f"lateral_view:{view}"
+    for kind, views in (("lateral_view", LATERAL_VIEWS), ("oblique_view", OBLIQUE_VIEWS),
+                        ("decubitus_view", DECUBITUS_VIEWS)):
+        if view in views:
+            return False, f"{kind}:{view}"
     coded = LATERAL_VIEW_CODES.get(meta.get("view_code") or "")
     if coded:
         return False, f"lateral_view:{coded}"

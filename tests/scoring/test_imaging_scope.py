@@ -85,6 +85,24 @@ from scoring.imaging.scope import DX_FOR_PROCESSING, LATERAL_VIEW_CODES
         ),
         ({"format": "dicom", "modality": "CR", "photometric": "RGB"}, (False, "photometric:RGB")),
         (
+            {"format": "dicom", "modality": "CR", "view_position": "RLO", "photometric": "MONOCHROME2"},
+            (False, "oblique_view:RLO"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "lao", "photometric": "MONOCHROME2"},
+            (False, "oblique_view:LAO"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "LLD", "body_part": "CHEST",
+             "photometric": "MONOCHROME2"},
+            (False, "decubitus_view:LLD"),
+        ),
+        (
+            {"format": "dicom", "modality": "CR", "view_position": "PA", "body_part": "CHEST",
+             "photometric": "MONOCHROME1"},
+            (True, "ok"),
+        ),
+        (
             {"format": "dicom", "modality": "DX", "view_code": "SCT:399173006", "photometric": "MONOCHROME2"},
             (False, "lateral_view:left lateral"),
         ),
