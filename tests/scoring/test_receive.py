@@ -135,7 +135,7 @@ def test_real_films_are_stored_per_study_and_scored(receiver, folder, film, cr_i
 
 
 def for_processing(ds: pydicom.Dataset) -> pydicom.Dataset:
-    """A copy of ``ds`` as the raw DX image a modality sends beside the processed one: another instance."""
+    """A copy of ``ds`` as a DX image "for processing" (the detector's raw values), a separate instance."""
     raw = copy.deepcopy(ds)
     raw.Modality, raw.PresentationIntentType = "DX", "FOR PROCESSING"
     raw.SOPClassUID = raw.file_meta.MediaStorageSOPClassUID = DX_FOR_PROCESSING
