@@ -178,11 +178,14 @@ def test_a_dx_film_for_processing_is_out_of_scope(pydicom_data, tmp_path, sop_cl
         ("SCT", "399173006", "SCT:399173006", (False, "lateral_view:left lateral")),
         ("SRT", "R-10232", "SRT:R-10232", (False, "lateral_view:right lateral")),
         ("SCT", "399033003", "SCT:399033003", (True, "ok")),  # frontal
+        ("SRT", "R-10210", "SRT:R-10210", (False, "oblique_view:right posterior oblique")),
+        ("SCT", "399110001", "SCT:399110001", (False, "other_view:tangential")),
         ("99LOCAL", "DOE^JOHN 1961", None, (True, "ok")),  # free text is not a code, and does not travel
     ],
-    ids=["left_lateral", "right_lateral_snomed_rt", "frontal", "free_text"],
+    ids=["left_lateral", "right_lateral_snomed_rt", "frontal", "oblique_snomed_rt", "tangential", "free_text"],
 )
-def test_a_view_coded_as_lateral_is_out_of_scope(pydicom_data, tmp_path, scheme, value, view_code, expected) -> None:
+def test_a_view_coded_as_anything_but_frontal_is_out_of_scope(pydicom_data, tmp_path, scheme, value, view_code,
+                                                              expected) -> None:
     """The real CR chest film with no View Position and its view in View Code Sequence, read through the isolated
     decoder."""
     ds = pydicom.dcmread(pydicom_data("RG1_UNCR.dcm"))

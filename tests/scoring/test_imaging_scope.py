@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from scoring.imaging import in_scope
-from scoring.imaging.scope import DX_FOR_PROCESSING, LATERAL_VIEW_CODES
+from scoring.imaging.scope import DX_FOR_PROCESSING, DX_VIEW_CODES
 
 # --------------------------------------------------------------------------------------------
 # in_scope
@@ -121,6 +121,26 @@ from scoring.imaging.scope import DX_FOR_PROCESSING, LATERAL_VIEW_CODES
             (True, "ok"),  # postero-anterior
         ),
         (
+            {"format": "dicom", "modality": "CR", "view_code": "SRT:R-10206", "body_part": "CHEST",
+             "photometric": "MONOCHROME1"},
+            (True, "ok"),  # antero-posterior, in SNOMED RT
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_code": "SCT:399356000", "body_part": "CHEST",
+             "photometric": "MONOCHROME2"},
+            (False, "oblique_view:right anterior oblique"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "AP", "view_code": "SRT:R-10241",
+             "body_part": "CHEST", "photometric": "MONOCHROME2"},
+            (False, "other_view:axial"),
+        ),
+        (
+            {"format": "dicom", "modality": "DX", "view_position": "PA", "view_code": "99LOCAL:PA-ERECT",
+             "body_part": "CHEST", "photometric": "MONOCHROME2"},
+            (True, "ok"),  # a code outside DICOM's list says nothing: View Position decides
+        ),
+        (
             {"format": "dicom", "modality": "DX", "presentation_intent": "FOR PROCESSING",
              "photometric": "MONOCHROME2"},
             (False, "for_processing"),
@@ -145,16 +165,21 @@ def test_in_scope(meta, expected) -> None:
     assert in_scope(meta) == expected
 
 
-def test_the_lateral_view_codes_are_dicoms_lateral_dx_views() -> None:
-    """Pinned to pydicom's copy of DICOM's DX View list (CID 4010) and its SNOMED CT to SNOMED RT mapping: every
-    true lateral there is in the table, under both codes, and nothing else is."""
+def test_the_view_codes_are_dicoms_dx_views() -> None:
+    """Pinned to pydicom's copy of DICOM's DX View list (CID 4010) and its SNOMED CT to SNOMED RT mapping: every view
+    there is in the table under both codes with its meaning, nothing else is, and only the three frontal projections
+    leave a film in scope."""
     from pydicom.sr._cid_dict import cid_concepts
     from pydicom.sr._snomed_dict import mapping
     from pydicom.sr.codedict import codes
 
     dx_views = [getattr(codes.SCT, name) for name in cid_concepts[4010]["SCT"]]
-    laterals = {code.value: code.meaning for code in dx_views
-                if "lateral" in code.meaning.lower() and "oblique" not in code.meaning.lower()}
-    expected = {f"SCT:{value}": meaning for value, meaning in laterals.items()}
-    expected |= {f"SRT:{mapping['SCT'][value]}": meaning for value, meaning in laterals.items()}
-    assert LATERAL_VIEW_CODES == expected
+    expected = {f"SCT:{code.value}": code.meaning.lower() for code in dx_views}
+    expected |= {f"SRT:{mapping['SCT'][code.value]}": code.meaning.lower() for code in dx_views}
+    assert {key: meaning for key, (_, meaning) in DX_VIEW_CODES.items()} == expected
+    frontal = {meaning for kind, meaning in DX_VIEW_CODES.values() if kind is None}
+    assert frontal == {"frontal", "postero-anterior", "antero-posterior"}
+    laterals = {meaning for kind, meaning in DX_VIEW_CODES.values() if kind == "lateral_view"}
+    assert laterals == {m for m in expected.values() if "lateral" in m and "oblique" not in m}
+    obliques = {meaning for kind, meaning in DX_VIEW_CODES.values() if kind == "oblique_view"}
+    assert obliques == {m for m in expected.values() if "oblique" in m}
