@@ -21,6 +21,8 @@ from typing import Any
 
 from .header import MONOCHROME, upper
 
+# What a view makes the film: in scope (frontal), or the first part of the out-of-scope "why"
+FRONTAL, LATERAL, OBLIQUE, DECUBITUS, OTHER = None, "lateral_view", "oblique_view", "decubitus_view", "other_view"
 CHEST_BODY_PARTS = frozenset({"CHEST", "THORAX", "LUNG", "LUNGS", "TORAX", "TORACE"})
 LATERAL_VIEWS = frozenset({"LL", "RL", "LAT", "LATERAL", "LLAT", "RLAT", "LEFT LATERAL", "RIGHT LATERAL"})
 # View Position's other defined terms (PS3.3 C.8.1.1, C.8.11.5) for views that are not a frontal film: the lateral
@@ -31,7 +33,6 @@ DECUBITUS_VIEWS = frozenset({"RLD", "LLD"})
 # DICOM's DX View list (CID 4010), as View Code Sequence gives a view: its SNOMED CT code, the SNOMED RT code older
 # modalities write (pairs as in pydicom's SNOMED mapping), its meaning and what it makes the film. Only the frontal
 # projections are a frontal chest film; a code outside the list says nothing, and View Position alone decides.
-FRONTAL, LATERAL, OBLIQUE, OTHER = None, "lateral_view", "oblique_view", "other_view"
 DX_VIEWS = (
     ("399348003", "R-10206", "antero-posterior", FRONTAL),
     ("399033003", "R-10202", "frontal", FRONTAL),
@@ -103,7 +104,7 @@ def in_scope(meta: dict[str, Any]) -> tuple[bool, str]:
     if body_part and not _is_chest(body_part):
         return False, f"body_part:{body_part}"
     view = upper(meta.get("view_position"))
-    for kind, views in ((LATERAL, LATERAL_VIEWS), (OBLIQUE, OBLIQUE_VIEWS), ("decubitus_view", DECUBITUS_VIEWS)):
+    for kind, views in ((LATERAL, LATERAL_VIEWS), (OBLIQUE, OBLIQUE_VIEWS), (DECUBITUS, DECUBITUS_VIEWS)):
         if view in views:
             return False, f"{kind}:{view}"
     kind, meaning = DX_VIEW_CODES.get(meta.get("view_code") or "", (FRONTAL, ""))
